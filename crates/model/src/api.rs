@@ -1,0 +1,93 @@
+//! The HTTP contract: request and response bodies shared by the server, the CLI and the tests.
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::{Event, LogEntry, Run, Sample};
+
+#[cfg(feature = "schema")]
+use schemars::JsonSchema;
+
+/// The most items one ingest batch may hold.
+pub const MAX_BATCH_ITEMS: usize = 10_000;
+/// The largest request body the service buffers (bytes).
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// The most log entries one `GET /v1/log` returns.
+pub const MAX_LOG_PAGE: usize = 1_000;
+
+/// `POST /v1/samples`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SampleBatch {
+    pub samples: Vec<Sample>,
+}
+
+/// `POST /v1/runs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RunBatch {
+    pub runs: Vec<Run>,
+}
+
+/// `POST /v1/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct EventBatch {
+    pub events: Vec<Event>,
+}
+
+/// The answer to an ingest batch, sent only once the batch is durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct IngestAck {
+    /// Records newly stored.
+    pub accepted: u64,
+    /// Records whose `id` was already stored with the same content (a retried batch).
+    pub duplicates: u64,
+    /// The seq of the first and last newly stored record; absent when nothing new was stored.
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+}
+
+/// Every error the API answers with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct ApiError {
+    /// A stable machine-readable code, e.g. `invalid_record`.
+    pub error: String,
+    /// What went wrong, in words.
+    pub message: String,
+    /// The offending field, as a path such as `samples[3].value`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct Health {
+    /// `ok`, or `degraded` when the last write failed (see `problem`).
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    pub version: String,
+    pub store_format_version: u64,
+    pub data_dir: String,
+    pub uptime_s: u64,
+    pub log_records: u64,
+    pub samples: u64,
+    pub series: u64,
+    /// The newest seq assigned; absent for an empty store.
+    pub last_seq: Option<u64>,
+}
+
+/// `GET /v1/log`: log entries, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct LogPage {
+    pub entries: Vec<LogEntry>,
+    /// Pass as `before` to get the next (older) page; absent on the last page.
+    pub next_before: Option<u64>,
+}

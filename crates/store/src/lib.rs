@@ -1,0 +1,723 @@
+//! The append-only store of kora-telemetry, on redb.
+//!
+//! Two parts, like a TSDB beside an event log (DESIGN.md section 2):
+//! - the **log**, keyed by a server-assigned, strictly increasing `seq`, holds every record but
+//!   raw samples: runs, events, readiness, feedback and the records the service derives. The
+//!   policy engine folds the log alone, so replay from it is exact;
+//! - the **series store** holds raw samples per series and time.
+//!
+//! No record is ever modified. Writes go through one writer thread that shares one durable
+//! transaction among every batch waiting (group commit); a batch is acknowledged only after the
+//! transaction holding it has committed with `Durability::Immediate`. Each batch is
+//! all-or-nothing. Every stored value carries a CRC-32, checked on every read, so damaged bytes
+//! are reported and never served.
+//!
+//! The store reads no clock: the caller passes `now_ms` to stamp records that came without a
+//! time. It never depends on an async runtime; completion is reported through a callback.
+//! The table layout and encoding are written down in [`tables`].
+
+mod error;
+pub mod tables;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use kora_model::{LogEntry, Record, RecordKind, Sample, StoredSample};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    WriteTransaction,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+pub use error::{OpenError, ReadError, WriteError};
+use tables::*;
+
+/// The on-disk format this build writes. A store with a newer one is refused at open.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// Tunables of the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// redb's page cache (bytes). The default 1 GiB is far more than a sidecar should take.
+    pub cache_bytes: usize,
+    /// How many batches may wait for the writer before `submit` answers `Busy`.
+    pub queue_batches: usize,
+    /// The most records one group commit takes before committing.
+    pub group_max_records: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 32 * 1024 * 1024,
+            queue_batches: 4096,
+            group_max_records: 50_000,
+        }
+    }
+}
+
+/// What one batch holds. Items are validated by the caller before they are submitted.
+#[derive(Debug, Clone)]
+pub enum Batch {
+    Samples(Vec<Sample>),
+    Records(Vec<Record>),
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        match self {
+            Batch::Samples(v) => v.len(),
+            Batch::Records(v) => v.len(),
+        }
+    }
+}
+
+/// The outcome of a stored batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The seq of each item, in batch order; a duplicate gets the seq it was first stored with.
+    pub seqs: Vec<u64>,
+    /// Items newly stored (the rest were retries of items already stored).
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub first_new_seq: Option<u64>,
+    pub last_new_seq: Option<u64>,
+}
+
+/// Counts for `/v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub log_records: u64,
+    pub samples: u64,
+    pub series: u64,
+    pub last_seq: Option<u64>,
+}
+
+type Done = Box<dyn FnOnce(Result<Appended, WriteError>) + Send>;
+
+struct Job {
+    now_ms: i64,
+    batch: Batch,
+    done: Done,
+}
+
+/// The store. Cheap to share behind an `Arc`; reads run concurrently with the writer.
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+    sender: Mutex<Option<SyncSender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens the store at `path`, creating it when there is no file. An existing file must be a
+    /// kora-telemetry store of this format version or older; anything else is refused and left
+    /// as it is.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Store, OpenError> {
+        let existed = path.exists();
+        let mut builder = Database::builder();
+        builder.set_cache_size(options.cache_bytes);
+        let open_err = |e: redb::DatabaseError| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => OpenError::AlreadyOpen {
+                path: path.to_owned(),
+            },
+            redb::DatabaseError::Storage(redb::StorageError::Io(source)) => OpenError::Io {
+                path: path.to_owned(),
+                source,
+            },
+            other => OpenError::NotAStore {
+                path: path.to_owned(),
+                reason: other.to_string(),
+            },
+        };
+        if existed {
+            // Check the format without writing a byte: a file this build must refuse is left
+            // exactly as it was. A file that needs crash recovery cannot be opened read-only;
+            // it is checked right after the writable open below, before anything is written.
+            match builder.open_read_only(path) {
+                Ok(ro) => {
+                    check_format(&ro, path)?;
+                    ro.close().map_err(open_err)?;
+                }
+                Err(redb::DatabaseError::RepairAborted) => {}
+                Err(e) => return Err(open_err(e)),
+            }
+        }
+        let db = if existed {
+            builder.open(path)
+        } else {
+            builder.create(path)
+        }
+        .map_err(open_err)?;
+        let redb_err = |e: redb::Error| OpenError::Redb {
+            path: path.to_owned(),
+            source: e,
+        };
+        let next_seq = if existed {
+            check_format(&db, path)?
+        } else {
+            let wtx = db.begin_write().map_err(|e| redb_err(e.into()))?;
+            {
+                let mut meta = wtx.open_table(META).map_err(|e| redb_err(e.into()))?;
+                for (k, v) in [
+                    (K_FORMAT_VERSION, FORMAT_VERSION),
+                    (K_NEXT_SEQ, 1),
+                    (K_LOG_RECORDS, 0),
+                    (K_SAMPLES, 0),
+                ] {
+                    meta.insert(k, v).map_err(|e| redb_err(e.into()))?;
+                }
+                // Create every table so that readers never meet a missing one.
+                wtx.open_table(LOG).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(LOG_BY_KIND).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(LOG_BY_TIME).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(IDS).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(SERIES).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(SAMPLES).map_err(|e| redb_err(e.into()))?;
+            }
+            wtx.commit().map_err(|e| redb_err(e.into()))?;
+            1
+        };
+        let db = Arc::new(db);
+        let (sender, receiver) = sync_channel(options.queue_batches.max(1));
+        let writer = Writer {
+            db: db.clone(),
+            next_seq,
+            group_max_records: options.group_max_records.max(1),
+        };
+        let handle = std::thread::Builder::new()
+            .name("kora-store-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|source| OpenError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Store {
+            db,
+            path: path.to_owned(),
+            sender: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues a batch for the writer; `done` is called once the batch is durable, or failed.
+    /// Answers `Busy` at once, without calling `done`, when the queue is full.
+    pub fn submit(
+        &self,
+        now_ms: i64,
+        batch: Batch,
+        done: impl FnOnce(Result<Appended, WriteError>) + Send + 'static,
+    ) -> Result<(), WriteError> {
+        let guard = self
+            .sender
+            .lock()
+            .map_err(|_| WriteError::Storage("writer lock poisoned".into()))?;
+        let Some(sender) = guard.as_ref() else {
+            return Err(WriteError::ShuttingDown);
+        };
+        let job = Job {
+            now_ms,
+            batch,
+            done: Box::new(done),
+        };
+        match sender.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(WriteError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(WriteError::ShuttingDown),
+        }
+    }
+
+    /// Appends a batch and blocks until it is durable. For callers without a runtime.
+    pub fn append(&self, now_ms: i64, batch: Batch) -> Result<Appended, WriteError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.submit(now_ms, batch, move |r| {
+            let _ = tx.send(r);
+        })?;
+        rx.recv().unwrap_or(Err(WriteError::ShuttingDown))
+    }
+
+    /// Stops taking writes, lets the writer commit everything already queued, and waits for it.
+    pub fn shutdown(&self) {
+        if let Ok(mut s) = self.sender.lock() {
+            s.take();
+        }
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle
+            && h.join().is_err()
+        {
+            tracing::error!("the store writer thread panicked");
+        }
+    }
+
+    fn read(&self) -> Result<ReadTransaction, ReadError> {
+        Ok(self.db.begin_read()?)
+    }
+
+    /// Counts for health reporting.
+    pub fn stats(&self) -> Result<Stats, ReadError> {
+        let rtx = self.read()?;
+        let meta = rtx.open_table(META)?;
+        let get = |k: &str| -> Result<u64, ReadError> {
+            Ok(meta.get(k)?.map(|v| v.value()).unwrap_or(0))
+        };
+        let next = get(K_NEXT_SEQ)?;
+        Ok(Stats {
+            log_records: get(K_LOG_RECORDS)?,
+            samples: get(K_SAMPLES)?,
+            series: rtx.open_table(SERIES)?.len()?,
+            last_seq: next.checked_sub(1).filter(|s| *s > 0),
+        })
+    }
+
+    /// Log entries in seq order starting at `from_seq`, at most `limit`.
+    pub fn scan(&self, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>, ReadError> {
+        let rtx = self.read()?;
+        let log = rtx.open_table(LOG)?;
+        let mut out = Vec::new();
+        for item in log.range(from_seq..)?.take(limit) {
+            let (k, v) = item?;
+            out.push(decode_entry(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Log entries newest first, older than `before` when given, of one kind when given.
+    pub fn recent(
+        &self,
+        before: Option<u64>,
+        kind: Option<RecordKind>,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, ReadError> {
+        let rtx = self.read()?;
+        let log = rtx.open_table(LOG)?;
+        let end = before.unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        match kind {
+            None => {
+                for item in log.range(..end)?.rev().take(limit) {
+                    let (k, v) = item?;
+                    out.push(decode_entry(k.value(), v.value())?);
+                }
+            }
+            Some(kind) => {
+                let idx = rtx.open_table(LOG_BY_KIND)?;
+                let c = kind.code();
+                for item in idx.range((c, 0)..(c, end))?.rev().take(limit) {
+                    let (k, _) = item?;
+                    let seq = k.value().1;
+                    out.push(get_entry(&log, seq)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Log entries of one kind with `from_seq <= seq`, in seq order, at most `limit`.
+    pub fn scan_kind(
+        &self,
+        kind: RecordKind,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, ReadError> {
+        let rtx = self.read()?;
+        let log = rtx.open_table(LOG)?;
+        let idx = rtx.open_table(LOG_BY_KIND)?;
+        let c = kind.code();
+        let mut out = Vec::new();
+        for item in idx.range((c, from_seq)..=(c, u64::MAX))?.take(limit) {
+            let (k, _) = item?;
+            out.push(get_entry(&log, k.value().1)?);
+        }
+        Ok(out)
+    }
+
+    /// Log entries with `from_ms <= ts_ms < to_ms`, in time order, at most `limit`.
+    pub fn scan_time(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, ReadError> {
+        let rtx = self.read()?;
+        let log = rtx.open_table(LOG)?;
+        let idx = rtx.open_table(LOG_BY_TIME)?;
+        let mut out = Vec::new();
+        if from_ms >= to_ms {
+            return Ok(out);
+        }
+        for item in idx.range((from_ms, 0)..(to_ms, 0))?.take(limit) {
+            let (k, _) = item?;
+            out.push(get_entry(&log, k.value().1)?);
+        }
+        Ok(out)
+    }
+
+    /// The series keys stored, in order.
+    pub fn series(&self) -> Result<Vec<String>, ReadError> {
+        let rtx = self.read()?;
+        let t = rtx.open_table(SERIES)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, _) = item?;
+            out.push(k.value().to_owned());
+        }
+        Ok(out)
+    }
+
+    /// Samples of one series with `from_ms <= ts_ms < to_ms`, in time order, at most `limit`.
+    pub fn samples(
+        &self,
+        series_key: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredSample>, ReadError> {
+        let rtx = self.read()?;
+        let Some(id) = rtx.open_table(SERIES)?.get(series_key)?.map(|v| v.value()) else {
+            return Ok(Vec::new());
+        };
+        let t = rtx.open_table(SAMPLES)?;
+        let mut out = Vec::new();
+        if from_ms >= to_ms {
+            return Ok(out);
+        }
+        for item in t.range((id, from_ms, 0)..(id, to_ms, 0))?.take(limit) {
+            let (k, v) = item?;
+            let (_, ts, seq) = k.value();
+            let (late, sample): (bool, Sample) =
+                decode("samples", || format!("{series_key}@{ts}#{seq}"), v.value())?;
+            out.push(StoredSample { seq, late, sample });
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Checks that `db` is a kora-telemetry store this build can read; answers its next seq.
+fn check_format(db: &impl ReadableDatabase, path: &Path) -> Result<u64, OpenError> {
+    let redb_err = |e: redb::Error| OpenError::Redb {
+        path: path.to_owned(),
+        source: e,
+    };
+    let rtx = db.begin_read().map_err(|e| redb_err(e.into()))?;
+    let meta = match rtx.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            return Err(OpenError::NotAStore {
+                path: path.to_owned(),
+                reason: "it has no kora-telemetry meta table".into(),
+            });
+        }
+        Err(e) => return Err(redb_err(e.into())),
+    };
+    let get = |k: &str| -> Result<Option<u64>, OpenError> {
+        Ok(meta.get(k).map_err(|e| redb_err(e.into()))?.map(|v| v.value()))
+    };
+    let Some(found) = get(K_FORMAT_VERSION)? else {
+        return Err(OpenError::NotAStore {
+            path: path.to_owned(),
+            reason: "it records no format version".into(),
+        });
+    };
+    if found > FORMAT_VERSION {
+        return Err(OpenError::FormatTooNew {
+            path: path.to_owned(),
+            found,
+            supported: FORMAT_VERSION,
+        });
+    }
+    Ok(get(K_NEXT_SEQ)?.unwrap_or(1))
+}
+
+fn get_entry(log: &redb::ReadOnlyTable<u64, &[u8]>, seq: u64) -> Result<LogEntry, ReadError> {
+    match log.get(seq)? {
+        Some(v) => decode_entry(seq, v.value()),
+        None => Err(ReadError::Corrupt {
+            table: "log",
+            key: format!("{seq} (named by an index, missing from the log)"),
+        }),
+    }
+}
+
+fn decode_entry(seq: u64, bytes: &[u8]) -> Result<LogEntry, ReadError> {
+    let record: Record = decode("log", || seq.to_string(), bytes)?;
+    Ok(LogEntry { seq, record })
+}
+
+fn encode(value: &impl Serialize) -> Result<Vec<u8>, WriteError> {
+    let payload = rmp_serde::to_vec_named(value)
+        .map_err(|e| WriteError::Storage(format!("cannot encode a record: {e}")))?;
+    let mut out = Vec::with_capacity(payload.len() + 4);
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+fn decode<T: DeserializeOwned>(
+    table: &'static str,
+    key: impl Fn() -> String,
+    bytes: &[u8],
+) -> Result<T, ReadError> {
+    let (crc, payload) = bytes.split_at_checked(4).ok_or_else(|| ReadError::Corrupt {
+        table,
+        key: key(),
+    })?;
+    let mut crc_bytes = [0u8; 4];
+    crc_bytes.copy_from_slice(crc);
+    if u32::from_le_bytes(crc_bytes) != crc32fast::hash(payload) {
+        return Err(ReadError::Corrupt { table, key: key() });
+    }
+    rmp_serde::from_slice(payload).map_err(|e| ReadError::Decode {
+        table,
+        key: key(),
+        message: e.to_string(),
+    })
+}
+
+/// The content digest of an item as the client sent it (before the server stamped a time).
+fn digest(value: &impl Serialize) -> Result<[u8; 32], WriteError> {
+    let bytes = rmp_serde::to_vec_named(value)
+        .map_err(|e| WriteError::Storage(format!("cannot encode a record: {e}")))?;
+    Ok(Sha256::digest(&bytes).into())
+}
+
+struct Writer {
+    db: Arc<Database>,
+    next_seq: u64,
+    group_max_records: usize,
+}
+
+impl Writer {
+    fn run(mut self, receiver: Receiver<Job>) {
+        while let Ok(first) = receiver.recv() {
+            let mut records = first.batch.len();
+            let mut jobs = vec![first];
+            while records < self.group_max_records {
+                match receiver.try_recv() {
+                    Ok(job) => {
+                        records += job.batch.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(jobs);
+        }
+    }
+
+    /// Applies every job in one transaction and commits it durably; each job's callback learns
+    /// its own outcome only after the commit. A job refused on its own (an id conflict) writes
+    /// nothing; a storage failure fails every job of the group.
+    fn commit_group(&mut self, jobs: Vec<Job>) {
+        let start_seq = self.next_seq;
+        let mut outcomes: Vec<Result<Appended, WriteError>> = Vec::with_capacity(jobs.len());
+        let result = (|| -> Result<(), WriteError> {
+            let mut wtx = self.db.begin_write().map_err(error::write_error)?;
+            wtx.set_quick_repair(true);
+            for job in &jobs {
+                outcomes.push(self.apply(&wtx, job)?);
+            }
+            let (mut log_new, mut samples_new) = (0, 0);
+            for (job, outcome) in jobs.iter().zip(&outcomes) {
+                if let Ok(a) = outcome {
+                    match job.batch {
+                        Batch::Samples(_) => samples_new += a.accepted,
+                        Batch::Records(_) => log_new += a.accepted,
+                    }
+                }
+            }
+            if self.next_seq > start_seq {
+                bump_meta(&mut wtx, self.next_seq, log_new, samples_new)?;
+            }
+            wtx.commit().map_err(error::write_error)
+        })();
+        match result {
+            Ok(()) => {
+                for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                    (job.done)(outcome);
+                }
+            }
+            Err(e) => {
+                self.next_seq = start_seq;
+                tracing::error!(error = %e, "group commit failed; no batch of the group was stored");
+                for job in jobs {
+                    (job.done)(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Checks a job's ids and writes it. `Ok(Err(_))` is a refusal of this job alone, with
+    /// nothing written; `Err(_)` is a storage failure that aborts the whole group.
+    fn apply(
+        &mut self,
+        wtx: &WriteTransaction,
+        job: &Job,
+    ) -> Result<Result<Appended, WriteError>, WriteError> {
+        let mut ids = wtx.open_table(IDS).map_err(error::write_error)?;
+        // Pass 1: recognise retries and refuse reused ids, before writing anything.
+        let mut seqs: Vec<Option<u64>> = Vec::with_capacity(job.batch.len());
+        let mut digests: Vec<Option<[u8; 32]>> = Vec::with_capacity(job.batch.len());
+        for index in 0..job.batch.len() {
+            let (id, d) = match &job.batch {
+                Batch::Samples(v) => (v[index].id.as_deref(), digest_if(&v[index])?),
+                Batch::Records(v) => (v[index].client_id(), digest_if(&v[index])?),
+            };
+            let (Some(id), Some(d)) = (id, d) else {
+                seqs.push(None);
+                digests.push(None);
+                continue;
+            };
+            match ids.get(id).map_err(error::write_error)? {
+                Some(v) => {
+                    let v = v.value();
+                    if v.len() != 40 || v[8..] != d {
+                        return Ok(Err(WriteError::IdConflict {
+                            index,
+                            id: id.to_owned(),
+                        }));
+                    }
+                    let mut seq = [0u8; 8];
+                    seq.copy_from_slice(&v[..8]);
+                    seqs.push(Some(u64::from_le_bytes(seq)));
+                    digests.push(None);
+                }
+                None => {
+                    seqs.push(None);
+                    digests.push(Some(d));
+                }
+            }
+        }
+        // Pass 2: write the new items.
+        let mut out = Appended {
+            seqs: Vec::with_capacity(seqs.len()),
+            accepted: 0,
+            duplicates: 0,
+            first_new_seq: None,
+            last_new_seq: None,
+        };
+        let mut log = wtx.open_table(LOG).map_err(error::write_error)?;
+        let mut by_kind = wtx.open_table(LOG_BY_KIND).map_err(error::write_error)?;
+        let mut by_time = wtx.open_table(LOG_BY_TIME).map_err(error::write_error)?;
+        let mut series = wtx.open_table(SERIES).map_err(error::write_error)?;
+        let mut samples = wtx.open_table(SAMPLES).map_err(error::write_error)?;
+        for (index, existing) in seqs.into_iter().enumerate() {
+            if let Some(seq) = existing {
+                out.seqs.push(seq);
+                out.duplicates += 1;
+                continue;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            match &job.batch {
+                Batch::Samples(v) => {
+                    let mut sample = v[index].clone();
+                    let ts = *sample.ts_ms.get_or_insert(job.now_ms);
+                    let key = sample.series_key();
+                    let found = series
+                        .get(key.as_str())
+                        .map_err(error::write_error)?
+                        .map(|v| v.value());
+                    let sid = match found {
+                        Some(id) => id,
+                        None => {
+                            let id = u32::try_from(series.len().map_err(error::write_error)?).map_err(|_| {
+                                WriteError::Storage("too many series".into())
+                            })?;
+                            series.insert(key.as_str(), id).map_err(error::write_error)?;
+                            id
+                        }
+                    };
+                    samples
+                        .insert((sid, ts, seq), encode(&(false, &sample))?.as_slice())
+                        .map_err(error::write_error)?;
+                }
+                Batch::Records(v) => {
+                    let mut record = v[index].clone();
+                    record.stamp(job.now_ms);
+                    let ts = record.ts_ms().unwrap_or(job.now_ms);
+                    log.insert(seq, encode(&record)?.as_slice()).map_err(error::write_error)?;
+                    by_kind.insert((record.kind().code(), seq), ()).map_err(error::write_error)?;
+                    by_time.insert((ts, seq), ()).map_err(error::write_error)?;
+                }
+            }
+            if let Some(d) = digests[index] {
+                let id = match &job.batch {
+                    Batch::Samples(v) => v[index].id.as_deref(),
+                    Batch::Records(v) => v[index].client_id(),
+                };
+                if let Some(id) = id {
+                    let mut value = [0u8; 40];
+                    value[..8].copy_from_slice(&seq.to_le_bytes());
+                    value[8..].copy_from_slice(&d);
+                    ids.insert(id, value.as_slice()).map_err(error::write_error)?;
+                }
+            }
+            out.seqs.push(seq);
+            out.accepted += 1;
+            out.first_new_seq.get_or_insert(seq);
+            out.last_new_seq = Some(seq);
+        }
+        Ok(Ok(out))
+    }
+}
+
+/// Only items with a client id need a digest.
+fn digest_if<T: Serialize + HasClientId>(item: &T) -> Result<Option<[u8; 32]>, WriteError> {
+    if item.has_client_id() {
+        digest(item).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+trait HasClientId {
+    fn has_client_id(&self) -> bool;
+}
+
+impl HasClientId for Sample {
+    fn has_client_id(&self) -> bool {
+        self.id.is_some()
+    }
+}
+
+impl HasClientId for Record {
+    fn has_client_id(&self) -> bool {
+        self.client_id().is_some()
+    }
+}
+
+fn bump_meta(
+    wtx: &mut WriteTransaction,
+    next_seq: u64,
+    log_new: u64,
+    samples_new: u64,
+) -> Result<(), WriteError> {
+    let mut meta = wtx.open_table(META).map_err(error::write_error)?;
+    let log_records = meta.get(K_LOG_RECORDS).map_err(error::write_error)?.map_or(0, |v| v.value());
+    let samples = meta.get(K_SAMPLES).map_err(error::write_error)?.map_or(0, |v| v.value());
+    meta.insert(K_NEXT_SEQ, next_seq).map_err(error::write_error)?;
+    meta.insert(K_LOG_RECORDS, log_records + log_new).map_err(error::write_error)?;
+    meta.insert(K_SAMPLES, samples + samples_new).map_err(error::write_error)?;
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! Every redb table of the store, defined once.
+//!
+//! Encoding (format version 1):
+//! - `meta`: `&str -> u64`: `format_version`, `next_seq`, `log_records`, `samples`.
+//! - `log`: `seq (u64) -> bytes`: a CRC-32 (little-endian, of the payload) then the record as
+//!   MessagePack with named fields (`rmp_serde::to_vec_named`). The seq is strictly increasing
+//!   and never reused; gaps are the seqs given to samples, which live in the series store.
+//! - `log_by_kind`: `(kind code u8, seq) -> ()`, to scan one kind without reading the others.
+//! - `log_by_time`: `(ts_ms i64, seq) -> ()`, to scan a time range.
+//! - `ids`: `client id -> seq (u64 LE) ++ SHA-256 of the record as the client sent it`, so a
+//!   retried batch is recognised and a reused id with other content is refused.
+//! - `series`: `series key -> series number (u32)`.
+//! - `samples`: `(series number, ts_ms, seq) -> bytes`: CRC-32 then MessagePack of
+//!   `(late, sample)`.
+
+use redb::TableDefinition;
+
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+pub const LOG_BY_KIND: TableDefinition<(u8, u64), ()> = TableDefinition::new("log_by_kind");
+pub const LOG_BY_TIME: TableDefinition<(i64, u64), ()> = TableDefinition::new("log_by_time");
+pub const IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("ids");
+pub const SERIES: TableDefinition<&str, u32> = TableDefinition::new("series");
+pub const SAMPLES: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("samples");
+
+pub const K_FORMAT_VERSION: &str = "format_version";
+pub const K_NEXT_SEQ: &str = "next_seq";
+pub const K_LOG_RECORDS: &str = "log_records";
+pub const K_SAMPLES: &str = "samples";

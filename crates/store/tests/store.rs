@@ -1,0 +1,226 @@
+//! The store against a real redb file in a temporary directory.
+
+use std::sync::Arc;
+
+use kora_model::*;
+use kora_store::*;
+use redb::ReadableTable;
+
+const NOW: i64 = 1_800_000_000_000;
+
+fn run(id: Option<&str>, run_id: &str) -> Record {
+    Record::Run(Run {
+        id: id.map(str::to_owned),
+        ts_ms: None,
+        run_id: run_id.into(),
+        session_id: "s1".into(),
+        model_id: "llama-8b".into(),
+        substrate: Substrate::Local,
+        prompt_hash: prompt_hash("hello"),
+        context_tokens: 100,
+        tokens_in: Some(10),
+        tokens_out: Some(20),
+        total_tokens: Some(30),
+        model_latency_ms: 100.0,
+        total_latency_ms: 120.0,
+        deterministic_stage_ms: 20.0,
+        model_stage_ms: 100.0,
+        validation_retry_count: 0,
+        budget_breach_count: 0,
+        queue_wait_ms: None,
+        prompt_tokens_sent: None,
+        stages: None,
+    })
+}
+
+fn sample(signal: Signal, ts: i64, value: f64) -> Sample {
+    Sample {
+        id: None,
+        ts_ms: Some(ts),
+        signal,
+        value: Some(value),
+        unavailable: None,
+        device: None,
+        model_id: None,
+        session_id: None,
+    }
+}
+
+#[test]
+fn records_survive_reopen_and_seq_keeps_increasing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kora.redb");
+    {
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        let a = store
+            .append(NOW, Batch::Records(vec![run(None, "r1"), run(None, "r2")]))
+            .unwrap();
+        assert_eq!(a.seqs, vec![1, 2]);
+        let s = store
+            .append(
+                NOW,
+                Batch::Samples(vec![
+                    sample(Signal::RamFreeMb, NOW - 1000, 100.0),
+                    sample(Signal::RamFreeMb, NOW, 90.0),
+                ]),
+            )
+            .unwrap();
+        assert_eq!(s.seqs, vec![3, 4]);
+    }
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.log_records, stats.samples, stats.series), (2, 2, 1));
+    assert_eq!(stats.last_seq, Some(4));
+    let entries = store.scan(0, 100).unwrap();
+    assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+    // The server stamped the time on records that came without one.
+    assert_eq!(entries[0].record.ts_ms(), Some(NOW));
+    let a = store.append(NOW, Batch::Records(vec![run(None, "r3")])).unwrap();
+    assert_eq!(a.seqs, vec![5]);
+    let got = store.samples("ram_free_mb", NOW - 1000, NOW + 1, 10).unwrap();
+    assert_eq!(got.iter().map(|s| s.sample.value).collect::<Vec<_>>(), vec![Some(100.0), Some(90.0)]);
+    assert_eq!(store.samples("ram_free_mb", NOW, NOW + 1, 10).unwrap().len(), 1);
+}
+
+#[test]
+fn kind_and_time_indexes_scan_only_what_they_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("k.redb"), StoreOptions::default()).unwrap();
+    let mut batch = Vec::new();
+    for i in 0..10 {
+        let mut r = run(None, &format!("r{i}"));
+        if let Record::Run(x) = &mut r {
+            x.ts_ms = Some(NOW - 10_000 + i * 1000);
+        }
+        batch.push(r);
+        batch.push(Record::SessionStarted(SessionEvent {
+            id: None,
+            ts_ms: Some(NOW - 10_000 + i * 1000),
+            session_id: format!("s{i}"),
+        }));
+    }
+    store.append(NOW, Batch::Records(batch)).unwrap();
+    let runs = store.scan_kind(RecordKind::Run, 0, 100).unwrap();
+    assert_eq!(runs.len(), 10);
+    assert!(runs.iter().all(|e| e.record.kind() == RecordKind::Run));
+    let recent = store.recent(None, Some(RecordKind::SessionStarted), 3).unwrap();
+    assert_eq!(recent.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![20, 18, 16]);
+    let page2 = store.recent(Some(16), Some(RecordKind::SessionStarted), 2).unwrap();
+    assert_eq!(page2.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![14, 12]);
+    let window = store.scan_time(NOW - 10_000, NOW - 8_000, 100).unwrap();
+    assert_eq!(window.len(), 4);
+}
+
+#[test]
+fn retried_ids_are_stored_once_and_reused_ids_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("i.redb"), StoreOptions::default()).unwrap();
+    let first = store
+        .append(NOW, Batch::Records(vec![run(Some("a"), "r1"), run(Some("b"), "r2")]))
+        .unwrap();
+    // A retry, later: the same content without ts_ms is recognised even though the server
+    // would stamp another time now.
+    let retry = store
+        .append(NOW + 5000, Batch::Records(vec![run(Some("a"), "r1"), run(Some("c"), "r3")]))
+        .unwrap();
+    assert_eq!(retry.duplicates, 1);
+    assert_eq!(retry.accepted, 1);
+    assert_eq!(retry.seqs[0], first.seqs[0]);
+    let conflict = store
+        .append(NOW, Batch::Records(vec![run(Some("d"), "r4"), run(Some("b"), "other")]))
+        .unwrap_err();
+    assert!(matches!(conflict, WriteError::IdConflict { index: 1, .. }), "{conflict:?}");
+    // The refused batch stored nothing, not even its first, valid item.
+    assert_eq!(store.stats().unwrap().log_records, 3);
+}
+
+#[test]
+fn concurrent_writers_share_commits_and_every_ack_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("g.redb"), StoreOptions::default()).unwrap());
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                (0..50)
+                    .map(|i| {
+                        store
+                            .append(NOW, Batch::Records(vec![run(Some(&format!("{t}-{i}")), "r")]))
+                            .unwrap()
+                            .seqs[0]
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut seqs: Vec<u64> = threads.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 800);
+    assert_eq!(store.scan(0, 10_000).unwrap().len(), 800);
+}
+
+#[test]
+fn a_newer_format_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.redb");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(tables::META)
+            .unwrap()
+            .insert(tables::K_FORMAT_VERSION, FORMAT_VERSION + 1)
+            .unwrap();
+        w.commit().unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    let err = Store::open(&path, StoreOptions::default()).unwrap_err();
+    assert!(matches!(err, OpenError::FormatTooNew { found, .. } if found == FORMAT_VERSION + 1));
+    assert!(err.to_string().contains("new.redb"), "{err}");
+    assert!(std::fs::read(&path).unwrap() == before, "the refused file was changed");
+}
+
+#[test]
+fn foreign_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("garbage.redb");
+    std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+    let err = Store::open(&path, StoreOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("garbage.redb"), "{err}");
+    assert!(std::fs::read(&path).unwrap() == vec![0x5a; 8192], "the refused file was changed");
+}
+
+#[test]
+fn a_second_open_of_the_same_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("one.redb");
+    let _store = Store::open(&path, StoreOptions::default()).unwrap();
+    let err = Store::open(&path, StoreOptions::default()).unwrap_err();
+    assert!(matches!(err, OpenError::AlreadyOpen { .. }), "{err:?}");
+}
+
+#[test]
+fn damaged_values_are_reported_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crc.redb");
+    {
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        store.append(NOW, Batch::Records(vec![run(None, "r1")])).unwrap();
+    }
+    {
+        // Flip a byte of the stored value through redb itself, as a bad sector would.
+        let db = redb::Database::open(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut log = w.open_table(tables::LOG).unwrap();
+            let mut bytes = log.get(1).unwrap().unwrap().value().to_vec();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0xff;
+            log.insert(1, bytes.as_slice()).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let err = store.scan(0, 10).unwrap_err();
+    assert!(matches!(err, ReadError::Corrupt { table: "log", .. }), "{err:?}");
+}
