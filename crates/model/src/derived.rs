@@ -142,3 +142,36 @@ pub struct Suppression {
     pub eligible_at_ms: Option<i64>,
     pub thresholds_version: String,
 }
+
+/// How an accepted local mitigation worked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum MitigationEffect {
+    /// The category did not fire again for the scope, and the metric is back under its limit.
+    Resolved,
+    /// The metric improved but the limit is still breached.
+    Partial,
+    NoEffect,
+}
+
+/// The follow-up of an accepted local mitigation, recorded when its observation period ends
+/// (3 windows or 30 minutes of record time).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct MitigationOutcome {
+    pub ts_ms: i64,
+    pub suggestion_id: String,
+    pub category: Category,
+    pub scope: String,
+    /// The mitigation taken (an option id).
+    pub choice: String,
+    pub effect: MitigationEffect,
+    /// The metric followed, e.g. `model_latency_ms_p95`.
+    pub metric: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95_before: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95_after: Option<f64>,
+    pub thresholds_version: String,
+}

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod derived;
+pub mod profile;
 pub mod prompt;
 pub mod record;
 pub mod signal;
@@ -16,6 +17,7 @@ pub mod validate;
 
 pub use api::*;
 pub use derived::*;
+pub use profile::*;
 pub use prompt::{normalize_prompt, prompt_hash};
 pub use record::*;
 pub use signal::Signal;

@@ -8,7 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::derived::{Firing, Suggestion, Suppression};
+use crate::derived::{Firing, MitigationOutcome, Suggestion, Suppression};
+use crate::profile::ProfileRecord;
 use crate::signal::Signal;
 
 #[cfg(feature = "schema")]
@@ -348,6 +349,8 @@ pub enum Record {
     Firing(Firing),
     Suggestion(Suggestion),
     Suppression(Suppression),
+    MitigationOutcome(MitigationOutcome),
+    Profile(ProfileRecord),
     Consent(ConsentRecord),
     Export(ExportRecord),
     Checkpoint(CheckpointRecord),
@@ -370,13 +373,15 @@ pub enum RecordKind {
     Firing = 10,
     Suggestion = 11,
     Suppression = 12,
+    Profile = 13,
     Consent = 14,
     Export = 15,
     Checkpoint = 16,
+    MitigationOutcome = 17,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 15] = [
+    pub const ALL: [RecordKind; 17] = [
         RecordKind::Run,
         RecordKind::ModelLoad,
         RecordKind::ContextRequest,
@@ -389,9 +394,11 @@ impl RecordKind {
         RecordKind::Firing,
         RecordKind::Suggestion,
         RecordKind::Suppression,
+        RecordKind::Profile,
         RecordKind::Consent,
         RecordKind::Export,
         RecordKind::Checkpoint,
+        RecordKind::MitigationOutcome,
     ];
 
     pub fn code(self) -> u8 {
@@ -416,6 +423,8 @@ impl RecordKind {
             RecordKind::Firing => "firing",
             RecordKind::Suggestion => "suggestion",
             RecordKind::Suppression => "suppression",
+            RecordKind::Profile => "profile",
+            RecordKind::MitigationOutcome => "mitigation_outcome",
             RecordKind::Consent => "consent",
             RecordKind::Export => "export",
             RecordKind::Checkpoint => "checkpoint",
@@ -454,6 +463,8 @@ impl Record {
             Record::Firing(_) => RecordKind::Firing,
             Record::Suggestion(_) => RecordKind::Suggestion,
             Record::Suppression(_) => RecordKind::Suppression,
+            Record::MitigationOutcome(_) => RecordKind::MitigationOutcome,
+            Record::Profile(_) => RecordKind::Profile,
             Record::Consent(_) => RecordKind::Consent,
             Record::Export(_) => RecordKind::Export,
             Record::Checkpoint(_) => RecordKind::Checkpoint,
@@ -474,6 +485,8 @@ impl Record {
             Record::Firing(x) => Some(x.ts_ms),
             Record::Suggestion(x) => Some(x.ts_ms),
             Record::Suppression(x) => Some(x.ts_ms),
+            Record::MitigationOutcome(x) => Some(x.ts_ms),
+            Record::Profile(x) => Some(x.ts_ms),
             Record::Consent(x) => Some(x.ts_ms),
             Record::Export(x) => Some(x.ts_ms),
             Record::Checkpoint(x) => Some(x.ts_ms),
