@@ -1,1 +1,356 @@
-fn main() {}
+//! `kora-telemetry`: the command line of the local telemetry and upgrade-detection service.
+//!
+//! The binary is glue: it parses flags, opens the store, and runs the server or a query. Errors
+//! become a plain message on stderr and a non-zero exit code.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use kora_model::{LogEntry, LogPage, Record};
+use kora_server::{AppState, Config, HostPolicy};
+use kora_store::{OpenError, Store, StoreOptions};
+
+const DB_FILE: &str = "kora-telemetry.redb";
+const ENDPOINT_FILE: &str = "service.json";
+
+/// Local telemetry store and upgrade-detection service of KORA Studio.
+///
+/// Records hardware samples and run events in an append-only store on this machine, detects
+/// when the machine hits a limit, and serves it all on a localhost-only HTTP API. Nothing
+/// leaves the machine unless you opt in.
+#[derive(Debug, Parser)]
+#[command(name = "kora-telemetry", version, about, long_about)]
+struct Cli {
+    /// Where the store lives. Defaults to the platform's data directory
+    /// (e.g. ~/.local/share/kora-telemetry on Linux).
+    #[arg(
+        long,
+        global = true,
+        env = "KORA_TELEMETRY_DATA_DIR",
+        value_name = "DIR"
+    )]
+    data_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (HTTP API on 127.0.0.1:7433 by default). Stop it with Ctrl-C.
+    Serve {
+        /// Address to listen on. Only loopback addresses are accepted unless
+        /// --allow-non-loopback is given.
+        #[arg(long, env = "KORA_TELEMETRY_LISTEN", default_value = "127.0.0.1:7433")]
+        listen: SocketAddr,
+        /// Accept a non-loopback --listen address. Anyone who can reach it can read your
+        /// telemetry: use only on a network you trust.
+        #[arg(long)]
+        allow_non_loopback: bool,
+        /// An extra host name the service answers to (besides localhost, 127.0.0.1, [::1]).
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+    },
+    /// Print the most recent log records, newest first. Asks the running service when there is
+    /// one, and reads the store file directly when there is none.
+    Log {
+        /// How many records to print (1 to 1000).
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: usize,
+        /// Only records of this kind (run, model_load, context_request, firing, suggestion, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Print JSON (one object per line) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KORA_TELEMETRY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kora-telemetry: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let data_dir = match cli.data_dir {
+        Some(d) => d,
+        None => directories::ProjectDirs::from("dev", "kora", "kora-telemetry")
+            .context(
+                "cannot find a home directory for the default data directory; pass --data-dir",
+            )?
+            .data_dir()
+            .to_owned(),
+    };
+    match cli.command {
+        Command::Serve {
+            listen,
+            allow_non_loopback,
+            hosts,
+        } => serve(&data_dir, listen, allow_non_loopback, hosts),
+        Command::Log { limit, kind, json } => log(&data_dir, limit, kind, json),
+    }
+}
+
+fn ensure_data_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {} to its owner", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn serve(
+    data_dir: &Path,
+    listen: SocketAddr,
+    allow_non_loopback: bool,
+    hosts: Vec<String>,
+) -> Result<()> {
+    if !listen.ip().is_loopback() {
+        if !allow_non_loopback {
+            bail!(
+                "refusing to listen on {listen}: not a loopback address. Your telemetry would be \
+                 reachable from other machines; pass --allow-non-loopback if you really mean it"
+            );
+        }
+        tracing::warn!(%listen, "listening on a NON-LOOPBACK address: other machines can reach this service");
+    }
+    ensure_data_dir(data_dir)?;
+    let db_path = data_dir.join(DB_FILE);
+    let store = Store::open(&db_path, StoreOptions::default()).map_err(|e| match e {
+        OpenError::AlreadyOpen { .. } => anyhow::anyhow!(
+            "{e}; is another `kora-telemetry serve` running on {}?",
+            data_dir.display()
+        ),
+        e => anyhow::Error::new(e),
+    })?;
+    let store = Arc::new(store);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let bound = listener.local_addr()?;
+        let config = Config {
+            data_dir: data_dir.to_owned(),
+            hosts: HostPolicy {
+                port: bound.port(),
+                extra_names: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            },
+        };
+        let state = AppState::new(store, config);
+        let endpoint = data_dir.join(ENDPOINT_FILE);
+        std::fs::write(
+            &endpoint,
+            serde_json::to_vec(
+                &serde_json::json!({ "listen": bound.to_string(), "pid": std::process::id() }),
+            )?,
+        )
+        .with_context(|| format!("cannot write {}", endpoint.display()))?;
+        println!(
+            "kora-telemetry listening on http://{bound} (data: {})",
+            data_dir.display()
+        );
+        tracing::info!(%bound, data_dir = %data_dir.display(), "serving");
+        let result = kora_server::serve(listener, state, shutdown_signal()).await;
+        let _ = std::fs::remove_file(&endpoint);
+        result.context("the server stopped with an error")
+    })?;
+    tracing::info!("stopped; every acknowledged record is on disk");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests and commits");
+}
+
+fn log(data_dir: &Path, limit: usize, kind: Option<String>, json: bool) -> Result<()> {
+    if limit == 0 || limit > kora_model::MAX_LOG_PAGE {
+        bail!("--limit must be 1 to {}", kora_model::MAX_LOG_PAGE);
+    }
+    let kind_filter = match kind.as_deref() {
+        None => None,
+        Some(k) => Some(
+            kora_model::RecordKind::parse(k)
+                .with_context(|| format!("unknown record kind {k:?}"))?,
+        ),
+    };
+    let db_path = data_dir.join(DB_FILE);
+    if !db_path.exists() {
+        bail!(
+            "no store at {}: nothing recorded yet (start the service with `kora-telemetry serve`)",
+            db_path.display()
+        );
+    }
+    let entries = match Store::open(&db_path, StoreOptions::default()) {
+        Ok(store) => store.recent(None, kind_filter, limit)?,
+        Err(OpenError::AlreadyOpen { .. }) => ask_service(data_dir, limit, kind.as_deref())?,
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        for e in &entries {
+            println!("{}", serde_json::to_string(e)?);
+        }
+    } else {
+        print_table(&entries);
+    }
+    Ok(())
+}
+
+/// The store is held by a running service: ask it over HTTP.
+fn ask_service(data_dir: &Path, limit: usize, kind: Option<&str>) -> Result<Vec<LogEntry>> {
+    let endpoint = data_dir.join(ENDPOINT_FILE);
+    let text = std::fs::read_to_string(&endpoint).with_context(|| {
+        format!(
+            "the store is in use by another process, and {} (written by a running service) cannot be read",
+            endpoint.display()
+        )
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", endpoint.display()))?;
+    let listen = v["listen"]
+        .as_str()
+        .with_context(|| format!("{} names no listen address", endpoint.display()))?;
+    let mut url = format!("http://{listen}/v1/log?limit={limit}");
+    if let Some(k) = kind {
+        url.push_str("&kind=");
+        url.push_str(k);
+    }
+    let page: LogPage = ureq::get(&url)
+        .call()
+        .with_context(|| format!("cannot reach the running service at {listen}"))?
+        .body_mut()
+        .read_json()
+        .context("the service answered with something that is not a log page")?;
+    Ok(page.entries)
+}
+
+fn print_table(entries: &[LogEntry]) {
+    println!(
+        "{:>10}  {:<24}  {:<16}  summary",
+        "seq", "time (UTC)", "kind"
+    );
+    for e in entries {
+        let time = e
+            .record
+            .ts_ms()
+            .and_then(|t| u64::try_from(t).ok())
+            .map(|t| {
+                humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(t),
+                )
+                .to_string()
+            })
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:>10}  {:<24}  {:<16}  {}",
+            e.seq,
+            time,
+            e.record.kind().as_str(),
+            summary(&e.record)
+        );
+    }
+    if entries.is_empty() {
+        println!("(no records)");
+    }
+}
+
+fn summary(r: &Record) -> String {
+    match r {
+        Record::Run(x) => format!(
+            "{} run {} ({:?}): model {:.0} ms, total {:.0} ms, retries {}",
+            x.model_id,
+            x.run_id,
+            x.substrate,
+            x.model_latency_ms,
+            x.total_latency_ms,
+            x.validation_retry_count
+        ),
+        Record::ModelLoad(x) => format!(
+            "{} needs {:.0} MB VRAM: {:?}",
+            x.model_id, x.model_required_vram_mb, x.outcome
+        ),
+        Record::ContextRequest(x) => format!(
+            "{} asks for {} context tokens",
+            x.model_id, x.requested_context_tokens
+        ),
+        Record::ContextOom(x) => format!("{} ran out of memory for its context", x.model_id),
+        Record::SessionStarted(x) => format!("session {} started", x.session_id),
+        Record::SessionEnded(x) => format!("session {} ended", x.session_id),
+        Record::Readiness(x) => format!(
+            "plugin {} network {} auth {} credits {}",
+            x.plugin_installed, x.network_available, x.authenticated, x.credits_available
+        ),
+        Record::Feedback(x) => format!("{:?} suggestion {}", x.action, x.suggestion_id),
+        Record::Window(x) => format!(
+            "{} {} {}: n={} p95={}",
+            x.window_kind, x.scope, x.metric, x.count, x.p95
+        ),
+        Record::Firing(x) => format!(
+            "{} fired for {}: {}",
+            x.category.as_str(),
+            x.scope,
+            x.reason
+        ),
+        Record::Suggestion(x) => format!(
+            "step {} for {} {}",
+            x.ladder_step,
+            x.category.as_str(),
+            x.scope
+        ),
+        Record::Suppression(x) => format!("{} held back by {:?}", x.category.as_str(), x.rule),
+        Record::MitigationOutcome(x) => {
+            format!("{} on {}: {:?}", x.choice, x.scope, x.effect)
+        }
+        Record::Profile(_) => "capability profile recomputed".into(),
+        Record::Consent(x) => format!(
+            "export {} for {}",
+            if x.enabled { "on" } else { "off" },
+            x.scope
+        ),
+        Record::Export(x) => format!("{} bytes to {}", x.bytes, x.destination),
+        Record::Checkpoint(x) => format!("engine state up to seq {}", x.up_to_seq),
+    }
+}

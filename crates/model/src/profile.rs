@@ -85,18 +85,25 @@ pub struct GpuReading {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vram_total_mb: Option<f64>,
+    /// Free VRAM as NVML's memory info v2 reports it: memory the driver reserves is not free.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vram_free_mb: Option<f64>,
+    /// VRAM the driver reserves for itself (memory info v2); neither free nor usable by models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vram_reserved_mb: Option<f64>,
     /// Why a reading is missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
 }
 
 /// One hardware snapshot: what the probe read at `ts_ms`. Missing readings say why.
+///
+/// Memory figures are in MB of 1,048,576 bytes (what `nvidia-smi` calls MiB).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 pub struct HardwareSnapshot {
     pub ts_ms: i64,
+    /// Logical CPUs the operating system schedules on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_cores: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,6 +121,20 @@ pub struct HardwareSnapshot {
     pub gpu_vram_total_mb: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_vram_free_mb: Option<f64>,
+    /// True when the probe found no usable NVIDIA GPU (NVML could not start, or it counts no
+    /// devices): the profile then sizes context from RAM. False when GPUs exist, even if none
+    /// could be read this time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cpu_only: bool,
+    /// The CPU load p95 (percent) of the latest closed time window. The probe leaves it absent;
+    /// the service fills it in before computing a profile, so the profile scales concurrency by
+    /// a sustained load rather than one instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_load_p95: Option<f64>,
+    /// Why a host reading or a GPU total is missing, by field name (`cpu_cores`,
+    /// `cpu_load_pct`, `ram_total_mb`, `ram_free_mb`, `gpu_vram_total_mb`, `gpu_vram_free_mb`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unavailable: BTreeMap<String, String>,
 }
 
 /// The `profile` log record: a profile and the snapshot it came from, written whenever either
@@ -124,4 +145,29 @@ pub struct ProfileRecord {
     pub ts_ms: i64,
     pub profile: LocalCapabilityProfile,
     pub hardware: HardwareSnapshot,
+}
+
+/// The answer of a fit check (`GET /v1/fit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum FitOutcome {
+    Fits,
+    DoesNotFit,
+    /// An input the check needs was unavailable; `reason` says which and why.
+    Unknown,
+}
+
+/// Whether a model (and optionally a context) fits this machine now, with the arithmetic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct FitVerdict {
+    pub verdict: FitOutcome,
+    /// One sentence: why this verdict.
+    pub reason: String,
+    /// The GPU the model fits on, when it fits on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<u32>,
+    /// Each step of the check, with the readings and constants substituted.
+    pub arithmetic: Vec<String>,
 }

@@ -26,7 +26,9 @@ pub fn prompt_hash(prompt: &str) -> String {
 
 /// Whether `s` has the shape of a [`prompt_hash`]: 64 lowercase hexadecimal digits.
 pub fn is_prompt_hash(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -35,7 +37,10 @@ mod tests {
 
     #[test]
     fn whitespace_differences_hash_the_same() {
-        assert_eq!(prompt_hash("  hello\r\n  world\t"), prompt_hash("hello world"));
+        assert_eq!(
+            prompt_hash("  hello\r\n  world\t"),
+            prompt_hash("hello world")
+        );
         assert_ne!(prompt_hash("Hello world"), prompt_hash("hello world"));
     }
 

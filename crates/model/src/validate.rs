@@ -49,7 +49,9 @@ fn ts(ts_ms: Option<i64>, now_ms: i64) -> Check {
     if t < MIN_TS_MS {
         return Err(FieldError::new(
             "ts_ms",
-            format!("{t} is before 2000-01-01 ({MIN_TS_MS}); ts_ms is milliseconds since the Unix epoch"),
+            format!(
+                "{t} is before 2000-01-01 ({MIN_TS_MS}); ts_ms is milliseconds since the Unix epoch"
+            ),
         ));
     }
     if t > now_ms.saturating_add(MAX_FUTURE_MS) {
@@ -71,11 +73,17 @@ fn text(field: &str, s: &str) -> Check {
     if s.len() > MAX_ID_LEN {
         return Err(FieldError::new(
             field,
-            format!("is {} bytes long; at most {MAX_ID_LEN} are allowed", s.len()),
+            format!(
+                "is {} bytes long; at most {MAX_ID_LEN} are allowed",
+                s.len()
+            ),
         ));
     }
     if s.chars().any(char::is_control) {
-        return Err(FieldError::new(field, "must not contain control characters"));
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -86,10 +94,16 @@ fn opt_text(field: &str, s: &Option<String>) -> Check {
 
 fn non_negative(field: &str, v: f64) -> Check {
     if !v.is_finite() {
-        return Err(FieldError::new(field, format!("must be a finite number, got {v}")));
+        return Err(FieldError::new(
+            field,
+            format!("must be a finite number, got {v}"),
+        ));
     }
     if v < 0.0 {
-        return Err(FieldError::new(field, format!("must not be negative, got {v}")));
+        return Err(FieldError::new(
+            field,
+            format!("must not be negative, got {v}"),
+        ));
     }
     Ok(())
 }
@@ -130,7 +144,10 @@ impl Validate for Sample {
                 if self.signal.is_count() && v.fract() != 0.0 {
                     return Err(FieldError::new(
                         "value",
-                        format!("{} counts things and must be a whole number, got {v}", self.signal),
+                        format!(
+                            "{} counts things and must be a whole number, got {v}",
+                            self.signal
+                        ),
                     ));
                 }
                 if self.signal.is_percent() && v > 100.0 {
@@ -169,7 +186,10 @@ impl Validate for Run {
         }
         if let (Some(i), Some(o)) = (self.tokens_in, self.tokens_out) {
             let Some(sum) = i.checked_add(o) else {
-                return Err(FieldError::new("tokens_out", "tokens_in + tokens_out overflows"));
+                return Err(FieldError::new(
+                    "tokens_out",
+                    "tokens_in + tokens_out overflows",
+                ));
             };
             if let Some(t) = self.total_tokens
                 && t != sum
@@ -184,7 +204,10 @@ impl Validate for Run {
             if stages.len() > MAX_STAGES {
                 return Err(FieldError::new(
                     "stages",
-                    format!("has {} entries; at most {MAX_STAGES} are allowed", stages.len()),
+                    format!(
+                        "has {} entries; at most {MAX_STAGES} are allowed",
+                        stages.len()
+                    ),
                 ));
             }
             for (i, s) in stages.iter().enumerate() {
@@ -299,14 +322,26 @@ mod tests {
     fn sample_rules() {
         assert!(sample(Signal::RamFreeMb, Some(10.5)).validate(NOW).is_ok());
         for bad in [f64::NAN, f64::INFINITY, -1.0] {
-            let e = sample(Signal::RamFreeMb, Some(bad)).validate(NOW).unwrap_err();
+            let e = sample(Signal::RamFreeMb, Some(bad))
+                .validate(NOW)
+                .unwrap_err();
             assert_eq!(e.field, "value");
         }
-        let e = sample(Signal::CpuCores, Some(2.5)).validate(NOW).unwrap_err();
+        let e = sample(Signal::CpuCores, Some(2.5))
+            .validate(NOW)
+            .unwrap_err();
         assert!(e.message.contains("whole"), "{e}");
-        let e = sample(Signal::CpuLoadPct, Some(100.5)).validate(NOW).unwrap_err();
+        let e = sample(Signal::CpuLoadPct, Some(100.5))
+            .validate(NOW)
+            .unwrap_err();
         assert!(e.message.contains("percentage"), "{e}");
-        assert_eq!(sample(Signal::RamFreeMb, None).validate(NOW).unwrap_err().field, "value");
+        assert_eq!(
+            sample(Signal::RamFreeMb, None)
+                .validate(NOW)
+                .unwrap_err()
+                .field,
+            "value"
+        );
         let mut s = sample(Signal::GpuVramFreeMb, None);
         s.unavailable = Some("no NVIDIA GPU".into());
         assert!(s.validate(NOW).is_ok());

@@ -1,1 +1,194 @@
-//! kora-server
+//! The kora-telemetry HTTP service: the axum router, its trust boundary and its handlers.
+//!
+//! [`router`] builds the whole application from an [`AppState`] and is driven by tests without
+//! a socket; [`serve`] runs it on a listener until a shutdown signal, then lets the store commit
+//! everything already queued. The service binds to loopback; every request passes the Host and
+//! Origin checks of [`security`] before routing. Handlers never route anything to a cloud: there
+//! is no endpoint that does.
+
+pub mod error;
+pub mod ingest;
+pub mod security;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use kora_model::{Health, LogPage, MAX_BODY_BYTES, MAX_LOG_PAGE, RecordKind};
+use kora_store::Store;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+pub use error::AppError;
+pub use security::HostPolicy;
+
+/// Milliseconds since the Unix epoch, from the system clock. Only the server reads a clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Settings the handlers need.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub hosts: HostPolicy,
+}
+
+/// The last write failure, shown by `/v1/health` until a write succeeds again.
+#[derive(Debug, Default)]
+pub struct HealthFlag(Mutex<Option<String>>);
+
+impl HealthFlag {
+    pub fn set(&self, problem: String) {
+        if let Ok(mut p) = self.0.lock() {
+            *p = Some(problem);
+        }
+    }
+    pub fn clear(&self) {
+        if let Ok(mut p) = self.0.lock() {
+            p.take();
+        }
+    }
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|p| p.clone())
+    }
+}
+
+/// Shared state: cheap to clone, a bundle of `Arc`s.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub config: Arc<Config>,
+    pub health: Arc<HealthFlag>,
+    pub started: Instant,
+    appended: Arc<tokio::sync::Notify>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<Store>, config: Config) -> AppState {
+        AppState {
+            store,
+            config: Arc::new(config),
+            health: Arc::default(),
+            started: Instant::now(),
+            appended: Arc::default(),
+        }
+    }
+
+    /// Wakes whatever follows the log (the engine) after a durable append.
+    pub fn notify_appended(&self) {
+        self.appended.notify_one();
+    }
+}
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/log", get(log))
+        .route("/v1/samples", post(ingest::post_samples))
+        .route("/v1/runs", post(ingest::post_runs))
+        .route("/v1/events", post(ingest::post_events))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security::guard,
+        ))
+        .with_state(state)
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    AppError::Internal("a handler panicked".into()).into_response()
+}
+
+async fn not_found(uri: axum::http::Uri) -> AppError {
+    AppError::NotFound(format!("no endpoint at {}; see http-api.md", uri.path()))
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, then drains the store's queue.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let store = state.store.clone();
+    let app = router(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    // Every request has been answered; commit whatever is still queued before returning.
+    tokio::task::spawn_blocking(move || store.shutdown())
+        .await
+        .map_err(std::io::Error::other)?;
+    result
+}
+
+async fn health(State(state): State<AppState>) -> Result<Json<Health>, AppError> {
+    let stats = state.store.stats()?;
+    let problem = state.health.get();
+    Ok(Json(Health {
+        status: if problem.is_some() { "degraded" } else { "ok" }.into(),
+        problem,
+        version: env!("CARGO_PKG_VERSION").into(),
+        store_format_version: kora_store::FORMAT_VERSION,
+        data_dir: state.config.data_dir.display().to_string(),
+        uptime_s: state.started.elapsed().as_secs(),
+        log_records: stats.log_records,
+        samples: stats.samples,
+        series: stats.series,
+        last_seq: stats.last_seq,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    before: Option<u64>,
+    limit: Option<usize>,
+    kind: Option<String>,
+}
+
+async fn log(
+    State(state): State<AppState>,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<LogPage>, AppError> {
+    let Query(q) = query.map_err(|e| AppError::bad_request("invalid_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > MAX_LOG_PAGE {
+        return Err(AppError::Invalid {
+            code: "invalid_query",
+            message: format!("limit must be 1 to {MAX_LOG_PAGE}, got {limit}"),
+            field: Some("limit".into()),
+        });
+    }
+    let kind = match q.kind.as_deref() {
+        None => None,
+        Some(k) => Some(RecordKind::parse(k).ok_or_else(|| AppError::Invalid {
+            code: "invalid_query",
+            message: format!("unknown record kind {k:?}"),
+            field: Some("kind".into()),
+        })?),
+    };
+    let entries = state.store.recent(q.before, kind, limit)?;
+    let next_before = if entries.len() == limit {
+        entries.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    Ok(Json(LogPage {
+        entries,
+        next_before,
+    }))
+}

@@ -74,11 +74,7 @@ macro_rules! read_from {
         }
     )*};
 }
-read_from!(
-    redb::StorageError,
-    redb::TableError,
-    redb::TransactionError
-);
+read_from!(redb::StorageError, redb::TableError, redb::TransactionError);
 
 /// Classifies a redb failure during a write, so that a full disk is told apart.
 pub(crate) fn write_error(e: impl Into<redb::Error>) -> WriteError {

@@ -179,8 +179,10 @@ impl Store {
                 }
                 // Create every table so that readers never meet a missing one.
                 wtx.open_table(LOG).map_err(|e| redb_err(e.into()))?;
-                wtx.open_table(LOG_BY_KIND).map_err(|e| redb_err(e.into()))?;
-                wtx.open_table(LOG_BY_TIME).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(LOG_BY_KIND)
+                    .map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(LOG_BY_TIME)
+                    .map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(IDS).map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(SERIES).map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(SAMPLES).map_err(|e| redb_err(e.into()))?;
@@ -431,7 +433,10 @@ fn check_format(db: &impl ReadableDatabase, path: &Path) -> Result<u64, OpenErro
         Err(e) => return Err(redb_err(e.into())),
     };
     let get = |k: &str| -> Result<Option<u64>, OpenError> {
-        Ok(meta.get(k).map_err(|e| redb_err(e.into()))?.map(|v| v.value()))
+        Ok(meta
+            .get(k)
+            .map_err(|e| redb_err(e.into()))?
+            .map(|v| v.value()))
     };
     let Some(found) = get(K_FORMAT_VERSION)? else {
         return Err(OpenError::NotAStore {
@@ -478,10 +483,9 @@ fn decode<T: DeserializeOwned>(
     key: impl Fn() -> String,
     bytes: &[u8],
 ) -> Result<T, ReadError> {
-    let (crc, payload) = bytes.split_at_checked(4).ok_or_else(|| ReadError::Corrupt {
-        table,
-        key: key(),
-    })?;
+    let (crc, payload) = bytes
+        .split_at_checked(4)
+        .ok_or_else(|| ReadError::Corrupt { table, key: key() })?;
     let mut crc_bytes = [0u8; 4];
     crc_bytes.copy_from_slice(crc);
     if u32::from_le_bytes(crc_bytes) != crc32fast::hash(payload) {
@@ -641,10 +645,11 @@ impl Writer {
                     let sid = match found {
                         Some(id) => id,
                         None => {
-                            let id = u32::try_from(series.len().map_err(error::write_error)?).map_err(|_| {
-                                WriteError::Storage("too many series".into())
-                            })?;
-                            series.insert(key.as_str(), id).map_err(error::write_error)?;
+                            let id = u32::try_from(series.len().map_err(error::write_error)?)
+                                .map_err(|_| WriteError::Storage("too many series".into()))?;
+                            series
+                                .insert(key.as_str(), id)
+                                .map_err(error::write_error)?;
                             id
                         }
                     };
@@ -656,8 +661,11 @@ impl Writer {
                     let mut record = v[index].clone();
                     record.stamp(job.now_ms);
                     let ts = record.ts_ms().unwrap_or(job.now_ms);
-                    log.insert(seq, encode(&record)?.as_slice()).map_err(error::write_error)?;
-                    by_kind.insert((record.kind().code(), seq), ()).map_err(error::write_error)?;
+                    log.insert(seq, encode(&record)?.as_slice())
+                        .map_err(error::write_error)?;
+                    by_kind
+                        .insert((record.kind().code(), seq), ())
+                        .map_err(error::write_error)?;
                     by_time.insert((ts, seq), ()).map_err(error::write_error)?;
                 }
             }
@@ -670,7 +678,8 @@ impl Writer {
                     let mut value = [0u8; 40];
                     value[..8].copy_from_slice(&seq.to_le_bytes());
                     value[8..].copy_from_slice(&d);
-                    ids.insert(id, value.as_slice()).map_err(error::write_error)?;
+                    ids.insert(id, value.as_slice())
+                        .map_err(error::write_error)?;
                 }
             }
             out.seqs.push(seq);
@@ -714,10 +723,19 @@ fn bump_meta(
     samples_new: u64,
 ) -> Result<(), WriteError> {
     let mut meta = wtx.open_table(META).map_err(error::write_error)?;
-    let log_records = meta.get(K_LOG_RECORDS).map_err(error::write_error)?.map_or(0, |v| v.value());
-    let samples = meta.get(K_SAMPLES).map_err(error::write_error)?.map_or(0, |v| v.value());
-    meta.insert(K_NEXT_SEQ, next_seq).map_err(error::write_error)?;
-    meta.insert(K_LOG_RECORDS, log_records + log_new).map_err(error::write_error)?;
-    meta.insert(K_SAMPLES, samples + samples_new).map_err(error::write_error)?;
+    let log_records = meta
+        .get(K_LOG_RECORDS)
+        .map_err(error::write_error)?
+        .map_or(0, |v| v.value());
+    let samples = meta
+        .get(K_SAMPLES)
+        .map_err(error::write_error)?
+        .map_or(0, |v| v.value());
+    meta.insert(K_NEXT_SEQ, next_seq)
+        .map_err(error::write_error)?;
+    meta.insert(K_LOG_RECORDS, log_records + log_new)
+        .map_err(error::write_error)?;
+    meta.insert(K_SAMPLES, samples + samples_new)
+        .map_err(error::write_error)?;
     Ok(())
 }

@@ -72,14 +72,30 @@ fn records_survive_reopen_and_seq_keeps_increasing() {
     assert_eq!((stats.log_records, stats.samples, stats.series), (2, 2, 1));
     assert_eq!(stats.last_seq, Some(4));
     let entries = store.scan(0, 100).unwrap();
-    assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
     // The server stamped the time on records that came without one.
     assert_eq!(entries[0].record.ts_ms(), Some(NOW));
-    let a = store.append(NOW, Batch::Records(vec![run(None, "r3")])).unwrap();
+    let a = store
+        .append(NOW, Batch::Records(vec![run(None, "r3")]))
+        .unwrap();
     assert_eq!(a.seqs, vec![5]);
-    let got = store.samples("ram_free_mb", NOW - 1000, NOW + 1, 10).unwrap();
-    assert_eq!(got.iter().map(|s| s.sample.value).collect::<Vec<_>>(), vec![Some(100.0), Some(90.0)]);
-    assert_eq!(store.samples("ram_free_mb", NOW, NOW + 1, 10).unwrap().len(), 1);
+    let got = store
+        .samples("ram_free_mb", NOW - 1000, NOW + 1, 10)
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|s| s.sample.value).collect::<Vec<_>>(),
+        vec![Some(100.0), Some(90.0)]
+    );
+    assert_eq!(
+        store
+            .samples("ram_free_mb", NOW, NOW + 1, 10)
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -103,10 +119,20 @@ fn kind_and_time_indexes_scan_only_what_they_name() {
     let runs = store.scan_kind(RecordKind::Run, 0, 100).unwrap();
     assert_eq!(runs.len(), 10);
     assert!(runs.iter().all(|e| e.record.kind() == RecordKind::Run));
-    let recent = store.recent(None, Some(RecordKind::SessionStarted), 3).unwrap();
-    assert_eq!(recent.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![20, 18, 16]);
-    let page2 = store.recent(Some(16), Some(RecordKind::SessionStarted), 2).unwrap();
-    assert_eq!(page2.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![14, 12]);
+    let recent = store
+        .recent(None, Some(RecordKind::SessionStarted), 3)
+        .unwrap();
+    assert_eq!(
+        recent.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![20, 18, 16]
+    );
+    let page2 = store
+        .recent(Some(16), Some(RecordKind::SessionStarted), 2)
+        .unwrap();
+    assert_eq!(
+        page2.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![14, 12]
+    );
     let window = store.scan_time(NOW - 10_000, NOW - 8_000, 100).unwrap();
     assert_eq!(window.len(), 4);
 }
@@ -116,20 +142,32 @@ fn retried_ids_are_stored_once_and_reused_ids_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("i.redb"), StoreOptions::default()).unwrap();
     let first = store
-        .append(NOW, Batch::Records(vec![run(Some("a"), "r1"), run(Some("b"), "r2")]))
+        .append(
+            NOW,
+            Batch::Records(vec![run(Some("a"), "r1"), run(Some("b"), "r2")]),
+        )
         .unwrap();
     // A retry, later: the same content without ts_ms is recognised even though the server
     // would stamp another time now.
     let retry = store
-        .append(NOW + 5000, Batch::Records(vec![run(Some("a"), "r1"), run(Some("c"), "r3")]))
+        .append(
+            NOW + 5000,
+            Batch::Records(vec![run(Some("a"), "r1"), run(Some("c"), "r3")]),
+        )
         .unwrap();
     assert_eq!(retry.duplicates, 1);
     assert_eq!(retry.accepted, 1);
     assert_eq!(retry.seqs[0], first.seqs[0]);
     let conflict = store
-        .append(NOW, Batch::Records(vec![run(Some("d"), "r4"), run(Some("b"), "other")]))
+        .append(
+            NOW,
+            Batch::Records(vec![run(Some("d"), "r4"), run(Some("b"), "other")]),
+        )
         .unwrap_err();
-    assert!(matches!(conflict, WriteError::IdConflict { index: 1, .. }), "{conflict:?}");
+    assert!(
+        matches!(conflict, WriteError::IdConflict { index: 1, .. }),
+        "{conflict:?}"
+    );
     // The refused batch stored nothing, not even its first, valid item.
     assert_eq!(store.stats().unwrap().log_records, 3);
 }
@@ -145,7 +183,10 @@ fn concurrent_writers_share_commits_and_every_ack_is_stored() {
                 (0..50)
                     .map(|i| {
                         store
-                            .append(NOW, Batch::Records(vec![run(Some(&format!("{t}-{i}")), "r")]))
+                            .append(
+                                NOW,
+                                Batch::Records(vec![run(Some(&format!("{t}-{i}")), "r")]),
+                            )
                             .unwrap()
                             .seqs[0]
                     })
@@ -153,7 +194,10 @@ fn concurrent_writers_share_commits_and_every_ack_is_stored() {
             })
         })
         .collect();
-    let mut seqs: Vec<u64> = threads.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let mut seqs: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
     seqs.sort_unstable();
     seqs.dedup();
     assert_eq!(seqs.len(), 800);
@@ -177,7 +221,10 @@ fn a_newer_format_is_refused_and_left_untouched() {
     let err = Store::open(&path, StoreOptions::default()).unwrap_err();
     assert!(matches!(err, OpenError::FormatTooNew { found, .. } if found == FORMAT_VERSION + 1));
     assert!(err.to_string().contains("new.redb"), "{err}");
-    assert!(std::fs::read(&path).unwrap() == before, "the refused file was changed");
+    assert!(
+        std::fs::read(&path).unwrap() == before,
+        "the refused file was changed"
+    );
 }
 
 #[test]
@@ -187,7 +234,10 @@ fn foreign_files_are_refused() {
     std::fs::write(&path, vec![0x5a; 8192]).unwrap();
     let err = Store::open(&path, StoreOptions::default()).unwrap_err();
     assert!(err.to_string().contains("garbage.redb"), "{err}");
-    assert!(std::fs::read(&path).unwrap() == vec![0x5a; 8192], "the refused file was changed");
+    assert!(
+        std::fs::read(&path).unwrap() == vec![0x5a; 8192],
+        "the refused file was changed"
+    );
 }
 
 #[test]
@@ -205,7 +255,9 @@ fn damaged_values_are_reported_not_served() {
     let path = dir.path().join("crc.redb");
     {
         let store = Store::open(&path, StoreOptions::default()).unwrap();
-        store.append(NOW, Batch::Records(vec![run(None, "r1")])).unwrap();
+        store
+            .append(NOW, Batch::Records(vec![run(None, "r1")]))
+            .unwrap();
     }
     {
         // Flip a byte of the stored value through redb itself, as a bad sector would.
@@ -222,5 +274,8 @@ fn damaged_values_are_reported_not_served() {
     }
     let store = Store::open(&path, StoreOptions::default()).unwrap();
     let err = store.scan(0, 10).unwrap_err();
-    assert!(matches!(err, ReadError::Corrupt { table: "log", .. }), "{err:?}");
+    assert!(
+        matches!(err, ReadError::Corrupt { table: "log", .. }),
+        "{err:?}"
+    );
 }

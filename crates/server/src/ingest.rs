@@ -1,0 +1,246 @@
+//! Ingest: decode a batch (JSON or MessagePack), validate it, append it, answer once durable.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, header};
+use kora_model::{
+    EventBatch, IngestAck, MAX_BATCH_ITEMS, Record, RunBatch, SampleBatch, Validate, validate_batch,
+};
+use kora_store::{Appended, Batch, WriteError};
+use serde::de::DeserializeOwned;
+
+use crate::AppState;
+use crate::error::AppError;
+
+/// The depth MessagePack decoding may nest to. The records are at most four levels deep; the
+/// decoder's default (1024) lets a 1 KB body overflow the stack of a debug build.
+const MSGPACK_MAX_DEPTH: usize = 16;
+
+/// How a request body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Json,
+    MessagePack,
+}
+
+/// Reads the body's encoding from `Content-Type`; anything but JSON or MessagePack is a 415, so
+/// that a browser cannot send a body without a CORS preflight.
+pub fn encoding(headers: &HeaderMap) -> Result<Encoding, AppError> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Err(AppError::UnsupportedMediaType(
+            "Content-Type is missing; send application/json or application/msgpack".into(),
+        ));
+    };
+    let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    match essence {
+        "application/json" => Ok(Encoding::Json),
+        "application/msgpack" | "application/x-msgpack" | "application/vnd.msgpack" => {
+            Ok(Encoding::MessagePack)
+        }
+        other => Err(AppError::UnsupportedMediaType(format!(
+            "Content-Type {other:?} is not accepted; send application/json or application/msgpack"
+        ))),
+    }
+}
+
+/// Decodes a body, naming the path of the offending field on failure.
+pub fn decode<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, AppError> {
+    let enc = encoding(headers)?;
+    let body = body.map_err(body_error)?;
+    match enc {
+        Encoding::Json => {
+            let mut de = serde_json::Deserializer::from_slice(&body);
+            let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                let field = e.path().to_string();
+                invalid_body(field, e.inner().to_string())
+            })?;
+            de.end()
+                .map_err(|e| invalid_body(String::new(), format!("trailing data: {e}")))?;
+            Ok(value)
+        }
+        Encoding::MessagePack => {
+            let mut de = rmp_serde::Deserializer::from_read_ref(&body[..]);
+            de.set_max_depth(MSGPACK_MAX_DEPTH);
+            serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                let field = e.path().to_string();
+                invalid_body(field, e.inner().to_string())
+            })
+        }
+    }
+}
+
+fn invalid_body(field: String, message: String) -> AppError {
+    let field = (!field.is_empty() && field != ".").then_some(field);
+    AppError::Invalid {
+        code: "invalid_body",
+        message,
+        field,
+    }
+}
+
+fn body_error(e: BytesRejection) -> AppError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        AppError::TooLarge(format!(
+            "the body is larger than {} bytes; send smaller batches",
+            kora_model::MAX_BODY_BYTES
+        ))
+    } else {
+        AppError::bad_request("invalid_body", e.body_text())
+    }
+}
+
+/// Bounds and validates a batch; duplicate client ids inside one batch are refused.
+fn check_batch<T: Validate>(
+    name: &str,
+    items: &[T],
+    id_of: impl Fn(&T) -> Option<&str>,
+    now_ms: i64,
+) -> Result<(), AppError> {
+    if items.is_empty() {
+        return Err(AppError::invalid(name, format!("{name} is empty")));
+    }
+    if items.len() > MAX_BATCH_ITEMS {
+        return Err(AppError::TooLarge(format!(
+            "{name} has {} items; at most {MAX_BATCH_ITEMS} are allowed in one batch",
+            items.len()
+        )));
+    }
+    validate_batch(name, items, now_ms).map_err(|e| AppError::invalid(e.field, e.message))?;
+    let mut seen = std::collections::BTreeMap::new();
+    for (i, item) in items.iter().enumerate() {
+        if let Some(id) = id_of(item)
+            && let Some(first) = seen.insert(id, i)
+        {
+            return Err(AppError::invalid(
+                format!("{name}[{i}].id"),
+                format!("id {id:?} appears twice in this batch (first at {name}[{first}])"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Appends a batch through the store's group commit and waits for durability.
+pub async fn append(state: &AppState, name: &str, batch: Batch) -> Result<Appended, AppError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    state
+        .store
+        .submit(crate::now_ms(), batch, move |r| {
+            let _ = tx.send(r);
+        })
+        .map_err(|e| write_error(state, name, e))?;
+    let result = rx
+        .await
+        .map_err(|_| AppError::Internal("the store writer stopped without an answer".into()))?;
+    match result {
+        Ok(a) => {
+            state.health.clear();
+            state.notify_appended();
+            Ok(a)
+        }
+        Err(e) => Err(write_error(state, name, e)),
+    }
+}
+
+fn write_error(state: &AppState, name: &str, e: WriteError) -> AppError {
+    match e {
+        WriteError::Busy => AppError::Unavailable {
+            message: "the write queue is full; retry shortly".into(),
+            retry_after_s: 1,
+        },
+        WriteError::ShuttingDown => AppError::Unavailable {
+            message: "the service is shutting down".into(),
+            retry_after_s: 5,
+        },
+        WriteError::IdConflict { index, id } => AppError::Conflict {
+            message: format!(
+                "id {id:?} was already stored with different content; a retry must resend the same record"
+            ),
+            field: format!("{name}[{index}].id"),
+        },
+        WriteError::DiskFull(detail) => {
+            state.health.set(format!("disk full: {detail}"));
+            AppError::DiskFull
+        }
+        other => {
+            state.health.set(other.to_string());
+            AppError::Internal(other.to_string())
+        }
+    }
+}
+
+fn ack(a: Appended) -> axum::Json<IngestAck> {
+    axum::Json(IngestAck {
+        accepted: a.accepted,
+        duplicates: a.duplicates,
+        first_seq: a.first_new_seq,
+        last_seq: a.last_new_seq,
+    })
+}
+
+pub async fn post_samples(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<IngestAck>, AppError> {
+    let batch: SampleBatch = decode(&headers, body)?;
+    check_batch(
+        "samples",
+        &batch.samples,
+        |s| s.id.as_deref(),
+        crate::now_ms(),
+    )?;
+    Ok(ack(append(
+        &state,
+        "samples",
+        Batch::Samples(batch.samples),
+    )
+    .await?))
+}
+
+pub async fn post_runs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<IngestAck>, AppError> {
+    let batch: RunBatch = decode(&headers, body)?;
+    check_batch("runs", &batch.runs, |r| r.id.as_deref(), crate::now_ms())?;
+    let mut records = Vec::with_capacity(batch.runs.len());
+    for mut run in batch.runs {
+        if run.total_tokens.is_none()
+            && let (Some(i), Some(o)) = (run.tokens_in, run.tokens_out)
+        {
+            run.total_tokens = i.checked_add(o);
+        }
+        records.push(Record::Run(run));
+    }
+    Ok(ack(append(&state, "runs", Batch::Records(records)).await?))
+}
+
+pub async fn post_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<IngestAck>, AppError> {
+    let batch: EventBatch = decode(&headers, body)?;
+    check_batch(
+        "events",
+        &batch.events,
+        |e| match e {
+            kora_model::Event::ModelLoad(x) => x.id.as_deref(),
+            kora_model::Event::ContextRequest(x) => x.id.as_deref(),
+            kora_model::Event::ContextOom(x) => x.id.as_deref(),
+            kora_model::Event::SessionStarted(x) | kora_model::Event::SessionEnded(x) => {
+                x.id.as_deref()
+            }
+        },
+        crate::now_ms(),
+    )?;
+    let records = batch.events.into_iter().map(Record::from).collect();
+    Ok(ack(append(&state, "events", Batch::Records(records)).await?))
+}

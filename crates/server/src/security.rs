@@ -1,0 +1,171 @@
+//! The trust boundary, applied before routing: Host allowlist (DNS rebinding), Origin checks on
+//! state-changing requests, and security headers on every response.
+//!
+//! A web page in the user's browser can reach 127.0.0.1. It cannot choose the Host header of a
+//! request to a name that resolves there, so an exact Host allowlist stops DNS rebinding; and a
+//! cross-site page's writes carry its Origin (or `Sec-Fetch-Site: cross-site`), which is refused.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::AppState;
+use crate::error::AppError;
+
+/// Which Host values the service answers to.
+#[derive(Debug, Clone)]
+pub struct HostPolicy {
+    /// The port the service is bound to.
+    pub port: u16,
+    /// Extra host names, lowercase, configured by the user.
+    pub extra_names: Vec<String>,
+}
+
+impl HostPolicy {
+    fn names(&self) -> impl Iterator<Item = &str> {
+        ["localhost", "127.0.0.1", "[::1]"]
+            .into_iter()
+            .chain(self.extra_names.iter().map(String::as_str))
+    }
+
+    /// Whether `authority` (`host[:port]`) names this service exactly.
+    pub fn allows_authority(&self, authority: &str) -> bool {
+        let authority = authority.to_ascii_lowercase();
+        let (host, port) = match authority.rsplit_once(':') {
+            // `[::1]` alone contains colons but ends with `]`.
+            Some((h, p)) if !p.ends_with(']') => (h, p.parse::<u16>().ok()),
+            _ => (authority.as_str(), Some(80)),
+        };
+        port == Some(self.port) && self.names().any(|n| n == host)
+    }
+
+    /// The origins that are this service's own.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        origin
+            .strip_prefix("http://")
+            .is_some_and(|authority| self.allows_authority(authority))
+    }
+}
+
+fn single<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Result<Option<&'a str>, ()> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(());
+    }
+    match first {
+        None => Ok(None),
+        Some(v) => v.to_str().map(Some).map_err(|_| ()),
+    }
+}
+
+/// Refuses requests that do not name this service, or that a foreign page sent.
+pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Err(message) = check(&state.config.hosts, &request) {
+        return AppError::Forbidden(message).into_response();
+    }
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+fn check(policy: &HostPolicy, request: &Request) -> Result<(), String> {
+    let headers = request.headers();
+    let host = match single(headers, header::HOST) {
+        Ok(Some(h)) if !h.is_empty() => h,
+        Ok(_) => return Err("the Host header is missing or empty".into()),
+        Err(()) => return Err("the Host header is repeated or not text".into()),
+    };
+    if !policy.allows_authority(host) {
+        return Err(format!(
+            "Host {host:?} is not this service; use http://127.0.0.1:{}",
+            policy.port
+        ));
+    }
+    // An absolute-form target must name this service too.
+    if let Some(authority) = request.uri().authority()
+        && !policy.allows_authority(authority.as_str())
+    {
+        return Err(format!(
+            "the request target names another host ({authority})"
+        ));
+    }
+    let changes_state = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if changes_state {
+        match single(headers, header::ORIGIN) {
+            Ok(None) => {}
+            Ok(Some(origin)) if policy.allows_origin(origin) => {}
+            Ok(Some(origin)) => {
+                return Err(format!(
+                    "writes from origin {origin:?} are refused; only this service's own pages may write"
+                ));
+            }
+            Err(()) => return Err("the Origin header is repeated or not text".into()),
+        }
+        if let Ok(Some(site)) = single(headers, header::HeaderName::from_static("sec-fetch-site"))
+            && site.eq_ignore_ascii_case("cross-site")
+        {
+            return Err("cross-site writes are refused".into());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_allowlist_is_exact() {
+        let p = HostPolicy {
+            port: 7433,
+            extra_names: vec![],
+        };
+        for ok in [
+            "127.0.0.1:7433",
+            "localhost:7433",
+            "LOCALHOST:7433",
+            "[::1]:7433",
+        ] {
+            assert!(p.allows_authority(ok), "{ok}");
+        }
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "localhost.:7433",
+            "evil.com:7433",
+            "127.0.0.1.evil.com:7433",
+            "localhost:7433:7433",
+            "[::1]",
+            "",
+        ] {
+            assert!(!p.allows_authority(bad), "{bad}");
+        }
+        assert!(p.allows_origin("http://127.0.0.1:7433"));
+        assert!(!p.allows_origin("null"));
+        assert!(!p.allows_origin("https://127.0.0.1:7433"));
+        assert!(!p.allows_origin("http://evil.com:7433"));
+    }
+}
