@@ -1,0 +1,551 @@
+//! The real router over a real store in a temporary directory, driven without a socket.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use kora_model::*;
+use kora_server::{AppState, Config, HostPolicy};
+use kora_store::{Store, StoreOptions};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const HOST: &str = "127.0.0.1:7433";
+
+struct App {
+    router: Router,
+    _dir: tempfile::TempDir,
+}
+
+fn app() -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.redb"), StoreOptions::default()).unwrap();
+    let state = AppState::new(
+        Arc::new(store),
+        Config {
+            data_dir: dir.path().to_owned(),
+            hosts: HostPolicy {
+                port: 7433,
+                extra_names: vec![],
+            },
+        },
+    );
+    App {
+        router: kora_server::router(state),
+        _dir: dir,
+    }
+}
+
+impl App {
+    async fn send(&self, req: Request<Body>) -> (StatusCode, Value, axum::http::HeaderMap) {
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, value, headers)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let req = Request::post(path)
+            .header("host", HOST)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let (s, v, _) = self.send(req).await;
+        (s, v)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let req = Request::get(path)
+            .header("host", HOST)
+            .body(Body::empty())
+            .unwrap();
+        let (s, v, _) = self.send(req).await;
+        (s, v)
+    }
+
+    async fn counts(&self) -> (u64, u64) {
+        let (_, h) = self.get("/v1/health").await;
+        (
+            h["log_records"].as_u64().unwrap(),
+            h["samples"].as_u64().unwrap(),
+        )
+    }
+}
+
+fn now() -> i64 {
+    kora_server::now_ms()
+}
+
+fn run_json(run_id: &str) -> Value {
+    json!({
+        "run_id": run_id, "session_id": "s1", "model_id": "llama-3-8b-q4", "substrate": "local",
+        "prompt_hash": prompt_hash("Summarize this"), "context_tokens": 2048,
+        "tokens_in": 1500, "tokens_out": 300, "total_tokens": 1800,
+        "model_latency_ms": 2100.5, "total_latency_ms": 2600.0,
+        "deterministic_stage_ms": 400.0, "model_stage_ms": 2100.5,
+        "validation_retry_count": 0, "budget_breach_count": 0,
+        "stages": [{"name": "parse", "kind": "deterministic", "ms": 12.0}]
+    })
+}
+
+/// Asserts a 400 that names `field`, and that nothing was stored.
+async fn rejects(app: &App, path: &str, body: Value, field: &str) {
+    let before = app.counts().await;
+    let (status, v) = app.post(path, body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["field"], field, "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert_eq!(
+        app.counts().await,
+        before,
+        "a rejected batch stored something"
+    );
+}
+
+#[tokio::test]
+async fn health_reports_counts_and_version() {
+    let app = app();
+    let (s, v) = app.get("/v1/health").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["log_records"], 0);
+    assert!(v["last_seq"].is_null());
+}
+
+#[tokio::test]
+async fn samples_runs_and_events_are_acknowledged_with_their_seqs() {
+    let app = app();
+    let (s, v) = app
+        .post(
+            "/v1/samples",
+            json!({"samples": [
+                {"signal": "ram_free_mb", "value": 12000},
+                {"signal": "gpu_vram_free_mb", "unavailable": "no NVIDIA GPU (driver not loaded)"}
+            ]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v,
+        json!({"accepted": 2, "duplicates": 0, "first_seq": 1, "last_seq": 2})
+    );
+    let (s, v) = app
+        .post(
+            "/v1/runs",
+            json!({"runs": [run_json("r1"), run_json("r2")]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["first_seq"].as_u64(), v["last_seq"].as_u64()),
+        (Some(3), Some(4))
+    );
+    let (s, v) = app
+        .post(
+            "/v1/events",
+            json!({"events": [
+                {"kind": "session_started", "session_id": "s1"},
+                {"kind": "model_load", "model_id": "llama-70b", "model_required_vram_mb": 40000, "outcome": "failed"},
+                {"kind": "context_request", "model_id": "llama-3-8b-q4", "requested_context_tokens": 32768},
+                {"kind": "context_oom", "model_id": "llama-3-8b-q4", "session_id": "s1"},
+                {"kind": "session_ended", "session_id": "s1"}
+            ]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["accepted"], 5);
+    assert_eq!(app.counts().await, (7, 2));
+    let (s, v) = app.get("/v1/log?limit=3").await;
+    assert_eq!(s, StatusCode::OK);
+    let kinds: Vec<_> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].clone())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            json!("session_ended"),
+            json!("context_oom"),
+            json!("context_request")
+        ]
+    );
+    assert_eq!(v["next_before"], 7);
+    let (_, v) = app.get("/v1/log?kind=run").await;
+    let runs = v["entries"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["run_id"], "r2");
+    assert!(
+        runs[0]["ts_ms"].as_i64().unwrap() > MIN_TS_MS,
+        "the server stamps a time"
+    );
+}
+
+#[tokio::test]
+async fn messagepack_bodies_are_accepted_and_equal_json() {
+    let app = app();
+    let batch = RunBatch {
+        runs: vec![serde_json::from_value(run_json("mp1")).unwrap()],
+    };
+    let req = Request::post("/v1/runs")
+        .header("host", HOST)
+        .header("content-type", "application/msgpack")
+        .body(Body::from(rmp_serde::to_vec_named(&batch).unwrap()))
+        .unwrap();
+    let (s, v, _) = app.send(req).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, page) = app.get("/v1/log?kind=run").await;
+    let stored: Run = serde_json::from_value({
+        let mut e = page["entries"][0].clone();
+        let o = e.as_object_mut().unwrap();
+        o.remove("seq");
+        o.remove("kind");
+        o.remove("ts_ms");
+        e
+    })
+    .unwrap();
+    assert_eq!(stored, batch.runs[0]);
+}
+
+#[tokio::test]
+async fn non_finite_values_in_messagepack_are_refused() {
+    let app = app();
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let batch = SampleBatch {
+            samples: vec![Sample {
+                id: None,
+                ts_ms: None,
+                signal: Signal::QueueWaitMs,
+                value: Some(bad),
+                unavailable: None,
+                device: None,
+                model_id: None,
+                session_id: None,
+            }],
+        };
+        let req = Request::post("/v1/samples")
+            .header("host", HOST)
+            .header("content-type", "application/msgpack")
+            .body(Body::from(rmp_serde::to_vec_named(&batch).unwrap()))
+            .unwrap();
+        let (s, v, _) = app.send(req).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["field"], "samples[0].value");
+    }
+    assert_eq!(app.counts().await, (0, 0));
+}
+
+#[tokio::test]
+async fn deeply_nested_messagepack_is_refused_without_a_crash() {
+    let app = app();
+    // {"samples": [[[[...]]]]} nested far past any record's depth, in a small body.
+    let mut body = vec![0x81, 0xa7];
+    body.extend_from_slice(b"samples");
+    body.extend(std::iter::repeat_n(0x91u8, 100_000));
+    body.push(0xc0);
+    let req = Request::post("/v1/samples")
+        .header("host", HOST)
+        .header("content-type", "application/msgpack")
+        .body(Body::from(body))
+        .unwrap();
+    let (s, v, _) = app.send(req).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+}
+
+#[tokio::test]
+async fn every_validation_error_names_its_field() {
+    let app = app();
+    let t = now();
+    let s = "/v1/samples";
+    rejects(
+        &app,
+        s,
+        json!({"samples": [{"signal": "vram", "value": 1}]}),
+        "samples[0].signal",
+    )
+    .await;
+    rejects(
+        &app,
+        s,
+        json!({"samples": [{"signal": "ram_free_mb", "value": 1, "extra": 1}]}),
+        "samples[0].extra",
+    )
+    .await;
+    rejects(
+        &app,
+        s,
+        json!({"samples": [{"signal": "ram_free_mb", "value": 1}, {"signal": "ram_free_mb", "value": -1}]}),
+        "samples[1].value",
+    )
+    .await;
+    rejects(
+        &app,
+        s,
+        json!({"samples": [{"signal": "ram_free_mb"}]}),
+        "samples[0].value",
+    )
+    .await;
+    rejects(
+        &app,
+        s,
+        json!({"samples": [{"signal": "ram_free_mb", "value": 1, "unavailable": "x"}]}),
+        "samples[0].unavailable",
+    )
+    .await;
+    rejects(
+        &app,
+        s,
+        json!({"samples": [{"signal": "cpu_cores", "value": 2.5}]}),
+        "samples[0].value",
+    )
+    .await;
+    rejects(
+        &app,
+        s,
+        json!({"samples": [{"signal": "cpu_load_pct", "value": 140}]}),
+        "samples[0].value",
+    )
+    .await;
+    rejects(
+        &app,
+        s,
+        json!({"samples": [{"signal": "ram_free_mb", "value": 1, "ts_ms": t + 10 * 60 * 1000}]}),
+        "samples[0].ts_ms",
+    )
+    .await;
+    rejects(
+        &app,
+        s,
+        json!({"samples": [{"signal": "ram_free_mb", "value": 1, "ts_ms": 1_000}]}),
+        "samples[0].ts_ms",
+    )
+    .await;
+    rejects(&app, s, json!({"samples": []}), "samples").await;
+    rejects(&app, s, json!({"sample": []}), "sample").await;
+
+    let r = "/v1/runs";
+    let with = |field: &str, value: Value| {
+        let mut run = run_json("r");
+        run[field] = value;
+        json!({ "runs": [run] })
+    };
+    rejects(
+        &app,
+        r,
+        with("total_tokens", json!(1)),
+        "runs[0].total_tokens",
+    )
+    .await;
+    rejects(
+        &app,
+        r,
+        with("validation_retry_count", json!(-1)),
+        "runs[0].validation_retry_count",
+    )
+    .await;
+    rejects(
+        &app,
+        r,
+        with("prompt_hash", json!("Summarize this")),
+        "runs[0].prompt_hash",
+    )
+    .await;
+    rejects(
+        &app,
+        r,
+        with("prompt", json!("raw prompts are never accepted")),
+        "runs[0].prompt",
+    )
+    .await;
+    rejects(
+        &app,
+        r,
+        with("model_latency_ms", json!(5000.0)),
+        "runs[0].total_latency_ms",
+    )
+    .await;
+    rejects(
+        &app,
+        r,
+        with("substrate", json!("edge")),
+        "runs[0].substrate",
+    )
+    .await;
+    rejects(&app, r, with("model_id", json!("")), "runs[0].model_id").await;
+    rejects(
+        &app,
+        r,
+        with("tokens_in", json!(u64::MAX)),
+        "runs[0].tokens_out",
+    )
+    .await;
+    let mut staged = run_json("r");
+    staged["stages"][0]["ms"] = json!(-2.0);
+    rejects(&app, r, json!({"runs": [staged]}), "runs[0].stages[0].ms").await;
+    let mut a = run_json("a");
+    a["id"] = json!("dup");
+    let mut b = run_json("b");
+    b["id"] = json!("dup");
+    rejects(&app, r, json!({"runs": [a, b]}), "runs[1].id").await;
+
+    let e = "/v1/events";
+    rejects(
+        &app,
+        e,
+        json!({"events": [{"kind": "model_loaded", "model_id": "m"}]}),
+        "events[0].kind",
+    )
+    .await;
+    rejects(
+        &app,
+        e,
+        json!({"events": [{"kind": "model_load", "model_id": "m", "model_required_vram_mb": -5, "outcome": "ok"}]}),
+        "events[0].model_required_vram_mb",
+    )
+    .await;
+    rejects(
+        &app,
+        e,
+        json!({"events": [{"kind": "context_oom", "model_id": "m"}]}),
+        "events[0]",
+    )
+    .await;
+    assert_eq!(app.counts().await, (0, 0));
+}
+
+#[tokio::test]
+async fn retried_batches_are_stored_once_and_reused_ids_conflict() {
+    let app = app();
+    let mut r = run_json("r1");
+    r["id"] = json!("client-1");
+    let (s, first) = app.post("/v1/runs", json!({"runs": [r.clone()]})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, again) = app.post("/v1/runs", json!({"runs": [r.clone()]})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        again,
+        json!({"accepted": 0, "duplicates": 1, "first_seq": null, "last_seq": null})
+    );
+    assert_eq!(first["accepted"], 1);
+    r["model_latency_ms"] = json!(1.0);
+    let (s, v) = app.post("/v1/runs", json!({"runs": [r]})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["field"], "runs[0].id");
+    assert_eq!(app.counts().await, (1, 0));
+}
+
+#[tokio::test]
+async fn content_types_sizes_and_routes_are_checked() {
+    let app = app();
+    let body = json!({"samples": [{"signal": "ram_free_mb", "value": 1}]}).to_string();
+    for ct in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data"),
+    ] {
+        let mut req = Request::post("/v1/samples").header("host", HOST);
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        let (s, v, _) = app.send(req.body(Body::from(body.clone())).unwrap()).await;
+        assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct:?}: {v}");
+        assert_eq!(v["error"], "unsupported_media_type");
+    }
+    let big = vec![b' '; MAX_BODY_BYTES + 1];
+    let req = Request::post("/v1/samples")
+        .header("host", HOST)
+        .header("content-type", "application/json")
+        .body(Body::from(big))
+        .unwrap();
+    let (s, v, _) = app.send(req).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    let many: Vec<Value> = (0..MAX_BATCH_ITEMS + 1)
+        .map(|_| json!({"signal": "ram_free_mb", "value": 1}))
+        .collect();
+    let (s, v) = app.post("/v1/samples", json!({ "samples": many })).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    let (s, v) = app
+        .post("/v1/samples", Value::String("not an object".into()))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = app.get("/v1/nothing").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(v["error"], "not_found");
+    let (s, v) = app.get("/v1/log?limit=0").await;
+    assert_eq!(
+        (s, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("limit"))
+    );
+    let (s, v) = app.get("/v1/log?kind=nope").await;
+    assert_eq!(
+        (s, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("kind"))
+    );
+    let (s, _) = app.get("/v1/log?limit=abc").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(app.counts().await, (0, 0));
+}
+
+#[tokio::test]
+async fn foreign_hosts_and_origins_are_refused_before_routing() {
+    let app = app();
+    for host in ["evil.example:7433", "127.0.0.1:7434", "localhost.:7433", ""] {
+        let req = Request::get("/v1/health")
+            .header("host", host)
+            .body(Body::empty())
+            .unwrap();
+        let (s, v, _) = app.send(req).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{host}: {v}");
+    }
+    let req = Request::get("/v1/health").body(Body::empty()).unwrap();
+    assert_eq!(app.send(req).await.0, StatusCode::FORBIDDEN, "missing Host");
+    let req = Request::get("http://evil.example:7433/v1/health")
+        .header("host", HOST)
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        app.send(req).await.0,
+        StatusCode::FORBIDDEN,
+        "absolute-form target"
+    );
+    let body = json!({"samples": [{"signal": "ram_free_mb", "value": 1}]}).to_string();
+    for (name, value) in [
+        ("origin", "http://evil.example"),
+        ("origin", "null"),
+        ("origin", "http://127.0.0.1:7434"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let req = Request::post("/v1/samples")
+            .header("host", HOST)
+            .header("content-type", "application/json")
+            .header(name, value)
+            .body(Body::from(body.clone()))
+            .unwrap();
+        let (s, v, _) = app.send(req).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{name}: {value}: {v}");
+    }
+    assert_eq!(app.counts().await, (0, 0));
+    let req = Request::post("/v1/samples")
+        .header("host", HOST)
+        .header("content-type", "application/json")
+        .header("origin", "http://127.0.0.1:7433")
+        .body(Body::from(body))
+        .unwrap();
+    let (s, _, headers) = app.send(req).await;
+    assert_eq!(s, StatusCode::OK, "the service's own origin may write");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert!(
+        headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    assert!(headers.get("access-control-allow-origin").is_none());
+}
