@@ -88,6 +88,7 @@ pub fn summarize(values: &[f64]) -> Option<Summary> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

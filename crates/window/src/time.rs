@@ -143,6 +143,7 @@ impl TimeWindows {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
