@@ -13,6 +13,7 @@ pub mod profile;
 pub mod prompt;
 pub mod record;
 pub mod signal;
+pub mod thresholds;
 pub mod validate;
 
 pub use api::*;
@@ -21,6 +22,7 @@ pub use profile::*;
 pub use prompt::{normalize_prompt, prompt_hash};
 pub use record::*;
 pub use signal::Signal;
+pub use thresholds::*;
 pub use validate::{FieldError, Validate, validate_batch};
 
 /// Milliseconds since the Unix epoch of 2000-01-01T00:00:00Z: no telemetry is older.

@@ -1,5 +1,7 @@
 //! The real router over a real store in a temporary directory, driven without a socket.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use axum::Router;

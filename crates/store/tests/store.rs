@@ -1,5 +1,7 @@
 //! The store against a real redb file in a temporary directory.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use kora_model::*;

@@ -1,0 +1,4 @@
+pub mod common;
+mod crash;
+mod e2e;
+mod schema;
