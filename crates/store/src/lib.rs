@@ -65,13 +65,20 @@ impl Default for StoreOptions {
 pub enum Batch {
     Samples(Vec<Sample>),
     Records(Vec<Record>),
+    /// Records the service derived from the log up to and including seq `cursor`. The cursor is
+    /// stored in the same transaction, so after a crash the follower knows exactly which inputs
+    /// already have their derived records in the log.
+    Derived {
+        records: Vec<Record>,
+        cursor: u64,
+    },
 }
 
 impl Batch {
     fn len(&self) -> usize {
         match self {
             Batch::Samples(v) => v.len(),
-            Batch::Records(v) => v.len(),
+            Batch::Records(v) | Batch::Derived { records: v, .. } => v.len(),
         }
     }
 }
@@ -284,6 +291,13 @@ impl Store {
             series: rtx.open_table(SERIES)?.len()?,
             last_seq: next.checked_sub(1).filter(|s| *s > 0),
         })
+    }
+
+    /// The seq of the last log entry whose derived records were stored (0 when none were).
+    pub fn engine_cursor(&self) -> Result<u64, ReadError> {
+        let rtx = self.read()?;
+        let meta = rtx.open_table(META)?;
+        Ok(meta.get(K_ENGINE_CURSOR)?.map_or(0, |v| v.value()))
     }
 
     /// Log entries in seq order starting at `from_seq`, at most `limit`.
@@ -546,7 +560,7 @@ impl Writer {
                 if let Ok(a) = outcome {
                     match job.batch {
                         Batch::Samples(_) => samples_new += a.accepted,
-                        Batch::Records(_) => log_new += a.accepted,
+                        Batch::Records(_) | Batch::Derived { .. } => log_new += a.accepted,
                     }
                 }
             }
@@ -586,6 +600,7 @@ impl Writer {
             let (id, d) = match &job.batch {
                 Batch::Samples(v) => (v[index].id.as_deref(), digest_if(&v[index])?),
                 Batch::Records(v) => (v[index].client_id(), digest_if(&v[index])?),
+                Batch::Derived { .. } => (None, None),
             };
             let (Some(id), Some(d)) = (id, d) else {
                 seqs.push(None);
@@ -657,7 +672,7 @@ impl Writer {
                         .insert((sid, ts, seq), encode(&(false, &sample))?.as_slice())
                         .map_err(error::write_error)?;
                 }
-                Batch::Records(v) => {
+                Batch::Records(v) | Batch::Derived { records: v, .. } => {
                     let mut record = v[index].clone();
                     record.stamp(job.now_ms);
                     let ts = record.ts_ms().unwrap_or(job.now_ms);
@@ -673,6 +688,7 @@ impl Writer {
                 let id = match &job.batch {
                     Batch::Samples(v) => v[index].id.as_deref(),
                     Batch::Records(v) => v[index].client_id(),
+                    Batch::Derived { .. } => None,
                 };
                 if let Some(id) = id {
                     let mut value = [0u8; 40];
@@ -686,6 +702,11 @@ impl Writer {
             out.accepted += 1;
             out.first_new_seq.get_or_insert(seq);
             out.last_new_seq = Some(seq);
+        }
+        if let Batch::Derived { cursor, .. } = job.batch {
+            let mut meta = wtx.open_table(META).map_err(error::write_error)?;
+            meta.insert(K_ENGINE_CURSOR, cursor)
+                .map_err(error::write_error)?;
         }
         Ok(Ok(out))
     }

@@ -1,7 +1,8 @@
 //! Every redb table of the store, defined once.
 //!
 //! Encoding (format version 1):
-//! - `meta`: `&str -> u64`: `format_version`, `next_seq`, `log_records`, `samples`.
+//! - `meta`: `&str -> u64`: `format_version`, `next_seq`, `log_records`, `samples`, and
+//!   `engine_cursor` (the last log seq whose derived records are stored).
 //! - `log`: `seq (u64) -> bytes`: a CRC-32 (little-endian, of the payload) then the record as
 //!   MessagePack with named fields (`rmp_serde::to_vec_named`). The seq is strictly increasing
 //!   and never reused; gaps are the seqs given to samples, which live in the series store.
@@ -27,3 +28,4 @@ pub const K_FORMAT_VERSION: &str = "format_version";
 pub const K_NEXT_SEQ: &str = "next_seq";
 pub const K_LOG_RECORDS: &str = "log_records";
 pub const K_SAMPLES: &str = "samples";
+pub const K_ENGINE_CURSOR: &str = "engine_cursor";

@@ -281,3 +281,44 @@ fn damaged_values_are_reported_not_served() {
         "{err:?}"
     );
 }
+
+#[test]
+fn derived_batches_store_the_engine_cursor_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.redb");
+    {
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        assert_eq!(store.engine_cursor().unwrap(), 0);
+        store
+            .append(NOW, Batch::Records(vec![run(None, "r1")]))
+            .unwrap();
+        let window = Record::Window(WindowRecord {
+            ts_ms: NOW,
+            window_kind: "runs".into(),
+            metric: "model_latency_ms".into(),
+            scope: "llama-8b".into(),
+            start_ms: NOW,
+            end_ms: NOW,
+            first_seq: Some(1),
+            last_seq: Some(1),
+            count: 1,
+            min: 100.0,
+            max: 100.0,
+            p50: 100.0,
+            p95: 100.0,
+        });
+        let a = store
+            .append(
+                NOW,
+                Batch::Derived {
+                    records: vec![window],
+                    cursor: 1,
+                },
+            )
+            .unwrap();
+        assert_eq!(a.seqs, vec![2]);
+    }
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    assert_eq!(store.engine_cursor().unwrap(), 1);
+    assert_eq!(store.stats().unwrap().log_records, 2);
+}
