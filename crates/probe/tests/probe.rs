@@ -1,0 +1,777 @@
+//! The probe crate's integration tests: recorded machines with the exact profiles they must
+//! give, property tests of the profile formulas, and one reading of this machine.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use kora_model::{
+    Derived, Event, FitOutcome, GpuReading, HardwareSnapshot, LoadOutcome, LocalCapabilityProfile,
+    ModelLoad, ProfileConstants, Signal, Validate,
+};
+use kora_probe::{
+    GpuError, GpuErrorKind, ModelCatalog, Probe, Recording, compute_profile, fit_check,
+    snapshot_to_samples,
+};
+use proptest::prelude::*;
+use serde::Deserialize;
+
+const TS: i64 = 1_760_000_000_000;
+const VERSION: &str = "1.0.0";
+
+fn constants() -> ProfileConstants {
+    ProfileConstants {
+        vram_headroom_mb: 512.0,
+        ram_headroom_mb: 2048.0,
+        default_kv_cache_bytes_per_token: 131072.0,
+        max_context_tokens_cap: 131072,
+        cores_per_session: 4.0,
+        cpu_busy_pct: 85.0,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recorded machines
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fixture {
+    recording: serde_json::Value,
+    #[serde(default)]
+    events: Vec<Event>,
+    ticks: Vec<Tick>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tick {
+    /// The window p95 the service would fill in before computing the profile.
+    #[serde(default)]
+    cpu_load_p95: Option<f64>,
+    expect: Expect,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    /// Fields that must equal the snapshot's (as JSON), each compared whole.
+    #[serde(default)]
+    snapshot: serde_json::Map<String, serde_json::Value>,
+    max_recommended_model_vram_mb: Option<ExpectDerived>,
+    max_recommended_context_tokens: Option<ExpectDerived>,
+    max_recommended_concurrency: Option<ExpectDerived>,
+    #[serde(default)]
+    models: BTreeMap<String, ExpectDerived>,
+    #[serde(default)]
+    fits: Vec<ExpectFit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpectDerived {
+    value: Option<f64>,
+    unknown: Option<String>,
+    unknown_contains: Option<String>,
+    from: Option<String>,
+    #[serde(default)]
+    from_contains: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpectFit {
+    model_required_vram_mb: f64,
+    context_tokens: Option<u64>,
+    verdict: FitOutcome,
+    device: Option<u32>,
+    reason: Option<String>,
+    #[serde(default)]
+    arithmetic_contains: Vec<String>,
+}
+
+fn check_derived(what: &str, got: &Derived, want: &ExpectDerived) {
+    assert!(
+        got.value.is_some() != got.unknown.is_some(),
+        "{what}: exactly one of value and unknown: {got:?}"
+    );
+    match (want.value, &want.unknown, &want.unknown_contains) {
+        (Some(v), _, _) => assert_eq!(got.value, Some(v), "{what}: {got:#?}"),
+        (None, Some(u), _) => {
+            assert_eq!(got.value, None, "{what} must be unknown: {got:#?}");
+            assert_eq!(got.unknown.as_deref(), Some(u.as_str()), "{what}");
+        }
+        (None, None, Some(part)) => {
+            assert_eq!(got.value, None, "{what} must be unknown: {got:#?}");
+            let u = got.unknown.as_deref().unwrap_or_default();
+            assert!(u.contains(part.as_str()), "{what}: {u:?} lacks {part:?}");
+        }
+        (None, None, None) => panic!("{what}: the expectation names no value and no unknown"),
+    }
+    if let Some(from) = &want.from {
+        assert_eq!(&got.from, from, "{what}: from");
+    }
+    for part in &want.from_contains {
+        assert!(
+            got.from.contains(part.as_str()),
+            "{what}: {:?} lacks {part:?}",
+            got.from
+        );
+    }
+}
+
+/// JSON equality with numbers compared as numbers (24564 equals 24564.0), and an absent
+/// value equal to the defaults serialization leaves out (false, [], {}).
+fn json_eq(got: &serde_json::Value, want: &serde_json::Value) -> bool {
+    use serde_json::Value as V;
+    match (got, want) {
+        (V::Number(a), V::Number(b)) => a.as_f64() == b.as_f64(),
+        (V::Array(a), V::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| json_eq(x, y))
+        }
+        (V::Object(a), V::Object(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .all(|(k, x)| b.get(k).is_some_and(|y| json_eq(x, y)))
+        }
+        (V::Null, V::Bool(false)) => true,
+        (V::Null, V::Array(b)) | (V::Array(b), V::Null) => b.is_empty(),
+        (V::Null, V::Object(b)) => b.is_empty(),
+        _ => got == want,
+    }
+}
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Replays one recorded machine and checks every tick's snapshot, profile and fit verdicts.
+fn replay(name: &str) {
+    let path = fixture_dir().join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let fixture: Fixture = serde_json::from_str(&text).unwrap();
+    let recording = Recording::from_json(&fixture.recording.to_string()).unwrap();
+    let mut probe = Probe::from_recording(recording);
+    let mut catalog = ModelCatalog::new();
+    for e in &fixture.events {
+        e.validate(TS).unwrap();
+        catalog.observe_event(e);
+    }
+    assert!(!fixture.ticks.is_empty());
+    for (i, tick) in fixture.ticks.iter().enumerate() {
+        let at = format!("{name} tick {i}");
+        let ts = TS + i as i64 * 5_000;
+        let mut snapshot = probe.snapshot(ts);
+        assert_eq!(snapshot.ts_ms, ts);
+        snapshot.cpu_load_p95 = tick.cpu_load_p95;
+
+        let json = serde_json::to_value(&snapshot).unwrap();
+        for (field, want) in &tick.expect.snapshot {
+            let got = json.get(field).cloned().unwrap_or(serde_json::Value::Null);
+            assert!(
+                json_eq(&got, want),
+                "{at}: snapshot.{field} is {got}, want {want}"
+            );
+        }
+
+        let samples = snapshot_to_samples(&snapshot);
+        for s in &samples {
+            s.validate(ts)
+                .unwrap_or_else(|e| panic!("{at}: {s:?}: {e}"));
+        }
+
+        let profile = compute_profile(&snapshot, &catalog, &constants(), VERSION);
+        assert_eq!(profile.thresholds_version, VERSION);
+        assert_eq!(
+            profile,
+            compute_profile(&snapshot, &catalog, &constants(), VERSION),
+            "{at}: the profile is deterministic"
+        );
+        assert_eq!(
+            profile.models.keys().collect::<Vec<_>>(),
+            catalog.models.keys().collect::<Vec<_>>()
+        );
+        let e = &tick.expect;
+        if let Some(w) = &e.max_recommended_model_vram_mb {
+            check_derived(
+                &format!("{at}: max_recommended_model_vram_mb"),
+                &profile.max_recommended_model_vram_mb,
+                w,
+            );
+        }
+        if let Some(w) = &e.max_recommended_context_tokens {
+            check_derived(
+                &format!("{at}: max_recommended_context_tokens"),
+                &profile.max_recommended_context_tokens,
+                w,
+            );
+        }
+        if let Some(w) = &e.max_recommended_concurrency {
+            check_derived(
+                &format!("{at}: max_recommended_concurrency"),
+                &profile.max_recommended_concurrency,
+                w,
+            );
+        }
+        for (id, w) in &e.models {
+            let m = profile
+                .models
+                .get(id)
+                .unwrap_or_else(|| panic!("{at}: no model {id}"));
+            check_derived(&format!("{at}: {id}"), &m.supported_context_tokens, w);
+        }
+        for f in &e.fits {
+            let v = fit_check(
+                &snapshot,
+                f.model_required_vram_mb,
+                f.context_tokens,
+                &constants(),
+            );
+            let what = format!(
+                "{at}: fit {} MB / {:?}",
+                f.model_required_vram_mb, f.context_tokens
+            );
+            assert_eq!(v.verdict, f.verdict, "{what}: {v:#?}");
+            assert_eq!(v.device, f.device, "{what}: {v:#?}");
+            if let Some(r) = &f.reason {
+                assert_eq!(&v.reason, r, "{what}");
+            }
+            for part in &f.arithmetic_contains {
+                assert!(
+                    v.arithmetic.iter().any(|l| l.contains(part.as_str())),
+                    "{what}: no line has {part:?}: {:#?}",
+                    v.arithmetic
+                );
+            }
+            assert!(!v.arithmetic.is_empty(), "{what}: the arithmetic is shown");
+        }
+    }
+}
+
+#[test]
+fn desktop_rtx4090() {
+    replay("desktop_rtx4090.json");
+}
+
+#[test]
+fn laptop_8gb() {
+    replay("laptop_8gb.json");
+}
+
+#[test]
+fn two_gpus() {
+    replay("two_gpus.json");
+}
+
+#[test]
+fn cpu_only() {
+    replay("cpu_only.json");
+}
+
+#[test]
+fn nvml_fails_mid_run() {
+    replay("nvml_fails_mid_run.json");
+}
+
+#[test]
+fn every_fixture_is_replayed() {
+    let mut names: Vec<String> = std::fs::read_dir(fixture_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "cpu_only.json",
+            "desktop_rtx4090.json",
+            "laptop_8gb.json",
+            "nvml_fails_mid_run.json",
+            "two_gpus.json"
+        ]
+    );
+}
+
+/// The samples of a tick with a lost GPU: per-device and total readings are unavailable with
+/// the reason, never 0, and host readings are present.
+#[test]
+fn samples_of_a_lost_gpu_say_why() {
+    let text = std::fs::read_to_string(fixture_dir().join("nvml_fails_mid_run.json")).unwrap();
+    let fixture: Fixture = serde_json::from_str(&text).unwrap();
+    let mut probe =
+        Probe::from_recording(Recording::from_json(&fixture.recording.to_string()).unwrap());
+
+    let first = snapshot_to_samples(&probe.snapshot(TS));
+    let keys: Vec<(String, Option<f64>)> =
+        first.iter().map(|s| (s.series_key(), s.value)).collect();
+    assert_eq!(
+        keys,
+        [
+            ("gpu_vram_total_mb".to_owned(), Some(12282.0)),
+            ("gpu_vram_free_mb".to_owned(), Some(11000.0)),
+            ("gpu_vram_total_mb@gpu0".to_owned(), Some(12282.0)),
+            ("gpu_vram_free_mb@gpu0".to_owned(), Some(11000.0)),
+            ("cpu_cores".to_owned(), Some(20.0)),
+            ("cpu_load_pct".to_owned(), Some(30.0)),
+            ("ram_free_mb".to_owned(), Some(20000.0)),
+            ("ram_total_mb".to_owned(), Some(31800.0)),
+        ]
+    );
+    assert!(first.iter().all(|s| s.ts_ms == Some(TS)));
+
+    let lost = snapshot_to_samples(&probe.snapshot(TS + 5_000));
+    assert_eq!(lost.len(), 8);
+    for s in &lost[..4] {
+        assert_eq!(s.value, None, "{s:?}");
+        let why = s.unavailable.as_deref().unwrap();
+        assert!(why.contains("GPU lost"), "{why}");
+        s.validate(TS).unwrap();
+    }
+    assert_eq!(lost[2].device, Some(0));
+    assert_eq!(lost[0].device, None);
+
+    let uncounted = snapshot_to_samples(&probe.snapshot(TS + 10_000));
+    assert_eq!(
+        uncounted.len(),
+        6,
+        "no per-device samples when no device was counted"
+    );
+    for s in &uncounted[..2] {
+        assert_eq!(
+            s.unavailable.as_deref(),
+            Some("NVML could not count the GPUs: unknown NVML error")
+        );
+    }
+}
+
+#[test]
+fn samples_clamp_rounding_noise_and_refuse_bad_numbers() {
+    let mut s = bare_snapshot();
+    s.cpu_load_pct = Some(100.000_000_1);
+    s.ram_free_mb = Some(f64::NAN);
+    s.ram_total_mb = Some(-1.0);
+    let samples = snapshot_to_samples(&s);
+    let by = |sig: Signal| {
+        samples
+            .iter()
+            .find(|x| x.signal == sig && x.device.is_none())
+            .unwrap()
+    };
+    assert_eq!(by(Signal::CpuLoadPct).value, Some(100.0));
+    assert_eq!(by(Signal::RamFreeMb).value, None);
+    assert!(
+        by(Signal::RamFreeMb)
+            .unavailable
+            .as_deref()
+            .unwrap()
+            .contains("NaN")
+    );
+    assert_eq!(by(Signal::RamTotalMb).value, None);
+    for x in &samples {
+        x.validate(TS).unwrap_or_else(|e| panic!("{x:?}: {e}"));
+    }
+}
+
+#[test]
+fn recordings_are_checked() {
+    assert!(Recording::from_json(r#"{"host": [], "nvml": {"ticks": []}}"#).is_err());
+    assert!(Recording::from_json(r#"{"host": [], "nvml": {"bogus": 1}}"#).is_err());
+    let no_gpu_ticks = r#"{"host": [{"cpu_cores": 1, "cpu_load_pct": 1, "ram_total_mb": 1,
+        "ram_free_mb": 1}], "nvml": {"ticks": []}}"#;
+    assert!(Recording::from_json(no_gpu_ticks).is_err());
+}
+
+#[test]
+fn nvml_start_failures_read_as_no_nvidia_gpu() {
+    for (kind, words) in [
+        (
+            GpuErrorKind::DriverNotLoaded,
+            "no NVIDIA GPU (NVIDIA driver not loaded)",
+        ),
+        (
+            GpuErrorKind::NoPermission,
+            "no NVIDIA GPU (no permission to talk to the NVIDIA driver)",
+        ),
+    ] {
+        let rec = format!(
+            r#"{{"host": [{{"cpu_cores": 4, "cpu_load_pct": 1, "ram_total_mb": 8000,
+               "ram_free_mb": 4000}}], "nvml": {{"init_error": {}}}}}"#,
+            serde_json::to_string(&GpuError::new(kind)).unwrap()
+        );
+        let mut probe = Probe::from_recording(Recording::from_json(&rec).unwrap());
+        assert_eq!(probe.gpu_unavailable(), Some(words));
+        let s = probe.snapshot(TS);
+        assert!(s.cpu_only);
+        assert_eq!(s.gpu_unavailable.as_deref(), Some(words));
+        let p = compute_profile(&s, &ModelCatalog::new(), &constants(), VERSION);
+        assert_eq!(
+            p.max_recommended_model_vram_mb.unknown.as_deref(),
+            Some(words)
+        );
+    }
+}
+
+#[test]
+fn fit_check_refuses_bad_input_without_panicking() {
+    let s = bare_snapshot();
+    for bad in [f64::NAN, f64::INFINITY, -1.0] {
+        let v = fit_check(&s, bad, None, &constants());
+        assert_eq!(v.verdict, FitOutcome::Unknown);
+        assert!(v.reason.contains("model_required_vram_mb"), "{}", v.reason);
+    }
+    let mut c = constants();
+    c.default_kv_cache_bytes_per_token = 0.0;
+    let v = fit_check(&s, 1000.0, Some(10), &c);
+    assert_eq!(v.verdict, FitOutcome::Unknown);
+    let p = compute_profile(&s, &ModelCatalog::new(), &c, VERSION);
+    assert!(
+        p.max_recommended_context_tokens
+            .unknown
+            .as_deref()
+            .unwrap()
+            .contains("default_kv_cache_bytes_per_token 0")
+    );
+    let json = serde_json::to_value(fit_check(&s, 100_000.0, None, &constants())).unwrap();
+    assert_eq!(json["verdict"], "does_not_fit");
+}
+
+#[test]
+fn catalog_keeps_the_latest_load_and_the_runtime_context() {
+    let mut c = ModelCatalog::new();
+    let load = |mb: f64, outcome| ModelLoad {
+        id: None,
+        ts_ms: None,
+        model_id: "m".into(),
+        model_required_vram_mb: mb,
+        vram_reclaimable_mb_est: None,
+        outcome,
+        quantization: None,
+        params_b: None,
+        kv_cache_bytes_per_token: None,
+        session_id: None,
+    };
+    assert!(c.observe_load(&load(9000.0, LoadOutcome::Ok)));
+    assert!(!c.observe_load(&load(9000.0, LoadOutcome::Ok)), "no change");
+    assert_eq!(c.largest_loaded(), Some(("m", 9000.0)));
+    assert!(c.observe_load(&load(9500.0, LoadOutcome::Failed)));
+    assert_eq!(
+        c.largest_loaded(),
+        None,
+        "a model whose latest load failed is not loaded"
+    );
+}
+
+/// This machine, read for real. On a machine without NVIDIA (as where this is developed) the
+/// GPU part says "no NVIDIA GPU (...)"; with one, GPU readings are present instead.
+#[test]
+fn this_machine() {
+    let mut probe = Probe::new();
+    let first = probe.snapshot(TS);
+    assert!(first.cpu_cores.unwrap_or(0) > 0, "{first:#?}");
+    assert!(first.ram_total_mb.unwrap_or(0.0) > 0.0, "{first:#?}");
+    let free = first.ram_free_mb.unwrap();
+    assert!(free > 0.0 && free <= first.ram_total_mb.unwrap());
+    assert_eq!(
+        first.cpu_load_pct, None,
+        "the first reading has no load figure"
+    );
+    assert!(
+        first.unavailable["cpu_load_pct"].contains("this is the first"),
+        "{first:#?}"
+    );
+    match &first.gpu_unavailable {
+        Some(why) => {
+            assert!(why.starts_with("no NVIDIA GPU ("), "{why}");
+            assert!(first.cpu_only && first.gpus.is_empty());
+            assert_eq!(probe.gpu_unavailable(), Some(why.as_str()));
+        }
+        None => assert!(!first.gpus.is_empty(), "{first:#?}"),
+    }
+
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    let second = probe.snapshot(TS + 250);
+    let load = second.cpu_load_pct.unwrap_or_else(|| panic!("{second:#?}"));
+    assert!((0.0..=100.0).contains(&load), "{load}");
+    for s in snapshot_to_samples(&second) {
+        s.validate(TS).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+    }
+
+    // Too soon after the previous reading: no stale figure is passed off as new.
+    let third = probe.snapshot(TS + 260);
+    assert_eq!(third.cpu_load_pct, None);
+    assert!(third.unavailable["cpu_load_pct"].contains("apart"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties
+
+fn bare_snapshot() -> HardwareSnapshot {
+    HardwareSnapshot {
+        ts_ms: TS,
+        cpu_cores: Some(8),
+        cpu_load_pct: Some(10.0),
+        ram_total_mb: Some(32000.0),
+        ram_free_mb: Some(16000.0),
+        gpus: Vec::new(),
+        gpu_unavailable: Some("no NVIDIA GPU (NVML library not found)".into()),
+        gpu_vram_total_mb: None,
+        gpu_vram_free_mb: None,
+        cpu_only: true,
+        cpu_load_p95: None,
+        unavailable: BTreeMap::new(),
+    }
+}
+
+fn gpu_strategy(index: u32) -> impl Strategy<Value = GpuReading> {
+    prop_oneof![
+        3 => (1_000.0f64..100_000.0, 0.0f64..1.0).prop_map(move |(total, share)| GpuReading {
+            index,
+            name: Some(format!("GPU {index}")),
+            vram_total_mb: Some(total),
+            vram_free_mb: Some(total * share),
+            vram_reserved_mb: None,
+            unavailable: None,
+        }),
+        1 => Just(GpuReading {
+            index,
+            name: None,
+            vram_total_mb: None,
+            vram_free_mb: None,
+            vram_reserved_mb: None,
+            unavailable: Some("VRAM: GPU lost".into()),
+        }),
+    ]
+}
+
+fn snapshot_strategy() -> impl Strategy<Value = HardwareSnapshot> {
+    (
+        0u32..4,
+        prop::option::of(1u32..256),
+        prop::option::of(0.0f64..200_000.0),
+        prop::option::of(0.0f64..=100.0),
+        any::<bool>(),
+    )
+        .prop_flat_map(|(n, cores, ram_free, p95, count_fails)| {
+            let gpus: Vec<_> = (0..n).map(gpu_strategy).collect();
+            (gpus, Just((n, cores, ram_free, p95, count_fails)))
+        })
+        .prop_map(|(gpus, (n, cores, ram_free, p95, count_fails))| {
+            let mut s = bare_snapshot();
+            s.cpu_cores = cores;
+            s.ram_free_mb = ram_free;
+            s.cpu_load_p95 = p95;
+            if cores.is_none() {
+                s.unavailable
+                    .insert("cpu_cores".into(), "unreadable".into());
+            }
+            if ram_free.is_none() {
+                s.unavailable
+                    .insert("ram_free_mb".into(), "unreadable".into());
+            }
+            if n == 0 {
+                // Either no NVIDIA GPU (CPU-only), or NVML could not count the GPUs.
+                s.cpu_only = !count_fails;
+                s.gpu_unavailable = Some(if count_fails {
+                    "NVML could not count the GPUs: GPU lost".into()
+                } else {
+                    "no NVIDIA GPU (NVML library not found)".into()
+                });
+            } else {
+                s.cpu_only = false;
+                s.gpu_unavailable = None;
+                s.gpus = gpus;
+            }
+            s
+        })
+}
+
+fn catalog_strategy() -> impl Strategy<Value = ModelCatalog> {
+    prop::collection::vec(
+        (
+            0usize..5,
+            0.0f64..60_000.0,
+            prop::option::of(1_000.0f64..1_000_000.0),
+            any::<bool>(),
+            prop::option::of(1u64..300_000),
+        ),
+        0..6,
+    )
+    .prop_map(|loads| {
+        let mut c = ModelCatalog::new();
+        for (id, mb, kv, ok, runtime_ctx) in loads {
+            let model_id = format!("model-{id}");
+            c.observe_load(&ModelLoad {
+                id: None,
+                ts_ms: None,
+                model_id: model_id.clone(),
+                model_required_vram_mb: mb,
+                vram_reclaimable_mb_est: None,
+                outcome: if ok {
+                    LoadOutcome::Ok
+                } else {
+                    LoadOutcome::Failed
+                },
+                quantization: None,
+                params_b: None,
+                kv_cache_bytes_per_token: kv,
+                session_id: None,
+            });
+            if let Some(n) = runtime_ctx.filter(|n| n % 3 == 0) {
+                c.observe_context(&kora_model::ContextRequest {
+                    id: None,
+                    ts_ms: None,
+                    model_id,
+                    requested_context_tokens: n,
+                    local_supported_context_tokens: Some(n),
+                    session_id: None,
+                    prompt_hash: None,
+                });
+            }
+        }
+        c
+    })
+}
+
+/// Every recommendation, by name: the three fields and each model's supported context.
+fn recommendations(p: &LocalCapabilityProfile) -> Vec<(String, Derived)> {
+    let mut out = vec![
+        ("model_vram".into(), p.max_recommended_model_vram_mb.clone()),
+        ("context".into(), p.max_recommended_context_tokens.clone()),
+        ("concurrency".into(), p.max_recommended_concurrency.clone()),
+    ];
+    for (id, m) in &p.models {
+        out.push((id.clone(), m.supported_context_tokens.clone()));
+    }
+    out
+}
+
+fn assert_not_lower(before: &LocalCapabilityProfile, after: &LocalCapabilityProfile) {
+    for ((name, b), (_, a)) in recommendations(before).iter().zip(recommendations(after)) {
+        match (b.value, a.value) {
+            (Some(b), Some(a)) => assert!(a >= b, "{name}: {b} became {a}"),
+            (Some(b), None) => panic!("{name}: {b} became unknown: {a:?}"),
+            _ => {}
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn more_free_vram_never_lowers_a_recommendation(
+        s in snapshot_strategy(),
+        models in catalog_strategy(),
+        pick in any::<prop::sample::Index>(),
+        extra in 0.0f64..50_000.0,
+    ) {
+        let before = compute_profile(&s, &models, &constants(), VERSION);
+        let mut more = s.clone();
+        let readable: Vec<usize> = (0..more.gpus.len())
+            .filter(|i| more.gpus[*i].vram_free_mb.is_some())
+            .collect();
+        prop_assume!(!readable.is_empty());
+        let g = &mut more.gpus[readable[pick.index(readable.len())]];
+        g.vram_free_mb = g.vram_free_mb.map(|f| f + extra);
+        g.vram_total_mb = g.vram_total_mb.map(|t| t + extra);
+        let after = compute_profile(&more, &models, &constants(), VERSION);
+        assert_not_lower(&before, &after);
+    }
+
+    #[test]
+    fn more_free_ram_never_lowers_a_recommendation(
+        s in snapshot_strategy(),
+        models in catalog_strategy(),
+        extra in 0.0f64..100_000.0,
+    ) {
+        prop_assume!(s.ram_free_mb.is_some());
+        let before = compute_profile(&s, &models, &constants(), VERSION);
+        let mut more = s.clone();
+        more.ram_free_mb = more.ram_free_mb.map(|f| f + extra);
+        let after = compute_profile(&more, &models, &constants(), VERSION);
+        assert_not_lower(&before, &after);
+    }
+
+    #[test]
+    fn a_gpu_that_can_be_read_again_never_lowers_a_recommendation(
+        s in snapshot_strategy(),
+        models in catalog_strategy(),
+        pick in any::<prop::sample::Index>(),
+    ) {
+        let readable: Vec<usize> = (0..s.gpus.len())
+            .filter(|i| s.gpus[*i].vram_free_mb.is_some())
+            .collect();
+        prop_assume!(!readable.is_empty());
+        let mut lost = s.clone();
+        let g = &mut lost.gpus[readable[pick.index(readable.len())]];
+        g.vram_free_mb = None;
+        g.vram_total_mb = None;
+        g.unavailable = Some("VRAM: GPU lost".into());
+        let before = compute_profile(&lost, &models, &constants(), VERSION);
+        let after = compute_profile(&s, &models, &constants(), VERSION);
+        assert_not_lower(&before, &after);
+    }
+
+    #[test]
+    fn unavailable_inputs_give_unknown_never_numbers(
+        s in snapshot_strategy(),
+        models in catalog_strategy(),
+    ) {
+        let p = compute_profile(&s, &models, &constants(), VERSION);
+        for (name, d) in recommendations(&p) {
+            prop_assert!(d.value.is_some() != d.unknown.is_some(), "{}: {:?}", name, d);
+            if let Some(v) = d.value {
+                prop_assert!(v.is_finite() && v >= 0.0 && v.fract() == 0.0, "{}: {}", name, v);
+            }
+            if let Some(u) = &d.unknown {
+                prop_assert!(!u.is_empty());
+            }
+            prop_assert!(!d.from.is_empty());
+        }
+        let any_vram = s.gpus.iter().any(|g| g.vram_free_mb.is_some());
+        prop_assert_eq!(p.max_recommended_model_vram_mb.value.is_some(), any_vram);
+        prop_assert_eq!(p.max_recommended_concurrency.value.is_some(), s.cpu_cores.is_some());
+        let pool = if s.cpu_only { s.ram_free_mb.is_some() } else { any_vram };
+        prop_assert_eq!(p.max_recommended_context_tokens.value.is_some(), pool);
+        for (id, m) in &p.models {
+            let entry = &models.models[id];
+            if entry.local_supported_context_tokens.is_none() {
+                prop_assert_eq!(m.supported_context_tokens.value.is_some(), pool, "{}", id);
+            }
+        }
+        if s.cpu_only {
+            let u = p.max_recommended_model_vram_mb.unknown.unwrap_or_default();
+            prop_assert!(u.starts_with("no NVIDIA GPU"), "{}", u);
+        }
+        let cap = constants().max_context_tokens_cap as f64;
+        prop_assert!(p.max_recommended_context_tokens.value.is_none_or(|v| v <= cap));
+        prop_assert!(p.max_recommended_concurrency.value.is_none_or(|v| v >= 1.0));
+    }
+
+    #[test]
+    fn samples_always_validate_and_never_invent_zero(s in snapshot_strategy()) {
+        for x in snapshot_to_samples(&s) {
+            prop_assert!(x.validate(TS).is_ok(), "{:?}", x);
+        }
+        let samples = snapshot_to_samples(&s);
+        let total = samples.iter().find(|x| x.signal == Signal::GpuVramTotalMb && x.device.is_none());
+        prop_assert_eq!(total.and_then(|x| x.value), s.gpu_vram_total_mb);
+    }
+
+    #[test]
+    fn fit_agrees_with_the_profile(
+        s in snapshot_strategy(),
+        share in 0.0f64..2.0,
+    ) {
+        let p = compute_profile(&s, &ModelCatalog::new(), &constants(), VERSION);
+        if let Some(max) = p.max_recommended_model_vram_mb.value {
+            let all_read = s.gpus.iter().all(|g| g.vram_free_mb.is_some());
+            let v = fit_check(&s, max * share, None, &constants());
+            if max * share <= max {
+                prop_assert_eq!(v.verdict, FitOutcome::Fits, "{:#?}", v);
+            } else if all_read && max * share > max + 1.0 {
+                prop_assert_eq!(v.verdict, FitOutcome::DoesNotFit, "{:#?}", v);
+            }
+        }
+    }
+}
