@@ -1,0 +1,139 @@
+//! Trigger states for `GET /v1/triggers`: idle, pending (k of W), firing, or insufficient
+//! evidence, with the latest evidence.
+
+use kora_model::{Category, Evidence};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Engine, EvalState};
+
+/// Where one category stands for one scope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum TriggerState {
+    /// Evaluated and within limits.
+    Idle,
+    /// A sustained category: `k` consecutive breaching windows of the `w` it needs.
+    Pending { k: u32, w: u32 },
+    /// Over its limit (sustained categories: for at least W consecutive windows).
+    Firing,
+    /// The data a decision needs is missing: it never fires on a guess.
+    InsufficientEvidence { reason: String },
+}
+
+/// One category and scope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriggerStatus {
+    pub category: Category,
+    /// A model id, `host`, or `*` when nothing of the category was seen yet.
+    pub scope: String,
+    #[serde(flatten)]
+    pub state: TriggerState,
+    /// W, for sustained categories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sustain_required: Option<u32>,
+    /// The measurements of the latest evaluation (breaching or not).
+    pub evidence: Vec<Evidence>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_firing_id: Option<String>,
+    /// Record time of the latest evaluation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_ms: Option<i64>,
+}
+
+fn nothing_yet(c: Category) -> &'static str {
+    match c {
+        Category::ModelFit => "no model_load recorded yet",
+        Category::Context => {
+            "no context_request, context_oom or run with prompt_tokens_sent recorded yet"
+        }
+        Category::Latency => "no local run recorded yet",
+        Category::Concurrency => "no active_sessions or queue_wait_ms time window recorded yet",
+        Category::Reliability => "no local run recorded yet",
+    }
+}
+
+impl Engine {
+    /// Every category's state, per scope, in category then scope order.
+    pub fn triggers(&self) -> Vec<TriggerStatus> {
+        let s = &self.state;
+        let n = self.thresholds.runs_per_block();
+        let mut out = Vec::new();
+        for c in Category::ALL {
+            let sustain = match c {
+                Category::Latency => Some(self.thresholds.file().latency.sustain_blocks),
+                Category::Concurrency => Some(self.thresholds.file().concurrency.sustain_windows),
+                _ => None,
+            };
+            let evals = s.evals.get(&c);
+            let mut scopes: Vec<String> = evals
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            if c == Category::Latency {
+                for m in s.runs.models() {
+                    if !scopes.iter().any(|x| x == m) {
+                        scopes.push(m.to_owned());
+                    }
+                }
+                scopes.sort();
+            }
+            if scopes.is_empty() {
+                out.push(TriggerStatus {
+                    category: c,
+                    scope: "*".to_owned(),
+                    state: TriggerState::InsufficientEvidence {
+                        reason: nothing_yet(c).to_owned(),
+                    },
+                    sustain_required: sustain,
+                    evidence: Vec::new(),
+                    last_firing_id: None,
+                    updated_ms: None,
+                });
+                continue;
+            }
+            for scope in scopes {
+                let eval = evals.and_then(|m| m.get(&scope));
+                let last_firing_id = s.last_firing.get(&c).and_then(|m| m.get(&scope)).cloned();
+                let streak = match c {
+                    Category::Latency => s.latency.get(&scope).map(|x| x.k),
+                    Category::Concurrency => Some(s.concurrency.streak.k),
+                    _ => None,
+                };
+                let state = match (eval, sustain) {
+                    (None, _) => TriggerState::InsufficientEvidence {
+                        reason: format!(
+                            "{} of the {n} runs of the first block of {scope} so far",
+                            s.runs.open_runs(&scope)
+                        ),
+                    },
+                    (Some(e), _) if matches!(e.state, EvalState::Insufficient(_)) => {
+                        match &e.state {
+                            EvalState::Insufficient(r) => {
+                                TriggerState::InsufficientEvidence { reason: r.clone() }
+                            }
+                            _ => TriggerState::Idle,
+                        }
+                    }
+                    (Some(_), Some(w)) => match streak.unwrap_or(0) {
+                        0 => TriggerState::Idle,
+                        k if k < w => TriggerState::Pending { k, w },
+                        _ => TriggerState::Firing,
+                    },
+                    (Some(e), None) => match e.state {
+                        EvalState::Breach => TriggerState::Firing,
+                        _ => TriggerState::Idle,
+                    },
+                };
+                out.push(TriggerStatus {
+                    category: c,
+                    scope: scope.clone(),
+                    state,
+                    sustain_required: sustain,
+                    evidence: eval.map(|e| e.evidence.clone()).unwrap_or_default(),
+                    last_firing_id,
+                    updated_ms: eval.map(|e| e.ts_ms),
+                });
+            }
+        }
+        out
+    }
+}
