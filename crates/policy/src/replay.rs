@@ -106,14 +106,17 @@ pub fn replay(entries: impl IntoIterator<Item = LogEntry>, engine: &mut Engine) 
         last_seq = Some(e.seq);
         if let Some(key) = derived_key(&e.record) {
             recorded_count += 1;
-            if recorded.contains_key(&key) {
-                differences.push(ReplayDifference::Unexpected {
-                    key,
-                    seq: e.seq,
-                    recorded: Box::new(e.record),
-                });
-            } else {
-                recorded.insert(key, (e.seq, e.record));
+            match recorded.entry(key) {
+                std::collections::btree_map::Entry::Occupied(o) => {
+                    differences.push(ReplayDifference::Unexpected {
+                        key: o.key().clone(),
+                        seq: e.seq,
+                        recorded: Box::new(e.record),
+                    });
+                }
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert((e.seq, e.record));
+                }
             }
             continue;
         }

@@ -52,6 +52,10 @@ use crate::engine::Engine;
 /// The default scenario start: 2023-11-14T22:13:00Z, a multiple of 60 s.
 pub const DEFAULT_START_MS: i64 = 1_699_999_980_000;
 
+/// What a scenario derived (each record with the seq of its input) and every mismatch with
+/// its expectations (empty when it holds).
+pub type ScenarioRun = (Vec<(u64, Record)>, Vec<String>);
+
 /// A parsed scenario file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,7 +202,7 @@ impl Scenario {
 
     /// Runs the scenario through `engine`; returns what it derived and every mismatch with
     /// the expectations (empty when the scenario holds).
-    pub fn run(&self, engine: &mut Engine) -> Result<(Vec<(u64, Record)>, Vec<String>), String> {
+    pub fn run(&self, engine: &mut Engine) -> Result<ScenarioRun, String> {
         let entries = self.entries()?;
         let mut derived = Vec::new();
         for e in &entries {

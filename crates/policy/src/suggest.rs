@@ -153,8 +153,11 @@ fn estimate(
 ) -> (CloudEstimate, String, String) {
     let o = observe(engine, firing, c);
     let predicted_ms = tier.first_token_ms + o.tokens_out / tier.output_tokens_per_s * 1000.0;
-    let cost = o.tokens_in * tier.usd_per_million_input_tokens / 1e6
-        + o.tokens_out * tier.usd_per_million_output_tokens / 1e6;
+    // Rounded to micro-dollars: the figure is an estimate, and the log stays readable.
+    let cost = (o.tokens_in * tier.usd_per_million_input_tokens
+        + o.tokens_out * tier.usd_per_million_output_tokens)
+        .round()
+        / 1e6;
     let label = &tier.label;
     let measured = |v: Option<f64>| match v {
         Some(v) => format!("{} ms", num(v.round())),
