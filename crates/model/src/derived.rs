@@ -153,8 +153,7 @@ pub enum MitigationEffect {
     /// The metric improved but the limit is still breached.
     Partial,
     NoEffect,
-    /// Nothing was measured for the scope during the observation period: no run block, no
-    /// time window, no request of the category. The outcome says so rather than guess.
+    /// Nothing was measured for the scope during the observation period, so no verdict.
     Inconclusive,
 }
 
