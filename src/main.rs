@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use kora_model::{LogEntry, LogPage, Record};
+use kora_model::{FitOutcome, FitVerdict, LogEntry, LogPage, ProfileRecord, Record};
+use kora_policy::{CloudTiers, Thresholds};
+use kora_probe::{ModelCatalog, Probe};
 use kora_server::{AppState, Config, HostPolicy};
 use kora_store::{OpenError, Store, StoreOptions};
 
@@ -53,6 +55,32 @@ enum Command {
         /// An extra host name the service answers to (besides localhost, 127.0.0.1, [::1]).
         #[arg(long = "host", value_name = "NAME")]
         hosts: Vec<String>,
+        /// How often the hardware probe samples CPU, RAM and GPU VRAM (e.g. 5s, 500ms).
+        #[arg(long, env = "KORA_TELEMETRY_PROBE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+        probe_interval: std::time::Duration,
+        /// A thresholds file to use instead of the embedded default (schema/thresholds.json).
+        /// It is checked at start: changed content without a MINOR version bump is refused.
+        #[arg(long, env = "KORA_TELEMETRY_THRESHOLDS", value_name = "FILE")]
+        thresholds: Option<PathBuf>,
+    },
+    /// Show what this machine can run: the LocalCapabilityProfile and the readings behind it.
+    /// Asks the running service, or probes the machine itself when none runs.
+    Profile {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check whether a model (and a context size) fits this machine now, before loading it.
+    Fit {
+        /// VRAM the model needs, in MB.
+        #[arg(long, value_name = "MB")]
+        model_required_vram_mb: f64,
+        /// Context tokens to fit as well (KV cache).
+        #[arg(long, value_name = "TOKENS")]
+        context_tokens: Option<u64>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the most recent log records, newest first. Asks the running service when there is
     /// one, and reads the store file directly when there is none.
@@ -102,8 +130,25 @@ fn run(cli: Cli) -> Result<()> {
             listen,
             allow_non_loopback,
             hosts,
-        } => serve(&data_dir, listen, allow_non_loopback, hosts),
+            probe_interval,
+            thresholds,
+        } => serve(
+            &data_dir,
+            ServeOptions {
+                listen,
+                allow_non_loopback,
+                hosts,
+                probe_interval,
+                thresholds,
+            },
+        ),
         Command::Log { limit, kind, json } => log(&data_dir, limit, kind, json),
+        Command::Profile { json } => profile(&data_dir, json),
+        Command::Fit {
+            model_required_vram_mb,
+            context_tokens,
+            json,
+        } => fit(&data_dir, model_required_vram_mb, context_tokens, json),
     }
 }
 
@@ -119,12 +164,38 @@ fn ensure_data_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn serve(
-    data_dir: &Path,
+struct ServeOptions {
     listen: SocketAddr,
     allow_non_loopback: bool,
     hosts: Vec<String>,
-) -> Result<()> {
+    probe_interval: std::time::Duration,
+    thresholds: Option<PathBuf>,
+}
+
+fn load_thresholds(file: Option<&Path>) -> Result<Thresholds> {
+    match file {
+        None => Ok(Thresholds::embedded()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the thresholds file {}", path.display()))?;
+            Thresholds::parse(&text)
+                .with_context(|| format!("the thresholds file {} is refused", path.display()))
+        }
+    }
+}
+
+fn serve(data_dir: &Path, options: ServeOptions) -> Result<()> {
+    let ServeOptions {
+        listen,
+        allow_non_loopback,
+        hosts,
+        probe_interval,
+        thresholds,
+    } = options;
+    if probe_interval < std::time::Duration::from_millis(100) {
+        bail!("--probe-interval must be at least 100ms");
+    }
+    let thresholds = load_thresholds(thresholds.as_deref())?;
     if !listen.ip().is_loopback() {
         if !allow_non_loopback {
             bail!(
@@ -160,7 +231,13 @@ fn serve(
                 extra_names: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             },
         };
-        let state = AppState::new(store, config);
+        let state = AppState::with_thresholds(store, config, thresholds, CloudTiers::embedded())
+            .context("cannot rebuild the derived state from the log")?;
+        let sampler = tokio::spawn(kora_server::analytics::sample(
+            state.clone(),
+            Probe::new(),
+            probe_interval,
+        ));
         let endpoint = data_dir.join(ENDPOINT_FILE);
         std::fs::write(
             &endpoint,
@@ -174,7 +251,11 @@ fn serve(
             data_dir.display()
         );
         tracing::info!(%bound, data_dir = %data_dir.display(), "serving");
-        let result = kora_server::serve(listener, state, shutdown_signal()).await;
+        let result = kora_server::serve(listener, state, async move {
+            shutdown_signal().await;
+            sampler.abort();
+        })
+        .await;
         let _ = std::fs::remove_file(&endpoint);
         result.context("the server stopped with an error")
     })?;
@@ -235,6 +316,188 @@ fn log(data_dir: &Path, limit: usize, kind: Option<String>, json: bool) -> Resul
         }
     } else {
         print_table(&entries);
+    }
+    Ok(())
+}
+
+/// The address of a running service on `data_dir`, if one answers.
+fn running_service(data_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(data_dir.join(ENDPOINT_FILE)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let listen = v["listen"].as_str()?.to_owned();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(2)))
+        .build()
+        .into();
+    agent
+        .get(format!("http://{listen}/v1/health"))
+        .call()
+        .ok()
+        .map(|_| listen)
+}
+
+/// Reads the model records of the store (when no service holds it) for the profile.
+fn local_catalog(data_dir: &Path) -> Result<ModelCatalog> {
+    let mut catalog = ModelCatalog::new();
+    let db_path = data_dir.join(DB_FILE);
+    if db_path.exists() {
+        let store = Store::open(&db_path, StoreOptions::default())?;
+        for kind in [
+            kora_model::RecordKind::ModelLoad,
+            kora_model::RecordKind::ContextRequest,
+        ] {
+            for e in store.scan_kind(kind, 0, usize::MAX)? {
+                catalog.observe_record(&e.record);
+            }
+        }
+    }
+    Ok(catalog)
+}
+
+/// Probes this machine (twice, a second apart, so that CPU load is a real figure).
+fn local_snapshot() -> kora_model::HardwareSnapshot {
+    let mut probe = Probe::new();
+    let _ = probe.snapshot(kora_server::now_ms());
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    probe.snapshot(kora_server::now_ms())
+}
+
+fn profile(data_dir: &Path, json: bool) -> Result<()> {
+    let record: ProfileRecord = match running_service(data_dir) {
+        Some(listen) => ureq::get(format!("http://{listen}/v1/profile"))
+            .call()
+            .with_context(|| format!("the service at {listen} gave no profile"))?
+            .body_mut()
+            .read_json()?,
+        None => {
+            let thresholds = Thresholds::embedded();
+            let hardware = local_snapshot();
+            let catalog = local_catalog(data_dir)?;
+            ProfileRecord {
+                ts_ms: hardware.ts_ms,
+                profile: kora_probe::compute_profile(
+                    &hardware,
+                    &catalog,
+                    &thresholds.file().profile,
+                    thresholds.version(),
+                ),
+                hardware,
+            }
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+        return Ok(());
+    }
+    let h = &record.hardware;
+    let show = |v: Option<f64>, unit: &str| {
+        v.map_or_else(
+            || "unavailable".to_owned(),
+            |v| format!("{} {unit}", kora_probe::fmt_num(v)),
+        )
+    };
+    println!("Hardware");
+    println!(
+        "  CPU cores        {}",
+        h.cpu_cores
+            .map_or_else(|| "unavailable".into(), |c| c.to_string())
+    );
+    println!("  CPU load         {}", show(h.cpu_load_pct, "%"));
+    println!("  RAM total        {}", show(h.ram_total_mb, "MB"));
+    println!("  RAM free         {}", show(h.ram_free_mb, "MB"));
+    match &h.gpu_unavailable {
+        Some(reason) => println!("  GPU              {reason}"),
+        None => {
+            for g in &h.gpus {
+                println!(
+                    "  GPU {}            {}: {} total, {} free{}",
+                    g.index,
+                    g.name.as_deref().unwrap_or("unnamed"),
+                    show(g.vram_total_mb, "MB"),
+                    show(g.vram_free_mb, "MB"),
+                    g.unavailable
+                        .as_deref()
+                        .map(|u| format!(" ({u})"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+    println!(
+        "\nLocalCapabilityProfile (thresholds {})",
+        record.profile.thresholds_version
+    );
+    let p = &record.profile;
+    for (name, d) in [
+        (
+            "max_recommended_model_vram_mb",
+            &p.max_recommended_model_vram_mb,
+        ),
+        (
+            "max_recommended_context_tokens",
+            &p.max_recommended_context_tokens,
+        ),
+        (
+            "max_recommended_concurrency",
+            &p.max_recommended_concurrency,
+        ),
+    ] {
+        let value = match (d.value, &d.unknown) {
+            (Some(v), _) => kora_probe::fmt_num(v),
+            (None, Some(why)) => format!("unknown: {why}"),
+            (None, None) => "unknown".into(),
+        };
+        println!("  {name:<32} {value}\n  {:<32} = {}", "", d.from);
+    }
+    for m in p.models.values() {
+        let d = &m.supported_context_tokens;
+        let value = d.value.map_or_else(
+            || format!("unknown: {}", d.unknown.as_deref().unwrap_or("")),
+            kora_probe::fmt_num,
+        );
+        println!(
+            "  model {:<26} supported context {value}\n  {:<32} = {}",
+            m.model_id, "", d.from
+        );
+    }
+    Ok(())
+}
+
+fn fit(data_dir: &Path, vram: f64, context_tokens: Option<u64>, json: bool) -> Result<()> {
+    if !vram.is_finite() || vram < 0.0 {
+        bail!("--model-required-vram-mb must be a finite number >= 0");
+    }
+    let verdict: FitVerdict = match running_service(data_dir) {
+        Some(listen) => {
+            let mut url = format!("http://{listen}/v1/fit?model_required_vram_mb={vram}");
+            if let Some(c) = context_tokens {
+                url.push_str(&format!("&context_tokens={c}"));
+            }
+            ureq::get(url)
+                .call()
+                .with_context(|| format!("the service at {listen} gave no fit check"))?
+                .body_mut()
+                .read_json()?
+        }
+        None => kora_probe::fit_check(
+            &local_snapshot(),
+            vram,
+            context_tokens,
+            &Thresholds::embedded().file().profile,
+        ),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&verdict)?);
+    } else {
+        let word = match verdict.verdict {
+            FitOutcome::Fits => "fits",
+            FitOutcome::DoesNotFit => "does not fit",
+            FitOutcome::Unknown => "unknown",
+        };
+        println!("{word}: {}", verdict.reason);
+        for line in &verdict.arithmetic {
+            println!("  {line}");
+        }
     }
     Ok(())
 }

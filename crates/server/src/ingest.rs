@@ -5,7 +5,8 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, header};
 use kora_model::{
-    EventBatch, IngestAck, MAX_BATCH_ITEMS, Record, RunBatch, SampleBatch, Validate, validate_batch,
+    EventBatch, IngestAck, MAX_BATCH_ITEMS, Record, RunBatch, Sample, SampleBatch, Validate,
+    validate_batch,
 };
 use kora_store::{Appended, Batch, WriteError};
 use serde::de::DeserializeOwned;
@@ -189,18 +190,19 @@ pub async fn post_samples(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<IngestAck>, AppError> {
     let batch: SampleBatch = decode(&headers, body)?;
-    check_batch(
-        "samples",
-        &batch.samples,
-        |s| s.id.as_deref(),
-        crate::now_ms(),
-    )?;
-    Ok(ack(append(
-        &state,
-        "samples",
-        Batch::Samples(batch.samples),
-    )
-    .await?))
+    let now = crate::now_ms();
+    check_batch("samples", &batch.samples, |s| s.id.as_deref(), now)?;
+    let appended = append(&state, "samples", Batch::Samples(batch.samples.clone())).await?;
+    // Only newly stored samples feed the time windows; a retried batch changes nothing.
+    let (samples, seqs): (Vec<Sample>, Vec<u64>) = batch
+        .samples
+        .into_iter()
+        .zip(appended.seqs.iter().copied())
+        .filter(|(_, seq)| appended.first_new_seq.is_some_and(|first| *seq >= first))
+        .unzip();
+    let closed = state.analytics.observe_samples(&samples, &seqs, now);
+    crate::analytics::append_windows(&state, closed).await?;
+    Ok(ack(appended))
 }
 
 pub async fn post_runs(

@@ -6,9 +6,12 @@
 //! Origin checks of [`security`] before routing. Handlers never route anything to a cloud: there
 //! is no endpoint that does.
 
+pub mod analytics;
 pub mod error;
 pub mod ingest;
 pub mod security;
+pub mod token;
+pub mod views;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -19,7 +22,10 @@ use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use kora_model::{Health, LogPage, MAX_BODY_BYTES, MAX_LOG_PAGE, RecordKind};
+use kora_policy::{CloudTiers, Thresholds};
 use kora_store::Store;
+
+use crate::analytics::Analytics;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
@@ -67,19 +73,39 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub config: Arc<Config>,
     pub health: Arc<HealthFlag>,
+    pub analytics: Arc<Analytics>,
     pub started: Instant,
-    appended: Arc<tokio::sync::Notify>,
+    pub(crate) appended: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
-    pub fn new(store: Arc<Store>, config: Config) -> AppState {
-        AppState {
+    /// State over `store` with the embedded thresholds and cloud tier table; rebuilds the
+    /// derived state by folding the log.
+    pub fn new(store: Arc<Store>, config: Config) -> Result<AppState, kora_store::ReadError> {
+        AppState::with_thresholds(
+            store,
+            config,
+            Thresholds::embedded(),
+            CloudTiers::embedded(),
+        )
+    }
+
+    /// State over `store` with the given thresholds.
+    pub fn with_thresholds(
+        store: Arc<Store>,
+        config: Config,
+        thresholds: Thresholds,
+        tiers: CloudTiers,
+    ) -> Result<AppState, kora_store::ReadError> {
+        let analytics = Analytics::rebuild(&store, thresholds, tiers)?;
+        Ok(AppState {
             store,
             config: Arc::new(config),
             health: Arc::default(),
+            analytics: Arc::new(analytics),
             started: Instant::now(),
             appended: Arc::default(),
-        }
+        })
     }
 
     /// Wakes whatever follows the log (the engine) after a durable append.
@@ -93,6 +119,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/log", get(log))
+        .route("/v1/profile", get(views::profile))
+        .route("/v1/fit", get(views::fit))
         .route("/v1/samples", post(ingest::post_samples))
         .route("/v1/runs", post(ingest::post_runs))
         .route("/v1/events", post(ingest::post_events))
@@ -124,10 +152,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let store = state.store.clone();
+    let follower = tokio::spawn(analytics::follow(state.clone()));
     let app = router(state);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
+    follower.abort();
     // Every request has been answered; commit whatever is still queued before returning.
     tokio::task::spawn_blocking(move || store.shutdown())
         .await

@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use kora_model::*;
+use kora_model::{HardwareSnapshot, ProfileRecord};
 use kora_server::{AppState, Config, HostPolicy};
 use kora_store::{Store, StoreOptions};
 use serde_json::{Value, json};
@@ -18,6 +19,7 @@ const HOST: &str = "127.0.0.1:7433";
 
 struct App {
     router: Router,
+    state: AppState,
     _dir: tempfile::TempDir,
 }
 
@@ -33,9 +35,11 @@ fn app() -> App {
                 extra_names: vec![],
             },
         },
-    );
+    )
+    .unwrap();
     App {
-        router: kora_server::router(state),
+        router: kora_server::router(state.clone()),
+        state,
         _dir: dir,
     }
 }
@@ -550,4 +554,118 @@ async fn foreign_hosts_and_origins_are_refused_before_routing() {
             .contains("frame-ancestors 'none'")
     );
     assert!(headers.get("access-control-allow-origin").is_none());
+}
+
+fn recorded_snapshot(name: &str) -> HardwareSnapshot {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../probe/tests/fixtures")
+        .join(name);
+    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let recording = kora_probe::Recording::from_json(&fixture["recording"].to_string()).unwrap();
+    let mut probe = kora_probe::Probe::from_recording(recording);
+    let _ = probe.snapshot(now() - 1000);
+    probe.snapshot(now())
+}
+
+#[tokio::test]
+async fn profile_and_fit_answer_from_the_latest_snapshot() {
+    let app = app();
+    let (s, v) = app.get("/v1/profile").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    let (s, _) = app.get("/v1/fit?model_required_vram_mb=1000").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+
+    let snapshot = recorded_snapshot("desktop_rtx4090.json");
+    kora_server::analytics::ingest_snapshot(&app.state, snapshot.clone(), now())
+        .await
+        .unwrap();
+    let (s, v) = app.get("/v1/profile").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let record: ProfileRecord = serde_json::from_value(v).unwrap();
+    assert_eq!(
+        record.hardware.gpu_vram_total_mb,
+        snapshot.gpu_vram_total_mb
+    );
+    assert!(record.profile.max_recommended_model_vram_mb.value.is_some());
+    // The snapshot's samples and its profile are in the store.
+    let (samples_before, _) = (app.counts().await.1, ());
+    assert!(samples_before >= 6, "{samples_before} samples");
+    let (_, page) = app.get("/v1/log?kind=profile").await;
+    assert_eq!(page["entries"].as_array().unwrap().len(), 1);
+
+    let (s, v) = app
+        .get("/v1/fit?model_required_vram_mb=1000&context_tokens=4096")
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["verdict"], "fits", "{v}");
+    assert!(!v["arithmetic"].as_array().unwrap().is_empty());
+    let (_, v) = app.get("/v1/fit?model_required_vram_mb=200000").await;
+    assert_eq!(v["verdict"], "does_not_fit", "{v}");
+    let (s, v) = app.get("/v1/fit").await;
+    assert_eq!(
+        (s, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("model_required_vram_mb"))
+    );
+    let (s, v) = app.get("/v1/fit?model_required_vram_mb=-1").await;
+    assert_eq!(
+        (s, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("model_required_vram_mb"))
+    );
+    let (s, _) = app.get("/v1/fit?model_required_vram_mb=1&bogus=1").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // A CPU-only machine says so, and its VRAM recommendation is unknown, not a number.
+    let cpu = recorded_snapshot("cpu_only.json");
+    kora_server::analytics::ingest_snapshot(&app.state, cpu, now())
+        .await
+        .unwrap();
+    let (_, v) = app.get("/v1/profile").await;
+    assert!(
+        v["hardware"]["gpu_unavailable"]
+            .as_str()
+            .unwrap()
+            .contains("no NVIDIA GPU"),
+        "{v}"
+    );
+    assert!(
+        v["profile"]["max_recommended_model_vram_mb"]["value"].is_null(),
+        "{v}"
+    );
+    assert!(
+        v["profile"]["max_recommended_model_vram_mb"]["unknown"].is_string(),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_model_load_fires_and_suggests_through_the_log() {
+    let app = app();
+    let (s, _) = app
+        .post(
+            "/v1/events",
+            json!({"events": [{"kind": "model_load", "model_id": "llama-70b",
+                               "model_required_vram_mb": 40000, "outcome": "failed"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    app.state.analytics.catch_up(&app.state).await.unwrap();
+    let (_, firings) = app.get("/v1/log?kind=firing").await;
+    let firings = firings["entries"].as_array().unwrap().clone();
+    assert_eq!(firings.len(), 1, "{firings:?}");
+    assert_eq!(firings[0]["category"], "model_fit");
+    assert_eq!(firings[0]["scope"], "llama-70b");
+    let (_, suggestions) = app.get("/v1/log?kind=suggestion").await;
+    let suggestion = &suggestions["entries"][0];
+    assert_eq!(suggestion["firing_id"], firings[0]["firing_id"]);
+    assert_eq!(suggestion["ladder_step"], 1);
+    assert!(
+        suggestion["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Local execution hit a limit: ")
+    );
+    // Catching up again derives nothing new.
+    let before = app.counts().await;
+    app.state.analytics.catch_up(&app.state).await.unwrap();
+    assert_eq!(app.counts().await, before);
 }

@@ -1,0 +1,382 @@
+//! What the service derives from the log while it runs: time windows from samples, the
+//! capability profile, and the policy engine's firings and suggestions.
+//!
+//! The engine folds the log in seq order. Its outputs are appended together with a cursor (the
+//! seq of the last input they answer) in one transaction, so after a crash the service refolds
+//! the inputs up to the cursor silently and answers the rest: no output is lost or written
+//! twice. Time windows are closed from samples (the probe's and the clients') and appended to
+//! the log as `window` records, which the engine then folds like any other input; replay from
+//! the log alone is therefore exact.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kora_model::{
+    HardwareSnapshot, LocalCapabilityProfile, LogEntry, ProfileRecord, Record, RecordKind, Sample,
+    WindowRecord,
+};
+use kora_policy::{CloudTiers, Engine, Thresholds};
+use kora_probe::{ModelCatalog, Probe, compute_profile, snapshot_to_samples};
+use kora_store::{Batch, ReadError, Store};
+use kora_window::TimeWindows;
+
+use crate::AppState;
+use crate::error::AppError;
+
+/// How many log entries the follower reads at a time.
+const PAGE: usize = 1_000;
+
+/// Derived state, rebuilt from the log at start.
+#[derive(Debug)]
+pub struct Analytics {
+    inner: Mutex<Inner>,
+    /// Serialises catch-up passes, so that outputs are appended in input order.
+    follow: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    engine: Engine,
+    windows: TimeWindows,
+    catalog: ModelCatalog,
+    hardware: Option<HardwareSnapshot>,
+    /// The last profile written to the log.
+    recorded_profile: Option<LocalCapabilityProfile>,
+    /// The p95 of CPU load in the latest closed time window (the spec's `cpu_load_p95`).
+    cpu_load_p95: Option<f64>,
+    /// The last log seq folded into the engine.
+    folded: u64,
+}
+
+impl Analytics {
+    /// Rebuilds the derived state from `store`: folds the log (outputs up to the engine cursor
+    /// are already in the log and are dropped) and reopens the time windows of recent samples.
+    pub fn rebuild(
+        store: &Store,
+        thresholds: Thresholds,
+        tiers: CloudTiers,
+    ) -> Result<Analytics, ReadError> {
+        let cursor = store.engine_cursor()?;
+        let window_ms = thresholds.window_ms();
+        let grace_ms = thresholds.grace_ms();
+        let mut inner = Inner {
+            engine: Engine::new(thresholds, tiers),
+            windows: TimeWindows::new(window_ms, grace_ms),
+            catalog: ModelCatalog::new(),
+            hardware: None,
+            recorded_profile: None,
+            cpu_load_p95: None,
+            folded: 0,
+        };
+        let mut from = 0;
+        // Fold the inputs whose outputs are already recorded.
+        'fold: loop {
+            let page = store.scan(from, PAGE)?;
+            let Some(last) = page.last() else { break };
+            from = last.seq + 1;
+            for entry in &page {
+                if entry.seq > cursor {
+                    break 'fold;
+                }
+                inner.fold(entry);
+            }
+        }
+        inner.reopen_windows(store)?;
+        Ok(Analytics {
+            inner: Mutex::new(inner),
+            follow: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves state that is at worst one record behind; the
+        // next catch-up refolds from the log, so recovering the guard is sound.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The thresholds in force.
+    pub fn thresholds(&self) -> Thresholds {
+        self.lock().engine.thresholds().clone()
+    }
+
+    /// The latest hardware snapshot and the profile computed from it now.
+    pub fn profile_now(&self) -> Option<ProfileRecord> {
+        let inner = self.lock();
+        let hardware = inner.hardware.clone()?;
+        Some(ProfileRecord {
+            ts_ms: hardware.ts_ms,
+            profile: inner.profile_for(&hardware),
+            hardware,
+        })
+    }
+
+    /// The latest hardware snapshot.
+    pub fn hardware(&self) -> Option<HardwareSnapshot> {
+        self.lock().hardware.clone()
+    }
+
+    /// Runs `f` over the engine under the lock.
+    pub fn with_engine<T>(&self, f: impl FnOnce(&Engine) -> T) -> T {
+        f(&self.lock().engine)
+    }
+
+    /// Feeds durable samples into the time windows; returns the windows that closed.
+    pub fn observe_samples(
+        &self,
+        samples: &[Sample],
+        seqs: &[u64],
+        now_ms: i64,
+    ) -> Vec<WindowRecord> {
+        let mut inner = self.lock();
+        let mut closed = Vec::new();
+        for (sample, seq) in samples.iter().zip(seqs) {
+            let Some(value) = sample.value else { continue };
+            let ts = sample.ts_ms.unwrap_or(now_ms);
+            closed.extend(
+                inner
+                    .windows
+                    .push(&sample.series_key(), *seq, ts, value)
+                    .closed,
+            );
+        }
+        closed
+    }
+
+    /// Takes a new hardware snapshot into account; answers the profile to record when a
+    /// recommendation changed (or none was recorded yet).
+    pub fn observe_hardware(&self, mut snapshot: HardwareSnapshot) -> Option<ProfileRecord> {
+        let mut inner = self.lock();
+        snapshot.cpu_load_p95 = inner.cpu_load_p95;
+        inner.hardware = Some(snapshot.clone());
+        let profile = inner.profile_for(&snapshot);
+        if inner
+            .recorded_profile
+            .as_ref()
+            .is_some_and(|old| !materially_changed(old, &profile))
+        {
+            return None;
+        }
+        inner.recorded_profile = Some(profile.clone());
+        Some(ProfileRecord {
+            ts_ms: snapshot.ts_ms,
+            profile,
+            hardware: snapshot,
+        })
+    }
+
+    /// Folds every log entry not folded yet and appends the outputs. Safe to call from many
+    /// tasks: passes run one at a time.
+    pub async fn catch_up(&self, state: &AppState) -> Result<(), AppError> {
+        let _pass = self.follow.lock().await;
+        loop {
+            let from = self.lock().folded + 1;
+            let store = state.store.clone();
+            let page = tokio::task::spawn_blocking(move || store.scan(from, PAGE))
+                .await
+                .map_err(|e| AppError::Internal(e.to_string()))??;
+            let Some(last) = page.last().map(|e| e.seq) else {
+                return Ok(());
+            };
+            let mut outputs = Vec::new();
+            {
+                let mut inner = self.lock();
+                for entry in &page {
+                    outputs.extend(inner.fold(entry));
+                }
+                if let Some(profile) = inner.profile_if_models_changed() {
+                    outputs.push(Record::Profile(profile));
+                }
+            }
+            if !outputs.is_empty() {
+                crate::ingest::append(
+                    state,
+                    "derived",
+                    Batch::Derived {
+                        records: outputs,
+                        cursor: last,
+                    },
+                )
+                .await?;
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Folds one entry; returns the engine's outputs for it.
+    fn fold(&mut self, entry: &LogEntry) -> Vec<Record> {
+        self.folded = self.folded.max(entry.seq);
+        match &entry.record {
+            Record::Profile(p) => self.recorded_profile = Some(p.profile.clone()),
+            Record::Window(w)
+                if w.window_kind == kora_window::WINDOW_KIND_TIME
+                    && w.metric == kora_model::Signal::CpuLoadPct.as_str() =>
+            {
+                self.cpu_load_p95 = Some(w.p95);
+            }
+            record => {
+                self.catalog.observe_record(record);
+            }
+        }
+        if Engine::is_derived_by_engine(&entry.record) {
+            return Vec::new();
+        }
+        self.engine.step(entry)
+    }
+
+    fn profile_for(&self, hardware: &HardwareSnapshot) -> LocalCapabilityProfile {
+        let t = self.engine.thresholds();
+        compute_profile(hardware, &self.catalog, &t.file().profile, t.version())
+    }
+
+    /// After new model records: the profile to record, if it differs from the recorded one.
+    fn profile_if_models_changed(&mut self) -> Option<ProfileRecord> {
+        let hardware = self.hardware.clone()?;
+        let profile = self.profile_for(&hardware);
+        if self.recorded_profile.as_ref() == Some(&profile) {
+            return None;
+        }
+        if self
+            .recorded_profile
+            .as_ref()
+            .is_some_and(|old| old.models == profile.models && !materially_changed(old, &profile))
+        {
+            return None;
+        }
+        self.recorded_profile = Some(profile.clone());
+        Some(ProfileRecord {
+            ts_ms: hardware.ts_ms,
+            profile,
+            hardware,
+        })
+    }
+
+    /// Reopens the time windows: samples after the newest closed window of their series are
+    /// fed again, so a window open at a crash or a stop is closed once, with all its samples.
+    fn reopen_windows(&mut self, store: &Store) -> Result<(), ReadError> {
+        let mut closed_until: std::collections::BTreeMap<String, i64> = Default::default();
+        let mut before = None;
+        // The newest closed window of each series, from the most recent window records.
+        for _ in 0..20 {
+            let page = store.recent(before, Some(RecordKind::Window), PAGE)?;
+            let Some(last) = page.last() else { break };
+            before = Some(last.seq);
+            for e in &page {
+                if let Record::Window(w) = &e.record
+                    && w.window_kind == kora_window::WINDOW_KIND_TIME
+                {
+                    closed_until.entry(w.metric.clone()).or_insert(w.end_ms);
+                }
+            }
+        }
+        let horizon = crate::now_ms() - 24 * 3600 * 1000;
+        for series in store.series()? {
+            let from = closed_until.get(&series).copied().unwrap_or(horizon);
+            for s in store.samples(&series, from, i64::MAX, 100_000)? {
+                if let (Some(v), Some(ts)) = (s.sample.value, s.sample.ts_ms) {
+                    // Windows that close here were already closed before the restart only if
+                    // they end at or before `from`, and those samples were not fed.
+                    let _ = self.windows.push(&series, s.seq, ts, v);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a profile differs enough from the recorded one to record it again: a field became
+/// known or unknown, or a recommendation moved by 5% or more. Free VRAM moves a little with
+/// every sample; a record per tick would drown the log.
+fn materially_changed(old: &LocalCapabilityProfile, new: &LocalCapabilityProfile) -> bool {
+    let moved = |a: &kora_model::Derived, b: &kora_model::Derived| match (a.value, b.value) {
+        (Some(x), Some(y)) => {
+            let base = x.abs().max(1.0);
+            (x - y).abs() / base >= 0.05
+        }
+        (None, None) => a.unknown != b.unknown,
+        _ => true,
+    };
+    moved(
+        &old.max_recommended_model_vram_mb,
+        &new.max_recommended_model_vram_mb,
+    ) || moved(
+        &old.max_recommended_context_tokens,
+        &new.max_recommended_context_tokens,
+    ) || moved(
+        &old.max_recommended_concurrency,
+        &new.max_recommended_concurrency,
+    ) || old.models.keys().ne(new.models.keys())
+        || old.thresholds_version != new.thresholds_version
+}
+
+/// Appends closed windows to the log (they are inputs of the engine).
+pub async fn append_windows(state: &AppState, windows: Vec<WindowRecord>) -> Result<(), AppError> {
+    if windows.is_empty() {
+        return Ok(());
+    }
+    let records = windows.into_iter().map(Record::Window).collect();
+    crate::ingest::append(state, "windows", Batch::Records(records)).await?;
+    Ok(())
+}
+
+/// Follows the log until the process ends: wakes on every durable append, and every second.
+pub async fn follow(state: AppState) {
+    loop {
+        tokio::select! {
+            () = state.appended.notified() => {},
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {},
+        }
+        if let Err(e) = state.analytics.catch_up(&state).await {
+            tracing::warn!(error = ?e, "the engine could not catch up with the log; retrying");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Samples the hardware every `interval` and ingests the readings like a client would.
+pub async fn sample(state: AppState, probe: Probe, interval: std::time::Duration) {
+    let probe = Arc::new(Mutex::new(probe));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let now = crate::now_ms();
+        let p = probe.clone();
+        let snapshot = match tokio::task::spawn_blocking(move || {
+            p.lock().unwrap_or_else(|e| e.into_inner()).snapshot(now)
+        })
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "the hardware probe failed");
+                continue;
+            }
+        };
+        if let Err(e) = ingest_snapshot(&state, snapshot, now).await {
+            tracing::warn!(error = ?e, "could not record a hardware snapshot");
+        }
+    }
+}
+
+/// Records one snapshot: its samples, the windows they close, and the profile if it changed.
+pub async fn ingest_snapshot(
+    state: &AppState,
+    snapshot: HardwareSnapshot,
+    now_ms: i64,
+) -> Result<(), AppError> {
+    let samples = snapshot_to_samples(&snapshot);
+    if !samples.is_empty() {
+        let a = crate::ingest::append(state, "samples", Batch::Samples(samples.clone())).await?;
+        let closed = state.analytics.observe_samples(&samples, &a.seqs, now_ms);
+        append_windows(state, closed).await?;
+    }
+    if let Some(profile) = state.analytics.observe_hardware(snapshot) {
+        crate::ingest::append(
+            state,
+            "profile",
+            Batch::Records(vec![Record::Profile(profile)]),
+        )
+        .await?;
+    }
+    Ok(())
+}
