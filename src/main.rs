@@ -15,6 +15,8 @@ use kora_probe::{ModelCatalog, Probe};
 use kora_server::{AppState, Config, HostPolicy};
 use kora_store::{OpenError, Store, StoreOptions};
 
+mod analysis;
+
 const DB_FILE: &str = "kora-telemetry.redb";
 const ENDPOINT_FILE: &str = "service.json";
 
@@ -70,6 +72,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Re-derive every firing, suggestion and suppression from the log and report any
+    /// difference from what was recorded (exit code 1 when there is one). With --scenario, run
+    /// a golden scenario file instead and check its expectations.
+    Replay {
+        /// Report differences only from this seq on.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Report differences only up to this seq.
+        #[arg(long)]
+        to: Option<u64>,
+        /// The thresholds the log was recorded with (default: the embedded set).
+        #[arg(long, value_name = "FILE")]
+        thresholds: Option<PathBuf>,
+        /// A scenario file (tests/scenarios/*.json) to run instead of the log.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["from", "to"])]
+        scenario: Option<PathBuf>,
+        /// Print the full report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What would have fired, been suppressed and been suggested over the stored history with
+    /// another thresholds file, side by side with the active set.
+    Backtest {
+        /// The candidate thresholds file.
+        #[arg(long, value_name = "FILE")]
+        thresholds: PathBuf,
+        /// The active set to compare with (default: the embedded set).
+        #[arg(long, value_name = "FILE")]
+        active: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Work with thresholds files.
+    #[command(subcommand)]
+    Thresholds(ThresholdsCommand),
     /// Check whether a model (and a context size) fits this machine now, before loading it.
     Fit {
         /// VRAM the model needs, in MB.
@@ -97,15 +134,30 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum ThresholdsCommand {
+    /// Validate a thresholds file: its values, and its version against the pinned fingerprints.
+    Check { file: PathBuf },
+    /// Print the embedded default thresholds file.
+    Show,
+}
+
 fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // The service logs what it does; the one-shot commands only warnings, so their output
+    // stays readable.
+    let default_filter = if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KORA_TELEMETRY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -144,6 +196,52 @@ fn run(cli: Cli) -> Result<()> {
         ),
         Command::Log { limit, kind, json } => log(&data_dir, limit, kind, json),
         Command::Profile { json } => profile(&data_dir, json),
+        Command::Replay {
+            from,
+            to,
+            thresholds,
+            scenario,
+            json,
+        } => {
+            let clean = match scenario {
+                Some(path) => analysis::replay_scenario(&path)?,
+                None => analysis::replay_log(
+                    &data_dir.join(DB_FILE),
+                    load_thresholds(thresholds.as_deref())?,
+                    from,
+                    to,
+                    json,
+                )?,
+            };
+            if !clean {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Backtest {
+            thresholds,
+            active,
+            json,
+        } => analysis::backtest(
+            &data_dir.join(DB_FILE),
+            load_thresholds(active.as_deref())?,
+            load_thresholds(Some(&thresholds))?,
+            json,
+        ),
+        Command::Thresholds(ThresholdsCommand::Check { file }) => {
+            let t = load_thresholds(Some(&file))?;
+            println!(
+                "{}: valid, version {}, fingerprint {}",
+                file.display(),
+                t.version(),
+                t.fingerprint()
+            );
+            Ok(())
+        }
+        Command::Thresholds(ThresholdsCommand::Show) => {
+            print!("{}", kora_policy::EMBEDDED_THRESHOLDS);
+            Ok(())
+        }
         Command::Fit {
             model_required_vram_mb,
             context_tokens,

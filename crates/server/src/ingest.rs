@@ -175,13 +175,18 @@ fn write_error(state: &AppState, name: &str, e: WriteError) -> AppError {
     }
 }
 
-fn ack(a: Appended) -> axum::Json<IngestAck> {
-    axum::Json(IngestAck {
+/// The acknowledgement of a stored batch.
+pub fn ack_of(a: Appended) -> IngestAck {
+    IngestAck {
         accepted: a.accepted,
         duplicates: a.duplicates,
         first_seq: a.first_new_seq,
         last_seq: a.last_new_seq,
-    })
+    }
+}
+
+fn ack(a: Appended) -> axum::Json<IngestAck> {
+    axum::Json(ack_of(a))
 }
 
 pub async fn post_samples(

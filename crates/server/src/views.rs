@@ -66,3 +66,354 @@ pub async fn fit(
         &thresholds.file().profile,
     )))
 }
+
+/// `GET /v1/triggers`: each category's state per scope, with its latest evidence.
+pub async fn triggers(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let (version, triggers) = state
+        .analytics
+        .with_engine(|e| (e.thresholds().version().to_owned(), e.triggers()));
+    Json(serde_json::json!({
+        "thresholds_version": version,
+        "triggers": triggers,
+    }))
+}
+
+/// `GET /v1/thresholds`: the active versioned set and the cloud tier table.
+pub async fn thresholds(State(state): State<AppState>) -> Json<serde_json::Value> {
+    state.analytics.with_engine(|e| {
+        Json(serde_json::json!({
+            "version": e.thresholds().version(),
+            "fingerprint": e.thresholds().fingerprint(),
+            "thresholds": e.thresholds(),
+            "cloud_tiers": e.tiers(),
+        }))
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuggestionsQuery {
+    limit: Option<usize>,
+    category: Option<String>,
+    scope: Option<String>,
+}
+
+/// How far back the suggestion view looks for the records a suggestion refers to.
+const LOOKBACK: usize = 10_000;
+
+/// `GET /v1/suggestions`: newest first, each with its firing (and evidence), the feedback it
+/// got, the outcome of an accepted mitigation, and the recent suppressions.
+pub async fn suggestions(
+    State(state): State<AppState>,
+    q: Result<Query<SuggestionsQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    use kora_model::{Record, RecordKind};
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > kora_model::MAX_LOG_PAGE {
+        return Err(AppError::Invalid {
+            code: "invalid_query",
+            message: format!(
+                "limit must be 1 to {}, got {limit}",
+                kora_model::MAX_LOG_PAGE
+            ),
+            field: Some("limit".into()),
+        });
+    }
+    if let Some(c) = &q.category
+        && !kora_model::Category::ALL.iter().any(|k| k.as_str() == c)
+    {
+        return Err(AppError::Invalid {
+            code: "invalid_query",
+            message: format!("unknown category {c:?}"),
+            field: Some("category".into()),
+        });
+    }
+    let store = state.store.clone();
+    let (suggestions, firings, feedback, outcomes, suppressions) =
+        tokio::task::spawn_blocking(move || -> Result<_, kora_store::ReadError> {
+            Ok((
+                store.recent(None, Some(RecordKind::Suggestion), LOOKBACK)?,
+                store.recent(None, Some(RecordKind::Firing), LOOKBACK)?,
+                store.recent(None, Some(RecordKind::Feedback), LOOKBACK)?,
+                store.recent(None, Some(RecordKind::MitigationOutcome), LOOKBACK)?,
+                store.recent(None, Some(RecordKind::Suppression), 200)?,
+            ))
+        })
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))??;
+    let firing_by_id: std::collections::BTreeMap<&str, &kora_model::Firing> = firings
+        .iter()
+        .filter_map(|e| match &e.record {
+            Record::Firing(f) => Some((f.firing_id.as_str(), f)),
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for e in &suggestions {
+        let Record::Suggestion(s) = &e.record else {
+            continue;
+        };
+        if q.category
+            .as_deref()
+            .is_some_and(|c| c != s.category.as_str())
+            || q.scope.as_deref().is_some_and(|sc| sc != s.scope)
+        {
+            continue;
+        }
+        let fb: Vec<_> = feedback
+            .iter()
+            .filter_map(|f| match &f.record {
+                Record::Feedback(f) if f.suggestion_id == s.suggestion_id => Some(f),
+                _ => None,
+            })
+            .collect();
+        let outcome = outcomes.iter().find_map(|o| match &o.record {
+            Record::MitigationOutcome(o) if o.suggestion_id == s.suggestion_id => Some(o),
+            _ => None,
+        });
+        out.push(serde_json::json!({
+            "seq": e.seq,
+            "suggestion": s,
+            "firing": firing_by_id.get(s.firing_id.as_str()),
+            "feedback": fb,
+            "outcome": outcome,
+        }));
+        if out.len() == limit {
+            break;
+        }
+    }
+    let suppressions: Vec<_> = suppressions
+        .iter()
+        .filter_map(|e| match &e.record {
+            Record::Suppression(s) => Some(serde_json::json!({"seq": e.seq, "suppression": s})),
+            _ => None,
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "suggestions": out,
+        "suppressions": suppressions,
+    })))
+}
+
+/// Finds a suggestion by id among the recent ones.
+fn find_suggestion(
+    store: &kora_store::Store,
+    id: &str,
+) -> Result<Option<kora_model::Suggestion>, kora_store::ReadError> {
+    Ok(store
+        .recent(None, Some(kora_model::RecordKind::Suggestion), LOOKBACK)?
+        .into_iter()
+        .find_map(|e| match e.record {
+            kora_model::Record::Suggestion(s) if s.suggestion_id == id => Some(s),
+            _ => None,
+        }))
+}
+
+/// `POST /v1/suggestions/{id}/feedback`: accept or dismiss a suggestion.
+pub async fn feedback(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<kora_model::IngestAck>, AppError> {
+    use kora_model::Validate;
+    let mut fb: kora_model::Feedback = crate::ingest::decode(&headers, body)?;
+    if !fb.suggestion_id.is_empty() && fb.suggestion_id != id {
+        return Err(AppError::invalid(
+            "suggestion_id",
+            format!(
+                "the body names {:?} but the path names {id:?}; leave it out",
+                fb.suggestion_id
+            ),
+        ));
+    }
+    fb.suggestion_id = id.clone();
+    fb.validate(crate::now_ms())
+        .map_err(|e| AppError::invalid(e.field, e.message))?;
+    let store = state.store.clone();
+    let lookup = id.clone();
+    let suggestion = tokio::task::spawn_blocking(move || find_suggestion(&store, &lookup))
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))??
+        .ok_or_else(|| AppError::NotFound(format!("no suggestion {id:?}")))?;
+    if let Some(choice) = &fb.choice
+        && !suggestion.options.iter().any(|o| &o.id == choice)
+    {
+        let ids: Vec<_> = suggestion.options.iter().map(|o| o.id.as_str()).collect();
+        return Err(AppError::invalid(
+            "choice",
+            format!("{choice:?} is not an option of this suggestion; its options are {ids:?}"),
+        ));
+    }
+    let a = crate::ingest::append(
+        &state,
+        "feedback",
+        kora_store::Batch::Records(vec![kora_model::Record::Feedback(fb)]),
+    )
+    .await?;
+    Ok(Json(crate::ingest::ack_of(a)))
+}
+
+/// `PUT /v1/cloud/readiness`: the KrakoBackend plugin's readiness report.
+pub async fn readiness(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<kora_model::IngestAck>, AppError> {
+    use kora_model::Validate;
+    let r: kora_model::Readiness = crate::ingest::decode(&headers, body)?;
+    r.validate(crate::now_ms())
+        .map_err(|e| AppError::invalid(e.field, e.message))?;
+    let a = crate::ingest::append(
+        &state,
+        "readiness",
+        kora_store::Batch::Records(vec![kora_model::Record::Readiness(r)]),
+    )
+    .await?;
+    Ok(Json(crate::ingest::ack_of(a)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowsQuery {
+    metric: Option<String>,
+    scope: Option<String>,
+    /// `time` or `runs`.
+    kind: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/windows`: closed windows (run blocks and time windows), newest first.
+pub async fn windows(
+    State(state): State<AppState>,
+    q: Result<Query<WindowsQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    use kora_model::{Record, RecordKind};
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > kora_model::MAX_LOG_PAGE {
+        return Err(AppError::Invalid {
+            code: "invalid_query",
+            message: format!(
+                "limit must be 1 to {}, got {limit}",
+                kora_model::MAX_LOG_PAGE
+            ),
+            field: Some("limit".into()),
+        });
+    }
+    if let Some(k) = &q.kind
+        && k != "time"
+        && k != "runs"
+    {
+        return Err(AppError::Invalid {
+            code: "invalid_query",
+            message: format!("kind must be `time` or `runs`, got {k:?}"),
+            field: Some("kind".into()),
+        });
+    }
+    let store = state.store.clone();
+    let windows = tokio::task::spawn_blocking(move || -> Result<_, kora_store::ReadError> {
+        let mut out = Vec::new();
+        let mut before = None;
+        // Bounded: at most 50 pages of window records are examined.
+        for _ in 0..50 {
+            let page = store.recent(before, Some(RecordKind::Window), kora_model::MAX_LOG_PAGE)?;
+            let Some(last) = page.last() else { break };
+            before = Some(last.seq);
+            for e in page {
+                let Record::Window(w) = e.record else {
+                    continue;
+                };
+                if q.metric.as_deref().is_some_and(|m| m != w.metric)
+                    || q.scope.as_deref().is_some_and(|s| s != w.scope)
+                    || q.kind.as_deref().is_some_and(|k| k != w.window_kind)
+                {
+                    continue;
+                }
+                out.push(serde_json::json!({"seq": e.seq, "window": w}));
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.to_string()))??;
+    Ok(Json(serde_json::json!({ "windows": windows })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesQuery {
+    series: Option<String>,
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
+    points: Option<usize>,
+}
+
+/// `GET /v1/series`: one series downsampled to at most `points` buckets (min, max, mean), or
+/// the list of series when `series` is absent.
+pub async fn series(
+    State(state): State<AppState>,
+    q: Result<Query<SeriesQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let q = query(q)?;
+    let store = state.store.clone();
+    let Some(name) = q.series else {
+        let list = tokio::task::spawn_blocking(move || store.series())
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))??;
+        return Ok(Json(serde_json::json!({ "series": list })));
+    };
+    let to = q.to_ms.unwrap_or_else(|| crate::now_ms() + 1);
+    let from = q.from_ms.unwrap_or(to - 3600 * 1000);
+    let points = q.points.unwrap_or(200);
+    if !(1..=2000).contains(&points) {
+        return Err(AppError::Invalid {
+            code: "invalid_query",
+            message: format!("points must be 1 to 2000, got {points}"),
+            field: Some("points".into()),
+        });
+    }
+    if from >= to || to - from > 31 * 24 * 3600 * 1000 {
+        return Err(AppError::Invalid {
+            code: "invalid_query",
+            message: "from_ms must be before to_ms, at most 31 days apart".into(),
+            field: Some("from_ms".into()),
+        });
+    }
+    let key = name.clone();
+    let samples = tokio::task::spawn_blocking(move || store.samples(&key, from, to, 1_000_000))
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))??;
+    let width = ((to - from) as f64 / points as f64).max(1.0);
+    let mut buckets: std::collections::BTreeMap<i64, (f64, f64, f64, u64)> = Default::default();
+    let mut unavailable = 0u64;
+    for s in &samples {
+        let (Some(v), Some(ts)) = (s.sample.value, s.sample.ts_ms) else {
+            unavailable += 1;
+            continue;
+        };
+        let b = from + (((ts - from) as f64 / width).floor() * width) as i64;
+        let e = buckets
+            .entry(b)
+            .or_insert((f64::INFINITY, f64::NEG_INFINITY, 0.0, 0));
+        e.0 = e.0.min(v);
+        e.1 = e.1.max(v);
+        e.2 += v;
+        e.3 += 1;
+    }
+    let points: Vec<_> = buckets
+        .into_iter()
+        .map(|(t, (min, max, sum, n))| serde_json::json!({"t": t, "min": min, "max": max, "mean": sum / n as f64, "n": n}))
+        .collect();
+    Ok(Json(serde_json::json!({
+        "series": name,
+        "from_ms": from,
+        "to_ms": to,
+        "points": points,
+        "unavailable_samples": unavailable,
+    })))
+}

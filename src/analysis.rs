@@ -1,0 +1,229 @@
+//! `replay`, `backtest` and `thresholds check`: the engine over the stored log, offline.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use kora_model::{LogEntry, Record};
+use kora_policy::{CloudTiers, Engine, ReplayDifference, Thresholds, derive_all, replay};
+use kora_store::{OpenError, Store, StoreOptions};
+
+/// Every log entry, in seq order, with a progress bar on long logs.
+fn read_log(db: &Path) -> Result<Vec<LogEntry>> {
+    if !db.exists() {
+        bail!("no store at {}: nothing recorded yet", db.display());
+    }
+    let store = Store::open(db, StoreOptions::default()).map_err(|e| match e {
+        OpenError::AlreadyOpen { .. } => anyhow::anyhow!(
+            "{e}; replay and backtest read the whole log and need the store to themselves: \
+             stop the service first"
+        ),
+        e => e.into(),
+    })?;
+    let total = store.stats()?.log_records;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("reading the log {bar:40} {pos}/{len} records")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    if total < 50_000 {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    let mut from = 0;
+    loop {
+        let page = store.scan(from, 10_000)?;
+        let Some(last) = page.last() else { break };
+        from = last.seq + 1;
+        bar.inc(page.len() as u64);
+        out.extend(page);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+fn difference_seq(d: &ReplayDifference) -> u64 {
+    match d {
+        ReplayDifference::Missing { input_seq, .. } => *input_seq,
+        ReplayDifference::Unexpected { seq, .. } | ReplayDifference::Changed { seq, .. } => *seq,
+    }
+}
+
+/// Re-derives every firing, suggestion, suppression and outcome from the log and reports any
+/// difference from what was recorded, within `[from, to]` when given. Exit code 1 on a
+/// difference.
+pub fn replay_log(
+    db: &Path,
+    thresholds: Thresholds,
+    from: Option<u64>,
+    to: Option<u64>,
+    json: bool,
+) -> Result<bool> {
+    let entries = read_log(db)?;
+    let mut engine = Engine::new(thresholds, CloudTiers::embedded());
+    let mut report = replay(entries, &mut engine);
+    let in_range = |s: u64| from.is_none_or(|f| s >= f) && to.is_none_or(|t| s <= t);
+    report.differences.retain(|d| in_range(difference_seq(d)));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "replayed {} inputs (last seq {}): {} derived records recorded, {} re-derived, {} identical, {} differences{}",
+            report.inputs,
+            report.last_seq.map_or("-".into(), |s| s.to_string()),
+            report.recorded,
+            report.rederived,
+            report.matching,
+            report.differences.len(),
+            if from.is_some() || to.is_some() {
+                " in the range"
+            } else {
+                ""
+            },
+        );
+        for d in report.differences.iter().take(50) {
+            println!("  {}", serde_json::to_string(d)?);
+        }
+    }
+    Ok(report.differences.is_empty())
+}
+
+/// Runs a golden scenario file and checks its expectations.
+pub fn replay_scenario(path: &Path) -> Result<bool> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let scenario = kora_policy::scenario::Scenario::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut engine = Engine::new(Thresholds::embedded(), CloudTiers::embedded());
+    let (derived, errors) = scenario
+        .run(&mut engine)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    println!("{}: {} derived records", path.display(), derived.len());
+    for (seq, r) in &derived {
+        println!("  after seq {seq}: {} {}", r.kind().as_str(), summary(r));
+    }
+    if errors.is_empty() {
+        println!("every expectation holds");
+    } else {
+        for e in &errors {
+            println!("MISMATCH {e}");
+        }
+    }
+    Ok(errors.is_empty())
+}
+
+fn summary(r: &Record) -> String {
+    match r {
+        Record::Firing(f) => format!("{} {}: {}", f.category.as_str(), f.scope, f.reason),
+        Record::Suggestion(s) => format!(
+            "{} {} step {} options {:?}",
+            s.category.as_str(),
+            s.scope,
+            s.ladder_step,
+            s.options.iter().map(|o| o.id.as_str()).collect::<Vec<_>>()
+        ),
+        Record::Suppression(s) => format!("{} {} by {:?}", s.category.as_str(), s.scope, s.rule),
+        Record::MitigationOutcome(m) => format!("{} {}: {:?}", m.choice, m.scope, m.effect),
+        Record::Window(w) => format!("{} {} {} p95 {}", w.window_kind, w.scope, w.metric, w.p95),
+        _ => String::new(),
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    firings: BTreeMap<String, u64>,
+    suppressions: BTreeMap<String, u64>,
+    suggestions: BTreeMap<String, u64>,
+    cloud_offers: u64,
+}
+
+fn tally(derived: &[(u64, Record)]) -> Tally {
+    let mut t = Tally::default();
+    for (_, r) in derived {
+        match r {
+            Record::Firing(f) => *t.firings.entry(f.category.as_str().into()).or_default() += 1,
+            Record::Suppression(s) => {
+                *t.suppressions
+                    .entry(s.category.as_str().into())
+                    .or_default() += 1
+            }
+            Record::Suggestion(s) => {
+                *t.suggestions.entry(s.category.as_str().into()).or_default() += 1;
+                if s.options.iter().any(|o| o.id == kora_policy::CLOUD_OPTION) {
+                    t.cloud_offers += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    t
+}
+
+/// What would have fired, been suppressed and been suggested with other thresholds, side by
+/// side with the active set.
+pub fn backtest(db: &Path, active: Thresholds, candidate: Thresholds, json: bool) -> Result<()> {
+    let entries: Vec<LogEntry> = read_log(db)?
+        .into_iter()
+        .filter(|e| !Engine::is_derived_by_engine(&e.record))
+        .collect();
+    let (av, cv) = (active.version().to_owned(), candidate.version().to_owned());
+    let window_s = active.file().windows.window_seconds;
+    let candidate_window_s = candidate.file().windows.window_seconds;
+    let a = derive_all(
+        entries.clone(),
+        &mut Engine::new(active, CloudTiers::embedded()),
+    );
+    let c = derive_all(
+        entries.iter().cloned(),
+        &mut Engine::new(candidate, CloudTiers::embedded()),
+    );
+    let (ta, tc) = (tally(&a), tally(&c));
+    if json {
+        let side = |t: &Tally| {
+            serde_json::json!({"firings": t.firings, "suppressions": t.suppressions,
+                               "suggestions": t.suggestions, "cloud_offers": t.cloud_offers})
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "inputs": entries.len(),
+                "active": {"version": av, "derived": side(&ta)},
+                "candidate": {"version": cv, "derived": side(&tc)},
+            }))?
+        );
+        return Ok(());
+    }
+    println!("backtest over {} input records", entries.len());
+    println!(
+        "{:<14} {:<12} {:>14} {:>14}",
+        "category",
+        "what",
+        format!("active {av}"),
+        format!("candidate {cv}")
+    );
+    for cat in kora_model::Category::ALL {
+        let c = cat.as_str();
+        for (what, x, y) in [
+            ("fired", &ta.firings, &tc.firings),
+            ("suppressed", &ta.suppressions, &tc.suppressions),
+            ("suggested", &ta.suggestions, &tc.suggestions),
+        ] {
+            let (p, q) = (
+                x.get(c).copied().unwrap_or(0),
+                y.get(c).copied().unwrap_or(0),
+            );
+            println!("{c:<14} {what:<12} {p:>14} {q:>14}");
+        }
+    }
+    println!(
+        "{:<14} {:<12} {:>14} {:>14}",
+        "all", "cloud offers", ta.cloud_offers, tc.cloud_offers
+    );
+    if window_s != candidate_window_s {
+        println!(
+            "note: the time windows in the log are {window_s} s long and are replayed as recorded; \
+             the candidate's {candidate_window_s} s windows are not re-derived from raw samples"
+        );
+    }
+    Ok(())
+}
