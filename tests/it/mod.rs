@@ -1,4 +1,5 @@
 pub mod common;
 mod crash;
 mod e2e;
+mod engine;
 mod schema;

@@ -19,6 +19,8 @@ fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("readiness", schema_for!(Readiness)),
         ("feedback", schema_for!(Feedback)),
         ("profile-record", schema_for!(ProfileRecord)),
+        ("fit-verdict", schema_for!(FitVerdict)),
+        ("thresholds-file", schema_for!(ThresholdsFile)),
     ]
 }
 
