@@ -16,6 +16,7 @@ use kora_server::{AppState, Config, HostPolicy};
 use kora_store::{OpenError, Store, StoreOptions};
 
 mod analysis;
+mod demo;
 
 const DB_FILE: &str = "kora-telemetry.redb";
 const ENDPOINT_FILE: &str = "service.json";
@@ -132,6 +133,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Try it out: run the service on a temporary data directory, print the dashboard URL and
+    /// drive a simulated KORA Studio workload through the HTTP API (runs of three models, one
+    /// slowing down until the latency trigger fires, a model that does not fit, a context
+    /// request beyond the limit, a growing queue), so that every dashboard view fills within a
+    /// minute. Stop it with Ctrl-C; the temporary data is removed.
+    Demo {
+        /// Stop after this long (e.g. 90s, 10m) instead of at Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Keep the temporary data directory when the demo ends.
+        #[arg(long)]
+        keep_data: bool,
+        /// Address of the demo service (loopback; port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,6 +264,15 @@ fn run(cli: Cli) -> Result<()> {
             context_tokens,
             json,
         } => fit(&data_dir, model_required_vram_mb, context_tokens, json),
+        Command::Demo {
+            duration,
+            keep_data,
+            listen,
+        } => demo::run(demo::DemoOptions {
+            duration,
+            keep_data,
+            listen,
+        }),
     }
 }
 

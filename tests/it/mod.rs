@@ -1,3 +1,4 @@
+mod browser;
 pub mod common;
 mod crash;
 mod e2e;

@@ -7,6 +7,7 @@
 //! is no endpoint that does.
 
 pub mod analytics;
+pub mod dashboard;
 pub mod error;
 pub mod ingest;
 pub mod security;
@@ -131,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/samples", post(ingest::post_samples))
         .route("/v1/runs", post(ingest::post_runs))
         .route("/v1/events", post(ingest::post_events))
+        .merge(dashboard::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(

@@ -1,0 +1,172 @@
+// Drives the bundled dashboards of a running kora-telemetry in a real headless Chromium and
+// prints what it saw as one JSON object on stdout (the last line). It asserts nothing itself:
+// tests/it/browser.rs starts the service, ingests the data, runs this, and asserts.
+//
+// Environment:
+//   KORA_BASE         the service, e.g. http://127.0.0.1:41234 (required)
+//   KORA_SCREENSHOTS  where to write one PNG per view (required)
+//   KORA_ACCEPT_ID    the suggestion whose first option the test accepts by clicking (required)
+//   KORA_ATTACK_ID    the suggestion a foreign page tries to answer (required)
+//   KORA_CHROMIUM     the browser (default /usr/bin/chromium)
+import { chromium } from "playwright-core";
+import http from "node:http";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+
+const BASE = need("KORA_BASE");
+const SHOTS = need("KORA_SCREENSHOTS");
+const ACCEPT_ID = need("KORA_ACCEPT_ID");
+const ATTACK_ID = need("KORA_ATTACK_ID");
+const EXE = process.env.KORA_CHROMIUM || "/usr/bin/chromium";
+const VIEWS = ["overview", "latency", "concurrency", "reliability", "suggestions", "metrics", "privacy", "thresholds"];
+// A name the browser resolves to 127.0.0.1, as a DNS-rebinding page would make it.
+const REBIND_HOST = "kora-rebind.test";
+
+function need(name) {
+  const v = process.env[name];
+  if (!v) {
+    console.error(`run.mjs: ${name} is not set`);
+    process.exit(2);
+  }
+  return v;
+}
+
+function watch(page) {
+  const seen = { console: [], pageErrors: [], failed: [] };
+  page.on("console", (m) => {
+    if (m.type() === "error" || m.type() === "warning") {
+      seen.console.push({ type: m.type(), text: m.text(), url: m.location().url || "" });
+    }
+  });
+  page.on("pageerror", (e) => seen.pageErrors.push(String(e)));
+  page.on("requestfailed", (r) => seen.failed.push({ url: r.url(), error: r.failure() ? r.failure().errorText : "" }));
+  return seen;
+}
+
+async function settle(page, view) {
+  await page.waitForSelector(`body[data-loaded="${view}"]`, { timeout: 15000 });
+  // One more poll cycle, so a view that loads in two steps has finished and charts are drawn.
+  await page.waitForTimeout(1500);
+}
+
+async function main() {
+  fs.mkdirSync(SHOTS, { recursive: true });
+  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "kora-chromium-"));
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: EXE,
+    headless: true,
+    viewport: { width: 1360, height: 900 },
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      `--host-resolver-rules=MAP ${REBIND_HOST} 127.0.0.1`,
+    ],
+  });
+  const out = { chromium: context.browser() ? context.browser().version() : "persistent", views: {}, accept: {}, foreign: {} };
+  try {
+    // 1. Every view: loads, shows data, no console errors.
+    for (const [i, view] of VIEWS.entries()) {
+      const page = await context.newPage();
+      const seen = watch(page);
+      const res = await page.goto(`${BASE}/#${view}`, { waitUntil: "load" });
+      let loaded = true;
+      try { await settle(page, view); } catch (e) { loaded = false; seen.pageErrors.push(`never loaded: ${e.message}`); }
+      const file = path.join(SHOTS, `${String(i + 1).padStart(2, "0")}-${view}.png`);
+      await page.screenshot({ path: file, fullPage: true });
+      out.views[view] = {
+        status: res ? res.status() : null,
+        loaded,
+        text: await page.locator("#view").innerText().catch(() => ""),
+        status_line: await page.locator("#status").innerText().catch(() => ""),
+        charts: await page.locator(".uplot canvas").count(),
+        csp: res ? res.headers()["content-security-policy"] || "" : "",
+        screenshot: file,
+        ...seen,
+      };
+      await page.close();
+    }
+
+    // 2. Accept a suggestion by clicking: the POST reaches the API and the card updates.
+    {
+      const page = await context.newPage();
+      const seen = watch(page);
+      await page.goto(`${BASE}/#suggestions`);
+      await settle(page, "suggestions");
+      const cardSel = `.suggestion[data-suggestion-id="${ACCEPT_ID}"]`;
+      const button = page.locator(`${cardSel} button.accept`).first();
+      const choice = await button.getAttribute("data-choice");
+      const [response] = await Promise.all([
+        page.waitForResponse((r) => r.url().endsWith(`/v1/suggestions/${ACCEPT_ID}/feedback`) && r.request().method() === "POST"),
+        button.click(),
+      ]);
+      let updated = true;
+      try {
+        await page.waitForFunction((sel) => {
+          const c = document.querySelector(sel);
+          return c && c.querySelector(".feedback .badge.accepted") && !c.querySelector("button.accept");
+        }, cardSel, { timeout: 10000 });
+      } catch (_) { updated = false; }
+      await page.screenshot({ path: path.join(SHOTS, "09-suggestions-after-accept.png"), fullPage: true });
+      out.accept = {
+        id: ACCEPT_ID, choice, status: response.status(), request_body: response.request().postData(),
+        request_origin: (await response.request().allHeaders())["origin"] || null,
+        updated, card_text: await page.locator(cardSel).innerText().catch(() => ""), ...seen,
+      };
+      await page.close();
+    }
+
+    // 3. A page from a foreign origin (another port on this machine) tries to answer a
+    //    suggestion and turn export consent on, every way a page can send a request.
+    const evil = await foreignServer();
+    try {
+      const page = await context.newPage();
+      const seen = watch(page);
+      const requests = [];
+      page.on("response", (r) => { if (r.url().startsWith(BASE)) requests.push({ method: r.request().method(), url: r.url(), status: r.status() }); });
+      page.on("requestfailed", (r) => { if (r.url().startsWith(BASE)) requests.push({ method: r.method(), url: r.url(), failure: r.failure() ? r.failure().errorText : "failed" }); });
+      const target = encodeURIComponent(BASE);
+      await page.goto(`${evil.origin}/evil.html?target=${target}&id=${encodeURIComponent(ATTACK_ID)}`);
+      await page.waitForFunction(() => window.__done === true, null, { timeout: 20000 });
+      const results = await page.evaluate(() => window.__results);
+      await page.waitForTimeout(500);
+      await page.screenshot({ path: path.join(SHOTS, "10-foreign-origin.png"), fullPage: true });
+      out.foreign = { origin: evil.origin, results, requests, console: seen.console };
+      await page.close();
+    } finally {
+      evil.server.close();
+    }
+
+    // 4. DNS rebinding: a name that resolves to 127.0.0.1 but is not on the Host allowlist.
+    {
+      const port = new URL(BASE).port;
+      const page = await context.newPage();
+      const res = await page.goto(`http://${REBIND_HOST}:${port}/`).catch((e) => ({ status: () => `error ${e.message}` }));
+      out.rebind = { url: `http://${REBIND_HOST}:${port}/`, status: res.status(), body: await page.locator("body").innerText().catch(() => "") };
+      await page.close();
+    }
+  } finally {
+    await context.close();
+    fs.rmSync(userDataDir, { recursive: true, force: true });
+  }
+  process.stdout.write(JSON.stringify(out) + "\n");
+}
+
+/** A tiny web server on another loopback port: the foreign origin. */
+function foreignServer() {
+  const page = `<!doctype html><html><head><meta charset="utf-8"><title>not kora</title>
+<script src="/evil.js"></script></head><body><h1>An unrelated page on another port</h1><pre id="log"></pre></body></html>`;
+  const script = fs.readFileSync(new URL("./foreign.js", import.meta.url));
+  const server = http.createServer((req, res) => {
+    if (req.url.startsWith("/evil.html")) { res.writeHead(200, { "content-type": "text/html" }); res.end(page); return; }
+    if (req.url === "/evil.js") { res.writeHead(200, { "content-type": "text/javascript" }); res.end(script); return; }
+    if (req.url === "/sink") { res.writeHead(200, { "content-type": "text/html" }); res.end("sink"); return; }
+    res.writeHead(404); res.end();
+  });
+  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve({ server, origin: `http://127.0.0.1:${server.address().port}` })));
+}
+
+main().catch((e) => {
+  console.error(`run.mjs failed: ${e.stack || e}`);
+  process.exit(1);
+});
