@@ -349,6 +349,7 @@ fn serve(data_dir: &Path, options: ServeOptions) -> Result<()> {
             .with_context(|| format!("cannot listen on {listen}"))?;
         let bound = listener.local_addr()?;
         let config = Config {
+            token: kora_server::token::Token::load_or_create(data_dir)?,
             data_dir: data_dir.to_owned(),
             hosts: HostPolicy {
                 port: bound.port(),

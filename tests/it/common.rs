@@ -64,7 +64,14 @@ impl Server {
     }
 
     /// SIGKILL: no chance to clean up.
-    pub fn kill(mut self) {
+    pub fn kill(self) {
+        // Dropping kills the child with SIGKILL and reaps it.
+    }
+}
+
+impl Drop for Server {
+    /// A test that fails before `stop` still leaves no service behind.
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -48,11 +48,10 @@ fn ingest_in_both_encodings_survives_a_restart() {
         .send_json(&json_batch)
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let ack: IngestAck = resp.body_mut().read_json().unwrap();
-    assert_eq!(
-        (ack.accepted, ack.first_seq, ack.last_seq),
-        (5, Some(1), Some(5))
-    );
+    let first: IngestAck = resp.body_mut().read_json().unwrap();
+    // The probe's samples share the sequence, so seqs are checked relative to each other.
+    let (f1, l1) = (first.first_seq.unwrap(), first.last_seq.unwrap());
+    assert_eq!((first.accepted, l1 - f1), (5, 4));
 
     let mp_batch = RunBatch {
         runs: (5..10).map(run).collect(),
@@ -63,11 +62,10 @@ fn ingest_in_both_encodings_survives_a_restart() {
         .send(&rmp_serde::to_vec_named(&mp_batch).unwrap()[..])
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let ack: IngestAck = resp.body_mut().read_json().unwrap();
-    assert_eq!(
-        (ack.accepted, ack.first_seq, ack.last_seq),
-        (5, Some(6), Some(10))
-    );
+    let second: IngestAck = resp.body_mut().read_json().unwrap();
+    let (f2, l2) = (second.first_seq.unwrap(), second.last_seq.unwrap());
+    assert_eq!((second.accepted, l2 - f2), (5, 4));
+    assert!(f2 > l1, "seqs increase across batches");
 
     let samples = json!({"samples": [
         {"signal": "cpu_load_pct", "value": 37.5},
@@ -81,7 +79,14 @@ fn ingest_in_both_encodings_survives_a_restart() {
     assert_eq!(resp.status(), 200);
 
     let before: Value = http
-        .get(server.url("/v1/log?limit=100"))
+        .get(server.url("/v1/log?kind=run&limit=100"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    let health_before: Health = http
+        .get(server.url("/v1/health"))
         .call()
         .unwrap()
         .body_mut()
@@ -91,7 +96,7 @@ fn ingest_in_both_encodings_survives_a_restart() {
 
     let server = Server::start(dir.path());
     let after: Value = http
-        .get(server.url("/v1/log?limit=100"))
+        .get(server.url("/v1/log?kind=run&limit=100"))
         .call()
         .unwrap()
         .body_mut()
@@ -115,10 +120,10 @@ fn ingest_in_both_encodings_survives_a_restart() {
         .body_mut()
         .read_json()
         .unwrap();
-    assert_eq!(
-        (health.log_records, health.samples, health.last_seq),
-        (10, 2, Some(12))
-    );
+    // Everything stored before the restart is still there (the probe may have added more).
+    assert!(health.log_records >= health_before.log_records);
+    assert!(health.samples >= health_before.samples && health_before.samples >= 2);
+    assert!(health.last_seq >= health_before.last_seq);
 
     // A retried batch after the restart is recognised, not stored again.
     let mut resp = http
@@ -145,17 +150,15 @@ fn ingest_in_both_encodings_survives_a_restart() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(
-        lines.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        vec![10, 9, 8]
-    );
+    let expected: Vec<u64> = entries.iter().take(3).map(|e| e.seq).collect();
+    assert_eq!(lines.iter().map(|e| e.seq).collect::<Vec<_>>(), expected);
     server.stop();
 
     // With the service stopped, `log` reads the file itself.
     let out = std::process::Command::new(super::common::BIN)
         .arg("--data-dir")
         .arg(dir.path())
-        .args(["log", "-n", "2"])
+        .args(["log", "-n", "2", "--kind", "run"])
         .output()
         .unwrap();
     assert!(

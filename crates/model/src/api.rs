@@ -91,3 +91,59 @@ pub struct LogPage {
     /// Pass as `before` to get the next (older) page; absent on the last page.
     pub next_before: Option<u64>,
 }
+
+/// A rate with the counts behind it; `value` is absent ("none yet") when nothing was counted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct Rate {
+    pub value: Option<f64>,
+    pub numerator: u64,
+    pub denominator: u64,
+}
+
+impl Rate {
+    pub fn of(numerator: u64, denominator: u64) -> Rate {
+        Rate {
+            value: (denominator > 0).then(|| numerator as f64 / denominator as f64),
+            numerator,
+            denominator,
+        }
+    }
+}
+
+/// Firings of one category in a range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct CategoryCount {
+    pub category: crate::Category,
+    pub firings: u64,
+}
+
+/// The product metrics of the specification's Section 8, over a range of record time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct ProductMetrics {
+    /// `24h`, `7d`, `all` or `custom`.
+    pub range: String,
+    /// Inclusive start and exclusive end (ms); `all` spans the whole log.
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// Suggestions shown in the range.
+    pub upgrade_suggestion_count: u64,
+    /// Of those, how many offered Krako Cloud.
+    pub cloud_offer_count: u64,
+    /// Suggestions whose first answer was `accepted`, over suggestions shown.
+    pub suggestion_accept_rate: Rate,
+    /// Suggestions whose first answer was `dismissed`, over suggestions shown.
+    pub suggestion_dismiss_rate: Rate,
+    /// Firings per category, most first (ties in the specification's order).
+    pub top_trigger_categories: Vec<CategoryCount>,
+    /// Accepted local mitigations whose follow-up ended `resolved` (the category did not fire
+    /// again for the scope within the follow-up), over those whose follow-up measured
+    /// something (`inconclusive` outcomes are left out).
+    pub local_mitigation_success_rate: Rate,
+    /// Firings in the range.
+    pub firing_count: u64,
+    /// Suggestions held back by a cooldown rule in the range.
+    pub suppression_count: u64,
+}

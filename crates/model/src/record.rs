@@ -319,6 +319,9 @@ pub struct ExportRecord {
     /// SHA-256 of the exported bytes.
     pub digest: String,
     pub bytes: u64,
+    /// The last log seq the export covered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of_seq: Option<u64>,
 }
 
 /// The engine's state after folding the log up to `up_to_seq`.

@@ -14,8 +14,12 @@ pub enum AppError {
         message: String,
         field: Option<String>,
     },
-    /// 403: the request was refused by the trust boundary.
+    /// 401: the endpoint needs the per-install token.
+    Unauthorized(String),
+    /// 403: the request was refused by the trust boundary, or export is off.
     Forbidden(String),
+    /// 502: a collector the user named could not take an export.
+    BadGateway(String),
     /// 404
     NotFound(String),
     /// 409: a client id was reused for other content.
@@ -64,7 +68,9 @@ impl IntoResponse for AppError {
                 message,
                 field,
             } => (StatusCode::BAD_REQUEST, code, message, field, None),
+            AppError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m, None, None),
             AppError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m, None, None),
+            AppError::BadGateway(m) => (StatusCode::BAD_GATEWAY, "bad_gateway", m, None, None),
             AppError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m, None, None),
             AppError::Conflict { message, field } => (
                 StatusCode::CONFLICT,

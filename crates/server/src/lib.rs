@@ -10,6 +10,7 @@ pub mod analytics;
 pub mod dashboard;
 pub mod error;
 pub mod ingest;
+pub mod privacy;
 pub mod security;
 pub mod token;
 pub mod views;
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::handler::Handler;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use kora_model::{Health, LogPage, MAX_BODY_BYTES, MAX_LOG_PAGE, RecordKind};
@@ -46,6 +48,8 @@ pub fn now_ms() -> i64 {
 pub struct Config {
     pub data_dir: PathBuf,
     pub hosts: HostPolicy,
+    /// The per-install token that consent and export changes need.
+    pub token: token::Token,
 }
 
 /// The last write failure, shown by `/v1/health` until a write succeeds again.
@@ -129,6 +133,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/cloud/readiness", axum::routing::put(views::readiness))
         .route("/v1/windows", get(views::windows))
         .route("/v1/series", get(views::series))
+        .route("/v1/metrics/product", get(privacy::product))
+        .route(
+            "/v1/consent",
+            get(privacy::get_consent).put(privacy::put_consent.layer(
+                axum::middleware::from_fn_with_state(state.clone(), privacy::require_token),
+            )),
+        )
+        .route("/v1/export/preview", get(privacy::preview))
+        .route(
+            "/v1/export",
+            post(privacy::export.layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                privacy::require_token,
+            ))),
+        )
+        .route("/metrics", get(privacy::prometheus))
         .route("/v1/samples", post(ingest::post_samples))
         .route("/v1/runs", post(ingest::post_runs))
         .route("/v1/events", post(ingest::post_events))

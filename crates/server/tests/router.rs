@@ -29,6 +29,7 @@ fn app() -> App {
     let state = AppState::new(
         Arc::new(store),
         Config {
+            token: kora_server::token::Token::load_or_create(dir.path()).unwrap(),
             data_dir: dir.path().to_owned(),
             hosts: HostPolicy {
                 port: 7433,
@@ -668,4 +669,325 @@ async fn a_failed_model_load_fires_and_suggests_through_the_log() {
     let before = app.counts().await;
     app.state.analytics.catch_up(&app.state).await.unwrap();
     assert_eq!(app.counts().await, before);
+}
+
+fn token_of(app: &App) -> String {
+    app.state.config.token.expose().to_owned()
+}
+
+async fn send_json(
+    app: &App,
+    method: &str,
+    path: &str,
+    body: Value,
+    headers: &[(&str, String)],
+) -> (StatusCode, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", HOST)
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let (s, v, _) = app
+        .send(req.body(Body::from(body.to_string())).unwrap())
+        .await;
+    (s, v)
+}
+
+/// A log with ids in every place an identifier can hide, and a suggestion with feedback.
+async fn populated(app: &App) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut runs = Vec::new();
+    for i in 0..10 {
+        let mut r = run_json(&format!("secret-run-{i}"));
+        r["session_id"] = json!("secret-session-1");
+        r["budget_breach_count"] = json!(1);
+        r["prompt_hash"] = json!(prompt_hash(&format!("secret prompt {i}")));
+        ids.push(r["run_id"].as_str().unwrap().to_owned());
+        ids.push(r["prompt_hash"].as_str().unwrap().to_owned());
+        runs.push(r);
+    }
+    ids.push("secret-session-1".into());
+    let (s, _) = app.post("/v1/runs", json!({ "runs": runs })).await;
+    assert_eq!(s, StatusCode::OK);
+    app.state.analytics.catch_up(&app.state).await.unwrap();
+    let (_, v) = app.get("/v1/suggestions").await;
+    let id = v["suggestions"][0]["suggestion"]["suggestion_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, _) = app
+        .post(
+            &format!("/v1/suggestions/{id}/feedback"),
+            json!({"action": "dismissed"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    app.state.analytics.catch_up(&app.state).await.unwrap();
+    ids
+}
+
+#[tokio::test]
+async fn product_metrics_count_from_the_log_and_say_none_yet() {
+    let app = app();
+    let (s, v) = app.get("/v1/metrics/product?range=all").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["upgrade_suggestion_count"], 0);
+    assert!(v["suggestion_accept_rate"]["value"].is_null(), "{v}");
+    populated(&app).await;
+    let (_, v) = app.get("/v1/metrics/product?range=24h").await;
+    assert_eq!(v["upgrade_suggestion_count"], 1, "{v}");
+    assert_eq!(v["suggestion_dismiss_rate"]["value"], 1.0);
+    assert_eq!(v["suggestion_accept_rate"]["value"], 0.0);
+    assert_eq!(v["top_trigger_categories"][0]["category"], "reliability");
+    let (s, v) = app.get("/v1/metrics/product?range=1y").await;
+    assert_eq!(
+        (s, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("range"))
+    );
+    let (s, _) = app.get("/v1/metrics/product?from_ms=10&to_ms=5").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn consent_needs_the_token_and_a_local_origin() {
+    let app = app();
+    let token = token_of(&app);
+    let on = json!({"enabled": true});
+    let before = app.counts().await;
+    for (headers, status) in [
+        (vec![], StatusCode::UNAUTHORIZED),
+        (
+            vec![("authorization", "Bearer nope".to_owned())],
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            vec![("authorization", format!("Bearer {}", "0".repeat(64)))],
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            vec![("authorization", token.clone())],
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            vec![
+                ("authorization", format!("Bearer {token}")),
+                ("origin", "http://evil.example".to_owned()),
+            ],
+            StatusCode::FORBIDDEN,
+        ),
+    ] {
+        let (s, v) = send_json(&app, "PUT", "/v1/consent", on.clone(), &headers).await;
+        assert_eq!(s, status, "{headers:?}: {v}");
+    }
+    assert_eq!(
+        app.counts().await,
+        before,
+        "a refused consent change stored something"
+    );
+    let (_, v) = app.get("/v1/consent").await;
+    assert_eq!(v["export_enabled"], false);
+    let auth = [("authorization", format!("Bearer {token}"))];
+    let (s, v) = send_json(
+        &app,
+        "PUT",
+        "/v1/consent",
+        json!({"enabled": true, "actor": "cli"}),
+        &auth,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["export_enabled"], true);
+    assert_eq!(v["history"][0]["actor"], "cli");
+    assert!(
+        v["history"][0]["shown"]
+            .as_str()
+            .unwrap()
+            .contains("aggregated")
+    );
+    let (s, v) = send_json(
+        &app,
+        "PUT",
+        "/v1/consent",
+        json!({"enabled": true, "scope": "everything"}),
+        &auth,
+    )
+    .await;
+    assert_eq!(
+        (s, v["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("scope"))
+    );
+    let (_, v) = send_json(&app, "PUT", "/v1/consent", json!({"enabled": false}), &auth).await;
+    assert_eq!(v["export_enabled"], false);
+    assert_eq!(v["history"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn export_is_refused_without_consent_and_equals_the_preview() {
+    let app = app();
+    let ids = populated(&app).await;
+    let token = token_of(&app);
+    let auth = [("authorization", format!("Bearer {token}"))];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bundle.json");
+    let to_file = json!({"to": "file", "path": path.to_str().unwrap()});
+    let (s, v) = send_json(&app, "POST", "/v1/export", to_file.clone(), &auth).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, _) = send_json(&app, "POST", "/v1/export", to_file.clone(), &[]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(!path.exists());
+    let (s, _) = send_json(&app, "PUT", "/v1/consent", json!({"enabled": true}), &auth).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, preview) = app.get("/v1/export/preview").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        preview["changed_since_last_export"]["last_export"],
+        Value::Null
+    );
+    let (s, v) = send_json(&app, "POST", "/v1/export", to_file.clone(), &auth).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        written == preview["bytes"].as_str().unwrap(),
+        "the export differs from its preview"
+    );
+    assert_eq!(v["sha256"], preview["sha256"]);
+    for id in &ids {
+        assert!(!written.contains(id.as_str()), "the bundle leaks {id}");
+    }
+    assert!(!written.contains("ram_free_mb"), "no raw samples");
+    // An existing file is never replaced, and the export is recorded.
+    let (s, _) = send_json(&app, "POST", "/v1/export", to_file, &auth).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (_, exports) = app.get("/v1/log?kind=export").await;
+    assert_eq!(exports["entries"].as_array().unwrap().len(), 1);
+    let (_, preview) = app.get("/v1/export/preview").await;
+    assert_eq!(preview["changed_since_last_export"]["same_as_last"], true);
+    let (s, _) = send_json(
+        &app,
+        "POST",
+        "/v1/export",
+        json!({"to": "file", "path": "relative.json"}),
+        &auth,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn export_pushes_otlp_to_a_collector_on_loopback() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use prost::Message;
+
+    let app = app();
+    let ids = populated(&app).await;
+    let auth = [("authorization", format!("Bearer {}", token_of(&app)))];
+    send_json(&app, "PUT", "/v1/consent", json!({"enabled": true}), &auth).await;
+    // A small OTLP/HTTP receiver on a real loopback socket.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
+    let receiver = axum::Router::new().route(
+        "/v1/metrics",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let tx = tx.clone();
+                async move {
+                    let ct = headers["content-type"].to_str().unwrap_or("").to_owned();
+                    let _ = tx.send((ct, body.to_vec()));
+                    StatusCode::OK
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/v1/metrics", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+
+    let (s, v) = send_json(
+        &app,
+        "POST",
+        "/v1/export",
+        json!({"to": "otlp", "endpoint": endpoint, "dry_run": true}),
+        &auth,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["sent"], false);
+    assert!(rx.try_recv().is_err(), "a dry run sent something");
+    let (_, exports) = app.get("/v1/log?kind=export").await;
+    assert!(
+        exports["entries"].as_array().unwrap().is_empty(),
+        "a dry run was recorded"
+    );
+
+    let (s, v) = send_json(
+        &app,
+        "POST",
+        "/v1/export",
+        json!({"to": "otlp", "endpoint": endpoint}),
+        &auth,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (ct, body) = rx.recv().await.unwrap();
+    assert_eq!(ct, "application/x-protobuf");
+    let request = ExportMetricsServiceRequest::decode(&body[..]).unwrap();
+    let metrics = &request.resource_metrics[0].scope_metrics[0].metrics;
+    let names: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
+    assert!(
+        names.contains(&"kora.upgrade_suggestion_count"),
+        "{names:?}"
+    );
+    assert!(names.contains(&"kora.trigger_firings"), "{names:?}");
+    let text = format!("{request:?}");
+    for id in &ids {
+        assert!(!text.contains(id.as_str()), "the OTLP payload leaks {id}");
+    }
+    let (_, exports) = app.get("/v1/log?kind=export").await;
+    assert_eq!(
+        exports["entries"][0]["destination"],
+        format!("otlp:{endpoint}")
+    );
+}
+
+#[tokio::test]
+async fn prometheus_exposition_parses() {
+    let app = app();
+    populated(&app).await;
+    let req = Request::get("/metrics")
+        .header("host", HOST)
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    let find = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    assert!(
+        matches!(find("kora_upgrade_suggestions").value, prometheus_parse::Value::Gauge(v) if v == 1.0)
+    );
+    let reliability = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "kora_trigger_firings" && s.labels.get("category") == Some("reliability")
+        })
+        .unwrap();
+    assert!(matches!(reliability.value, prometheus_parse::Value::Gauge(v) if v >= 1.0));
 }

@@ -33,10 +33,12 @@
 //! the end of its series' last closed window is late: it is reported as such and never changes
 //! a closed window.
 
+mod metrics;
 mod quantile;
 mod runs;
 mod time;
 
+pub use metrics::product_metrics;
 pub use quantile::{SCALE, SIGNIFICANT_DIGITS, Summary, quantile, summarize};
 pub use runs::{RunBlock, RunPoint, RunWindows};
 pub use time::{PushOutcome, TimeWindows, scope_of_series};
