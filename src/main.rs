@@ -105,6 +105,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Turn the opt-in export of aggregated statistics on or off (needs the running service;
+    /// uses the per-install token in the data directory).
+    Consent {
+        /// `on`, `off`, or `show`.
+        #[arg(value_parser = ["on", "off", "show"])]
+        state: String,
+    },
+    /// Export the aggregated statistics (only after `consent on`): to a new file, or to an
+    /// OpenTelemetry collector over OTLP/HTTP. `--dry-run` sends nothing and prints what would go.
+    Export {
+        /// Write the bundle to this new file.
+        #[arg(long, value_name = "PATH", conflicts_with = "otlp")]
+        file: Option<PathBuf>,
+        /// Push to this OTLP/HTTP metrics endpoint, e.g. http://127.0.0.1:4318/v1/metrics.
+        #[arg(long, value_name = "URL")]
+        otlp: Option<String>,
+        #[arg(long, requires = "otlp")]
+        dry_run: bool,
+        /// Print the preview (exactly what an export would contain) and export nothing.
+        #[arg(long, conflicts_with_all = ["file", "otlp"])]
+        preview: bool,
+    },
+    /// The product metrics of the specification's Section 8 (they stay on this machine).
+    Metrics {
+        /// 24h, 7d or all.
+        #[arg(long, default_value = "24h")]
+        range: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with thresholds files.
     #[command(subcommand)]
     Thresholds(ThresholdsCommand),
@@ -255,6 +285,14 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Consent { state } => consent(&data_dir, &state),
+        Command::Export {
+            file,
+            otlp,
+            dry_run,
+            preview,
+        } => export(&data_dir, file, otlp, dry_run, preview),
+        Command::Metrics { range, json } => metrics(&data_dir, &range, json),
         Command::Thresholds(ThresholdsCommand::Show) => {
             print!("{}", kora_policy::EMBEDDED_THRESHOLDS);
             Ok(())
@@ -623,6 +661,173 @@ fn fit(data_dir: &Path, vram: f64, context_tokens: Option<u64>, json: bool) -> R
         for line in &verdict.arithmetic {
             println!("  {line}");
         }
+    }
+    Ok(())
+}
+
+/// The running service's address, or a clear error.
+fn service(data_dir: &Path) -> Result<String> {
+    running_service(data_dir).with_context(|| {
+        format!(
+            "no kora-telemetry service answers for {}; start it with `kora-telemetry serve`",
+            data_dir.display()
+        )
+    })
+}
+
+fn token(data_dir: &Path) -> Result<String> {
+    Ok(kora_server::token::Token::load_or_create(data_dir)?
+        .expose()
+        .to_owned())
+}
+
+/// Sends a request and returns its JSON, turning an API error into its message.
+fn call(
+    request: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<serde_json::Value> {
+    let mut resp = request.context("the service could not be reached")?;
+    let status = resp.status();
+    let v: serde_json::Value = resp
+        .body_mut()
+        .read_json()
+        .context("the service answered something that is not JSON")?;
+    if !status.is_success() {
+        bail!(
+            "{} ({status})",
+            v["message"]
+                .as_str()
+                .unwrap_or("the service refused the request")
+        );
+    }
+    Ok(v)
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+fn consent(data_dir: &Path, state: &str) -> Result<()> {
+    let listen = service(data_dir)?;
+    let url = format!("http://{listen}/v1/consent");
+    let v = if state == "show" {
+        call(agent().get(&url).call())?
+    } else {
+        let body = serde_json::json!({"enabled": state == "on", "actor": "cli"});
+        call(
+            agent()
+                .put(&url)
+                .header("authorization", &format!("Bearer {}", token(data_dir)?))
+                .send_json(&body),
+        )?
+    };
+    println!(
+        "export of aggregated statistics is {}",
+        if v["export_enabled"] == true {
+            "ON"
+        } else {
+            "OFF"
+        }
+    );
+    println!("{}", v["text"].as_str().unwrap_or(""));
+    if let Some(history) = v["history"].as_array() {
+        for c in history {
+            println!(
+                "  {} {} by {}",
+                c["ts_ms"],
+                if c["enabled"] == true { "on" } else { "off" },
+                c["actor"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn export(
+    data_dir: &Path,
+    file: Option<PathBuf>,
+    otlp: Option<String>,
+    dry_run: bool,
+    preview: bool,
+) -> Result<()> {
+    let listen = service(data_dir)?;
+    if preview || (file.is_none() && otlp.is_none()) {
+        let v = call(
+            agent()
+                .get(&format!("http://{listen}/v1/export/preview"))
+                .call(),
+        )?;
+        println!("{}", v["bytes"].as_str().unwrap_or(""));
+        eprintln!(
+            "(preview, sha256 {}; export is {})",
+            v["sha256"].as_str().unwrap_or("?"),
+            if v["export_enabled"] == true {
+                "on"
+            } else {
+                "off: nothing leaves this machine"
+            }
+        );
+        return Ok(());
+    }
+    let body = if let Some(path) = file {
+        let path = std::path::absolute(&path)
+            .with_context(|| format!("cannot resolve {}", path.display()))?;
+        serde_json::json!({"to": "file", "path": path})
+    } else {
+        serde_json::json!({"to": "otlp", "endpoint": otlp, "dry_run": dry_run})
+    };
+    let v = call(
+        agent()
+            .post(&format!("http://{listen}/v1/export"))
+            .header("authorization", &format!("Bearer {}", token(data_dir)?))
+            .send_json(&body),
+    )?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+fn metrics(data_dir: &Path, range: &str, json: bool) -> Result<()> {
+    let listen = service(data_dir)?;
+    let v = call(
+        agent()
+            .get(&format!("http://{listen}/v1/metrics/product?range={range}"))
+            .call(),
+    )?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let m: kora_model::ProductMetrics = serde_json::from_value(v)?;
+    let rate = |r: &kora_model::Rate| match r.value {
+        Some(x) => format!("{:.1}% ({} of {})", x * 100.0, r.numerator, r.denominator),
+        None => "none yet".into(),
+    };
+    println!(
+        "product metrics, range {} (they stay on this machine)",
+        m.range
+    );
+    println!(
+        "  upgrade_suggestion_count       {} ({} offered Krako Cloud)",
+        m.upgrade_suggestion_count, m.cloud_offer_count
+    );
+    println!(
+        "  suggestion_accept_rate         {}",
+        rate(&m.suggestion_accept_rate)
+    );
+    println!(
+        "  suggestion_dismiss_rate        {}",
+        rate(&m.suggestion_dismiss_rate)
+    );
+    println!(
+        "  local_mitigation_success_rate  {}",
+        rate(&m.local_mitigation_success_rate)
+    );
+    println!("  top_trigger_categories");
+    for c in &m.top_trigger_categories {
+        println!("    {:<14} {}", c.category.as_str(), c.firings);
     }
     Ok(())
 }

@@ -203,3 +203,50 @@ fn a_non_loopback_address_is_refused_without_the_flag() {
         "nothing was created"
     );
 }
+
+#[test]
+fn consent_export_and_metrics_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let cli = |args: &[&str]| {
+        std::process::Command::new(super::common::BIN)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let bundle = dir.path().join("bundle.json");
+    let out = cli(&["export", "--file", bundle.to_str().unwrap()]);
+    assert!(!out.status.success(), "export without consent succeeded");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("export is off"));
+    assert!(!bundle.exists());
+    let out = cli(&["consent", "on"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is ON"));
+    let preview = cli(&["export", "--preview"]);
+    assert!(preview.status.success());
+    let out = cli(&["export", "--file", bundle.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = std::fs::read(&bundle).unwrap();
+    assert!(
+        written == preview.stdout[..preview.stdout.len() - 1],
+        "export differs from preview"
+    );
+    let out = cli(&["metrics", "--range", "all"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("suggestion_accept_rate         none yet")
+    );
+    let out = cli(&["consent", "off"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is OFF"));
+    server.stop();
+}
