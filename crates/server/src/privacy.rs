@@ -422,8 +422,11 @@ pub async fn export(
     })))
 }
 
-/// The bundle's aggregates as (name, attributes, value), the same for OTLP and the dry run.
-fn otlp_points(b: &Bundle) -> Vec<(String, Vec<(&'static str, String)>, f64)> {
+/// One exported aggregate: metric name, attributes, value.
+type Point = (String, Vec<(&'static str, String)>, f64);
+
+/// The bundle's aggregates, the same for OTLP and the dry run.
+fn otlp_points(b: &Bundle) -> Vec<Point> {
     let mut out = Vec::new();
     for m in [&b.last_7d, &b.all] {
         let range = vec![("range", m.range.clone())];
