@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 
 use super::common::{Server, agent};
 
-const CYCLES: usize = 25;
+const CYCLES: usize = 100;
 
 fn batch(cycle: usize, n: usize) -> RunBatch {
     RunBatch {
@@ -111,7 +111,7 @@ fn acknowledged_batches_survive_sigkill() {
         &dir.path().join("kora-telemetry.redb"),
         StoreOptions::default(),
     )
-    .expect("the store reopens after 25 SIGKILLs");
+    .expect("the store reopens after 100 SIGKILLs");
     let entries = store.scan(0, usize::MAX).unwrap();
     let mut count: BTreeMap<String, usize> = BTreeMap::new();
     let mut last_seq = 0;
@@ -127,8 +127,9 @@ fn acknowledged_batches_survive_sigkill() {
     let duplicated = count.values().filter(|c| **c > 1).count();
     println!(
         "crash test: {CYCLES} SIGKILL cycles (seed {seed}), {total_acked_batches} batches acknowledged before kills, \
-         {} records acknowledged, {} stored, {missing} acknowledged missing, {duplicated} duplicated",
+         {} run records acknowledged, {} stored (of {} log records), {missing} acknowledged missing, {duplicated} duplicated",
         acked.len(),
+        count.values().sum::<usize>(),
         entries.len()
     );
     assert!(

@@ -991,3 +991,73 @@ async fn prometheus_exposition_parses() {
         .unwrap();
     assert!(matches!(reliability.value, prometheus_parse::Value::Gauge(v) if v >= 1.0));
 }
+
+/// Every route of the service, with a method it answers to.
+const ROUTES: [(&str, &str); 22] = [
+    ("GET", "/"),
+    ("GET", "/v1/health"),
+    ("GET", "/v1/log"),
+    ("GET", "/v1/profile"),
+    ("GET", "/v1/fit?model_required_vram_mb=1"),
+    ("GET", "/v1/triggers"),
+    ("GET", "/v1/thresholds"),
+    ("GET", "/v1/suggestions"),
+    ("POST", "/v1/suggestions/s-1-latency/feedback"),
+    ("PUT", "/v1/cloud/readiness"),
+    ("GET", "/v1/windows"),
+    ("GET", "/v1/series"),
+    ("GET", "/v1/metrics/product"),
+    ("GET", "/v1/consent"),
+    ("PUT", "/v1/consent"),
+    ("GET", "/v1/export/preview"),
+    ("POST", "/v1/export"),
+    ("GET", "/metrics"),
+    ("POST", "/v1/samples"),
+    ("POST", "/v1/runs"),
+    ("POST", "/v1/events"),
+    ("GET", "/dashboards/app.js"),
+];
+
+#[tokio::test]
+async fn hostile_hosts_are_refused_on_every_route() {
+    let app = app();
+    let token = token_of(&app);
+    let hostile = [
+        "evil.example:7433",
+        "127.0.0.1:7434",
+        "localhost.:7433",
+        "127.0.0.1.nip.io:7433",
+        "[::1]:80",
+        "",
+    ];
+    let mut bypasses = 0;
+    let mut checked = 0;
+    for (method, path) in ROUTES {
+        for host in hostile {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", host)
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::from(r#"{"enabled": true}"#))
+                .unwrap();
+            let (s, _, _) = app.send(req).await;
+            checked += 1;
+            if s != StatusCode::FORBIDDEN {
+                bypasses += 1;
+                eprintln!("{method} {path} with Host {host:?} answered {s}");
+            }
+        }
+    }
+    println!(
+        "hostile Host values: {checked} requests over {} routes, {bypasses} bypasses",
+        ROUTES.len()
+    );
+    assert_eq!(bypasses, 0);
+    assert_eq!(
+        app.counts().await,
+        (0, 0),
+        "a refused request changed state"
+    );
+}
