@@ -409,13 +409,14 @@ fn serve(data_dir: &Path, options: ServeOptions) -> Result<()> {
             )?,
         )
         .with_context(|| format!("cannot write {}", endpoint.display()))?;
+        let stop = shutdown_signal()?;
         println!(
             "kora-telemetry listening on http://{bound} (data: {})",
             data_dir.display()
         );
         tracing::info!(%bound, data_dir = %data_dir.display(), "serving");
         let result = kora_server::serve(listener, state, async move {
-            shutdown_signal().await;
+            stop.await;
             sampler.abort();
         })
         .await;
@@ -426,28 +427,29 @@ fn serve(data_dir: &Path, options: ServeOptions) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when it
+/// is first polled, so a signal that arrives right after start is a graceful stop too.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+            tracing::info!("shutting down: finishing in-flight requests and commits");
+        })
     }
-    tracing::info!("shutting down: finishing in-flight requests and commits");
+    #[cfg(not(unix))]
+    {
+        Ok(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down: finishing in-flight requests and commits");
+        })
+    }
 }
 
 fn log(data_dir: &Path, limit: usize, kind: Option<String>, json: bool) -> Result<()> {

@@ -250,3 +250,13 @@ fn consent_export_and_metrics_from_the_command_line() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("is OFF"));
     server.stop();
 }
+
+/// Regression: a SIGTERM right after start used to kill the service before its handler was
+/// installed, skipping the graceful stop.
+#[test]
+fn sigterm_right_after_start_is_a_graceful_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..5 {
+        Server::start(dir.path()).stop();
+    }
+}
