@@ -837,6 +837,19 @@ async fn export_is_refused_without_consent_and_equals_the_preview() {
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     let (s, _) = send_json(&app, "POST", "/v1/export", to_file.clone(), &[]).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let mut foreign = auth.to_vec();
+    foreign.push(("origin", "http://evil.example".to_owned()));
+    let (s, _) = send_json(
+        &app,
+        "PUT",
+        "/v1/consent",
+        json!({"enabled": true}),
+        &foreign,
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a foreign page turned export on");
+    let (s, _) = send_json(&app, "POST", "/v1/export", to_file.clone(), &foreign).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
     assert!(!path.exists());
     let (s, _) = send_json(&app, "PUT", "/v1/consent", json!({"enabled": true}), &auth).await;
     assert_eq!(s, StatusCode::OK);
