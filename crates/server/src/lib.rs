@@ -24,7 +24,7 @@ use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::handler::Handler;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use kora_model::{Health, LogPage, MAX_BODY_BYTES, MAX_LOG_PAGE, RecordKind};
+use kora_model::{Health, LogPage, MAX_BODY_BYTES, RecordKind};
 use kora_policy::{CloudTiers, Thresholds};
 use kora_store::Store;
 
@@ -224,14 +224,7 @@ async fn log(
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<LogPage>, AppError> {
     let Query(q) = query.map_err(|e| AppError::bad_request("invalid_query", e.body_text()))?;
-    let limit = q.limit.unwrap_or(50);
-    if limit == 0 || limit > MAX_LOG_PAGE {
-        return Err(AppError::Invalid {
-            code: "invalid_query",
-            message: format!("limit must be 1 to {MAX_LOG_PAGE}, got {limit}"),
-            field: Some("limit".into()),
-        });
-    }
+    let limit = views::page_limit(q.limit, 50)?;
     let kind = match q.kind.as_deref() {
         None => None,
         Some(k) => Some(RecordKind::parse(k).ok_or_else(|| AppError::Invalid {

@@ -14,6 +14,22 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, AppError> {
         .map_err(|e| AppError::bad_request("invalid_query", e.body_text()))
 }
 
+/// A page size: `default` when absent, else 1 to `MAX_LOG_PAGE`.
+pub fn page_limit(limit: Option<usize>, default: usize) -> Result<usize, AppError> {
+    let limit = limit.unwrap_or(default);
+    if limit == 0 || limit > kora_model::MAX_LOG_PAGE {
+        return Err(AppError::Invalid {
+            code: "invalid_query",
+            message: format!(
+                "limit must be 1 to {}, got {limit}",
+                kora_model::MAX_LOG_PAGE
+            ),
+            field: Some("limit".into()),
+        });
+    }
+    Ok(limit)
+}
+
 fn no_snapshot() -> AppError {
     AppError::Unavailable {
         message: "no hardware snapshot yet: the probe takes its first reading at start".into(),
@@ -109,17 +125,7 @@ pub async fn suggestions(
 ) -> Result<Json<serde_json::Value>, AppError> {
     use kora_model::{Record, RecordKind};
     let q = query(q)?;
-    let limit = q.limit.unwrap_or(50);
-    if limit == 0 || limit > kora_model::MAX_LOG_PAGE {
-        return Err(AppError::Invalid {
-            code: "invalid_query",
-            message: format!(
-                "limit must be 1 to {}, got {limit}",
-                kora_model::MAX_LOG_PAGE
-            ),
-            field: Some("limit".into()),
-        });
-    }
+    let limit = page_limit(q.limit, 50)?;
     if let Some(c) = &q.category
         && !kora_model::Category::ALL.iter().any(|k| k.as_str() == c)
     {
@@ -291,17 +297,7 @@ pub async fn windows(
 ) -> Result<Json<serde_json::Value>, AppError> {
     use kora_model::{Record, RecordKind};
     let q = query(q)?;
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > kora_model::MAX_LOG_PAGE {
-        return Err(AppError::Invalid {
-            code: "invalid_query",
-            message: format!(
-                "limit must be 1 to {}, got {limit}",
-                kora_model::MAX_LOG_PAGE
-            ),
-            field: Some("limit".into()),
-        });
-    }
+    let limit = page_limit(q.limit, 100)?;
     if let Some(k) = &q.kind
         && k != "time"
         && k != "runs"
