@@ -56,7 +56,13 @@ impl AppError {
 
 impl From<kora_store::ReadError> for AppError {
     fn from(e: kora_store::ReadError) -> Self {
-        AppError::Internal(e.to_string())
+        match e {
+            kora_store::ReadError::Reopening => AppError::Unavailable {
+                message: e.to_string(),
+                retry_after_s: 1,
+            },
+            e => AppError::Internal(e.to_string()),
+        }
     }
 }
 

@@ -55,6 +55,8 @@ pub enum WriteError {
 pub enum ReadError {
     #[error("storage failure: {0}")]
     Storage(String),
+    #[error("the store is being reopened after a storage failure; retry shortly")]
+    Reopening,
     #[error("{table} entry {key}: checksum mismatch, the stored bytes are damaged")]
     Corrupt { table: &'static str, key: String },
     #[error("{table} entry {key}: cannot decode: {message}")]

@@ -106,6 +106,12 @@ pub struct Stats {
 
 type Done = Box<dyn FnOnce(Result<Appended, WriteError>) + Send>;
 
+/// The open database, shared by readers and the writer. After a storage failure (a full disk,
+/// say) redb refuses every later write until the file is reopened; the writer then empties the
+/// slot, reopens the file and puts the new handle back, so the service recovers without a
+/// restart once the cause is gone.
+type DbSlot = Arc<std::sync::RwLock<Option<Arc<Database>>>>;
+
 struct Job {
     now_ms: i64,
     batch: Batch,
@@ -114,7 +120,9 @@ struct Job {
 
 /// The store. Cheap to share behind an `Arc`; reads run concurrently with the writer.
 pub struct Store {
-    db: Arc<Database>,
+    db: DbSlot,
+    /// The last counts read, answered while the file is being reopened.
+    stats_cache: Mutex<Option<Stats>>,
     path: PathBuf,
     sender: Mutex<Option<SyncSender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -197,10 +205,12 @@ impl Store {
             wtx.commit().map_err(|e| redb_err(e.into()))?;
             1
         };
-        let db = Arc::new(db);
+        let db: DbSlot = Arc::new(std::sync::RwLock::new(Some(Arc::new(db))));
         let (sender, receiver) = sync_channel(options.queue_batches.max(1));
         let writer = Writer {
             db: db.clone(),
+            path: path.to_owned(),
+            cache_bytes: options.cache_bytes,
             next_seq,
             group_max_records: options.group_max_records.max(1),
         };
@@ -213,6 +223,7 @@ impl Store {
             })?;
         Ok(Store {
             db,
+            stats_cache: Mutex::new(None),
             path: path.to_owned(),
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(handle)),
@@ -274,11 +285,36 @@ impl Store {
     }
 
     fn read(&self) -> Result<ReadTransaction, ReadError> {
-        Ok(self.db.begin_read()?)
+        let db = self
+            .db
+            .read()
+            .map_err(|_| ReadError::Storage("the database lock is poisoned".into()))?
+            .clone()
+            .ok_or(ReadError::Reopening)?;
+        Ok(db.begin_read()?)
     }
 
-    /// Counts for health reporting.
+    /// Counts for health reporting. While the file is being reopened after a storage failure,
+    /// the last counts read are answered.
     pub fn stats(&self) -> Result<Stats, ReadError> {
+        match self.read_stats() {
+            Ok(stats) => {
+                if let Ok(mut c) = self.stats_cache.lock() {
+                    *c = Some(stats.clone());
+                }
+                Ok(stats)
+            }
+            Err(ReadError::Reopening) => self
+                .stats_cache
+                .lock()
+                .ok()
+                .and_then(|c| c.clone())
+                .ok_or(ReadError::Reopening),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read_stats(&self) -> Result<Stats, ReadError> {
         let rtx = self.read()?;
         let meta = rtx.open_table(META)?;
         let get = |k: &str| -> Result<u64, ReadError> {
@@ -520,7 +556,9 @@ fn digest(value: &impl Serialize) -> Result<[u8; 32], WriteError> {
 }
 
 struct Writer {
-    db: Arc<Database>,
+    db: DbSlot,
+    path: PathBuf,
+    cache_bytes: usize,
     next_seq: u64,
     group_max_records: usize,
 }
@@ -550,7 +588,8 @@ impl Writer {
         let start_seq = self.next_seq;
         let mut outcomes: Vec<Result<Appended, WriteError>> = Vec::with_capacity(jobs.len());
         let result = (|| -> Result<(), WriteError> {
-            let mut wtx = self.db.begin_write().map_err(error::write_error)?;
+            let db = self.database()?;
+            let mut wtx = db.begin_write().map_err(error::write_error)?;
             wtx.set_quick_repair(true);
             for job in &jobs {
                 outcomes.push(self.apply(&wtx, job)?);
@@ -578,11 +617,54 @@ impl Writer {
             Err(e) => {
                 self.next_seq = start_seq;
                 tracing::error!(error = %e, "group commit failed; no batch of the group was stored");
+                // redb keeps refusing writes after an I/O failure until the file is reopened.
+                if let Ok(mut slot) = self.db.write() {
+                    slot.take();
+                }
+                // Reopen at once, so that readers are without a database only for a moment; if
+                // the file cannot be opened yet, the next write tries again.
+                if let Err(e) = self.database() {
+                    tracing::warn!(error = %e, "the store could not be reopened yet");
+                }
                 for job in jobs {
                     (job.done)(Err(e.clone()));
                 }
             }
         }
+    }
+
+    /// The open database, reopening the file first when a storage failure closed it. Readers
+    /// may still hold the old handle for a moment, so the open is retried briefly.
+    fn database(&mut self) -> Result<Arc<Database>, WriteError> {
+        let poisoned = || WriteError::Storage("the database lock is poisoned".into());
+        if let Some(db) = self.db.read().map_err(|_| poisoned())?.clone() {
+            return Ok(db);
+        }
+        let mut last = None;
+        for _ in 0..50 {
+            let mut builder = Database::builder();
+            builder.set_cache_size(self.cache_bytes);
+            match builder.open(&self.path) {
+                Ok(db) => {
+                    let db = Arc::new(db);
+                    let next = check_format(db.as_ref(), &self.path)
+                        .map_err(|e| WriteError::Storage(e.to_string()))?;
+                    // The failed transaction wrote nothing: the stored next seq is ours.
+                    self.next_seq = self.next_seq.max(next);
+                    *self.db.write().map_err(|_| poisoned())? = Some(db.clone());
+                    tracing::info!(path = %self.path.display(), "store reopened after a storage failure");
+                    return Ok(db);
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    last = Some(WriteError::Storage(
+                        "the store is still held by a reader; retrying".into(),
+                    ));
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(error::write_error(e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| WriteError::Storage("the store could not be reopened".into())))
     }
 
     /// Checks a job's ids and writes it. `Ok(Err(_))` is a refusal of this job alone, with
