@@ -1074,3 +1074,270 @@ async fn hostile_hosts_are_refused_on_every_route() {
         "a refused request changed state"
     );
 }
+
+fn deep_json(depth: usize) -> String {
+    format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+/// MessagePack: `depth` nested one-element arrays around nil.
+fn deep_msgpack(depth: usize) -> Vec<u8> {
+    let mut v = vec![0x91u8; depth];
+    v.push(0xc0);
+    v
+}
+
+fn mp_str(s: &str) -> Vec<u8> {
+    let mut v = vec![0xa0 | s.len() as u8];
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+/// `{"samples": [{"signal": "ram_free_mb", "value": 1.0, <key>: <value>}]}` in MessagePack.
+fn mp_sample_with(key: &str, value: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x81];
+    v.extend(mp_str("samples"));
+    v.push(0x91);
+    v.push(0x83);
+    v.extend(mp_str("signal"));
+    v.extend(mp_str("ram_free_mb"));
+    v.extend(mp_str("value"));
+    v.push(0xcb);
+    v.extend(1.0f64.to_be_bytes());
+    v.extend(mp_str(key));
+    v.extend_from_slice(value);
+    v
+}
+
+#[tokio::test]
+async fn hostile_inputs_are_refused_without_a_crash_or_a_5xx() {
+    let app = app();
+    let mut corpus: Vec<(String, &str, &str, Vec<u8>)> = Vec::new();
+    let mut add = |name: String, path: &'static str, ct: &'static str, body: Vec<u8>| {
+        corpus.push((name, path, ct, body));
+    };
+    let json = "application/json";
+    let mp = "application/msgpack";
+    for depth in [10, 100, 1_000, 10_000, 100_000] {
+        let deep = deep_json(depth);
+        add(
+            format!("json {depth} deep in samples"),
+            "/v1/samples",
+            json,
+            format!(r#"{{"samples":{deep}}}"#).into_bytes(),
+        );
+        add(
+            format!("json {depth} deep in an unknown field"),
+            "/v1/samples",
+            json,
+            format!(r#"{{"samples":[{{"signal":"ram_free_mb","value":1,"x":{deep}}}]}}"#)
+                .into_bytes(),
+        );
+        add(
+            format!("json {depth} deep in a tagged event"),
+            "/v1/events",
+            json,
+            format!(r#"{{"events":[{{"kind":"session_started","session_id":"s","x":{deep}}}]}}"#)
+                .into_bytes(),
+        );
+        add(
+            format!("json {depth} deep as the session id"),
+            "/v1/events",
+            json,
+            format!(r#"{{"events":[{{"session_id":{deep},"kind":"session_started"}}]}}"#)
+                .into_bytes(),
+        );
+        let mut b = vec![0x81];
+        b.extend(mp_str("samples"));
+        b.extend(deep_msgpack(depth));
+        add(
+            format!("msgpack {depth} deep in samples"),
+            "/v1/samples",
+            mp,
+            b,
+        );
+        add(
+            format!("msgpack {depth} deep in an unknown field"),
+            "/v1/samples",
+            mp,
+            mp_sample_with("x", &deep_msgpack(depth)),
+        );
+        add(
+            format!("msgpack {depth} deep in a known field"),
+            "/v1/samples",
+            mp,
+            mp_sample_with("model_id", &deep_msgpack(depth)),
+        );
+    }
+    // Array headers that lie about their length.
+    let mut b = vec![0x81];
+    b.extend(mp_str("samples"));
+    b.extend([0xdd, 0xff, 0xff, 0xff, 0xff]);
+    add(
+        "msgpack array32 of 4 billion, empty".into(),
+        "/v1/samples",
+        mp,
+        b,
+    );
+    let mut b = vec![0x81];
+    b.extend(mp_str("samples"));
+    b.extend([0xdc, 0xff, 0xff]);
+    b.extend(std::iter::repeat_n(0x80u8, 10));
+    add(
+        "msgpack array16 of 65535 with 10 items".into(),
+        "/v1/samples",
+        mp,
+        b,
+    );
+    add(
+        "msgpack map32 of 4 billion".into(),
+        "/v1/samples",
+        mp,
+        vec![0xdf, 0xff, 0xff, 0xff, 0xff],
+    );
+    add(
+        "msgpack str32 of 4 GB".into(),
+        "/v1/samples",
+        mp,
+        mp_sample_with("model_id", &[0xdb, 0xff, 0xff, 0xff, 0xff, b'a']),
+    );
+    add(
+        "msgpack bin32 of 4 GB".into(),
+        "/v1/samples",
+        mp,
+        mp_sample_with("model_id", &[0xc6, 0xff, 0xff, 0xff, 0xff]),
+    );
+    // Non-finite numbers, counts out of range, timestamps out of range.
+    for (name, v) in [
+        ("NaN", f64::NAN),
+        ("inf", f64::INFINITY),
+        ("-inf", f64::NEG_INFINITY),
+    ] {
+        let mut b = vec![0xcb];
+        b.extend(v.to_be_bytes());
+        add(
+            format!("msgpack {name} as ts_ms"),
+            "/v1/samples",
+            mp,
+            mp_sample_with("ts_ms", &b),
+        );
+    }
+    let run = |field: &str, raw: &str| {
+        let mut r = run_json("hostile");
+        r[field] = json!(0);
+        r.to_string()
+            .replace(&format!("\"{field}\":0"), &format!("\"{field}\":{raw}"))
+    };
+    for (field, raw) in [
+        ("validation_retry_count", "-1"),
+        ("validation_retry_count", "4294967296"),
+        ("budget_breach_count", "1e30"),
+        ("context_tokens", "18446744073709551616"),
+        ("context_tokens", "-9223372036854775808"),
+        ("tokens_in", "1.5"),
+        ("model_latency_ms", "1e400"),
+        ("ts_ms", "946684799999"),
+        ("ts_ms", "99999999999999999"),
+        ("ts_ms", "-1"),
+    ] {
+        add(
+            format!("run {field} = {raw}"),
+            "/v1/runs",
+            json,
+            format!(r#"{{"runs":[{}]}}"#, run(field, raw)).into_bytes(),
+        );
+    }
+    // Duplicate keys, invalid UTF-8, wrong shapes.
+    add(
+        "duplicate batch key".into(),
+        "/v1/samples",
+        json,
+        br#"{"samples":[],"samples":[{"signal":"ram_free_mb","value":1}]}"#.to_vec(),
+    );
+    add(
+        "duplicate record key".into(),
+        "/v1/samples",
+        json,
+        br#"{"samples":[{"signal":"ram_free_mb","value":1,"value":2}]}"#.to_vec(),
+    );
+    let mut b = br#"{"samples":[{"signal":"ram_free_mb","value":1,"model_id":""#.to_vec();
+    b.extend([0xff, 0xfe]);
+    b.extend(br#""}]}"#);
+    add("invalid UTF-8 in JSON".into(), "/v1/samples", json, b);
+    add(
+        "invalid UTF-8 in MessagePack".into(),
+        "/v1/samples",
+        mp,
+        mp_sample_with("model_id", &[0xa2, 0xff, 0xfe]),
+    );
+    add("empty body".into(), "/v1/runs", json, Vec::new());
+    add("empty msgpack".into(), "/v1/runs", mp, Vec::new());
+    add(
+        "truncated msgpack".into(),
+        "/v1/samples",
+        mp,
+        mp_sample_with("x", &[])[..20].to_vec(),
+    );
+    add(
+        "JSON sent as msgpack".into(),
+        "/v1/samples",
+        mp,
+        br#"{"samples":[]}"#.to_vec(),
+    );
+    add(
+        "msgpack sent as JSON".into(),
+        "/v1/samples",
+        json,
+        mp_sample_with("x", &[0xc0]),
+    );
+    add("a number".into(), "/v1/events", json, b"42".to_vec());
+    add("null".into(), "/v1/events", json, b"null".to_vec());
+    add(
+        "text/plain".into(),
+        "/v1/samples",
+        "text/plain",
+        br#"{"samples":[{"signal":"ram_free_mb","value":1}]}"#.to_vec(),
+    );
+    add(
+        "feedback with a deep body".into(),
+        "/v1/suggestions/s-1/feedback",
+        json,
+        format!(r#"{{"action":{}}}"#, deep_json(100_000)).into_bytes(),
+    );
+    add("readiness with a wrong type".into(), "/v1/cloud/readiness", json, br#"{"plugin_installed":"yes","network_available":true,"authenticated":true,"credits_available":true}"#.to_vec());
+
+    let (mut crashes_or_5xx, mut accepted) = (0, 0);
+    for (name, path, ct, body) in &corpus {
+        let method = if *path == "/v1/cloud/readiness" {
+            "PUT"
+        } else {
+            "POST"
+        };
+        let req = Request::builder()
+            .method(method)
+            .uri(*path)
+            .header("host", HOST)
+            .header("content-type", *ct)
+            .body(Body::from(body.clone()))
+            .unwrap();
+        let (s, v, _) = app.send(req).await;
+        if s.is_server_error() {
+            crashes_or_5xx += 1;
+            eprintln!("{name}: {s} {v}");
+        } else if s.is_success() {
+            accepted += 1;
+            eprintln!("{name}: accepted {v}");
+        }
+    }
+    println!(
+        "hostile corpus: {} inputs in both encodings, {crashes_or_5xx} 5xx, {accepted} accepted, records stored: {:?}",
+        corpus.len(),
+        app.counts().await
+    );
+    assert_eq!(crashes_or_5xx, 0);
+    assert_eq!(accepted, 0);
+    assert_eq!(
+        app.counts().await,
+        (0, 0),
+        "a refused batch stored something"
+    );
+}
