@@ -395,7 +395,12 @@ fn serve(data_dir: &Path, options: ServeOptions) -> Result<()> {
             },
         };
         let state = AppState::with_thresholds(store, config, thresholds, CloudTiers::embedded())
-            .context("cannot rebuild the derived state from the log")?;
+            .with_context(|| {
+                format!(
+                    "{}: cannot rebuild the derived state from the log; the file was left as it is",
+                    db_path.display()
+                )
+            })?;
         let sampler = tokio::spawn(kora_server::analytics::sample(
             state.clone(),
             Probe::new(),

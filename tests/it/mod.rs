@@ -1,5 +1,6 @@
 mod browser;
 pub mod common;
+mod corruption;
 mod crash;
 mod diskfull;
 mod e2e;

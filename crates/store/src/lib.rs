@@ -159,20 +159,22 @@ impl Store {
             // Check the format without writing a byte: a file this build must refuse is left
             // exactly as it was. A file that needs crash recovery cannot be opened read-only;
             // it is checked right after the writable open below, before anything is written.
-            match builder.open_read_only(path) {
+            match guarded(path, || builder.open_read_only(path))? {
                 Ok(ro) => {
-                    check_format(&ro, path)?;
+                    guarded(path, || check_format(&ro, path))??;
                     ro.close().map_err(open_err)?;
                 }
                 Err(redb::DatabaseError::RepairAborted) => {}
                 Err(e) => return Err(open_err(e)),
             }
         }
-        let db = if existed {
-            builder.open(path)
-        } else {
-            builder.create(path)
-        }
+        let db = guarded(path, || {
+            if existed {
+                builder.open(path)
+            } else {
+                builder.create(path)
+            }
+        })?
         .map_err(open_err)?;
         let redb_err = |e: redb::Error| OpenError::Redb {
             path: path.to_owned(),
@@ -463,6 +465,23 @@ impl Drop for Store {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Runs a redb call on a file that may be damaged. redb's debug builds panic on some damaged
+/// structures (release builds return `Corrupted`); either way the file is refused, never
+/// trusted, and the process carries on to say so.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T, OpenError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown damage".into());
+        OpenError::NotAStore {
+            path: path.to_owned(),
+            reason: format!("the file is damaged ({what})"),
+        }
+    })
 }
 
 /// Checks that `db` is a kora-telemetry store this build can read; answers its next seq.
