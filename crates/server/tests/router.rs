@@ -1341,3 +1341,66 @@ async fn hostile_inputs_are_refused_without_a_crash_or_a_5xx() {
         "a refused batch stored something"
     );
 }
+
+#[tokio::test]
+async fn foreign_origins_and_simple_content_types_are_refused_on_every_write() {
+    let app = app();
+    let token = token_of(&app);
+    let writes: Vec<(&str, &str)> = ROUTES
+        .iter()
+        .copied()
+        .filter(|(m, _)| *m != "GET")
+        .collect();
+    let mut attempts: Vec<(Vec<(&str, String)>, &str)> = Vec::new();
+    for origin in [
+        "http://evil.example",
+        "null",
+        "http://127.0.0.1:9999",
+        "https://127.0.0.1:7433",
+    ] {
+        attempts.push((vec![("origin", origin.to_owned())], "application/json"));
+    }
+    attempts.push((
+        vec![("sec-fetch-site", "cross-site".to_owned())],
+        "application/json",
+    ));
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        attempts.push((vec![], ct));
+    }
+    let (mut bypasses, mut checked) = (0, 0);
+    for (method, path) in &writes {
+        for (headers, ct) in &attempts {
+            let mut req = Request::builder()
+                .method(*method)
+                .uri(*path)
+                .header("host", HOST)
+                .header("content-type", *ct)
+                .header("authorization", format!("Bearer {token}"));
+            for (k, v) in headers {
+                req = req.header(*k, v);
+            }
+            let body = r#"{"enabled": true, "samples": [{"signal": "ram_free_mb", "value": 1}]}"#;
+            let (s, _, _) = app.send(req.body(Body::from(body)).unwrap()).await;
+            checked += 1;
+            if !matches!(
+                s,
+                StatusCode::FORBIDDEN | StatusCode::UNSUPPORTED_MEDIA_TYPE
+            ) {
+                bypasses += 1;
+                eprintln!("{method} {path} {headers:?} {ct}: {s}");
+            }
+        }
+    }
+    println!(
+        "foreign writes: {checked} attempts over {} write routes, {bypasses} bypasses",
+        writes.len()
+    );
+    assert_eq!(bypasses, 0);
+    assert_eq!(app.counts().await, (0, 0));
+    let (_, consent) = app.get("/v1/consent").await;
+    assert_eq!(consent["export_enabled"], false);
+}
