@@ -394,13 +394,21 @@ fn serve(data_dir: &Path, options: ServeOptions) -> Result<()> {
                 extra_names: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             },
         };
-        let state = AppState::with_thresholds(store, config, thresholds, CloudTiers::embedded())
-            .with_context(|| {
-                format!(
-                    "{}: cannot rebuild the derived state from the log; the file was left as it is",
-                    db_path.display()
-                )
-            })?;
+        let mut state = AppState::with_thresholds(
+            store,
+            config,
+            thresholds,
+            CloudTiers::embedded(),
+        )
+        .with_context(|| {
+            format!(
+                "{}: cannot rebuild the derived state from the log; the file was left as it is",
+                db_path.display()
+            )
+        })?;
+        // Beyond loopback, anyone on the network could read the telemetry: every route then
+        // needs the token.
+        state.token_everywhere = !listen.ip().is_loopback();
         let sampler = tokio::spawn(kora_server::analytics::sample(
             state.clone(),
             Probe::new(),

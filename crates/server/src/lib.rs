@@ -80,6 +80,8 @@ pub struct AppState {
     pub health: Arc<HealthFlag>,
     pub analytics: Arc<Analytics>,
     pub started: Instant,
+    /// Set when the service listens beyond loopback: every route then needs the token.
+    pub token_everywhere: bool,
     pub(crate) appended: Arc<tokio::sync::Notify>,
 }
 
@@ -109,6 +111,7 @@ impl AppState {
             health: Arc::default(),
             analytics: Arc::new(analytics),
             started: Instant::now(),
+            token_everywhere: false,
             appended: Arc::default(),
         })
     }

@@ -65,6 +65,21 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     if let Err(message) = check(&state.config.hosts, &request) {
         return AppError::Forbidden(message).into_response();
     }
+    if state.token_everywhere {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !presented.is_some_and(|t| state.config.token.matches(t)) {
+            return AppError::Unauthorized(
+                "this service listens beyond loopback: every request needs \
+                 `Authorization: Bearer <token>` (the file `token` in the data directory)"
+                    .into(),
+            )
+            .into_response();
+        }
+    }
     let mut response = next.run(request).await;
     let h = response.headers_mut();
     h.insert(

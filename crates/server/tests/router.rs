@@ -1404,3 +1404,40 @@ async fn foreign_origins_and_simple_content_types_are_refused_on_every_write() {
     let (_, consent) = app.get("/v1/consent").await;
     assert_eq!(consent["export_enabled"], false);
 }
+
+#[tokio::test]
+async fn beyond_loopback_every_route_needs_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.redb"), StoreOptions::default()).unwrap();
+    let mut state = AppState::new(
+        Arc::new(store),
+        Config {
+            token: kora_server::token::Token::load_or_create(dir.path()).unwrap(),
+            data_dir: dir.path().to_owned(),
+            hosts: HostPolicy {
+                port: 7433,
+                extra_names: vec!["telemetry.lan".into()],
+            },
+        },
+    )
+    .unwrap();
+    state.token_everywhere = true;
+    let token = state.config.token.expose().to_owned();
+    let router = kora_server::router(state);
+    for (method, path) in ROUTES {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "telemetry.lan:7433")
+            .body(Body::empty())
+            .unwrap();
+        let status = router.clone().oneshot(req).await.unwrap().status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+    }
+    let req = Request::get("/v1/health")
+        .header("host", "telemetry.lan:7433")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(router.oneshot(req).await.unwrap().status(), StatusCode::OK);
+}
