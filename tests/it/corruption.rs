@@ -1,7 +1,9 @@
 //! Damaged store files are refused at start with a message naming the file, and left as they
 //! are: never recreated, deleted or repaired.
 
-use std::process::Command;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::common::{BIN, Server, agent};
 
@@ -48,28 +50,51 @@ fn damaged_files_are_refused_at_start_and_left_untouched() {
         x
     };
     variants.push(("garbage", (0..base.len()).map(|_| next() as u8).collect()));
-    // The allocator state and the region header: redb reads them at every open.
-    let mut region = base.clone();
-    for b in &mut region[4096..4096 + 512] {
+    // redb's file header: both commit slots (at 64 and 192, 128 bytes each) and the page size.
+    let mut slots = base.clone();
+    for i in (72..104).chain(200..232) {
+        slots[i] ^= 0x5a;
+    }
+    variants.push(("damaged commit slots", slots));
+    let mut page_size = base.clone();
+    for b in &mut page_size[10..16] {
         *b ^= 0x5a;
     }
-    variants.push(("damaged region header", region));
+    variants.push(("damaged page size", page_size));
     let mut refused = 0;
     for (name, bytes) in &variants {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("kora-telemetry.redb");
         std::fs::write(&file, bytes).unwrap();
-        let out = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .arg("--data-dir")
             .arg(dir.path())
             .args(["serve", "--listen", "127.0.0.1:0", "--probe-interval", "1h"])
             .env("KORA_TELEMETRY_LOG", "off")
             .env("RUST_BACKTRACE", "0")
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        // A service that starts on a damaged file is a failure, never a hang.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{name}: the service started on a damaged file");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            e.read_to_string(&mut stderr).unwrap();
+        }
         assert!(
-            !out.status.success(),
+            !status.success(),
             "{name}: the service started on a damaged file"
         );
         assert!(
