@@ -352,8 +352,13 @@ pub async fn sample(state: AppState, probe: Probe, interval: std::time::Duration
                 continue;
             }
         };
-        if let Err(e) = ingest_snapshot(&state, snapshot, now).await {
-            tracing::warn!(error = ?e, "could not record a hardware snapshot");
+        match ingest_snapshot(&state, snapshot, now).await {
+            Ok(()) => {}
+            // Shutting down, or a full queue: the next tick samples again.
+            Err(e @ AppError::Unavailable { .. }) => {
+                tracing::debug!(error = ?e, "hardware snapshot not recorded")
+            }
+            Err(e) => tracing::warn!(error = ?e, "could not record a hardware snapshot"),
         }
     }
 }
