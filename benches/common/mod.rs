@@ -1,0 +1,429 @@
+//! Shared by every bench: the simulated data, the SQLite baseline, disk measurement, printing.
+//!
+//! SQLite is given its best case: WAL, `synchronous=FULL` (durable like kora's
+//! `Durability::Immediate`), `samples(series, ts, value)` as a `WITHOUT ROWID` table keyed by
+//! `(series, ts)`, runs in a table indexed by `(model, seq)`, prepared statements, and one
+//! connection behind a mutex for concurrent writers (no busy-handler sleeps).
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kora_model::{Record, Run, Sample, Signal, Stage, StageKind, Substrate};
+use kora_store::{Store, StoreOptions};
+use rusqlite::{Connection, params};
+
+/// 2024-01-01T00:00:00Z, the first tick of every simulated day.
+pub const DAY0_MS: i64 = 1_704_067_200_000;
+pub const DAY_S: i64 = 86_400;
+
+/// A small deterministic generator (xorshift64*), so every run sees the same data.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform in [0, 1).
+    pub fn f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// The probe's ten signals at one tick: a realistic machine (24 GB GPU, 16 cores, 64 GB RAM)
+/// with slowly moving memory, noisy CPU load, small session counts and bursty queue waits.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    rng: Rng,
+    jitter_ms: u64,
+    vram_free: f64,
+    ram_free: f64,
+    load: f64,
+    sessions: f64,
+}
+
+impl Probe {
+    pub fn new(seed: u64) -> Probe {
+        Probe::with_jitter(seed, 4)
+    }
+
+    /// Timestamps jitter uniformly in `0..jitter_ms` ms after the tick (0 or 1: exact ticks).
+    pub fn with_jitter(seed: u64, jitter_ms: u64) -> Probe {
+        Probe {
+            rng: Rng::new(seed),
+            jitter_ms,
+            vram_free: 18_000.0,
+            ram_free: 40_000.0,
+            load: 20.0,
+            sessions: 1.0,
+        }
+    }
+
+    /// The ten samples of tick `t` (seconds since `DAY0_MS`), with the timestamp jitter of a
+    /// real sampler.
+    pub fn tick(&mut self, t: i64) -> [Sample; 10] {
+        let r = &mut self.rng;
+        let ts = DAY0_MS + t * 1000 + r.below(self.jitter_ms) as i64;
+        if r.below(60) == 0 {
+            self.vram_free = (self.vram_free + (r.f64() - 0.5) * 4000.0).clamp(500.0, 23_000.0);
+        }
+        self.ram_free = (self.ram_free + (r.f64() - 0.5) * 64.0).clamp(2_000.0, 60_000.0);
+        self.load = (self.load * 0.9 + r.f64() * 10.0).clamp(0.0, 100.0);
+        if r.below(120) == 0 {
+            self.sessions = r.below(4) as f64;
+        }
+        let generations = if self.sessions > 0.0 {
+            r.below(self.sessions as u64 + 1) as f64
+        } else {
+            0.0
+        };
+        let queue = if generations > 1.0 {
+            (r.f64() * 800.0 * 10.0).round() / 10.0
+        } else {
+            0.0
+        };
+        let load = (self.load * 10.0).round() / 10.0;
+        let p95 = ((load + r.f64() * 15.0).min(100.0) * 10.0).round() / 10.0;
+        let values = [
+            (Signal::GpuVramTotalMb, 24_576.0),
+            (Signal::GpuVramFreeMb, self.vram_free.round()),
+            (Signal::CpuCores, 16.0),
+            (Signal::CpuLoadP95, p95),
+            (Signal::CpuLoadPct, load),
+            (Signal::RamFreeMb, self.ram_free.round()),
+            (Signal::RamTotalMb, 65_536.0),
+            (Signal::ActiveSessions, self.sessions),
+            (Signal::ActiveGenerations, generations),
+            (Signal::QueueWaitMs, queue),
+        ];
+        values.map(|(signal, v)| sample(signal, ts, v))
+    }
+}
+
+pub fn sample(signal: Signal, ts_ms: i64, value: f64) -> Sample {
+    Sample {
+        id: None,
+        ts_ms: Some(ts_ms),
+        signal,
+        value: Some(value),
+        unavailable: None,
+        device: None,
+        model_id: None,
+        session_id: None,
+    }
+}
+
+/// `n` samples of the probe's data, ten series interleaved tick by tick, from tick `t0`.
+pub fn probe_samples(seed: u64, t0: i64, n: usize) -> Vec<Sample> {
+    probe_samples_jitter(seed, t0, n, 4)
+}
+
+/// [`probe_samples`] with timestamps jittering in `0..jitter_ms` ms.
+pub fn probe_samples_jitter(seed: u64, t0: i64, n: usize, jitter_ms: u64) -> Vec<Sample> {
+    let mut p = Probe::with_jitter(seed, jitter_ms);
+    let mut out = Vec::with_capacity(n);
+    let mut t = t0;
+    while out.len() < n {
+        out.extend(p.tick(t));
+        t += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+pub const MODELS: [&str; 3] = ["llama-3-8b-q4", "qwen2.5-14b-q4", "mistral-7b-q8"];
+
+/// A realistic local run (stage timings, token counts) of `model` at `ts_ms`.
+pub fn run(rng: &mut Rng, i: u64, model: &str, ts_ms: i64) -> Run {
+    let model_ms = (800.0 + rng.f64() * 2500.0).round();
+    let det_ms = (50.0 + rng.f64() * 400.0).round();
+    let tokens_in = 500 + rng.below(3000);
+    let tokens_out = 50 + rng.below(600);
+    Run {
+        id: None,
+        ts_ms: Some(ts_ms),
+        run_id: format!("run-{i}"),
+        session_id: format!("s{}", i / 20),
+        model_id: model.to_owned(),
+        substrate: Substrate::Local,
+        prompt_hash: format!("{:064x}", u128::from(rng.next_u64()) * 7919),
+        context_tokens: 4096,
+        tokens_in: Some(tokens_in),
+        tokens_out: Some(tokens_out),
+        total_tokens: Some(tokens_in + tokens_out),
+        model_latency_ms: model_ms,
+        total_latency_ms: model_ms + det_ms,
+        deterministic_stage_ms: det_ms,
+        model_stage_ms: model_ms,
+        validation_retry_count: u32::from(rng.below(10) == 0),
+        budget_breach_count: 0,
+        queue_wait_ms: Some((rng.f64() * 100.0).round()),
+        prompt_tokens_sent: None,
+        stages: Some(vec![
+            Stage {
+                name: "parse".into(),
+                kind: StageKind::Deterministic,
+                ms: det_ms,
+            },
+            Stage {
+                name: "generate".into(),
+                kind: StageKind::Model,
+                ms: model_ms,
+            },
+        ]),
+    }
+}
+
+/// `n` runs, the three models interleaved, one every 10 s.
+pub fn runs(n: usize) -> Vec<Run> {
+    let mut rng = Rng::new(7);
+    (0..n as u64)
+        .map(|i| {
+            let model = MODELS[rng.below(3) as usize];
+            run(&mut rng, i, model, DAY0_MS + i as i64 * 10_000)
+        })
+        .collect()
+}
+
+// ---- kora -----------------------------------------------------------------------------
+
+pub fn kora_open(dir: &Path) -> Store {
+    Store::open(&dir.join("telemetry.redb"), StoreOptions::default()).unwrap()
+}
+
+pub fn kora_append_samples(store: &Store, batch: Vec<Sample>) {
+    let a = store
+        .append(DAY0_MS, kora_store::Batch::Samples(batch))
+        .unwrap();
+    assert!(a.accepted > 0);
+}
+
+pub fn kora_append_runs(store: &Store, runs: &[Run]) {
+    for chunk in runs.chunks(1000) {
+        let records = chunk.iter().cloned().map(Record::Run).collect();
+        store
+            .append(DAY0_MS, kora_store::Batch::Records(records))
+            .unwrap();
+    }
+}
+
+// ---- SQLite ---------------------------------------------------------------------------
+
+pub fn sqlite_open(dir: &Path) -> Connection {
+    let c = Connection::open(dir.join("telemetry.sqlite")).unwrap();
+    c.pragma_update(None, "journal_mode", "WAL").unwrap();
+    c.pragma_update(None, "synchronous", "FULL").unwrap();
+    c.execute_batch(
+        "CREATE TABLE IF NOT EXISTS series(id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
+         CREATE TABLE IF NOT EXISTS samples(
+             series INTEGER NOT NULL, ts INTEGER NOT NULL, value REAL,
+             PRIMARY KEY(series, ts)) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS runs(
+             seq INTEGER PRIMARY KEY, model TEXT NOT NULL, ts INTEGER NOT NULL,
+             session TEXT NOT NULL, run_id TEXT NOT NULL, prompt_hash TEXT NOT NULL,
+             context_tokens INTEGER, tokens_in INTEGER, tokens_out INTEGER,
+             model_latency_ms REAL, total_latency_ms REAL, deterministic_stage_ms REAL,
+             model_stage_ms REAL, validation_retry_count INTEGER, budget_breach_count INTEGER,
+             queue_wait_ms REAL);
+         CREATE INDEX IF NOT EXISTS runs_by_model ON runs(model, seq);
+         CREATE TABLE IF NOT EXISTS log(seq INTEGER PRIMARY KEY, body BLOB NOT NULL);",
+    )
+    .unwrap();
+    let mut ins = c
+        .prepare_cached("INSERT OR IGNORE INTO series(id, key) VALUES (?1, ?2)")
+        .unwrap();
+    for s in Signal::ALL {
+        ins.execute(params![s as i64, s.as_str()]).unwrap();
+    }
+    drop(ins);
+    c
+}
+
+/// Inserts `batch` in one transaction (one durable commit).
+pub fn sqlite_append_samples(c: &mut Connection, batch: &[Sample]) {
+    let tx = c.transaction().unwrap();
+    {
+        let mut st = tx
+            .prepare_cached("INSERT INTO samples(series, ts, value) VALUES (?1, ?2, ?3)")
+            .unwrap();
+        for s in batch {
+            st.execute(params![s.signal as i64, s.ts_ms, s.value])
+                .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
+/// One sample in autocommit mode: its own durable commit.
+pub fn sqlite_append_one(c: &Connection, s: &Sample) {
+    c.prepare_cached("INSERT INTO samples(series, ts, value) VALUES (?1, ?2, ?3)")
+        .unwrap()
+        .execute(params![s.signal as i64, s.ts_ms, s.value])
+        .unwrap();
+}
+
+pub fn sqlite_append_runs(c: &mut Connection, runs: &[Run]) {
+    let tx = c.transaction().unwrap();
+    {
+        let mut st = tx
+            .prepare_cached(
+                "INSERT INTO runs(model, ts, session, run_id, prompt_hash, context_tokens,
+                   tokens_in, tokens_out, model_latency_ms, total_latency_ms,
+                   deterministic_stage_ms, model_stage_ms, validation_retry_count,
+                   budget_breach_count, queue_wait_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            )
+            .unwrap();
+        for r in runs {
+            st.execute(params![
+                r.model_id,
+                r.ts_ms,
+                r.session_id,
+                r.run_id,
+                r.prompt_hash,
+                r.context_tokens as i64,
+                r.tokens_in.map(|v| v as i64),
+                r.tokens_out.map(|v| v as i64),
+                r.model_latency_ms,
+                r.total_latency_ms,
+                r.deterministic_stage_ms,
+                r.model_stage_ms,
+                r.validation_retry_count,
+                r.budget_breach_count,
+                r.queue_wait_ms,
+            ])
+            .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
+// ---- measuring ------------------------------------------------------------------------
+
+/// Bytes allocated on disk under `dir` (block counts, like `du`), all files.
+pub fn allocated_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let md = entry.metadata().unwrap();
+        if md.is_dir() {
+            total += allocated_bytes(&entry.path());
+        } else {
+            total += md.blocks() * 512;
+        }
+    }
+    total
+}
+
+/// Apparent size (file lengths) under `dir`.
+pub fn apparent_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let md = entry.metadata().unwrap();
+        if md.is_dir() {
+            total += apparent_bytes(&entry.path());
+        } else {
+            total += md.len();
+        }
+    }
+    total
+}
+
+/// Asks the kernel to drop `file`'s cached pages (POSIX_FADV_DONTNEED, through python3: the
+/// workspace forbids `unsafe`). Answers whether it could.
+pub fn evict(file: &Path) -> bool {
+    std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import os,sys\nfd=os.open(sys.argv[1],os.O_RDONLY)\nos.fsync(fd)\n\
+             os.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED)",
+        )
+        .arg(file)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    // Under the target dir's filesystem, not a tmpfs, so that fsync and block counts are real.
+    let base = std::env::var_os("KORA_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    tempfile::tempdir_in(base).unwrap()
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
+    let start = Instant::now();
+    let out = f();
+    (start.elapsed(), out)
+}
+
+/// Formats a rate with thousands separators.
+pub fn rate(v: f64) -> String {
+    let n = v.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Prints one comparison line: kora's figure, SQLite's, and kora / SQLite (higher-is-better
+/// figures) or SQLite / kora (lower-is-better), always so that above 1 means kora is ahead.
+pub fn compare(what: &str, unit: &str, kora: f64, sqlite: f64, higher_is_better: bool) {
+    compare_with(what, unit, kora, "sqlite", sqlite, higher_is_better);
+}
+
+/// [`compare`] against a baseline other than SQLite.
+pub fn compare_with(
+    what: &str,
+    unit: &str,
+    kora: f64,
+    other_name: &str,
+    other: f64,
+    higher_is_better: bool,
+) {
+    let ratio = if higher_is_better {
+        kora / other
+    } else {
+        other / kora
+    };
+    println!(
+        "RESULT {what:<44} kora {:>12} {unit:<9} {other_name} {:>12} {unit:<9} kora advantage x{ratio:.2}",
+        fmt_num(kora),
+        fmt_num(other),
+    );
+}
+
+pub fn fmt_num(v: f64) -> String {
+    if v >= 1000.0 {
+        rate(v)
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}

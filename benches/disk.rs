@@ -1,0 +1,181 @@
+//! Disk used per sample after a simulated day (and, with `KORA_BENCH_WEEK=1`, a week) of probe
+//! data: 10 signals at 1 s, 864,000 samples a day, ingested as the probe would send them, in
+//! durable batches of `KORA_BENCH_DISK_BATCH` samples (default 10: one tick of ten signals,
+//! one commit a second), and again in batches of 600 (a minute per commit; the week uses
+//! only these). The whole data directory's allocated blocks are counted (like `du`)
+//! after the store is closed, for kora-telemetry's store, SQLite and, when `promtool` is
+//! installed, Prometheus's TSDB built from the same data with
+//! `promtool tsdb create-blocks-from openmetrics`.
+//!
+//! A plain timed program (criterion measures time, not bytes). `cargo bench --bench disk`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+
+use common::*;
+use kora_model::{Sample, Signal};
+
+fn batch_size() -> usize {
+    std::env::var("KORA_BENCH_DISK_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+        .max(1)
+}
+
+struct Measured {
+    allocated: u64,
+    apparent: u64,
+    secs: f64,
+}
+
+fn kora(data: &[Sample], batch: usize) -> Measured {
+    let dir = tempdir();
+    let store = kora_open(dir.path());
+    let (elapsed, ()) = time(|| {
+        for b in data.chunks(batch) {
+            kora_append_samples(&store, b.to_vec());
+        }
+    });
+    assert_eq!(store.stats().unwrap().samples, data.len() as u64);
+    drop(store);
+    Measured {
+        allocated: allocated_bytes(dir.path()),
+        apparent: apparent_bytes(dir.path()),
+        secs: elapsed.as_secs_f64(),
+    }
+}
+
+fn sqlite(data: &[Sample], batch: usize) -> Measured {
+    let dir = tempdir();
+    let mut c = sqlite_open(dir.path());
+    let (elapsed, ()) = time(|| {
+        for b in data.chunks(batch) {
+            sqlite_append_samples(&mut c, b);
+        }
+    });
+    // Closing the last connection checkpoints the WAL into the database and removes it.
+    drop(c);
+    Measured {
+        allocated: allocated_bytes(dir.path()),
+        apparent: apparent_bytes(dir.path()),
+        secs: elapsed.as_secs_f64(),
+    }
+}
+
+/// Prometheus's TSDB blocks built by promtool from the same samples; `None` without promtool.
+fn prometheus(data: &[Sample]) -> Option<Measured> {
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
+    let dir = tempdir();
+    let input = dir.path().join("day.om");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+        // OpenMetrics wants each family's samples together, in time order.
+        for signal in Signal::ALL {
+            writeln!(f, "# TYPE {} gauge", signal.as_str()).unwrap();
+            for s in data.iter().filter(|s| s.signal == signal) {
+                let ts = s.ts_ms.unwrap();
+                writeln!(
+                    f,
+                    "{} {} {}.{:03}",
+                    signal.as_str(),
+                    s.value.unwrap(),
+                    ts / 1000,
+                    ts % 1000
+                )
+                .unwrap();
+            }
+        }
+        writeln!(f, "# EOF").unwrap();
+    }
+    let out = dir.path().join("tsdb");
+    let (elapsed, status) = time(|| {
+        std::process::Command::new(promtool)
+            .args(["tsdb", "create-blocks-from", "openmetrics"])
+            .arg(&input)
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap()
+    });
+    assert!(status.success(), "promtool failed");
+    Some(Measured {
+        allocated: allocated_bytes(&out),
+        apparent: apparent_bytes(&out),
+        secs: elapsed.as_secs_f64(),
+    })
+}
+
+fn report(name: &str, n: usize, m: &Measured) -> f64 {
+    let per = m.allocated as f64 / n as f64;
+    println!(
+        "  {name} {:>12} bytes allocated ({:.3} B/sample), {:>12} bytes apparent ({:.3} B/sample), built in {:.1} s",
+        rate(m.allocated as f64),
+        per,
+        rate(m.apparent as f64),
+        m.apparent as f64 / n as f64,
+        m.secs
+    );
+    per
+}
+
+fn period(label: &str, days: i64, batches: &[usize]) {
+    let n = (days * DAY_S * 10) as usize;
+    println!(
+        "{label}: {} samples (10 signals at 1 s, timestamps jittering 0-3 ms)",
+        rate(n as f64)
+    );
+    let data = probe_samples(42, 0, n);
+    let mut kp = f64::NAN;
+    for &batch in batches {
+        println!(" durable batches of {batch}:");
+        let k = kora(&data, batch);
+        let per = report("kora", n, &k);
+        let s = sqlite(&data, batch);
+        let sp = report("sqlite", n, &s);
+        compare(
+            &format!("disk per sample, {label}, batch {batch}"),
+            "B/sample",
+            per,
+            sp,
+            false,
+        );
+        if kp.is_nan() {
+            kp = per;
+        }
+    }
+    match prometheus(&data) {
+        Some(p) => {
+            let pp = report("prometheus", n, &p);
+            compare_with(
+                &format!("disk per sample, {label}, batch {}", batches[0]),
+                "B/sample",
+                kp,
+                "prometheus",
+                pp,
+                false,
+            );
+        }
+        None => println!("  prometheus: promtool not installed (apt-get install prometheus)"),
+    }
+    // Prometheus's encoding depends on regular timestamps: the same values at exact ticks.
+    let exact = probe_samples_jitter(42, 0, n, 1);
+    if let Some(p) = prometheus(&exact) {
+        report("prometheus, exact 1 s ticks (no jitter)", n, &p);
+    }
+}
+
+fn main() {
+    // As the probe sends them (one commit per tick), and buffered a minute at a time.
+    period("a day", 1, &[batch_size(), 600]);
+    if std::env::var_os("KORA_BENCH_WEEK").is_some() {
+        // A week one tick per commit would take ~20 minutes here: a minute per commit.
+        period("a week", 7, &[600]);
+    }
+}
