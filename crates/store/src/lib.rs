@@ -574,6 +574,32 @@ fn digest(value: &impl Serialize) -> Result<[u8; 32], WriteError> {
     Ok(Sha256::digest(&bytes).into())
 }
 
+/// The tables one group commit writes, opened once per transaction.
+struct Tables<'t> {
+    ids: redb::Table<'t, &'static str, &'static [u8]>,
+    log: redb::Table<'t, u64, &'static [u8]>,
+    by_kind: redb::Table<'t, (u8, u64), ()>,
+    by_time: redb::Table<'t, (i64, u64), ()>,
+    series: redb::Table<'t, &'static str, u32>,
+    samples: redb::Table<'t, (u32, i64, u64), &'static [u8]>,
+    meta: redb::Table<'t, &'static str, u64>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(wtx: &'t WriteTransaction) -> Result<Tables<'t>, WriteError> {
+        let w = |e: redb::TableError| error::write_error(e);
+        Ok(Tables {
+            ids: wtx.open_table(IDS).map_err(w)?,
+            log: wtx.open_table(LOG).map_err(w)?,
+            by_kind: wtx.open_table(LOG_BY_KIND).map_err(w)?,
+            by_time: wtx.open_table(LOG_BY_TIME).map_err(w)?,
+            series: wtx.open_table(SERIES).map_err(w)?,
+            samples: wtx.open_table(SAMPLES).map_err(w)?,
+            meta: wtx.open_table(META).map_err(w)?,
+        })
+    }
+}
+
 struct Writer {
     db: DbSlot,
     path: PathBuf,
@@ -610,8 +636,13 @@ impl Writer {
             let db = self.database()?;
             let mut wtx = db.begin_write().map_err(error::write_error)?;
             wtx.set_quick_repair(true);
-            for job in &jobs {
-                outcomes.push(self.apply(&wtx, job)?);
+            {
+                // Open every table once per group, not once per batch: with many
+                // single-record batches the opens were a large share of the work.
+                let mut tables = Tables::open(&wtx)?;
+                for job in &jobs {
+                    outcomes.push(self.apply(&mut tables, job)?);
+                }
             }
             let (mut log_new, mut samples_new) = (0, 0);
             for (job, outcome) in jobs.iter().zip(&outcomes) {
@@ -690,10 +721,10 @@ impl Writer {
     /// nothing written; `Err(_)` is a storage failure that aborts the whole group.
     fn apply(
         &mut self,
-        wtx: &WriteTransaction,
+        t: &mut Tables<'_>,
         job: &Job,
     ) -> Result<Result<Appended, WriteError>, WriteError> {
-        let mut ids = wtx.open_table(IDS).map_err(error::write_error)?;
+        let ids = &mut t.ids;
         // Pass 1: recognise retries and refuse reused ids, before writing anything.
         let mut seqs: Vec<Option<u64>> = Vec::with_capacity(job.batch.len());
         let mut digests: Vec<Option<[u8; 32]>> = Vec::with_capacity(job.batch.len());
@@ -736,11 +767,15 @@ impl Writer {
             first_new_seq: None,
             last_new_seq: None,
         };
-        let mut log = wtx.open_table(LOG).map_err(error::write_error)?;
-        let mut by_kind = wtx.open_table(LOG_BY_KIND).map_err(error::write_error)?;
-        let mut by_time = wtx.open_table(LOG_BY_TIME).map_err(error::write_error)?;
-        let mut series = wtx.open_table(SERIES).map_err(error::write_error)?;
-        let mut samples = wtx.open_table(SAMPLES).map_err(error::write_error)?;
+        let Tables {
+            ids,
+            log,
+            by_kind,
+            by_time,
+            series,
+            samples,
+            meta,
+        } = t;
         for (index, existing) in seqs.into_iter().enumerate() {
             if let Some(seq) = existing {
                 out.seqs.push(seq);
@@ -805,7 +840,6 @@ impl Writer {
             out.last_new_seq = Some(seq);
         }
         if let Batch::Derived { cursor, .. } = job.batch {
-            let mut meta = wtx.open_table(META).map_err(error::write_error)?;
             meta.insert(K_ENGINE_CURSOR, cursor)
                 .map_err(error::write_error)?;
         }
