@@ -112,8 +112,13 @@ fn disk_full_never_loses_an_acknowledged_record_and_recovers_without_a_restart()
             .body_mut()
             .read_json()
             .unwrap_or(Value::Null);
+        // Health says degraded until a write succeeds; a smaller write (the engine's, say) may
+        // already have fitted, so the failure is also checked where it is kept.
         assert!(
-            health.is_null() || health["status"] == "degraded",
+            health["status"] == "degraded"
+                || health["last_problem"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("disk full")),
             "{health}"
         );
         std::fs::remove_file(&filler).unwrap();

@@ -72,6 +72,11 @@ pub struct Health {
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// The last write failure since start and when it happened, kept after recovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_problem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_problem_ms: Option<i64>,
     pub version: String,
     pub store_format_version: u64,
     pub data_dir: String,

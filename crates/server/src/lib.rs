@@ -54,21 +54,33 @@ pub struct Config {
 
 /// The last write failure, shown by `/v1/health` until a write succeeds again.
 #[derive(Debug, Default)]
-pub struct HealthFlag(Mutex<Option<String>>);
+pub struct HealthFlag(Mutex<HealthState>);
+
+#[derive(Debug, Default)]
+struct HealthState {
+    current: Option<String>,
+    /// The last storage failure, kept after recovery so that it can still be seen.
+    last: Option<(i64, String)>,
+}
 
 impl HealthFlag {
     pub fn set(&self, problem: String) {
-        if let Ok(mut p) = self.0.lock() {
-            *p = Some(problem);
+        if let Ok(mut h) = self.0.lock() {
+            h.last = Some((now_ms(), problem.clone()));
+            h.current = Some(problem);
         }
     }
     pub fn clear(&self) {
-        if let Ok(mut p) = self.0.lock() {
-            p.take();
+        if let Ok(mut h) = self.0.lock() {
+            h.current.take();
         }
     }
     pub fn get(&self) -> Option<String> {
-        self.0.lock().ok().and_then(|p| p.clone())
+        self.0.lock().ok().and_then(|h| h.current.clone())
+    }
+    /// The last failure and when it happened, even if writes work again since.
+    pub fn last(&self) -> Option<(i64, String)> {
+        self.0.lock().ok().and_then(|h| h.last.clone())
     }
 }
 
@@ -200,9 +212,12 @@ pub async fn serve(
 async fn health(State(state): State<AppState>) -> Result<Json<Health>, AppError> {
     let stats = state.store.stats()?;
     let problem = state.health.get();
+    let last = state.health.last();
     Ok(Json(Health {
         status: if problem.is_some() { "degraded" } else { "ok" }.into(),
         problem,
+        last_problem_ms: last.as_ref().map(|l| l.0),
+        last_problem: last.map(|l| l.1),
         version: env!("CARGO_PKG_VERSION").into(),
         store_format_version: kora_store::FORMAT_VERSION,
         data_dir: state.config.data_dir.display().to_string(),

@@ -223,13 +223,16 @@ impl Store {
                 path: path.to_owned(),
                 source,
             })?;
-        Ok(Store {
+        let store = Store {
             db,
             stats_cache: Mutex::new(None),
             path: path.to_owned(),
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(handle)),
-        })
+        };
+        // Warm the counts answered while the file is being reopened after a failure.
+        let _ = store.stats();
+        Ok(store)
     }
 
     /// The file this store lives in.
