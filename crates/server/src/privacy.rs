@@ -571,65 +571,54 @@ pub async fn prometheus(State(state): State<AppState>) -> Result<Response, AppEr
     let triggers = state.analytics.with_engine(|e| e.triggers());
 
     let mut registry = Registry::with_prefix("kora");
-    let gauge = |registry: &mut Registry, name: &str, help: &str, v: i64| {
+    let count = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    for (name, help, value) in [
+        (
+            "log_records",
+            "Records in the log",
+            count(stats.log_records),
+        ),
+        ("samples", "Raw samples stored", count(stats.samples)),
+        (
+            "upgrade_suggestions",
+            "Suggestions shown (all time)",
+            count(m.upgrade_suggestion_count),
+        ),
+        (
+            "cloud_offers",
+            "Suggestions that offered Krako Cloud (all time)",
+            count(m.cloud_offer_count),
+        ),
+        (
+            "suggestions_accepted",
+            "Suggestions whose first answer was accepted",
+            count(m.suggestion_accept_rate.numerator),
+        ),
+        (
+            "suggestions_dismissed",
+            "Suggestions whose first answer was dismissed",
+            count(m.suggestion_dismiss_rate.numerator),
+        ),
+        (
+            "mitigations_followed",
+            "Accepted local mitigations whose follow-up measured something",
+            count(m.local_mitigation_success_rate.denominator),
+        ),
+        (
+            "mitigations_resolved",
+            "Accepted local mitigations that resolved the limit",
+            count(m.local_mitigation_success_rate.numerator),
+        ),
+        (
+            "suppressions",
+            "Suggestions held back by a cooldown rule",
+            count(m.suppression_count),
+        ),
+    ] {
         let g: Gauge = Gauge::default();
-        g.set(v);
+        g.set(value);
         registry.register(name, help, g);
-    };
-    gauge(
-        &mut registry,
-        "log_records",
-        "Records in the log",
-        i64::try_from(stats.log_records).unwrap_or(i64::MAX),
-    );
-    gauge(
-        &mut registry,
-        "samples",
-        "Raw samples stored",
-        i64::try_from(stats.samples).unwrap_or(i64::MAX),
-    );
-    gauge(
-        &mut registry,
-        "upgrade_suggestions",
-        "Suggestions shown (all time)",
-        m.upgrade_suggestion_count as i64,
-    );
-    gauge(
-        &mut registry,
-        "cloud_offers",
-        "Suggestions that offered Krako Cloud (all time)",
-        m.cloud_offer_count as i64,
-    );
-    gauge(
-        &mut registry,
-        "suggestions_accepted",
-        "Suggestions whose first answer was accepted",
-        m.suggestion_accept_rate.numerator as i64,
-    );
-    gauge(
-        &mut registry,
-        "suggestions_dismissed",
-        "Suggestions whose first answer was dismissed",
-        m.suggestion_dismiss_rate.numerator as i64,
-    );
-    gauge(
-        &mut registry,
-        "mitigations_followed",
-        "Accepted local mitigations whose follow-up measured something",
-        m.local_mitigation_success_rate.denominator as i64,
-    );
-    gauge(
-        &mut registry,
-        "mitigations_resolved",
-        "Accepted local mitigations that resolved the limit",
-        m.local_mitigation_success_rate.numerator as i64,
-    );
-    gauge(
-        &mut registry,
-        "suppressions",
-        "Suggestions held back by a cooldown rule",
-        m.suppression_count as i64,
-    );
+    }
     let firings = Family::<CategoryLabel, Gauge>::default();
     for c in kora_model::Category::ALL {
         let n = m
@@ -641,7 +630,7 @@ pub async fn prometheus(State(state): State<AppState>) -> Result<Response, AppEr
             .get_or_create(&CategoryLabel {
                 category: c.as_str().into(),
             })
-            .set(n as i64);
+            .set(count(n));
     }
     registry.register(
         "trigger_firings",
