@@ -1,13 +1,13 @@
 //! Queries the dashboards and the engine ask, kora-telemetry's store against SQLite:
 //!
 //! - the 24 h p95 of one series (86,400 samples, in a store holding a whole simulated day of
-//!   ten signals): kora `Store::samples` + the project's p95 (`kora_window::quantile`,
+//!   ten signals): kora `Store::values` (the value column of the sealed chunks) + the project's p95 (`kora_window::quantile`,
 //!   hdrhistogram), SQLite fetch + the same p95, and SQLite computing the nearest-rank p95 in
 //!   SQL; warm (criterion) and cold (a plain loop: store closed, its file's pages dropped from
 //!   the OS cache with `POSIX_FADV_DONTNEED`, reopened, then the query timed alone);
 //! - the p95 of `model_latency_ms` over the last 10 and the last 1,000 runs of one model (9,000
-//!   runs of three models interleaved): kora reading the log newest first through its kind
-//!   index, SQLite through an index on `(model, seq)`; and, for reference, the engine's
+//!   runs of three models interleaved): kora reading its run index (a fixed-width row per run
+//!   keyed by `(model, seq)`), SQLite through an index on `(model, seq)`; and, for reference, the engine's
 //!   in-memory window of the last N runs (`RunWindows`), which needs no store at all.
 //!
 //! `cargo bench --bench query` (a criterion filter may follow `--`).
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
-use kora_model::{Record, RecordKind, Sample, Signal};
+use kora_model::{Sample, Signal};
 use kora_store::Store;
 use kora_window::{RunPoint, RunWindows, quantile};
 use rusqlite::{Connection, params};
@@ -31,12 +31,10 @@ const SERIES: Signal = Signal::CpuLoadPct;
 const RUNS: usize = 9_000;
 
 fn kora_p95(store: &Store) -> f64 {
-    let v: Vec<f64> = store
-        .samples(SERIES.as_str(), DAY0_MS, DAY0_MS + DAY_S * 1000, 200_000)
-        .unwrap()
-        .into_iter()
-        .filter_map(|s| s.sample.value)
-        .collect();
+    // Column-projected: chunks wholly inside the day decode their value column alone.
+    let v = store
+        .values(SERIES.as_str(), DAY0_MS, DAY0_MS + DAY_S * 1000)
+        .unwrap();
     assert_eq!(v.len(), DAY_S as usize);
     quantile(&v, 0.95).unwrap()
 }
@@ -73,25 +71,15 @@ fn sqlite_sql_p95(c: &Connection) -> f64 {
     .unwrap()
 }
 
-/// The p95 of the model latency of the last `n` runs of `model`, from kora's log.
+/// The p95 of the model latency of the last `n` runs of `model`, from kora's run index (a
+/// fixed-width row per run, keyed by model and seq).
 fn kora_runs_p95(store: &Store, model: &str, n: usize) -> f64 {
-    let mut v = Vec::with_capacity(n);
-    let mut before = None;
-    while v.len() < n {
-        let page = store
-            .recent(before, Some(RecordKind::Run), (n - v.len()) * 3 + 8)
-            .unwrap();
-        let Some(last) = page.last() else { break };
-        before = Some(last.seq);
-        for e in &page {
-            if let Record::Run(r) = &e.record
-                && r.model_id == model
-                && v.len() < n
-            {
-                v.push(r.model_latency_ms);
-            }
-        }
-    }
+    let v: Vec<f64> = store
+        .recent_runs(model, None, n)
+        .unwrap()
+        .iter()
+        .map(|r| r.model_latency_ms)
+        .collect();
     assert_eq!(v.len(), n);
     quantile(&v, 0.95).unwrap()
 }

@@ -539,6 +539,19 @@ impl Sample {
         }
         key
     }
+
+    /// The signal, device and model a [`Sample::series_key`] names; `None` when it names none.
+    pub fn parse_series_key(key: &str) -> Option<(Signal, Option<u32>, Option<String>)> {
+        let (head, model_id) = match key.split_once('/') {
+            Some((head, model)) => (head, Some(model.to_owned())),
+            None => (key, None),
+        };
+        let (signal, device) = match head.split_once("@gpu") {
+            Some((signal, device)) => (signal, Some(device.parse().ok()?)),
+            None => (head, None),
+        };
+        Some((Signal::parse(signal)?, device, model_id))
+    }
 }
 
 /// A record as the log holds it: its server-assigned `seq` and the record.

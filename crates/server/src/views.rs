@@ -381,26 +381,29 @@ pub async fn series(
         });
     }
     let key = name.clone();
-    let samples = tokio::task::spawn_blocking(move || store.samples(&key, from, to, 1_000_000))
-        .await
-        .map_err(|e| AppError::Internal(e.to_string()))??;
     let width = ((to - from) as f64 / points as f64).max(1.0);
-    let mut buckets: std::collections::BTreeMap<i64, (f64, f64, f64, u64)> = Default::default();
-    let mut unavailable = 0u64;
-    for s in &samples {
-        let (Some(v), Some(ts)) = (s.sample.value, s.sample.ts_ms) else {
-            unavailable += 1;
-            continue;
-        };
-        let b = from + (((ts - from) as f64 / width).floor() * width) as i64;
-        let e = buckets
-            .entry(b)
-            .or_insert((f64::INFINITY, f64::NEG_INFINITY, 0.0, 0));
-        e.0 = e.0.min(v);
-        e.1 = e.1.max(v);
-        e.2 += v;
-        e.3 += 1;
-    }
+    // Aggregated while the store reads, so a month of 1 s samples is never held at once.
+    let (buckets, unavailable) = tokio::task::spawn_blocking(move || {
+        let mut buckets: std::collections::BTreeMap<i64, (f64, f64, f64, u64)> = Default::default();
+        let mut unavailable = 0u64;
+        store.each_point(&key, from, to, |ts, value| {
+            let Some(v) = value else {
+                unavailable += 1;
+                return;
+            };
+            let b = from + (((ts - from) as f64 / width).floor() * width) as i64;
+            let e = buckets
+                .entry(b)
+                .or_insert((f64::INFINITY, f64::NEG_INFINITY, 0.0, 0));
+            e.0 = e.0.min(v);
+            e.1 = e.1.max(v);
+            e.2 += v;
+            e.3 += 1;
+        })?;
+        Ok::<_, kora_store::ReadError>((buckets, unavailable))
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.to_string()))??;
     let points: Vec<_> = buckets
         .into_iter()
         .map(|(t, (min, max, sum, n))| serde_json::json!({"t": t, "min": min, "max": max, "mean": sum / n as f64, "n": n}))

@@ -4,7 +4,10 @@
 //! - the **log**, keyed by a server-assigned, strictly increasing `seq`, holds every record but
 //!   raw samples: runs, events, readiness, feedback and the records the service derives. The
 //!   policy engine folds the log alone, so replay from it is exact;
-//! - the **series store** holds raw samples per series and time.
+//! - the **series store** holds samples per series: the newest as small raw rows (the head),
+//!   the rest in sealed chunks of 1,024 samples compressed column by column (about a byte a
+//!   sample for probe data; see [`chunk`]). Queries that need one column (the values, for a
+//!   p95) decode that column alone.
 //!
 //! No record is ever modified. Writes go through one writer thread that shares one durable
 //! transaction among every batch waiting (group commit); a batch is acknowledged only after the
@@ -16,15 +19,19 @@
 //! time. It never depends on an async runtime; completion is reported through a callback.
 //! The table layout and encoding are written down in [`tables`].
 
+pub mod chunk;
 mod error;
+mod runs;
 pub mod tables;
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use kora_model::{LogEntry, Record, RecordKind, Sample, StoredSample};
+use chunk::{CHUNK_SAMPLES, Chunk, CodecError, Extra, HEAD_BLOCK, Item};
+use kora_model::{LogEntry, Record, RecordKind, Sample, Signal, StoredSample};
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     WriteTransaction,
@@ -34,10 +41,11 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 pub use error::{OpenError, ReadError, WriteError};
+pub use runs::RunRow;
 use tables::*;
 
 /// The on-disk format this build writes. A store with a newer one is refused at open.
-pub const FORMAT_VERSION: u64 = 1;
+pub const FORMAT_VERSION: u64 = 2;
 
 /// Tunables of the store.
 #[derive(Debug, Clone)]
@@ -181,7 +189,11 @@ impl Store {
             source: e,
         };
         let next_seq = if existed {
-            check_format(&db, path)?
+            let (version, next_seq) = check_format(&db, path)?;
+            if version < 2 {
+                migrate_v1(&db, path)?;
+            }
+            next_seq
         } else {
             let wtx = db.begin_write().map_err(|e| redb_err(e.into()))?;
             {
@@ -202,11 +214,17 @@ impl Store {
                     .map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(IDS).map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(SERIES).map_err(|e| redb_err(e.into()))?;
-                wtx.open_table(SAMPLES).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(HEAD).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(CHUNKS).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(RUNS).map_err(|e| redb_err(e.into()))?;
             }
             wtx.commit().map_err(|e| redb_err(e.into()))?;
             1
         };
+        let (series, heads) = load_series(&db).map_err(|e| OpenError::NotAStore {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
         let db: DbSlot = Arc::new(std::sync::RwLock::new(Some(Arc::new(db))));
         let (sender, receiver) = sync_channel(options.queue_batches.max(1));
         let writer = Writer {
@@ -215,6 +233,8 @@ impl Store {
             cache_bytes: options.cache_bytes,
             next_seq,
             group_max_records: options.group_max_records.max(1),
+            series,
+            heads,
         };
         let handle = std::thread::Builder::new()
             .name("kora-store-writer".into())
@@ -424,6 +444,32 @@ impl Store {
         Ok(out)
     }
 
+    /// The last `limit` runs of `model_id` with a seq below `before` (all when `None`), newest
+    /// first, from the run index: fixed-width rows, no log record decoded.
+    pub fn recent_runs(
+        &self,
+        model_id: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<RunRow>, ReadError> {
+        let rtx = self.read()?;
+        let t = rtx.open_table(RUNS)?;
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for row in t
+            .range((model_id, 0)..(model_id, before.unwrap_or(u64::MAX)))?
+            .rev()
+            .take(limit)
+        {
+            let (k, v) = row?;
+            let seq = k.value().1;
+            out.push(
+                runs::decode(seq, v.value())
+                    .map_err(|e| codec_read_error("runs", format!("{model_id}#{seq}"), e))?,
+            );
+        }
+        Ok(out)
+    }
+
     /// The series keys stored, in order.
     pub fn series(&self) -> Result<Vec<String>, ReadError> {
         let rtx = self.read()?;
@@ -436,7 +482,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Samples of one series with `from_ms <= ts_ms < to_ms`, in time order, at most `limit`.
+    /// Samples of one series with `from_ms <= ts_ms < to_ms`, in `(ts, seq)` order, at most
+    /// `limit` (the oldest).
     pub fn samples(
         &self,
         series_key: &str,
@@ -444,23 +491,177 @@ impl Store {
         to_ms: i64,
         limit: usize,
     ) -> Result<Vec<StoredSample>, ReadError> {
-        let rtx = self.read()?;
-        let Some(id) = rtx.open_table(SERIES)?.get(series_key)?.map(|v| v.value()) else {
+        let Some((signal, device, model_id)) = Sample::parse_series_key(series_key) else {
             return Ok(Vec::new());
         };
-        let t = rtx.open_table(SAMPLES)?;
+        let items = self.items(series_key, from_ms, to_ms, limit)?;
+        Ok(items
+            .into_iter()
+            .map(|i| {
+                let extra = i.extra.map(|e| *e).unwrap_or_default();
+                StoredSample {
+                    seq: i.seq,
+                    late: false,
+                    sample: Sample {
+                        id: extra.id,
+                        ts_ms: Some(i.ts_ms),
+                        signal,
+                        value: i.value,
+                        unavailable: extra.unavailable,
+                        device,
+                        model_id: model_id.clone(),
+                        session_id: extra.session_id,
+                    },
+                }
+            })
+            .collect())
+    }
+
+    /// `(ts_ms, value)` of the samples of one series with `from_ms <= ts_ms < to_ms`, in
+    /// `(ts, seq)` order, at most `limit` (the oldest); `None` where a sample has no value.
+    pub fn points(
+        &self,
+        series_key: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Option<f64>)>, ReadError> {
+        Ok(self
+            .items(series_key, from_ms, to_ms, limit)?
+            .into_iter()
+            .map(|i| (i.ts_ms, i.value))
+            .collect())
+    }
+
+    /// The values of one series with `from_ms <= ts_ms < to_ms`, in no particular order (for
+    /// quantiles and sums). Chunks wholly inside the range decode their value column alone.
+    pub fn values(
+        &self,
+        series_key: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<f64>, ReadError> {
         let mut out = Vec::new();
-        if from_ms >= to_ms {
-            return Ok(out);
-        }
-        for item in t.range((id, from_ms, 0)..(id, to_ms, 0))?.take(limit) {
-            let (k, v) = item?;
-            let (_, ts, seq) = k.value();
-            let (late, sample): (bool, Sample) =
-                decode("samples", || format!("{series_key}@{ts}#{seq}"), v.value())?;
-            out.push(StoredSample { seq, late, sample });
-        }
+        self.visit_parts(series_key, from_ms, to_ms, true, |part| {
+            match part {
+                Part::Values(v) => out.extend_from_slice(&v),
+                Part::Items(items) => out.extend(items.iter().filter_map(|i| i.value)),
+            }
+            true
+        })?;
         Ok(out)
+    }
+
+    /// Calls `f` with `(ts_ms, value)` of every sample of one series with
+    /// `from_ms <= ts_ms < to_ms`, in no particular order, without gathering them first (for
+    /// aggregates over long ranges).
+    pub fn each_point(
+        &self,
+        series_key: &str,
+        from_ms: i64,
+        to_ms: i64,
+        mut f: impl FnMut(i64, Option<f64>),
+    ) -> Result<(), ReadError> {
+        self.visit_parts(series_key, from_ms, to_ms, false, |part| {
+            if let Part::Items(items) = part {
+                items.iter().for_each(|i| f(i.ts_ms, i.value));
+            }
+            true
+        })
+    }
+
+    /// The samples of a series in range, sorted, at most `limit`.
+    fn items(
+        &self,
+        series_key: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Item>, ReadError> {
+        let mut out = Vec::new();
+        self.visit_parts(series_key, from_ms, to_ms, false, |part| {
+            if let Part::Items(items) = part {
+                out.extend(items);
+            }
+            true
+        })?;
+        out.sort_unstable_by_key(|i| (i.ts_ms, i.seq));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Calls `f` with the samples of one series in range, chunk by chunk then the head, in no
+    /// particular order. With `values_only`, a plain chunk wholly inside the range is given as
+    /// its value column. `f` answers whether to go on.
+    fn visit_parts(
+        &self,
+        series_key: &str,
+        from_ms: i64,
+        to_ms: i64,
+        values_only: bool,
+        mut f: impl FnMut(Part) -> bool,
+    ) -> Result<(), ReadError> {
+        if from_ms >= to_ms {
+            return Ok(());
+        }
+        let rtx = self.read()?;
+        let Some(sid) = rtx.open_table(SERIES)?.get(series_key)?.map(|v| v.value()) else {
+            return Ok(());
+        };
+        let in_range = |ts: i64| from_ms <= ts && ts < to_ms;
+        let chunks = rtx.open_table(CHUNKS)?;
+        for row in chunks.range((sid, from_ms, 0)..=(sid, i64::MAX, u64::MAX))? {
+            let (k, v) = row?;
+            let key = || {
+                let (_, max_ts, min_seq) = k.value();
+                format!("{series_key}@{max_ts}#{min_seq}")
+            };
+            let codec = |e| codec_read_error("chunks", key(), e);
+            let chunk = Chunk::parse(v.value()).map_err(codec)?;
+            let h = chunk.header;
+            if h.min_ts >= to_ms {
+                continue;
+            }
+            let part = if values_only && h.plain && from_ms <= h.min_ts && h.max_ts < to_ms {
+                Part::Values(chunk.values().map_err(codec)?)
+            } else {
+                let mut items = chunk.items().map_err(codec)?;
+                items.retain(|i| in_range(i.ts_ms));
+                Part::Items(items)
+            };
+            if !f(part) {
+                return Ok(());
+            }
+        }
+        let head = rtx.open_table(HEAD)?;
+        let mut items = Vec::new();
+        for row in head.range((sid, 0)..=(sid, u64::MAX))? {
+            let (k, v) = row?;
+            let key = k.value().1;
+            let block = chunk::decode_head(v.value())
+                .map_err(|e| codec_read_error("head", format!("{series_key}/{key}"), e))?;
+            items.extend(block.into_iter().filter(|i| in_range(i.ts_ms)));
+        }
+        f(Part::Items(items));
+        Ok(())
+    }
+}
+
+/// A piece of a series that a query visits.
+enum Part {
+    /// The value column of a chunk wholly inside the range, every sample with a value.
+    Values(Vec<f64>),
+    Items(Vec<Item>),
+}
+
+fn codec_read_error(table: &'static str, key: String, e: CodecError) -> ReadError {
+    match e {
+        CodecError::Checksum => ReadError::Corrupt { table, key },
+        CodecError::Decode(message) => ReadError::Decode {
+            table,
+            key,
+            message,
+        },
     }
 }
 
@@ -487,8 +688,9 @@ fn guarded<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T, OpenError> {
     })
 }
 
-/// Checks that `db` is a kora-telemetry store this build can read; answers its next seq.
-fn check_format(db: &impl ReadableDatabase, path: &Path) -> Result<u64, OpenError> {
+/// Checks that `db` is a kora-telemetry store this build can read; answers its format version
+/// and next seq.
+fn check_format(db: &impl ReadableDatabase, path: &Path) -> Result<(u64, u64), OpenError> {
     let redb_err = |e: redb::Error| OpenError::Redb {
         path: path.to_owned(),
         source: e,
@@ -523,7 +725,7 @@ fn check_format(db: &impl ReadableDatabase, path: &Path) -> Result<u64, OpenErro
             supported: FORMAT_VERSION,
         });
     }
-    Ok(get(K_NEXT_SEQ)?.unwrap_or(1))
+    Ok((found, get(K_NEXT_SEQ)?.unwrap_or(1)))
 }
 
 fn get_entry(log: &redb::ReadOnlyTable<u64, &[u8]>, seq: u64) -> Result<LogEntry, ReadError> {
@@ -584,7 +786,9 @@ struct Tables<'t> {
     by_kind: redb::Table<'t, (u8, u64), ()>,
     by_time: redb::Table<'t, (i64, u64), ()>,
     series: redb::Table<'t, &'static str, u32>,
-    samples: redb::Table<'t, (u32, i64, u64), &'static [u8]>,
+    head: redb::Table<'t, (u32, u64), &'static [u8]>,
+    chunks: redb::Table<'t, (u32, i64, u64), &'static [u8]>,
+    runs: redb::Table<'t, (&'static str, u64), &'static [u8]>,
     meta: redb::Table<'t, &'static str, u64>,
 }
 
@@ -597,7 +801,9 @@ impl<'t> Tables<'t> {
             by_kind: wtx.open_table(LOG_BY_KIND).map_err(w)?,
             by_time: wtx.open_table(LOG_BY_TIME).map_err(w)?,
             series: wtx.open_table(SERIES).map_err(w)?,
-            samples: wtx.open_table(SAMPLES).map_err(w)?,
+            head: wtx.open_table(HEAD).map_err(w)?,
+            chunks: wtx.open_table(CHUNKS).map_err(w)?,
+            runs: wtx.open_table(RUNS).map_err(w)?,
             meta: wtx.open_table(META).map_err(w)?,
         })
     }
@@ -609,6 +815,27 @@ struct Writer {
     cache_bytes: usize,
     next_seq: u64,
     group_max_records: usize,
+    /// Every series key and its number, as committed.
+    series: HashMap<String, u32>,
+    /// Each series' head, as committed.
+    heads: HashMap<u32, HeadState>,
+}
+
+/// A series' head as committed: how many samples it holds, and its last block while that one
+/// has room (its key and samples), so the next commit appends to it.
+#[derive(Debug, Clone, Default)]
+struct HeadState {
+    len: usize,
+    open: Option<(u64, Vec<Item>)>,
+}
+
+/// The samples of one group commit, gathered per series and written when the group ends.
+#[derive(Default)]
+struct PendingSamples {
+    new_series: HashMap<String, u32>,
+    items: BTreeMap<u32, Vec<Item>>,
+    /// The series met in this group, found again without building their key.
+    recent: Vec<(Signal, Option<u32>, Option<String>, u32)>,
 }
 
 impl Writer {
@@ -635,6 +862,8 @@ impl Writer {
     fn commit_group(&mut self, jobs: Vec<Job>) {
         let start_seq = self.next_seq;
         let mut outcomes: Vec<Result<Appended, WriteError>> = Vec::with_capacity(jobs.len());
+        let mut pending = PendingSamples::default();
+        let mut heads = HashMap::new();
         let result = (|| -> Result<(), WriteError> {
             let db = self.database()?;
             let mut wtx = db.begin_write().map_err(error::write_error)?;
@@ -644,8 +873,9 @@ impl Writer {
                 // single-record batches the opens were a large share of the work.
                 let mut tables = Tables::open(&wtx)?;
                 for job in &jobs {
-                    outcomes.push(self.apply(&mut tables, job)?);
+                    outcomes.push(self.apply(&mut tables, &mut pending, job)?);
                 }
+                heads = self.flush_samples(&mut tables, &mut pending.items)?;
             }
             let (mut log_new, mut samples_new) = (0, 0);
             for (job, outcome) in jobs.iter().zip(&outcomes) {
@@ -663,6 +893,9 @@ impl Writer {
         })();
         match result {
             Ok(()) => {
+                // Only now is the group's view of the series store the stored one.
+                self.series.extend(pending.new_series);
+                self.heads.extend(heads);
                 for (job, outcome) in jobs.into_iter().zip(outcomes) {
                     (job.done)(outcome);
                 }
@@ -700,7 +933,7 @@ impl Writer {
             match builder.open(&self.path) {
                 Ok(db) => {
                     let db = Arc::new(db);
-                    let next = check_format(db.as_ref(), &self.path)
+                    let (_, next) = check_format(db.as_ref(), &self.path)
                         .map_err(|e| WriteError::Storage(e.to_string()))?;
                     // The failed transaction wrote nothing: the stored next seq is ours.
                     self.next_seq = self.next_seq.max(next);
@@ -720,11 +953,35 @@ impl Writer {
         Err(last.unwrap_or_else(|| WriteError::Storage("the store could not be reopened".into())))
     }
 
+    /// Writes the group's samples: into each series' head, and when a head reaches
+    /// [`CHUNK_SAMPLES`], into sealed chunks. Answers each touched series' new head length.
+    fn flush_samples(
+        &self,
+        t: &mut Tables<'_>,
+        pending: &mut BTreeMap<u32, Vec<Item>>,
+    ) -> Result<HashMap<u32, HeadState>, WriteError> {
+        let mut heads = HashMap::with_capacity(pending.len());
+        for (sid, mut items) in std::mem::take(pending) {
+            let state = self.heads.get(&sid).cloned().unwrap_or_default();
+            let state = if state.len + items.len() < CHUNK_SAMPLES {
+                append_head(&mut t.head, sid, state, items)?
+            } else {
+                if state.len > 0 {
+                    take_head(&mut t.head, sid, &mut items)?;
+                }
+                seal(&mut t.head, &mut t.chunks, sid, items)?
+            };
+            heads.insert(sid, state);
+        }
+        Ok(heads)
+    }
+
     /// Checks a job's ids and writes it. `Ok(Err(_))` is a refusal of this job alone, with
     /// nothing written; `Err(_)` is a storage failure that aborts the whole group.
     fn apply(
         &mut self,
         t: &mut Tables<'_>,
+        pending: &mut PendingSamples,
         job: &Job,
     ) -> Result<Result<Appended, WriteError>, WriteError> {
         let ids = &mut t.ids;
@@ -776,8 +1033,9 @@ impl Writer {
             by_kind,
             by_time,
             series,
-            samples,
+            runs,
             meta,
+            ..
         } = t;
         for (index, existing) in seqs.into_iter().enumerate() {
             if let Some(seq) = existing {
@@ -789,27 +1047,55 @@ impl Writer {
             self.next_seq += 1;
             match &job.batch {
                 Batch::Samples(v) => {
-                    let mut sample = v[index].clone();
-                    let ts = *sample.ts_ms.get_or_insert(job.now_ms);
-                    let key = sample.series_key();
-                    let found = series
-                        .get(key.as_str())
-                        .map_err(error::write_error)?
-                        .map(|v| v.value());
-                    let sid = match found {
-                        Some(id) => id,
+                    let sample = &v[index];
+                    let seen = pending.recent.iter().find(|(signal, device, model, _)| {
+                        *signal == sample.signal
+                            && *device == sample.device
+                            && *model == sample.model_id
+                    });
+                    let sid = match seen {
+                        Some(&(.., sid)) => sid,
                         None => {
-                            let id = u32::try_from(series.len().map_err(error::write_error)?)
-                                .map_err(|_| WriteError::Storage("too many series".into()))?;
-                            series
-                                .insert(key.as_str(), id)
-                                .map_err(error::write_error)?;
-                            id
+                            let key = sample.series_key();
+                            let known = self.series.get(&key).or(pending.new_series.get(&key));
+                            let sid = match known {
+                                Some(id) => *id,
+                                None => {
+                                    let id =
+                                        u32::try_from(self.series.len() + pending.new_series.len())
+                                            .map_err(|_| {
+                                                WriteError::Storage("too many series".into())
+                                            })?;
+                                    series
+                                        .insert(key.as_str(), id)
+                                        .map_err(error::write_error)?;
+                                    pending.new_series.insert(key, id);
+                                    id
+                                }
+                            };
+                            if pending.recent.len() < 64 {
+                                pending.recent.push((
+                                    sample.signal,
+                                    sample.device,
+                                    sample.model_id.clone(),
+                                    sid,
+                                ));
+                            }
+                            sid
                         }
                     };
-                    samples
-                        .insert((sid, ts, seq), encode(&(false, &sample))?.as_slice())
-                        .map_err(error::write_error)?;
+                    let extra = Extra {
+                        id: sample.id.clone(),
+                        unavailable: sample.unavailable.clone(),
+                        session_id: sample.session_id.clone(),
+                    };
+                    let ts = sample.ts_ms.unwrap_or(job.now_ms);
+                    pending.items.entry(sid).or_default().push(Item::new(
+                        seq,
+                        ts,
+                        sample.value,
+                        extra,
+                    ));
                 }
                 Batch::Records(v) | Batch::Derived { records: v, .. } => {
                     let mut record = v[index].clone();
@@ -821,6 +1107,13 @@ impl Writer {
                         .insert((record.kind().code(), seq), ())
                         .map_err(error::write_error)?;
                     by_time.insert((ts, seq), ()).map_err(error::write_error)?;
+                    if let Record::Run(run) = &record {
+                        runs.insert(
+                            (run.model_id.as_str(), seq),
+                            runs::encode(run, ts).as_slice(),
+                        )
+                        .map_err(error::write_error)?;
+                    }
                 }
             }
             if let Some(d) = digests[index] {
@@ -896,5 +1189,204 @@ fn bump_meta(
         .map_err(error::write_error)?;
     meta.insert(K_SAMPLES, samples + samples_new)
         .map_err(error::write_error)?;
+    Ok(())
+}
+
+type HeadTable<'t> = redb::Table<'t, (u32, u64), &'static [u8]>;
+type ChunkTable<'t> = redb::Table<'t, (u32, i64, u64), &'static [u8]>;
+
+fn codec_write_error(what: &str, e: CodecError) -> WriteError {
+    WriteError::Storage(format!("{what}: {e:?}"))
+}
+
+/// Appends `items` to the head of series `sid`: to its open block first, then in new blocks
+/// of [`HEAD_BLOCK`]. Answers the head's new state.
+fn append_head(
+    head: &mut HeadTable<'_>,
+    sid: u32,
+    state: HeadState,
+    items: Vec<Item>,
+) -> Result<HeadState, WriteError> {
+    let len = state.len + items.len();
+    let (mut key, mut block) = state.open.unwrap_or((0, Vec::new()));
+    let mut write = |key: u64, block: &[Item]| -> Result<(), WriteError> {
+        let bytes = chunk::encode_head(block).map_err(|e| codec_write_error("a head block", e))?;
+        head.insert((sid, key), bytes.as_slice())
+            .map_err(error::write_error)?;
+        Ok(())
+    };
+    let mut dirty = false;
+    for item in items {
+        if block.len() == HEAD_BLOCK {
+            write(key, &block)?;
+            block.clear();
+        }
+        if block.is_empty() {
+            key = item.seq;
+        }
+        block.push(item);
+        dirty = true;
+    }
+    if dirty {
+        write(key, &block)?;
+    }
+    Ok(HeadState {
+        len,
+        open: (!block.is_empty() && block.len() < HEAD_BLOCK).then_some((key, block)),
+    })
+}
+
+/// Moves every head sample of series `sid` into `items` and removes its blocks.
+fn take_head(head: &mut HeadTable<'_>, sid: u32, items: &mut Vec<Item>) -> Result<(), WriteError> {
+    for row in head
+        .range((sid, 0)..=(sid, u64::MAX))
+        .map_err(error::write_error)?
+    {
+        let (k, v) = row.map_err(error::write_error)?;
+        let key = k.value().1;
+        items.extend(
+            chunk::decode_head(v.value())
+                .map_err(|e| codec_write_error(&format!("head block {sid}/{key}"), e))?,
+        );
+    }
+    head.retain_in((sid, 0)..=(sid, u64::MAX), |_, _| false)
+        .map_err(error::write_error)?;
+    Ok(())
+}
+
+/// Seals `items` (series `sid`, not in the head table) into chunks of [`CHUNK_SAMPLES`],
+/// oldest first, and puts the newest remainder into the head. Answers the head's new state.
+fn seal(
+    head: &mut HeadTable<'_>,
+    chunks: &mut ChunkTable<'_>,
+    sid: u32,
+    mut items: Vec<Item>,
+) -> Result<HeadState, WriteError> {
+    items.sort_unstable_by_key(|i| (i.ts_ms, i.seq));
+    let sealed = items.len() / CHUNK_SAMPLES * CHUNK_SAMPLES;
+    for part in items[..sealed].chunks(CHUNK_SAMPLES) {
+        let (Some(last), Some(min_seq)) = (part.last(), part.iter().map(|i| i.seq).min()) else {
+            continue;
+        };
+        let bytes = chunk::encode_chunk(part).map_err(|e| codec_write_error("a chunk", e))?;
+        chunks
+            .insert((sid, last.ts_ms, min_seq), bytes.as_slice())
+            .map_err(error::write_error)?;
+    }
+    let rest = items.split_off(sealed);
+    append_head(head, sid, HeadState::default(), rest)
+}
+
+/// Every series key with its number, and every series' head.
+type SeriesState = (HashMap<String, u32>, HashMap<u32, HeadState>);
+
+/// The series numbers and heads the writer starts from.
+fn load_series(db: &Database) -> Result<SeriesState, ReadError> {
+    let rtx = db.begin_read()?;
+    let mut series = HashMap::new();
+    for row in rtx.open_table(SERIES)?.iter()? {
+        let (k, v) = row?;
+        series.insert(k.value().to_owned(), v.value());
+    }
+    let mut heads: HashMap<u32, HeadState> = HashMap::new();
+    for row in rtx.open_table(HEAD)?.iter()? {
+        let (k, v) = row?;
+        let (sid, key) = k.value();
+        let block = chunk::decode_head(v.value())
+            .map_err(|e| codec_read_error("head", format!("{sid}/{key}"), e))?;
+        let state = heads.entry(sid).or_default();
+        state.len += block.len();
+        // Blocks come in key order: the last one read is the one to append to, if it has room.
+        state.open = (block.len() < HEAD_BLOCK).then_some((key, block));
+    }
+    Ok((series, heads))
+}
+
+/// Converts a format 1 store (a row per sample) to format 2 (head rows and sealed chunks) in
+/// one transaction: either every sample is converted and the old table dropped, or nothing
+/// changes. Series are streamed in `(ts, seq)` order, a chunk at a time.
+fn migrate_v1(db: &Database, path: &Path) -> Result<(), OpenError> {
+    let fail = |e: String| OpenError::NotAStore {
+        path: path.to_owned(),
+        reason: format!("converting format 1 to 2 failed: {e}"),
+    };
+    let wtx = db.begin_write().map_err(|e| fail(e.to_string()))?;
+    let mut converted = 0u64;
+    {
+        let old = wtx
+            .open_table(SAMPLES_V1)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut head = wtx.open_table(HEAD).map_err(|e| fail(e.to_string()))?;
+        let mut chunks = wtx.open_table(CHUNKS).map_err(|e| fail(e.to_string()))?;
+        let mut current: Option<u32> = None;
+        let mut items = Vec::with_capacity(CHUNK_SAMPLES);
+        for row in old.iter().map_err(|e| fail(e.to_string()))? {
+            let (k, v) = row.map_err(|e| fail(e.to_string()))?;
+            let (sid, ts, seq) = k.value();
+            if current != Some(sid) {
+                if let Some(prev) = current {
+                    seal(&mut head, &mut chunks, prev, std::mem::take(&mut items))
+                        .map_err(|e| fail(e.to_string()))?;
+                }
+                current = Some(sid);
+            }
+            let (_late, sample): (bool, Sample) =
+                decode("samples", || format!("{sid}@{ts}#{seq}"), v.value())
+                    .map_err(|e| fail(e.to_string()))?;
+            let extra = Extra {
+                id: sample.id,
+                unavailable: sample.unavailable,
+                session_id: sample.session_id,
+            };
+            items.push(Item::new(seq, ts, sample.value, extra));
+            converted += 1;
+            if items.len() == CHUNK_SAMPLES {
+                seal(&mut head, &mut chunks, sid, std::mem::take(&mut items))
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+        }
+        if let Some(sid) = current {
+            seal(&mut head, &mut chunks, sid, items).map_err(|e| fail(e.to_string()))?;
+        }
+        // Format 1 had no run index: build it from the log's runs.
+        let log = wtx.open_table(LOG).map_err(|e| fail(e.to_string()))?;
+        let by_kind = wtx
+            .open_table(LOG_BY_KIND)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut runs_t = wtx.open_table(RUNS).map_err(|e| fail(e.to_string()))?;
+        let c = RecordKind::Run.code();
+        for row in by_kind
+            .range((c, 0)..=(c, u64::MAX))
+            .map_err(|e| fail(e.to_string()))?
+        {
+            let (k, _) = row.map_err(|e| fail(e.to_string()))?;
+            let seq = k.value().1;
+            let bytes = log
+                .get(seq)
+                .map_err(|e| fail(e.to_string()))?
+                .ok_or_else(|| {
+                    fail(format!(
+                        "log entry {seq} is named by the kind index but missing"
+                    ))
+                })?;
+            let entry = decode_entry(seq, bytes.value()).map_err(|e| fail(e.to_string()))?;
+            if let Record::Run(run) = &entry.record {
+                let ts = run.ts_ms.unwrap_or(0);
+                runs_t
+                    .insert(
+                        (run.model_id.as_str(), seq),
+                        runs::encode(run, ts).as_slice(),
+                    )
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+        }
+        let mut meta = wtx.open_table(META).map_err(|e| fail(e.to_string()))?;
+        meta.insert(K_FORMAT_VERSION, FORMAT_VERSION)
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    wtx.delete_table(SAMPLES_V1)
+        .map_err(|e| fail(e.to_string()))?;
+    wtx.commit().map_err(|e| fail(e.to_string()))?;
+    tracing::info!(path = %path.display(), samples = converted, "store converted from format 1 to 2");
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Every redb table of the store, defined once.
 //!
-//! Encoding (format version 1):
+//! Encoding (format version 2):
 //! - `meta`: `&str -> u64`: `format_version`, `next_seq`, `log_records`, `samples`, and
 //!   `engine_cursor` (the last log seq whose derived records are stored).
 //! - `log`: `seq (u64) -> bytes`: a CRC-32 (little-endian, of the payload) then the record as
@@ -11,8 +11,18 @@
 //! - `ids`: `client id -> seq (u64 LE) ++ SHA-256 of the record as the client sent it`, so a
 //!   retried batch is recognised and a reused id with other content is refused.
 //! - `series`: `series key -> series number (u32)`.
-//! - `samples`: `(series number, ts_ms, seq) -> bytes`: CRC-32 then MessagePack of
-//!   `(late, sample)`.
+//! - `head`: `(series number, seq) -> bytes`: the newest raw samples of each series, one small
+//!   row each (encoding in [`crate::chunk`]).
+//! - `chunks`: `(series number, max ts_ms, min seq) -> bytes`: sealed chunks of
+//!   [`crate::chunk::CHUNK_SAMPLES`] samples of one series, compressed column by column with pco
+//!   (encoding in [`crate::chunk`]). Keyed by their newest time, so a query from `from_ms` starts
+//!   at the first chunk that can hold a sample at or after it.
+//! - `runs`: `(model_id, seq) -> bytes`: the numbers of each logged run, fixed-width (encoding in
+//!   [`crate::runs`]), so the last N runs of one model are N small rows.
+//!
+//! Format version 1 kept a row per sample in `samples`: `(series number, ts_ms, seq) -> bytes`
+//! (CRC-32 then MessagePack of `(late, sample)`), 60 to 110 bytes a sample on disk. A version 1
+//! store is converted to version 2 in one transaction when it is opened.
 
 use redb::TableDefinition;
 
@@ -22,7 +32,11 @@ pub const LOG_BY_KIND: TableDefinition<(u8, u64), ()> = TableDefinition::new("lo
 pub const LOG_BY_TIME: TableDefinition<(i64, u64), ()> = TableDefinition::new("log_by_time");
 pub const IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("ids");
 pub const SERIES: TableDefinition<&str, u32> = TableDefinition::new("series");
-pub const SAMPLES: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("samples");
+pub const HEAD: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("head");
+pub const CHUNKS: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("chunks");
+pub const RUNS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("runs");
+/// Format version 1's samples, read once to convert them.
+pub const SAMPLES_V1: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("samples");
 
 pub const K_FORMAT_VERSION: &str = "format_version";
 pub const K_NEXT_SEQ: &str = "next_seq";

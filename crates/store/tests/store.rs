@@ -322,3 +322,42 @@ fn derived_batches_store_the_engine_cursor_atomically() {
     assert_eq!(store.engine_cursor().unwrap(), 1);
     assert_eq!(store.stats().unwrap().log_records, 2);
 }
+
+#[test]
+fn the_run_index_answers_the_last_runs_of_one_model_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.redb");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let mut batch = Vec::new();
+    for i in 0..30u32 {
+        let mut r = run(None, &format!("r{i}"));
+        if let Record::Run(x) = &mut r {
+            x.model_id = if i % 3 == 0 { "qwen-7b" } else { "llama-8b" }.into();
+            x.model_latency_ms = f64::from(i) * 10.0;
+            x.validation_retry_count = i;
+            x.tokens_in = (i % 2 == 0).then_some(u64::from(i));
+            x.ts_ms = Some(NOW - 100_000 + i64::from(i));
+        }
+        batch.push(r);
+    }
+    let a = store.append(NOW, Batch::Records(batch)).unwrap();
+    let rows = store.recent_runs("qwen-7b", None, 4).unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.model_latency_ms).collect::<Vec<_>>(),
+        vec![270.0, 240.0, 210.0, 180.0]
+    );
+    let last = rows[0];
+    assert_eq!(last.seq, a.seqs[27]);
+    assert_eq!(last.ts_ms, NOW - 100_000 + 27);
+    assert_eq!(last.validation_retry_count, 27);
+    assert_eq!(last.tokens_in, None);
+    assert_eq!(last.tokens_out, Some(20));
+    assert_eq!(rows[1].tokens_in, Some(24));
+    // Paging with `before`, and a model with no runs.
+    let older = store
+        .recent_runs("qwen-7b", Some(rows[3].seq), 100)
+        .unwrap();
+    assert_eq!(older.len(), 6);
+    assert_eq!(store.recent_runs("llama-8b", None, 1000).unwrap().len(), 20);
+    assert!(store.recent_runs("nope", None, 10).unwrap().is_empty());
+}
