@@ -39,25 +39,66 @@ fn nearest_rank(sorted: &[u64], q: f64) -> u64 {
     sorted[rank - 1]
 }
 
+/// Values up to this are answered from the sorted values and hdrhistogram's bucket arithmetic
+/// alone; larger ones (never met in practice) record into a histogram.
+const BUCKET_MATH_LIMIT: u64 = 1 << 62;
+
+/// An empty histogram of the shape every quantile uses: only its bucket arithmetic is used
+/// (`highest_equivalent` depends on the significant digits, not on what was recorded).
+fn shape() -> Option<&'static Histogram<u64>> {
+    static SHAPE: std::sync::OnceLock<Option<Histogram<u64>>> = std::sync::OnceLock::new();
+    SHAPE
+        .get_or_init(|| Histogram::<u64>::new(SIGNIFICANT_DIGITS).ok())
+        .as_ref()
+}
+
+/// What `value_at_quantile(q)` of a histogram holding `sorted` answers: the edge of the bucket
+/// of the value at hdrhistogram's rank, `max(1, ceil(q * n))`.
+fn bucket_edge(h: &Histogram<u64>, sorted: &[u64], q: f64) -> u64 {
+    let q = q.min(1.0);
+    let n = sorted.len();
+    let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
+    let v = sorted[rank - 1];
+    if q == 0.0 {
+        h.lowest_equivalent(v)
+    } else {
+        h.highest_equivalent(v)
+    }
+}
+
 fn quantiles_scaled(values: &[f64], qs: &[f64]) -> Option<Vec<u64>> {
     if values.is_empty() {
         return None;
     }
     let mut sorted: Vec<u64> = values.iter().copied().map(scaled).collect();
     sorted.sort_unstable();
-    let hist = Histogram::<u64>::new(SIGNIFICANT_DIGITS)
-        .ok()
-        .and_then(|mut h| {
-            for v in &sorted {
-                h.record(*v).ok()?;
-            }
-            Some(h)
-        });
+    let top = *sorted.last()?;
+    let edges: Vec<Option<u64>> = match shape().filter(|_| top <= BUCKET_MATH_LIMIT) {
+        // The same answer as recording every value and asking `value_at_quantile`, without
+        // allocating and filling a histogram per call (a test checks the two agree).
+        Some(h) => qs
+            .iter()
+            .map(|&q| Some(bucket_edge(h, &sorted, q)))
+            .collect(),
+        None => {
+            let hist = Histogram::<u64>::new(SIGNIFICANT_DIGITS)
+                .ok()
+                .and_then(|mut h| {
+                    for v in &sorted {
+                        h.record(*v).ok()?;
+                    }
+                    Some(h)
+                });
+            qs.iter()
+                .map(|&q| hist.as_ref().map(|h| h.value_at_quantile(q)))
+                .collect()
+        }
+    };
     let out = qs
         .iter()
-        .map(|&q| match &hist {
-            Some(h) => {
-                let bucket_top = h.value_at_quantile(q);
+        .zip(edges)
+        .map(|(&q, edge)| match edge {
+            Some(bucket_top) => {
                 // The largest recorded value not above the bucket hdrhistogram picked.
                 let idx = sorted.partition_point(|v| *v <= bucket_top);
                 if idx == 0 { sorted[0] } else { sorted[idx - 1] }
@@ -129,7 +170,33 @@ mod tests {
         assert_eq!(quantile(&[], 0.95), None);
     }
 
+    /// The histogram-per-call computation this module used before: record every value, ask
+    /// `value_at_quantile`, take the largest recorded value not above it.
+    fn reference(values: &[f64], q: f64) -> Option<f64> {
+        let mut sorted: Vec<u64> = values.iter().copied().map(scaled).collect();
+        sorted.sort_unstable();
+        let mut h = Histogram::<u64>::new(SIGNIFICANT_DIGITS).ok()?;
+        for v in &sorted {
+            h.record(*v).ok()?;
+        }
+        let top = h.value_at_quantile(q);
+        let idx = sorted.partition_point(|v| *v <= top);
+        Some(unscaled(if idx == 0 { sorted[0] } else { sorted[idx - 1] }))
+    }
+
     proptest! {
+        #[test]
+        fn bucket_arithmetic_answers_exactly_what_a_filled_histogram_answers(
+            v in proptest::collection::vec(
+                prop_oneof![0u64..20, 0u64..100_000, 0u64..10_000_000_000, 0u64..(1u64 << 52)],
+                1..300,
+            ),
+            q in prop_oneof![Just(0.5), Just(0.95), Just(0.99), Just(1.0), 0.0f64..=1.0],
+        ) {
+            let vals: Vec<f64> = v.iter().map(|x| *x as f64 / 1000.0).collect();
+            prop_assert_eq!(quantile(&vals, q), reference(&vals, q));
+        }
+
         #[test]
         fn p95_is_a_recorded_value_near_the_nearest_rank(
             v in proptest::collection::vec(0u32..10_000_000, 1..200)
