@@ -61,6 +61,16 @@ enum Command {
         /// How often the hardware probe samples CPU, RAM and GPU VRAM (e.g. 5s, 500ms).
         #[arg(long, env = "KORA_TELEMETRY_PROBE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
         probe_interval: std::time::Duration,
+        /// How long samples are kept raw; older ones are rolled up (count, min, max, sum per
+        /// bucket) and the raw chunks dropped. The log (runs, events, decisions) is kept whole.
+        #[arg(long, env = "KORA_TELEMETRY_RETAIN_RAW", default_value = "14d", value_parser = humantime::parse_duration)]
+        retain_raw: std::time::Duration,
+        /// How long the rollups of samples are kept.
+        #[arg(long, env = "KORA_TELEMETRY_RETAIN_ROLLUPS", default_value = "400d", value_parser = humantime::parse_duration)]
+        retain_rollups: std::time::Duration,
+        /// The width of a rollup bucket.
+        #[arg(long, env = "KORA_TELEMETRY_ROLLUP_STEP", default_value = "1h", value_parser = humantime::parse_duration)]
+        rollup_step: std::time::Duration,
         /// A thresholds file to use instead of the embedded default (schema/thresholds.json).
         /// It is checked at start: changed content without a MINOR version bump is refused.
         #[arg(long, env = "KORA_TELEMETRY_THRESHOLDS", value_name = "FILE")]
@@ -230,17 +240,31 @@ fn run(cli: Cli) -> Result<()> {
             allow_non_loopback,
             hosts,
             probe_interval,
+            retain_raw,
+            retain_rollups,
+            rollup_step,
             thresholds,
-        } => serve(
-            &data_dir,
-            ServeOptions {
-                listen,
-                allow_non_loopback,
-                hosts,
-                probe_interval,
-                thresholds,
-            },
-        ),
+        } => {
+            let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+            if rollup_step.is_zero() {
+                bail!("--rollup-step must be more than 0");
+            }
+            serve(
+                &data_dir,
+                ServeOptions {
+                    listen,
+                    allow_non_loopback,
+                    hosts,
+                    probe_interval,
+                    retention: kora_store::Retention {
+                        raw_ms: ms(retain_raw),
+                        rollup_step_ms: ms(rollup_step),
+                        rollup_ms: ms(retain_rollups),
+                    },
+                    thresholds,
+                },
+            )
+        }
         Command::Log { limit, kind, json } => log(&data_dir, limit, kind, json),
         Command::Profile { json } => profile(&data_dir, json),
         Command::Replay {
@@ -331,6 +355,7 @@ struct ServeOptions {
     allow_non_loopback: bool,
     hosts: Vec<String>,
     probe_interval: std::time::Duration,
+    retention: kora_store::Retention,
     thresholds: Option<PathBuf>,
 }
 
@@ -352,6 +377,7 @@ fn serve(data_dir: &Path, options: ServeOptions) -> Result<()> {
         allow_non_loopback,
         hosts,
         probe_interval,
+        retention,
         thresholds,
     } = options;
     if probe_interval < std::time::Duration::from_millis(100) {
@@ -413,6 +439,7 @@ fn serve(data_dir: &Path, options: ServeOptions) -> Result<()> {
             state.clone(),
             Probe::new(),
             probe_interval,
+            retention,
         ));
         let endpoint = data_dir.join(ENDPOINT_FILE);
         std::fs::write(

@@ -315,7 +315,10 @@ impl Engine {
     /// time change nothing.
     pub fn step(&mut self, entry: &LogEntry) -> Vec<Record> {
         let mut out = Vec::new();
-        if Engine::is_derived_by_engine(&entry.record) {
+        // A checkpoint is the service's copy of this very state: never an input.
+        if Engine::is_derived_by_engine(&entry.record)
+            || matches!(entry.record, Record::Checkpoint(_))
+        {
             return out;
         }
         if self.state.last_seq.is_some_and(|last| entry.seq <= last) {

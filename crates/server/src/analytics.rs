@@ -25,6 +25,21 @@ use crate::error::AppError;
 /// How many log entries the follower reads at a time.
 const PAGE: usize = 1_000;
 
+/// How many log entries the follower folds between two checkpoints of its state.
+pub const CHECKPOINT_EVERY: u64 = 20_000;
+
+/// What a checkpoint record holds (MessagePack with field names, in
+/// [`kora_model::CheckpointRecord::state`]): the follower's state after folding the log up to
+/// `up_to_seq`. A restart resumes from the newest checkpoint of the thresholds in force
+/// instead of folding the whole log; replay still folds the whole log and ignores them.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct FollowerState {
+    engine: kora_policy::EngineState,
+    catalog: ModelCatalog,
+    recorded_profile: Option<LocalCapabilityProfile>,
+    cpu_load_p95: Option<f64>,
+}
+
 /// Derived state, rebuilt from the log at start.
 #[derive(Debug)]
 pub struct Analytics {
@@ -45,6 +60,8 @@ struct Inner {
     cpu_load_p95: Option<f64>,
     /// The last log seq folded into the engine.
     folded: u64,
+    /// The `up_to_seq` of the newest checkpoint in the log.
+    checkpointed: u64,
 }
 
 impl Analytics {
@@ -55,19 +72,44 @@ impl Analytics {
         thresholds: Thresholds,
         tiers: CloudTiers,
     ) -> Result<Analytics, ReadError> {
+        Analytics::rebuild_from(store, thresholds, tiers, true)
+    }
+
+    /// [`Analytics::rebuild`], resuming from the newest usable checkpoint when `checkpoints`.
+    fn rebuild_from(
+        store: &Store,
+        thresholds: Thresholds,
+        tiers: CloudTiers,
+        checkpoints: bool,
+    ) -> Result<Analytics, ReadError> {
         let cursor = store.engine_cursor()?;
         let window_ms = thresholds.window_ms();
         let grace_ms = thresholds.grace_ms();
+        let resume = if checkpoints {
+            latest_checkpoint(store, &thresholds, cursor)?
+        } else {
+            None
+        };
         let mut inner = Inner {
-            engine: Engine::new(thresholds, tiers),
+            engine: Engine::new(thresholds.clone(), tiers.clone()),
             windows: TimeWindows::new(window_ms, grace_ms),
             catalog: ModelCatalog::new(),
             hardware: None,
             recorded_profile: None,
             cpu_load_p95: None,
             folded: 0,
+            checkpointed: 0,
         };
         let mut from = 0;
+        if let Some((up_to, state)) = resume {
+            inner.engine = Engine::with_state(thresholds, tiers, state.engine);
+            inner.catalog = state.catalog;
+            inner.recorded_profile = state.recorded_profile;
+            inner.cpu_load_p95 = state.cpu_load_p95;
+            inner.folded = up_to;
+            inner.checkpointed = up_to;
+            from = up_to + 1;
+        }
         // Fold the inputs whose outputs are already recorded.
         'fold: loop {
             let page = store.scan(from, PAGE)?;
@@ -177,6 +219,7 @@ impl Analytics {
                 return Ok(());
             };
             let mut outputs = Vec::new();
+            let mut checkpoint = None;
             {
                 let mut inner = self.lock();
                 for entry in &page {
@@ -184,6 +227,15 @@ impl Analytics {
                 }
                 if let Some(profile) = inner.profile_if_models_changed() {
                     outputs.push(Record::Profile(profile));
+                }
+                if inner.folded - inner.checkpointed >= CHECKPOINT_EVERY {
+                    match inner.checkpoint(crate::now_ms()) {
+                        Ok(c) => {
+                            checkpoint = Some(inner.folded);
+                            outputs.push(c);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "no checkpoint of the engine state"),
+                    }
                 }
             }
             if !outputs.is_empty() {
@@ -196,12 +248,70 @@ impl Analytics {
                     },
                 )
                 .await?;
+                if let Some(up_to) = checkpoint {
+                    let mut inner = self.lock();
+                    inner.checkpointed = inner.checkpointed.max(up_to);
+                }
             }
         }
     }
 }
 
+/// The newest checkpoint of the thresholds in force at or below the engine cursor, decoded;
+/// `None` when there is none (or it cannot be used: the whole log is folded then).
+fn latest_checkpoint(
+    store: &Store,
+    thresholds: &Thresholds,
+    cursor: u64,
+) -> Result<Option<(u64, FollowerState)>, ReadError> {
+    let mut before = None;
+    // A few pages back at most: checkpoints of other thresholds are skipped.
+    for _ in 0..4 {
+        let page = store.recent(before, Some(RecordKind::Checkpoint), 16)?;
+        let Some(last) = page.last() else {
+            return Ok(None);
+        };
+        before = Some(last.seq);
+        for e in &page {
+            let Record::Checkpoint(c) = &e.record else {
+                continue;
+            };
+            if c.up_to_seq > cursor || c.thresholds_version != thresholds.version() {
+                continue;
+            }
+            match rmp_serde::from_slice::<FollowerState>(&c.state) {
+                Ok(state) if state.engine.thresholds_version() == thresholds.version() => {
+                    return Ok(Some((c.up_to_seq, state)));
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(
+                    seq = e.seq,
+                    error = %err,
+                    "a checkpoint does not decode; looking further back"
+                ),
+            }
+        }
+    }
+    Ok(None)
+}
+
 impl Inner {
+    /// A checkpoint record of the state after folding up to `self.folded`.
+    fn checkpoint(&self, now_ms: i64) -> Result<Record, rmp_serde::encode::Error> {
+        let state = FollowerState {
+            engine: self.engine.state().clone(),
+            catalog: self.catalog.clone(),
+            recorded_profile: self.recorded_profile.clone(),
+            cpu_load_p95: self.cpu_load_p95,
+        };
+        Ok(Record::Checkpoint(kora_model::CheckpointRecord {
+            ts_ms: now_ms,
+            up_to_seq: self.folded,
+            thresholds_version: self.engine.thresholds().version().to_owned(),
+            state: rmp_serde::to_vec_named(&state)?,
+        }))
+    }
+
     /// Folds one entry; returns the engine's outputs for it.
     fn fold(&mut self, entry: &LogEntry) -> Vec<Record> {
         self.folded = self.folded.max(entry.seq);
@@ -338,7 +448,14 @@ pub async fn follow(state: AppState) {
 /// of `interval` since the epoch), and every snapshot is stamped with its tick: the time
 /// rounded to the interval. Stamps a few milliseconds late on every tick would cost the series
 /// store about twice the bytes a sample (pco encodes a constant step in almost nothing).
-pub async fn sample(state: AppState, probe: Probe, interval: std::time::Duration) {
+///
+/// Once an hour (and at the first tick) it also applies `retention` to the stored samples.
+pub async fn sample(
+    state: AppState,
+    probe: Probe,
+    interval: std::time::Duration,
+    retention: kora_store::Retention,
+) {
     let probe = Arc::new(Mutex::new(probe));
     let period_ms = i64::try_from(interval.as_millis())
         .unwrap_or(i64::MAX)
@@ -351,9 +468,14 @@ pub async fn sample(state: AppState, probe: Probe, interval: std::time::Duration
     );
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
+    let mut compacted_at: Option<tokio::time::Instant> = None;
     loop {
         if !std::mem::take(&mut first) {
             ticker.tick().await;
+        }
+        if compacted_at.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(3600)) {
+            compacted_at = Some(tokio::time::Instant::now());
+            compact(&state, retention).await;
         }
         let now = tick_of(crate::now_ms(), period_ms);
         let p = probe.clone();
@@ -376,6 +498,35 @@ pub async fn sample(state: AppState, probe: Probe, interval: std::time::Duration
             }
             Err(e) => tracing::warn!(error = ?e, "could not record a hardware snapshot"),
         }
+    }
+}
+
+/// Applies the sample retention, a bounded step at a time so writers never wait long.
+async fn compact(state: &AppState, retention: kora_store::Retention) {
+    let store = state.store.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let mut total = kora_store::Compacted::default();
+        loop {
+            let c = store.compact(crate::now_ms(), &retention)?;
+            total.chunks_rolled_up += c.chunks_rolled_up;
+            total.samples_rolled_up += c.samples_rolled_up;
+            total.rollups_dropped += c.rollups_dropped;
+            if !c.more {
+                return Ok::<_, kora_store::WriteError>(total);
+            }
+        }
+    })
+    .await;
+    match done {
+        Ok(Ok(c)) if c != kora_store::Compacted::default() => tracing::info!(
+            chunks = c.chunks_rolled_up,
+            samples = c.samples_rolled_up,
+            rollups_dropped = c.rollups_dropped,
+            "old samples rolled up"
+        ),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "sample retention failed; retrying in an hour"),
+        Err(e) => tracing::error!(error = %e, "sample retention panicked"),
     }
 }
 
@@ -409,7 +560,142 @@ pub async fn ingest_snapshot(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
+    use super::*;
+    use kora_model::{Run, Substrate};
+
+    fn run(i: u64, model: &str, latency: f64) -> Record {
+        Record::Run(Run {
+            id: None,
+            ts_ms: Some(1_800_000_000_000 + i as i64 * 1000),
+            run_id: format!("r{i}"),
+            session_id: format!("s{}", i / 10),
+            model_id: model.into(),
+            substrate: Substrate::Local,
+            prompt_hash: kora_model::prompt_hash("hello"),
+            context_tokens: 4096,
+            tokens_in: Some(100),
+            tokens_out: Some(50),
+            total_tokens: Some(150),
+            model_latency_ms: latency,
+            total_latency_ms: latency + 20.0,
+            deterministic_stage_ms: 20.0,
+            model_stage_ms: latency,
+            validation_retry_count: u32::from(i % 7 == 0),
+            budget_breach_count: 0,
+            queue_wait_ms: None,
+            prompt_tokens_sent: None,
+            stages: None,
+        })
+    }
+
+    /// Folds what the follower has not folded and appends its outputs (with a checkpoint when
+    /// asked), as `catch_up` does.
+    fn follow(store: &Store, inner: &mut Inner, checkpoint: bool) {
+        let mut outputs = Vec::new();
+        let mut last = inner.folded;
+        for entry in store.scan(inner.folded + 1, usize::MAX).unwrap() {
+            last = entry.seq;
+            outputs.extend(inner.fold(&entry));
+        }
+        if checkpoint {
+            outputs.push(inner.checkpoint(1_900_000_000_000).unwrap());
+            inner.checkpointed = inner.folded;
+        }
+        store
+            .append(
+                1_900_000_000_000,
+                Batch::Derived {
+                    records: outputs,
+                    cursor: last,
+                },
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn a_restart_from_a_checkpoint_has_the_state_of_a_full_fold() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.redb"), Default::default()).unwrap();
+        let rebuild = |checkpoints| {
+            Analytics::rebuild_from(
+                &store,
+                Thresholds::embedded(),
+                CloudTiers::embedded(),
+                checkpoints,
+            )
+            .unwrap()
+            .inner
+            .into_inner()
+            .unwrap()
+        };
+        let add = |from: u64, to: u64| {
+            let runs = (from..to)
+                .map(|i| {
+                    // One model slows down now and then, so the engine fires and suggests.
+                    let slow = (i / 200) % 3 == 1;
+                    let model = ["llama-8b", "qwen-7b"][(i % 2) as usize];
+                    run(
+                        i,
+                        model,
+                        if slow && model == "llama-8b" {
+                            9_000.0
+                        } else {
+                            800.0
+                        },
+                    )
+                })
+                .collect();
+            store
+                .append(1_900_000_000_000, Batch::Records(runs))
+                .unwrap();
+        };
+        add(0, 1_500);
+        let mut inner = rebuild(false);
+        follow(&store, &mut inner, true);
+        let up_to = inner.folded;
+        add(1_500, 2_500);
+        follow(&store, &mut inner, false);
+        assert!(
+            store
+                .scan(0, usize::MAX)
+                .unwrap()
+                .iter()
+                .any(|e| matches!(e.record, Record::Firing(_))),
+            "the log should hold decisions for the comparison to mean something"
+        );
+
+        let full = rebuild(false);
+        let resumed = rebuild(true);
+        assert_eq!(
+            resumed.checkpointed, up_to,
+            "the restart resumed from the checkpoint"
+        );
+        assert_eq!(full.checkpointed, 0);
+        assert_eq!(resumed.folded, full.folded);
+        assert_eq!(resumed.engine.state(), full.engine.state());
+        assert_eq!(resumed.engine.state(), inner.engine.state());
+        assert_eq!(resumed.catalog, full.catalog);
+        assert_eq!(resumed.recorded_profile, full.recorded_profile);
+        assert_eq!(resumed.cpu_load_p95, full.cpu_load_p95);
+
+        // Other thresholds: the checkpoint is not theirs, so the whole log is folded.
+        let mut file = Thresholds::embedded().file().clone();
+        file.version = "1.1.0".into();
+        let other = Analytics::rebuild_from(
+            &store,
+            Thresholds::from_file(file).unwrap(),
+            CloudTiers::embedded(),
+            true,
+        )
+        .unwrap()
+        .inner
+        .into_inner()
+        .unwrap();
+        assert_eq!(other.checkpointed, 0);
+    }
+
     #[test]
     fn snapshots_are_stamped_with_their_tick() {
         assert_eq!(super::tick_of(1_700_000_004_998, 5000), 1_700_000_005_000);

@@ -400,6 +400,18 @@ pub async fn series(
             e.2 += v;
             e.3 += 1;
         })?;
+        // Older than the raw retention, the samples survive as rollups (count, min, max, sum
+        // per bucket); raw samples and rollups never cover the same time.
+        for r in store.rollups(&key, from, to)? {
+            let b = from + (((r.start_ms - from) as f64 / width).floor() * width) as i64;
+            let e = buckets
+                .entry(b)
+                .or_insert((f64::INFINITY, f64::NEG_INFINITY, 0.0, 0));
+            e.0 = e.0.min(r.min);
+            e.1 = e.1.max(r.max);
+            e.2 += r.sum;
+            e.3 += r.count;
+        }
         Ok::<_, kora_store::ReadError>((buckets, unavailable))
     })
     .await

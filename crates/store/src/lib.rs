@@ -21,6 +21,7 @@
 
 pub mod chunk;
 mod error;
+mod retention;
 mod runs;
 pub mod tables;
 
@@ -41,6 +42,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 pub use error::{OpenError, ReadError, WriteError};
+pub use retention::{Compacted, Retention, Rollup};
 pub use runs::RunRow;
 use tables::*;
 
@@ -217,6 +219,7 @@ impl Store {
                 wtx.open_table(HEAD).map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(CHUNKS).map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(RUNS).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(ROLLUPS).map_err(|e| redb_err(e.into()))?;
             }
             wtx.commit().map_err(|e| redb_err(e.into()))?;
             1
@@ -440,6 +443,57 @@ impl Store {
         for item in idx.range((from_ms, 0)..(to_ms, 0))?.take(limit) {
             let (k, _) = item?;
             out.push(get_entry(&log, k.value().1)?);
+        }
+        Ok(out)
+    }
+
+    /// Applies `retention` at `now_ms`: rolls up (count, min, max, sum per bucket) and drops
+    /// sealed chunks older than the raw retention, at most 256 chunks a call (`more` says
+    /// whether to call again), and drops expired rollups. One durable transaction; the log is
+    /// never touched.
+    pub fn compact(&self, now_ms: i64, retention: &Retention) -> Result<Compacted, WriteError> {
+        let db = self
+            .db
+            .read()
+            .map_err(|_| WriteError::Storage("the database lock is poisoned".into()))?
+            .clone()
+            .ok_or_else(|| WriteError::Storage("the store is being reopened".into()))?;
+        let mut wtx = db.begin_write().map_err(error::write_error)?;
+        wtx.set_quick_repair(true);
+        let done = retention::compact(&wtx, now_ms, retention, 256)?;
+        if done == Compacted::default() {
+            wtx.abort().map_err(error::write_error)?;
+        } else {
+            wtx.commit().map_err(error::write_error)?;
+        }
+        Ok(done)
+    }
+
+    /// The rollups of one series with `from_ms <= start_ms < to_ms`, oldest first.
+    pub fn rollups(
+        &self,
+        series_key: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<Rollup>, ReadError> {
+        let rtx = self.read()?;
+        let Some(sid) = rtx.open_table(SERIES)?.get(series_key)?.map(|v| v.value()) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        if from_ms >= to_ms {
+            return Ok(out);
+        }
+        for row in rtx
+            .open_table(ROLLUPS)?
+            .range((sid, from_ms)..(sid, to_ms))?
+        {
+            let (k, v) = row?;
+            let start = k.value().1;
+            out.push(
+                Rollup::decode(start, v.value())
+                    .map_err(|e| codec_read_error("rollups", format!("{series_key}@{start}"), e))?,
+            );
         }
         Ok(out)
     }
@@ -1354,6 +1408,7 @@ fn migrate_v1(db: &Database, path: &Path) -> Result<(), OpenError> {
             .open_table(LOG_BY_KIND)
             .map_err(|e| fail(e.to_string()))?;
         let mut runs_t = wtx.open_table(RUNS).map_err(|e| fail(e.to_string()))?;
+        wtx.open_table(ROLLUPS).map_err(|e| fail(e.to_string()))?;
         let c = RecordKind::Run.code();
         for row in by_kind
             .range((c, 0)..=(c, u64::MAX))

@@ -17,6 +17,9 @@
 //!   [`crate::chunk::CHUNK_SAMPLES`] samples of one series, compressed column by column with pco
 //!   (encoding in [`crate::chunk`]). Keyed by their newest time, so a query from `from_ms` starts
 //!   at the first chunk that can hold a sample at or after it.
+//! - `rollups`: `(series number, bucket start ts_ms) -> bytes`: what [`crate::Store::compact`]
+//!   keeps of samples older than the raw retention: a CRC-32, then count (u64), min, max and
+//!   sum (f64) of the bucket's values, little-endian.
 //! - `runs`: `(model_id, seq) -> bytes`: the numbers of each logged run, fixed-width (encoding in
 //!   [`crate::runs`]), so the last N runs of one model are N small rows.
 //!
@@ -34,6 +37,7 @@ pub const IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("ids");
 pub const SERIES: TableDefinition<&str, u32> = TableDefinition::new("series");
 pub const HEAD: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("head");
 pub const CHUNKS: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("chunks");
+pub const ROLLUPS: TableDefinition<(u32, i64), &[u8]> = TableDefinition::new("rollups");
 pub const RUNS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("runs");
 /// Format version 1's samples, read once to convert them.
 pub const SAMPLES_V1: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("samples");

@@ -383,3 +383,70 @@ fn a_format_1_store_is_converted_with_every_sample() {
         "the format 1 table was dropped"
     );
 }
+
+#[test]
+fn compaction_rolls_old_chunks_up_keeps_recent_samples_and_drops_expired_rollups() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("r.redb"), StoreOptions::default()).unwrap();
+    const HOUR: i64 = 3_600_000;
+    // Ten hours of one sample a second, ending at NOW.
+    let start = NOW - 10 * HOUR;
+    let samples: Vec<Sample> = (0..36_000)
+        .map(|i| plain(Signal::RamFreeMb, start + i * 1000, (i % 3600) as f64))
+        .collect();
+    for b in samples.chunks(10_000) {
+        store.append(NOW, Batch::Samples(b.to_vec())).unwrap();
+    }
+    let retention = Retention {
+        raw_ms: 4 * HOUR,
+        rollup_step_ms: HOUR,
+        rollup_ms: 8 * HOUR,
+    };
+    let mut total = Compacted::default();
+    loop {
+        let c = store.compact(NOW, &retention).unwrap();
+        total.chunks_rolled_up += c.chunks_rolled_up;
+        total.samples_rolled_up += c.samples_rolled_up;
+        if !c.more {
+            break;
+        }
+    }
+    // Chunks wholly older than NOW - 4 h went; everything newer is still raw.
+    let cut = NOW - 4 * HOUR;
+    let raw = store
+        .points("ram_free_mb", i64::MIN, i64::MAX, usize::MAX)
+        .unwrap();
+    assert!(
+        raw.iter().all(|(ts, _)| *ts >= cut - 1024 * 1000),
+        "an old sample stayed raw"
+    );
+    assert!(
+        raw.iter().any(|(ts, _)| *ts < cut),
+        "the chunk straddling the cut stays whole"
+    );
+    assert_eq!(raw.len() as u64 + total.samples_rolled_up, 36_000);
+    assert_eq!(store.stats().unwrap().samples, raw.len() as u64);
+    // Hourly rollups of what went, none older than the rollup retention (NOW - 8 h).
+    let rollups = store.rollups("ram_free_mb", i64::MIN, i64::MAX).unwrap();
+    let rolled: u64 = rollups.iter().map(|r| r.count).sum();
+    assert!(rollups.iter().all(|r| r.start_ms + HOUR > NOW - 8 * HOUR));
+    assert!(rollups.iter().all(|r| r.start_ms % HOUR == 0));
+    // The hours kept are complete (3,600 samples each, values 0..3600, or the tail of one).
+    let full = rollups
+        .iter()
+        .filter(|r| r.count == 3600)
+        .collect::<Vec<_>>();
+    assert!(!full.is_empty());
+    for r in full {
+        assert_eq!(
+            (r.min, r.max, r.sum),
+            (0.0, 3599.0, (0..3600).sum::<i64>() as f64)
+        );
+    }
+    assert!(rolled <= total.samples_rolled_up);
+    // A second pass finds nothing to do and changes nothing.
+    assert_eq!(
+        store.compact(NOW, &retention).unwrap(),
+        Compacted::default()
+    );
+}
