@@ -27,6 +27,19 @@ fn healthy_store() -> (tempfile::TempDir, Vec<u8>) {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
+    // And enough samples of two series to seal chunks and leave heads.
+    let now = kora_server::now_ms();
+    let samples: Vec<serde_json::Value> = (0..3000)
+        .map(|i| {
+            let signal = if i % 2 == 0 { "ram_free_mb" } else { "cpu_load_pct" };
+            serde_json::json!({"signal": signal, "ts_ms": now - 3_000_000 + i * 1000, "value": i % 97})
+        })
+        .collect();
+    let r = http
+        .post(server.url("/v1/samples"))
+        .send_json(serde_json::json!({ "samples": samples }))
+        .unwrap();
+    assert_eq!(r.status(), 200);
     server.stop();
     let bytes = std::fs::read(dir.path().join("kora-telemetry.redb")).unwrap();
     (dir, bytes)
@@ -61,6 +74,39 @@ fn damaged_files_are_refused_at_start_and_left_untouched() {
         *b ^= 0x5a;
     }
     variants.push(("damaged page size", page_size));
+    // Random bit flips anywhere in the file: 20 files, 50 flips each. redb checks page
+    // checksums on no ordinary read; the store checks them all at start, on a copy-on-write
+    // view of the file.
+    const FLIP_NAMES: [&str; 20] = [
+        "bit flips 1",
+        "bit flips 2",
+        "bit flips 3",
+        "bit flips 4",
+        "bit flips 5",
+        "bit flips 6",
+        "bit flips 7",
+        "bit flips 8",
+        "bit flips 9",
+        "bit flips 10",
+        "bit flips 11",
+        "bit flips 12",
+        "bit flips 13",
+        "bit flips 14",
+        "bit flips 15",
+        "bit flips 16",
+        "bit flips 17",
+        "bit flips 18",
+        "bit flips 19",
+        "bit flips 20",
+    ];
+    for name in FLIP_NAMES {
+        let mut flipped = base.clone();
+        for _ in 0..50 {
+            let at = (next() % flipped.len() as u64) as usize;
+            flipped[at] ^= 1 << (next() % 8);
+        }
+        variants.push((name, flipped));
+    }
     let mut refused = 0;
     for (name, bytes) in &variants {
         let dir = tempfile::tempdir().unwrap();

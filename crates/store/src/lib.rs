@@ -24,6 +24,7 @@ mod error;
 mod retention;
 mod runs;
 pub mod tables;
+mod verify;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -177,6 +178,9 @@ impl Store {
                 Err(redb::DatabaseError::RepairAborted) => {}
                 Err(e) => return Err(open_err(e)),
             }
+            // Every page checksum, checked against a copy-on-write view: redb checks them on
+            // no ordinary read, and its own check repairs (writes) what it finds.
+            verify::verify(path)?;
         }
         let db = guarded(path, || {
             if existed {

@@ -1,0 +1,169 @@
+//! The start-time integrity check: every page checksum of the committed trees, verified
+//! without changing a byte of the file.
+//!
+//! redb verifies page checksums only in its integrity check, and that check repairs (and so
+//! writes) what it finds. Here it runs against [`Overlay`], a view of the file whose writes
+//! land in memory: a file that verifies is opened for real; one that does not, or that the
+//! check would have had to repair, is refused as it is.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+use redb::{Database, StorageBackend};
+
+use crate::OpenError;
+
+const PAGE: u64 = 4096;
+
+/// A read-only file with a copy-on-write layer of pages in memory.
+#[derive(Debug)]
+struct Overlay {
+    file: File,
+    state: Mutex<OverlayState>,
+}
+
+#[derive(Debug)]
+struct OverlayState {
+    /// The storage length redb sees.
+    len: u64,
+    /// How much of the file is still visible (a shrink hides the rest for good).
+    file_len: u64,
+    /// Pages written through the overlay, by page index.
+    pages: HashMap<u64, Vec<u8>>,
+}
+
+fn poisoned() -> std::io::Error {
+    std::io::Error::other("the overlay lock is poisoned")
+}
+
+impl OverlayState {
+    /// Copies page `index`, as redb currently sees it, into `buf` (`PAGE` bytes).
+    fn page(&self, file: &File, index: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        if let Some(p) = self.pages.get(&index) {
+            buf.copy_from_slice(p);
+            return Ok(());
+        }
+        buf.fill(0);
+        let start = index * PAGE;
+        if start < self.file_len {
+            let n = (self.file_len - start).min(PAGE) as usize;
+            file.read_exact_at(&mut buf[..n], start)?;
+        }
+        Ok(())
+    }
+}
+
+impl StorageBackend for Overlay {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        Ok(self.state.lock().map_err(|_| poisoned())?.len)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        let s = self.state.lock().map_err(|_| poisoned())?;
+        let end = offset
+            .checked_add(out.len() as u64)
+            .filter(|end| *end <= s.len)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        let mut page = vec![0u8; PAGE as usize];
+        let mut at = offset;
+        while at < end {
+            let index = at / PAGE;
+            s.page(&self.file, index, &mut page)?;
+            let from = (at - index * PAGE) as usize;
+            let n = ((PAGE as usize) - from).min((end - at) as usize);
+            let o = (at - offset) as usize;
+            out[o..o + n].copy_from_slice(&page[from..from + n]);
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        let mut s = self.state.lock().map_err(|_| poisoned())?;
+        if len < s.len {
+            // Bytes past the new end must read as zero if the storage grows again.
+            s.file_len = s.file_len.min(len);
+            let last = len / PAGE;
+            s.pages.retain(|i, _| *i <= last);
+            if let Some(p) = s.pages.get_mut(&last) {
+                p[(len - last * PAGE) as usize..].fill(0);
+            }
+        }
+        s.len = len;
+        Ok(())
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        let mut s = self.state.lock().map_err(|_| poisoned())?;
+        let end = offset + data.len() as u64;
+        let mut at = offset;
+        while at < end {
+            let index = at / PAGE;
+            if !s.pages.contains_key(&index) {
+                let mut page = vec![0u8; PAGE as usize];
+                s.page(&self.file, index, &mut page)?;
+                s.pages.insert(index, page);
+            }
+            let from = (at - index * PAGE) as usize;
+            let n = ((PAGE as usize) - from).min((end - at) as usize);
+            let o = (at - offset) as usize;
+            if let Some(page) = s.pages.get_mut(&index) {
+                page[from..from + n].copy_from_slice(&data[o..o + n]);
+            }
+            at += n as u64;
+        }
+        s.len = s.len.max(end);
+        Ok(())
+    }
+}
+
+/// Verifies every page checksum of `path`'s committed trees. `Ok` when the file verifies as
+/// it is; otherwise the reason it is refused. The file is opened read-only and never written.
+pub(crate) fn verify(path: &Path) -> Result<(), OpenError> {
+    let refuse = |reason: String| OpenError::NotAStore {
+        path: path.to_owned(),
+        reason,
+    };
+    let file = File::open(path).map_err(|source| OpenError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let len = file
+        .metadata()
+        .map_err(|source| OpenError::Io {
+            path: path.to_owned(),
+            source,
+        })?
+        .len();
+    let overlay = Overlay {
+        file,
+        state: Mutex::new(OverlayState {
+            len,
+            file_len: len,
+            pages: HashMap::new(),
+        }),
+    };
+    crate::guarded(path, || -> Result<(), OpenError> {
+        let mut builder = Database::builder();
+        builder.set_cache_size(4 * 1024 * 1024);
+        let mut db = builder
+            .create_with_backend(overlay)
+            .map_err(|e| refuse(format!("the file is damaged ({e})")))?;
+        match db.check_integrity() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(refuse(
+                "a page checksum does not match: the file is damaged (redb could only repair it by \
+                 dropping data, which is not done here)"
+                    .into(),
+            )),
+            Err(e) => Err(refuse(format!("the file is damaged ({e})"))),
+        }
+    })?
+}
