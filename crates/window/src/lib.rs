@@ -39,7 +39,7 @@ mod runs;
 mod time;
 
 pub use metrics::product_metrics;
-pub use quantile::{SCALE, SIGNIFICANT_DIGITS, Summary, quantile, summarize};
+pub use quantile::{Digest, SCALE, SIGNIFICANT_DIGITS, Summary, quantile, summarize};
 pub use runs::{RunBlock, RunPoint, RunWindows};
 pub use time::{PushOutcome, TimeWindows, scope_of_series};
 

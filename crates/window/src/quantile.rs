@@ -109,6 +109,73 @@ fn quantiles_scaled(values: &[f64], qs: &[f64]) -> Option<Vec<u64>> {
     Some(out)
 }
 
+/// The values of a window in bounded memory, answering exactly what [`summarize`] answers for
+/// them: per hdrhistogram bucket, how many values fell in it and the largest (the quantile
+/// is the largest recorded value not above the bucket of the value at the rank, which is the
+/// largest value of that bucket). Memory grows with the distinct buckets met (at 3
+/// significant digits, a few hundred for real readings), never with the number of values.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Digest {
+    /// Bucket (its lowest equivalent value, scaled) -> (count, largest scaled value in it).
+    buckets: std::collections::BTreeMap<u64, (u64, u64)>,
+    count: u64,
+    min: u64,
+    max: u64,
+}
+
+impl Digest {
+    pub fn new() -> Digest {
+        Digest::default()
+    }
+
+    pub fn record(&mut self, value: f64) {
+        let v = scaled(value);
+        // Beyond the bucket arithmetic (never met in practice) every value is its own bucket.
+        let bucket = match shape().filter(|_| v <= BUCKET_MATH_LIMIT) {
+            Some(h) => h.lowest_equivalent(v),
+            None => v,
+        };
+        let e = self.buckets.entry(bucket).or_insert((0, v));
+        e.0 += 1;
+        e.1 = e.1.max(v);
+        self.min = if self.count == 0 { v } else { self.min.min(v) };
+        self.max = self.max.max(v);
+        self.count += 1;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The largest value of the bucket holding the value at hdrhistogram's rank for `q`.
+    fn quantile_scaled(&self, q: f64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let q = q.min(1.0);
+        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
+        let mut seen = 0;
+        for (_, &(n, largest)) in &self.buckets {
+            seen += n;
+            if seen >= rank {
+                return Some(largest);
+            }
+        }
+        Some(self.max)
+    }
+
+    /// Count, min, max, p50 and p95; `None` when nothing was recorded.
+    pub fn summary(&self) -> Option<Summary> {
+        Some(Summary {
+            count: self.count,
+            min: unscaled(self.min),
+            max: unscaled(self.max),
+            p50: unscaled(self.quantile_scaled(0.5)?),
+            p95: unscaled(self.quantile_scaled(0.95)?),
+        })
+    }
+}
+
 /// The `q` quantile (0 < q <= 1) of `values`; `None` when there are none.
 pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
     quantiles_scaled(values, &[q]).and_then(|v| v.first().copied().map(unscaled))
@@ -195,6 +262,22 @@ mod tests {
         ) {
             let vals: Vec<f64> = v.iter().map(|x| *x as f64 / 1000.0).collect();
             prop_assert_eq!(quantile(&vals, q), reference(&vals, q));
+        }
+
+        #[test]
+        fn a_digest_summarizes_exactly_like_the_values(
+            v in proptest::collection::vec(
+                prop_oneof![0u64..20, 0u64..100_000, 0u64..10_000_000_000, Just(0)],
+                1..400,
+            ),
+        ) {
+            let vals: Vec<f64> = v.iter().map(|x| *x as f64 / 1000.0).collect();
+            let mut d = Digest::new();
+            for x in &vals {
+                d.record(*x);
+            }
+            prop_assert_eq!(d.summary(), summarize(&vals));
+            prop_assert!(d.buckets.len() <= vals.len());
         }
 
         #[test]

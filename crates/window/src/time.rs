@@ -6,13 +6,15 @@ use kora_model::WindowRecord;
 use serde::{Deserialize, Serialize};
 
 use crate::WINDOW_KIND_TIME;
-use crate::quantile::summarize;
+use crate::quantile::Digest;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct OpenWindow {
     first_seq: u64,
     last_seq: u64,
-    values: Vec<f64>,
+    /// The window's values in bounded memory (a client sending 100,000 samples a second must
+    /// not make the service hold them all for a minute).
+    values: Digest,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -83,11 +85,11 @@ impl TimeWindows {
             let w = s.open.entry(start).or_insert(OpenWindow {
                 first_seq: seq,
                 last_seq: seq,
-                values: Vec::new(),
+                values: Digest::new(),
             });
             w.first_seq = w.first_seq.min(seq);
             w.last_seq = w.last_seq.max(seq);
-            w.values.push(value);
+            w.values.record(value);
         }
         let closed = self.advance(ts_ms);
         PushOutcome { late, closed }
@@ -107,7 +109,7 @@ impl TimeWindows {
                 }
                 if let Some(w) = s.open.remove(&start) {
                     s.closed_until = Some(s.closed_until.map_or(end, |c| c.max(end)));
-                    if let Some(sum) = summarize(&w.values) {
+                    if let Some(sum) = w.values.summary() {
                         closed.push(WindowRecord {
                             ts_ms: end,
                             window_kind: WINDOW_KIND_TIME.to_owned(),
@@ -137,7 +139,7 @@ impl TimeWindows {
         self.series
             .values()
             .flat_map(|s| s.open.values())
-            .map(|w| w.values.len())
+            .map(|w| w.values.count() as usize)
             .sum()
     }
 }
