@@ -155,7 +155,7 @@ impl Digest {
         let q = q.min(1.0);
         let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
         let mut seen = 0;
-        for (_, &(n, largest)) in &self.buckets {
+        for &(n, largest) in self.buckets.values() {
             seen += n;
             if seen >= rank {
                 return Some(largest);
