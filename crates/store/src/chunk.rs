@@ -208,7 +208,9 @@ pub fn encode_chunk(items: &[Item]) -> Result<Vec<u8>, CodecError> {
             )
         })
         .collect();
-    let config = ChunkConfig::default();
+    // Level 4 of pco's 0 to 12: measured on a day of probe data in chunks of 1,024, 0.937
+    // bytes a sample against 0.933 at the default level 8, compressed about twice as fast.
+    let config = ChunkConfig::default().with_compression_level(4);
     let pco = |e: pco::errors::PcoError| CodecError::Decode(e.to_string());
     let ts = simple_compress(&ts, &config).map_err(pco)?;
     let values = simple_compress(&values, &config).map_err(pco)?;
