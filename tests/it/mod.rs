@@ -1,3 +1,4 @@
+mod admission;
 mod browser;
 pub mod common;
 mod corruption;

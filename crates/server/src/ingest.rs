@@ -251,3 +251,22 @@ pub async fn post_events(
     let records = batch.events.into_iter().map(Record::from).collect();
     Ok(ack(append(&state, "events", Batch::Records(records)).await?))
 }
+
+/// Admits a request to an ingest endpoint, or answers `503` at once (before its body is read)
+/// when [`crate::MAX_INGEST_IN_FLIGHT`] are already in flight.
+pub async fn admit(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, AppError> {
+    let Ok(_permit) = state.ingest_permits.clone().try_acquire_owned() else {
+        return Err(AppError::Unavailable {
+            message: format!(
+                "{} ingest requests are already in flight; retry shortly",
+                crate::MAX_INGEST_IN_FLIGHT
+            ),
+            retry_after_s: 1,
+        });
+    };
+    Ok(next.run(request).await)
+}

@@ -95,7 +95,15 @@ pub struct AppState {
     /// Set when the service listens beyond loopback: every route then needs the token.
     pub token_everywhere: bool,
     pub(crate) appended: Arc<tokio::sync::Notify>,
+    /// Admission to the ingest endpoints: at most [`MAX_INGEST_IN_FLIGHT`] requests at once.
+    pub(crate) ingest_permits: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many ingest requests may be in flight (their bodies read, decoded or waiting for the
+/// group commit) before more are answered `503` at once: it bounds the memory held for bodies
+/// (at most this many times the body limit) and the wait of an admitted request. 16 batches
+/// already keep the writer's group commit full.
+pub const MAX_INGEST_IN_FLIGHT: usize = 16;
 
 impl AppState {
     /// State over `store` with the embedded thresholds and cloud tier table; rebuilds the
@@ -125,6 +133,7 @@ impl AppState {
             started: Instant::now(),
             token_everywhere: false,
             appended: Arc::default(),
+            ingest_permits: Arc::new(tokio::sync::Semaphore::new(MAX_INGEST_IN_FLIGHT)),
         })
     }
 
@@ -136,6 +145,7 @@ impl AppState {
 
 /// The whole application.
 pub fn router(state: AppState) -> Router {
+    let admit = axum::middleware::from_fn_with_state(state.clone(), ingest::admit);
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/log", get(log))
@@ -164,9 +174,12 @@ pub fn router(state: AppState) -> Router {
             ))),
         )
         .route("/metrics", get(privacy::prometheus))
-        .route("/v1/samples", post(ingest::post_samples))
-        .route("/v1/runs", post(ingest::post_runs))
-        .route("/v1/events", post(ingest::post_events))
+        .route(
+            "/v1/samples",
+            post(ingest::post_samples).layer(admit.clone()),
+        )
+        .route("/v1/runs", post(ingest::post_runs).layer(admit.clone()))
+        .route("/v1/events", post(ingest::post_events).layer(admit))
         .merge(dashboard::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
