@@ -508,8 +508,11 @@ async fn foreign_hosts_and_origins_are_refused_before_routing() {
             .header("host", host)
             .body(Body::empty())
             .unwrap();
-        let (s, v, _) = app.send(req).await;
+        let (s, v, headers) = app.send(req).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{host}: {v}");
+        // A refusal carries the security headers like any other response.
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{host}");
+        assert_eq!(headers["referrer-policy"], "no-referrer", "{host}");
     }
     let req = Request::get("/v1/health").body(Body::empty()).unwrap();
     assert_eq!(app.send(req).await.0, StatusCode::FORBIDDEN, "missing Host");
