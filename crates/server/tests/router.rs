@@ -1444,3 +1444,28 @@ async fn beyond_loopback_every_route_needs_the_token() {
         .unwrap();
     assert_eq!(router.oneshot(req).await.unwrap().status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_wrong_method_is_a_json_405_with_allow() {
+    let app = app();
+    let req = Request::delete("/v1/health")
+        .header("host", HOST)
+        .body(Body::empty())
+        .unwrap();
+    let (s, v, headers) = app.send(req).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{v}");
+    assert_eq!(v["error"], "method_not_allowed", "{v}");
+    assert_eq!(headers["allow"], "GET,HEAD");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let req = Request::get("/v1/samples")
+        .header("host", HOST)
+        .body(Body::empty())
+        .unwrap();
+    let (s, v, headers) = app.send(req).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{v}");
+    assert_eq!(headers["allow"], "POST");
+    // An unknown path stays a 404.
+    let (s, v) = app.get("/v1/nothing").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(v["error"], "not_found");
+}
