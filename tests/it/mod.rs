@@ -5,4 +5,5 @@ mod crash;
 mod diskfull;
 mod e2e;
 mod engine;
+mod openapi;
 mod schema;

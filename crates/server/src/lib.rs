@@ -10,6 +10,8 @@ pub mod analytics;
 pub mod dashboard;
 pub mod error;
 pub mod ingest;
+#[cfg(feature = "schema")]
+pub mod openapi;
 pub mod privacy;
 pub mod security;
 pub mod token;
