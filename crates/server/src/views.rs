@@ -512,8 +512,9 @@ pub async fn series(
             .map_err(|e| AppError::Internal(e.to_string()))??;
         return Ok(Json(SeriesView::List(SeriesList { series })));
     };
-    let to = q.to_ms.unwrap_or_else(|| crate::now_ms() + 1);
-    let from = q.from_ms.unwrap_or(to - 3600 * 1000);
+    // Any i64 may arrive: the arithmetic saturates, and a span that does not fit is refused.
+    let to = q.to_ms.unwrap_or_else(|| crate::now_ms().saturating_add(1));
+    let from = q.from_ms.unwrap_or(to.saturating_sub(3600 * 1000));
     let points = q.points.unwrap_or(200);
     if !(1..=2000).contains(&points) {
         return Err(AppError::Invalid {
@@ -522,7 +523,11 @@ pub async fn series(
             field: Some("points".into()),
         });
     }
-    if from >= to || to - from > 31 * 24 * 3600 * 1000 {
+    if from >= to
+        || to
+            .checked_sub(from)
+            .is_none_or(|span| span > 31 * 24 * 3600 * 1000)
+    {
         return Err(AppError::Invalid {
             code: "invalid_query",
             message: "from_ms must be before to_ms, at most 31 days apart".into(),
