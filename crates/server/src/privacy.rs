@@ -417,7 +417,7 @@ pub struct Exported {
 #[serde(untagged)]
 pub enum ExportOutcome {
     Exported(Exported),
-    DryRun(ExportDryRun),
+    DryRun(Box<ExportDryRun>),
 }
 
 /// `POST /v1/export` (token): refused unless export was turned on.
@@ -473,7 +473,7 @@ pub async fn export(
             }
             let payload = otlp_payload(&bundle);
             if dry_run {
-                return Ok(Json(ExportOutcome::DryRun(ExportDryRun {
+                return Ok(Json(ExportOutcome::DryRun(Box::new(ExportDryRun {
                     dry_run: true,
                     sent: false,
                     would_send: WouldSend {
@@ -483,7 +483,7 @@ pub async fn export(
                         metrics: otlp_summary(&bundle),
                     },
                     bundle,
-                })));
+                }))));
             }
             let url = endpoint.clone();
             let status = tokio::task::spawn_blocking(move || {
