@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod openapi;
 pub mod privacy;
 pub mod security;
+pub mod strict;
 pub mod token;
 pub mod views;
 

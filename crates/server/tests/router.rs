@@ -1494,3 +1494,62 @@ async fn series_ranges_at_the_i64_extremes_are_refused() {
         assert_eq!(s, StatusCode::OK, "{query}: {v}");
     }
 }
+
+/// MessagePack is decoded as strictly as the same document in JSON (found by schemathesis:
+/// `{"to": 0, "path": ...}` exported to a file). Each body below was accepted before.
+#[tokio::test]
+async fn messagepack_compact_forms_and_trailing_bytes_are_refused() {
+    let app = app();
+    let mut run = run_json("r-compact");
+    run["substrate"] = json!(1);
+    let concatenated = {
+        let one = json!({"samples": [{"signal": "ram_free_mb", "value": 1.0}]});
+        let mut b = rmp_serde::to_vec_named(&one).unwrap();
+        b.extend(rmp_serde::to_vec_named(&one).unwrap());
+        b
+    };
+    let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
+        (
+            "a variant by index",
+            "/v1/runs",
+            rmp_serde::to_vec_named(&json!({ "runs": [run] })).unwrap(),
+            "runs[0].substrate",
+        ),
+        (
+            "a signal by index",
+            "/v1/samples",
+            rmp_serde::to_vec_named(&json!({"samples": [{"signal": 0, "value": 1.0}]})).unwrap(),
+            "samples[0].signal",
+        ),
+        (
+            "an event kind by index",
+            "/v1/events",
+            rmp_serde::to_vec_named(&json!({"events": [{"kind": 3, "session_id": "s"}]})).unwrap(),
+            "events[0].kind",
+        ),
+        (
+            "a sample as a positional array",
+            "/v1/samples",
+            rmp_serde::to_vec_named(&json!({"samples": [[null, null, "ram_free_mb", 1.0]]}))
+                .unwrap(),
+            "samples[0]",
+        ),
+        ("two batches in one body", "/v1/samples", concatenated, ""),
+    ];
+    for (what, path, body, field) in cases {
+        let req = Request::post(path)
+            .header("host", HOST)
+            .header("content-type", "application/msgpack")
+            .body(Body::from(body))
+            .unwrap();
+        let (s, v, _) = app.send(req).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{what}: {v}");
+        assert_eq!(v["error"], "invalid_body", "{what}: {v}");
+        if field.is_empty() {
+            assert!(v.get("field").is_none(), "{what}: {v}");
+        } else {
+            assert_eq!(v["field"], field, "{what}: {v}");
+        }
+    }
+    assert_eq!(app.counts().await, (0, 0));
+}
