@@ -506,12 +506,7 @@ pub async fn series(
 ) -> Result<Json<SeriesView>, AppError> {
     let q = query(q)?;
     let store = state.store.clone();
-    let Some(name) = q.series else {
-        let series = tokio::task::spawn_blocking(move || store.series())
-            .await
-            .map_err(|e| AppError::Internal(e.to_string()))??;
-        return Ok(Json(SeriesView::List(SeriesList { series })));
-    };
+    // Every parameter is checked, whether or not `series` is given.
     // Any i64 may arrive: the arithmetic saturates, and a span that does not fit is refused.
     let to = q.to_ms.unwrap_or_else(|| crate::now_ms().saturating_add(1));
     let from = q.from_ms.unwrap_or(to.saturating_sub(3600 * 1000));
@@ -534,6 +529,12 @@ pub async fn series(
             field: Some("from_ms".into()),
         });
     }
+    let Some(name) = q.series else {
+        let series = tokio::task::spawn_blocking(move || store.series())
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))??;
+        return Ok(Json(SeriesView::List(SeriesList { series })));
+    };
     let key = name.clone();
     let samples = tokio::task::spawn_blocking(move || store.samples(&key, from, to, 1_000_000))
         .await

@@ -1480,10 +1480,17 @@ async fn series_ranges_at_the_i64_extremes_are_refused() {
         format!("from_ms={min}&points=1&series="),
         format!("to_ms={min}&series=cpu_load_pct"),
         format!("from_ms={min}&to_ms={max}&series=cpu_load_pct"),
+        format!("from_ms={min}"),
     ] {
         let (s, v) = app.get(&format!("/v1/series?{query}")).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{query}: {v}");
         assert_eq!(v["field"], "from_ms", "{query}: {v}");
+    }
+    // The parameters are checked without `series` too (found by schemathesis).
+    for points in ["0", "2001"] {
+        let (s, v) = app.get(&format!("/v1/series?points={points}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "points={points}: {v}");
+        assert_eq!(v["field"], "points", "{v}");
     }
     for query in [
         format!("to_ms={max}&series=cpu_load_pct"),
