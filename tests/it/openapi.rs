@@ -348,5 +348,5 @@ fn schema_openapi_examples_validate() {
             }
         }
     }
-    assert!(examples >= 16, "{examples} examples");
+    assert!(examples >= 18, "{examples} examples");
 }

@@ -536,10 +536,13 @@ fn operations(s: &mut Schemas) -> Vec<Op> {
             )],
             body: Some((
                 s.request::<Feedback>(),
-                vec![(
-                    "accepted",
-                    json!({"action": "accepted", "choice": "deterministic_filtering"}),
-                )],
+                vec![
+                    (
+                        "accepted",
+                        json!({"action": "accepted", "choice": "deterministic_filtering"}),
+                    ),
+                    ("dismissed", json!({"action": "dismissed"})),
+                ],
             )),
             ok: (200, ack(s, "The feedback was")),
             ..Op::write(
