@@ -93,6 +93,11 @@ fn schema_openapi_paths_are_the_routes_in_the_source() {
 }
 
 fn app(dir: &Path) -> (axum::Router, String) {
+    let (router, bearer, _) = app_with_state(dir);
+    (router, bearer)
+}
+
+fn app_with_state(dir: &Path) -> (axum::Router, String, AppState) {
     let store = Store::open(&dir.join("t.redb"), StoreOptions::default()).unwrap();
     let token = kora_server::token::Token::load_or_create(dir).unwrap();
     let bearer = format!("Bearer {}", token.expose());
@@ -108,7 +113,7 @@ fn app(dir: &Path) -> (axum::Router, String) {
         },
     )
     .unwrap();
-    (kora_server::router(state), bearer)
+    (kora_server::router(state.clone()), bearer, state)
 }
 
 /// A concrete URL of a documented path: each path parameter gets its first enum value, or `x`.
@@ -349,4 +354,332 @@ fn schema_openapi_examples_validate() {
         }
     }
     assert!(examples >= 18, "{examples} examples");
+}
+
+/// Resolves a local `$ref` (`#/components/...`) of the document.
+fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+    match v["$ref"].as_str() {
+        Some(r) => doc.pointer(r.trim_start_matches('#')).unwrap(),
+        None => v,
+    }
+}
+
+/// Drives the real router through a scenario that fills every view (a hardware snapshot, a
+/// sustained latency trigger and its suggestions, feedback, consent, exports, errors of each
+/// kind) and checks every answer against the document: its status is documented for the
+/// operation, its body matches the status's schema and its required headers are there with
+/// their documented values. Schemathesis does the same against a live service with generated
+/// requests; this reaches the states random requests do not.
+#[tokio::test]
+async fn schema_openapi_responses_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    let (router, bearer, state) = app_with_state(dir.path());
+    let doc = checked_in();
+    let mut covered: BTreeSet<(String, String, u16)> = BTreeSet::new();
+    let now = kora_server::now_ms();
+
+    let send = |method: &'static str,
+                uri: String,
+                content_type: Option<&'static str>,
+                body: Vec<u8>,
+                token: bool,
+                host: &'static str| {
+        let router = router.clone();
+        let bearer = bearer.clone();
+        async move {
+            let mut req = Request::builder()
+                .method(method)
+                .uri(&uri)
+                .header("host", host);
+            if let Some(ct) = content_type {
+                req = req.header("content-type", ct);
+            }
+            if token {
+                req = req.header("authorization", bearer);
+            }
+            let response = router
+                .oneshot(req.body(Body::from(body)).unwrap())
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (method, uri, status, headers, bytes)
+        }
+    };
+    let mut answers = Vec::new();
+    macro_rules! call {
+        ($method:expr, $uri:expr) => {
+            call!($method, $uri, None, Vec::new(), false, HOST)
+        };
+        ($method:expr, $uri:expr, json $body:expr) => {
+            call!(
+                $method,
+                $uri,
+                Some("application/json"),
+                $body.to_string().into_bytes(),
+                false,
+                HOST
+            )
+        };
+        ($method:expr, $uri:expr, token json $body:expr) => {
+            call!(
+                $method,
+                $uri,
+                Some("application/json"),
+                $body.to_string().into_bytes(),
+                true,
+                HOST
+            )
+        };
+        ($method:expr, $uri:expr, $ct:expr, $body:expr, $token:expr, $host:expr) => {{
+            let answer = send($method, $uri.to_string(), $ct, $body, $token, $host).await;
+            let body: Value = serde_json::from_slice(&answer.4).unwrap_or(Value::Null);
+            answers.push(answer);
+            body
+        }};
+    }
+
+    // Before the first hardware snapshot.
+    call!("GET", "/v1/profile");
+    call!("GET", "/v1/fit?model_required_vram_mb=1");
+    let fixture = root().join("crates/probe/tests/fixtures/desktop_rtx4090.json");
+    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let recording = kora_probe::Recording::from_json(&fixture["recording"].to_string()).unwrap();
+    let mut probe = kora_probe::Probe::from_recording(recording);
+    let _ = probe.snapshot(now - 1000);
+    kora_server::analytics::ingest_snapshot(&state, probe.snapshot(now), now)
+        .await
+        .unwrap();
+
+    // Samples over ten minutes (closing time windows), runs that sustain a latency trigger
+    // (and fire it again, suppressed by the cooldown), a cloud run, events of every kind.
+    let samples: Vec<Value> = (0..60)
+        .flat_map(|i| {
+            let ts = now - 600_000 + i * 10_000;
+            [
+                json!({"signal": "cpu_load_pct", "value": 40 + i % 50, "ts_ms": ts}),
+                json!({"signal": "gpu_vram_free_mb", "device": 0, "value": 9000, "ts_ms": ts}),
+                json!({"signal": "queue_wait_ms", "value": 1500, "ts_ms": ts, "model_id": "slow-13b"}),
+                json!({"signal": "active_sessions", "value": 3, "ts_ms": ts}),
+                json!({"signal": "ram_free_mb", "unavailable": "not read", "ts_ms": ts}),
+            ]
+        })
+        .collect();
+    call!("POST", "/v1/samples", json json!({ "samples": samples }));
+    let run = |i: i64, substrate: &str, latency: f64| {
+        json!({
+            "id": format!("run-{substrate}-{i}"), "ts_ms": now - 300_000 + i * 1000,
+            "run_id": format!("r{i}"), "session_id": format!("s{}", i % 3), "model_id": "slow-13b",
+            "substrate": substrate, "prompt_hash": kora_model::prompt_hash(&format!("prompt {i}")),
+            "context_tokens": 4096, "tokens_in": 3000, "tokens_out": 500,
+            "model_latency_ms": latency, "total_latency_ms": latency + 500.0,
+            "deterministic_stage_ms": 400, "model_stage_ms": latency, "queue_wait_ms": 10,
+            "validation_retry_count": i % 4, "budget_breach_count": 0, "prompt_tokens_sent": 3000,
+            "stages": [{"name": "parse", "kind": "deterministic", "ms": 12.5},
+                       {"name": "generate", "kind": "model", "ms": latency}],
+        })
+    };
+    let runs: Vec<Value> = (0..60)
+        .map(|i| run(i, "local", 6000.0))
+        .chain([run(100, "cloud", 900.0)])
+        .collect();
+    call!("POST", "/v1/runs", json json!({ "runs": runs }));
+    call!("POST", "/v1/events", json json!({"events": [
+        {"kind": "session_started", "session_id": "s1"},
+        {"kind": "model_load", "model_id": "llama-70b", "model_required_vram_mb": 40000,
+         "outcome": "failed", "quantization": "q4", "params_b": 70, "session_id": "s1"},
+        {"kind": "model_load", "model_id": "slow-13b", "model_required_vram_mb": 9000,
+         "outcome": "ok", "kv_cache_bytes_per_token": 819200},
+        {"kind": "context_request", "model_id": "slow-13b", "requested_context_tokens": 65536,
+         "local_supported_context_tokens": 8192, "session_id": "s1",
+         "prompt_hash": kora_model::prompt_hash("long")},
+        {"kind": "context_oom", "model_id": "slow-13b", "session_id": "s1"},
+        {"kind": "session_ended", "session_id": "s1"},
+    ]}));
+    state.analytics.catch_up(&state).await.unwrap();
+
+    // The views, the feedback on two suggestions, the readiness report.
+    let suggestions = call!("GET", "/v1/suggestions?limit=1000");
+    let suggestions = suggestions["suggestions"].as_array().unwrap().clone();
+    assert!(suggestions.len() >= 2, "{suggestions:?}");
+    let first = &suggestions[0]["suggestion"];
+    let choice = first["options"][0]["id"].as_str().unwrap();
+    let id = first["suggestion_id"].as_str().unwrap();
+    call!("POST", format!("/v1/suggestions/{id}/feedback"),
+          json json!({"action": "accepted", "choice": choice}));
+    call!("POST", format!("/v1/suggestions/{id}/feedback"),
+          json json!({"action": "accepted", "choice": "no-such-option"}));
+    let second = suggestions[1]["suggestion"]["suggestion_id"]
+        .as_str()
+        .unwrap();
+    call!("POST", format!("/v1/suggestions/{second}/feedback"),
+          json json!({"action": "dismissed", "insist_same_tier": true}));
+    call!("POST", "/v1/suggestions/none/feedback", json json!({"action": "dismissed"}));
+    call!("PUT", "/v1/cloud/readiness", json json!({"plugin_installed": true,
+          "network_available": true, "authenticated": true, "credits_available": false}));
+    state.analytics.catch_up(&state).await.unwrap();
+    for uri in [
+        "/v1/health",
+        "/v1/profile",
+        "/v1/fit?model_required_vram_mb=4000&context_tokens=8192",
+        "/v1/fit?model_required_vram_mb=900000",
+        "/v1/fit",
+        "/v1/triggers",
+        "/v1/thresholds",
+        "/v1/suggestions",
+        "/v1/suggestions?category=latency&scope=slow-13b",
+        "/v1/suggestions?category=nope",
+        "/v1/windows?limit=1000",
+        "/v1/windows?kind=runs",
+        "/v1/windows?kind=none",
+        "/v1/series",
+        "/v1/series?series=cpu_load_pct&points=10",
+        "/v1/series?points=0",
+        "/v1/log?limit=1000",
+        "/v1/log?kind=nope",
+        "/v1/log?bogus=1",
+        "/v1/metrics/product",
+        "/v1/metrics/product?range=all",
+        "/v1/metrics/product?from_ms=1",
+        "/v1/metrics/product?range=1y",
+        "/v1/consent",
+        "/v1/export/preview",
+        "/metrics",
+        "/",
+        "/dashboards/app.js",
+        "/dashboards/nope.js",
+        "/dashboards",
+        "/dashboards/",
+        "/favicon.ico",
+    ] {
+        call!("GET", uri);
+    }
+    for kind in kora_model::RecordKind::ALL {
+        call!("GET", format!("/v1/log?kind={}", kind.as_str()));
+    }
+
+    // Consent and export.
+    call!("PUT", "/v1/consent", json json!({"enabled": true}));
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    call!("POST", "/v1/export", token json json!({"to": "otlp", "endpoint": "http://127.0.0.1:9/"}));
+    call!("PUT", "/v1/consent", token json json!({"enabled": true, "actor": "cli"}));
+    call!("PUT", "/v1/consent", token json json!({"enabled": true, "scope": "other"}));
+    let file = dir.path().join("export.json").display().to_string();
+    call!("POST", "/v1/export", token json json!({"to": "file", "path": file}));
+    call!("POST", "/v1/export", token json json!({"to": "file", "path": file}));
+    call!("POST", "/v1/export", token json json!({"to": "otlp",
+          "endpoint": "http://127.0.0.1:4318/v1/metrics", "dry_run": true}));
+    call!("POST", "/v1/export", token json json!({"to": "otlp",
+          "endpoint": format!("http://{closed_port}/v1/metrics")}));
+    call!("GET", "/v1/export/preview");
+    call!("PUT", "/v1/consent", token json json!({"enabled": false}));
+    call!("POST", "/v1/export", token json json!({"to": "file", "path": file}));
+
+    // Errors of every kind a write can meet.
+    call!("POST", "/v1/samples", json json!({"samples": []}));
+    call!("POST", "/v1/samples", json json!({"samples": [{"signal": "nope", "value": 1}]}));
+    call!("POST", "/v1/runs", json json!({ "runs": [run(0, "local", 1.0)] }));
+    call!(
+        "POST",
+        "/v1/samples",
+        Some("text/plain"),
+        b"{}".to_vec(),
+        false,
+        HOST
+    );
+    call!(
+        "POST",
+        "/v1/samples",
+        Some("application/json"),
+        vec![b' '; kora_model::MAX_BODY_BYTES + 1],
+        false,
+        HOST
+    );
+    call!(
+        "GET",
+        "/v1/health",
+        None,
+        Vec::new(),
+        false,
+        "evil.example:7433"
+    );
+
+    let mut failures = Vec::new();
+    for (method, uri, status, headers, bytes) in &answers {
+        let path = uri.split('?').next().unwrap();
+        let op = operation(&doc, method, path);
+        let op_id = op["operationId"].as_str().unwrap().to_owned();
+        let Some(response) = op["responses"].get(status.to_string()) else {
+            failures.push(format!("{method} {uri}: {status} is not documented"));
+            continue;
+        };
+        let response = resolve(&doc, response);
+        for (name, header) in response["headers"].as_object().into_iter().flatten() {
+            let header = resolve(&doc, header);
+            let value = headers.get(name.as_str()).map(|v| v.to_str().unwrap());
+            match (value, header["schema"].get("const")) {
+                (None, _) if header["required"] == true => {
+                    failures.push(format!("{method} {uri}: {status} without {name}"));
+                }
+                (Some(v), Some(c)) if c != v => {
+                    failures.push(format!("{method} {uri}: {name} is {v:?}, documented {c}"));
+                }
+                _ => {}
+            }
+        }
+        let content_type = headers.get("content-type").map(|v| {
+            v.to_str()
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .trim()
+                .to_owned()
+        });
+        match (&content_type, response.get("content")) {
+            (None, None) => {}
+            (Some(ct), Some(content)) => match content.get(ct.as_str()) {
+                None => failures.push(format!("{method} {uri}: {status} {ct} is not documented")),
+                Some(media) if ct == "application/json" => {
+                    let body: Value = serde_json::from_slice(bytes).unwrap();
+                    let v = validator(&doc, &media["schema"]);
+                    for e in v.iter_errors(&body) {
+                        failures.push(format!(
+                            "{method} {uri}: {status} body: {e} at {}",
+                            e.instance_path()
+                        ));
+                    }
+                }
+                Some(_) => {}
+            },
+            (ct, content) => failures.push(format!(
+                "{method} {uri}: {status} with content type {ct:?}, documented {content:?}"
+            )),
+        }
+        covered.insert((op_id, method.to_string(), *status));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Every operation was seen succeeding, and the error statuses were met.
+    let succeeded: BTreeSet<&str> = covered
+        .iter()
+        .filter(|(_, _, s)| *s < 400)
+        .map(|(id, _, _)| id.as_str())
+        .collect();
+    let all: BTreeSet<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .map(|op| op["operationId"].as_str().unwrap())
+        .collect();
+    assert_eq!(succeeded, all, "operations never seen succeeding");
+    let statuses: BTreeSet<u16> = covered.iter().map(|(_, _, s)| *s).collect();
+    for s in [200, 303, 400, 401, 403, 404, 409, 413, 415, 502, 503] {
+        assert!(statuses.contains(&s), "no {s} was checked: {statuses:?}");
+    }
 }
