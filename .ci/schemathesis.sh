@@ -20,6 +20,10 @@ venv=${KORA_ST_VENV:-$target_dir/schemathesis-venv}
 max_examples=${KORA_ST_MAX_EXAMPLES:-100}
 
 echo "== schemathesis $SCHEMATHESIS_VERSION in $venv"
+if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "schemathesis $SCHEMATHESIS_VERSION needs Python 3.11 or later; python3 is $(python3 --version)" >&2
+  exit 1
+fi
 if [ "$("$venv/bin/python" -c 'import schemathesis; print(schemathesis.__version__)' 2>/dev/null)" \
     != "$SCHEMATHESIS_VERSION" ]; then
   python3 -m venv "$venv"
