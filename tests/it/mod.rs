@@ -6,4 +6,5 @@ mod crash;
 mod diskfull;
 mod e2e;
 mod engine;
+mod openapi;
 mod schema;

@@ -19,6 +19,7 @@ pub const MAX_LOG_PAGE: usize = 1_000;
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SampleBatch {
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = MAX_BATCH_ITEMS)))]
     pub samples: Vec<Sample>,
 }
 
@@ -27,6 +28,7 @@ pub struct SampleBatch {
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RunBatch {
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = MAX_BATCH_ITEMS)))]
     pub runs: Vec<Run>,
 }
 
@@ -35,6 +37,7 @@ pub struct RunBatch {
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EventBatch {
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = MAX_BATCH_ITEMS)))]
     pub events: Vec<Event>,
 }
 

@@ -23,23 +23,29 @@ use schemars::JsonSchema;
 pub struct Sample {
     /// Client-chosen idempotency key (at most 256 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub id: Option<String>,
     /// Milliseconds since the Unix epoch; stamped by the server when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::MIN_TS_MS)))]
     pub ts_ms: Option<i64>,
     pub signal: Signal,
     /// The reading: finite and non-negative; whole for counts; at most 100 for percentages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0)))]
     pub value: Option<f64>,
     /// Why no reading could be taken (for example "no NVIDIA GPU (driver not loaded)").
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub unavailable: Option<String>,
     /// The GPU index a per-device reading came from; absent for host-wide readings and totals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub model_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub session_id: Option<String>,
 }
 
@@ -67,8 +73,10 @@ pub enum StageKind {
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Stage {
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub name: String,
     pub kind: StageKind,
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0)))]
     pub ms: f64,
 }
 
@@ -79,14 +87,20 @@ pub struct Stage {
 #[serde(deny_unknown_fields)]
 pub struct Run {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::MIN_TS_MS)))]
     pub ts_ms: Option<i64>,
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub run_id: String,
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub session_id: String,
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub model_id: String,
     pub substrate: Substrate,
     /// SHA-256 of the normalized prompt, 64 lowercase hex digits.
+    #[cfg_attr(feature = "schema", schemars(pattern(crate::PROMPT_HASH_PATTERN)))]
     pub prompt_hash: String,
     pub context_tokens: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,19 +110,25 @@ pub struct Run {
     /// Must equal `tokens_in + tokens_out` when both are given; derived from them when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_tokens: Option<u64>,
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0)))]
     pub model_latency_ms: f64,
     /// At least `model_latency_ms`: the total includes the model's time.
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0)))]
     pub total_latency_ms: f64,
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0)))]
     pub deterministic_stage_ms: f64,
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0)))]
     pub model_stage_ms: f64,
     pub validation_retry_count: u32,
     pub budget_breach_count: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0)))]
     pub queue_wait_ms: Option<f64>,
     /// Prompt tokens the client sent; more than `tokens_in` means silent truncation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_tokens_sent: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(max = crate::MAX_STAGES)))]
     pub stages: Option<Vec<Stage>>,
 }
 
@@ -126,23 +146,32 @@ pub enum LoadOutcome {
 #[serde(deny_unknown_fields)]
 pub struct ModelLoad {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::MIN_TS_MS)))]
     pub ts_ms: Option<i64>,
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub model_id: String,
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0)))]
     pub model_required_vram_mb: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0)))]
     pub vram_reclaimable_mb_est: Option<f64>,
     pub outcome: LoadOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub quantization: Option<String>,
     /// Parameters, in billions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0)))]
     pub params_b: Option<f64>,
     /// KV-cache bytes per context token, when the runtime knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0)))]
     pub kv_cache_bytes_per_token: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub session_id: Option<String>,
 }
 
@@ -151,16 +180,21 @@ pub struct ModelLoad {
 #[serde(deny_unknown_fields)]
 pub struct ContextRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::MIN_TS_MS)))]
     pub ts_ms: Option<i64>,
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub model_id: String,
     pub requested_context_tokens: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_supported_context_tokens: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub session_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(pattern(crate::PROMPT_HASH_PATTERN)))]
     pub prompt_hash: Option<String>,
 }
 
@@ -169,10 +203,14 @@ pub struct ContextRequest {
 #[serde(deny_unknown_fields)]
 pub struct ContextOom {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::MIN_TS_MS)))]
     pub ts_ms: Option<i64>,
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub model_id: String,
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub session_id: String,
 }
 
@@ -182,9 +220,12 @@ pub struct ContextOom {
 #[serde(deny_unknown_fields)]
 pub struct SessionEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::MIN_TS_MS)))]
     pub ts_ms: Option<i64>,
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub session_id: String,
 }
 
@@ -206,6 +247,7 @@ pub enum Event {
 #[serde(deny_unknown_fields)]
 pub struct Readiness {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::MIN_TS_MS)))]
     pub ts_ms: Option<i64>,
     pub plugin_installed: bool,
     pub network_available: bool,
@@ -227,6 +269,7 @@ pub enum FeedbackAction {
 #[serde(deny_unknown_fields)]
 pub struct Feedback {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::MIN_TS_MS)))]
     pub ts_ms: Option<i64>,
     /// Set by the server from the path of `POST /v1/suggestions/{id}/feedback`.
     #[serde(default)]
@@ -234,6 +277,7 @@ pub struct Feedback {
     pub action: FeedbackAction,
     /// The option taken: a mitigation id or `cloud`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
     pub choice: Option<String>,
     /// The user needs the same tier (same model, full context): the next step may be Krako Cloud.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -8,6 +8,7 @@ use crate::engine::{Engine, EvalState};
 
 /// Where one category stands for one scope.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum TriggerState {
     /// Evaluated and within limits.
@@ -22,6 +23,7 @@ pub enum TriggerState {
 
 /// One category and scope.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TriggerStatus {
     pub category: Category,
     /// A model id, `host`, or `*` when nothing of the category was seen yet.

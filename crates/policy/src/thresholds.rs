@@ -77,6 +77,7 @@ impl std::fmt::Display for Semver {
 
 /// A validated thresholds set with its fingerprint.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Thresholds {
     #[serde(flatten)]
     file: ThresholdsFile,

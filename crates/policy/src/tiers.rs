@@ -18,6 +18,7 @@ pub const EMBEDDED_CLOUD_TIERS: &str = include_str!("../../../schema/cloud-tiers
 
 /// One Krako Cloud tier.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CloudTier {
     pub id: String,
@@ -32,6 +33,7 @@ pub struct CloudTier {
 
 /// The whole table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CloudTiers {
     pub version: String,

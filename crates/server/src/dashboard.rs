@@ -60,6 +60,19 @@ pub fn routes() -> Router<AppState> {
         .route("/favicon.ico", get(favicon))
 }
 
+/// The names `GET /dashboards/{file}` answers.
+pub fn files() -> impl Iterator<Item = &'static str> {
+    ASSETS.iter().map(|a| a.path)
+}
+
+/// The `Content-Type`s the dashboard files are served with, each once.
+pub fn content_types() -> Vec<&'static str> {
+    let mut types: Vec<_> = ASSETS.iter().map(|a| a.content_type).collect();
+    types.sort_unstable();
+    types.dedup();
+    types
+}
+
 fn find(path: &str) -> Option<&'static Asset> {
     ASSETS.iter().find(|a| a.path == path)
 }

@@ -22,6 +22,8 @@ pub enum AppError {
     BadGateway(String),
     /// 404
     NotFound(String),
+    /// 405: the path exists, the method does not.
+    MethodNotAllowed(String),
     /// 409: a client id was reused for other content.
     Conflict { message: String, field: String },
     /// 413
@@ -78,6 +80,13 @@ impl IntoResponse for AppError {
             AppError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m, None, None),
             AppError::BadGateway(m) => (StatusCode::BAD_GATEWAY, "bad_gateway", m, None, None),
             AppError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m, None, None),
+            AppError::MethodNotAllowed(m) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                m,
+                None,
+                None,
+            ),
             AppError::Conflict { message, field } => (
                 StatusCode::CONFLICT,
                 "id_conflict",

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 
 use crate::AppState;
 use crate::error::AppError;
+use crate::strict::Strict;
 
 /// The depth MessagePack decoding may nest to. The records are at most four levels deep; the
 /// decoder's default (1024) lets a 1 KB body overflow the stack of a debug build.
@@ -65,12 +66,22 @@ pub fn decode<T: DeserializeOwned>(
             Ok(value)
         }
         Encoding::MessagePack => {
-            let mut de = rmp_serde::Deserializer::from_read_ref(&body[..]);
+            let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(&body[..]));
             de.set_max_depth(MSGPACK_MAX_DEPTH);
-            serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            // Decoded as strictly as the same document in JSON: names are strings, structs
+            // maps (see `strict`).
+            let value = serde_path_to_error::deserialize(Strict::new(&mut de)).map_err(|e| {
                 let field = e.path().to_string();
                 invalid_body(field, e.inner().to_string())
-            })
+            })?;
+            let trailing = (body.len() as u64).saturating_sub(de.position());
+            if trailing > 0 {
+                return Err(invalid_body(
+                    String::new(),
+                    format!("trailing data: {trailing} bytes after the MessagePack value"),
+                ));
+            }
+            Ok(value)
         }
     }
 }

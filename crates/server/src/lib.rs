@@ -10,8 +10,11 @@ pub mod analytics;
 pub mod dashboard;
 pub mod error;
 pub mod ingest;
+#[cfg(feature = "schema")]
+pub mod openapi;
 pub mod privacy;
 pub mod security;
+pub mod strict;
 pub mod token;
 pub mod views;
 
@@ -181,6 +184,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs", post(ingest::post_runs).layer(admit.clone()))
         .route("/v1/events", post(ingest::post_events).layer(admit))
         .merge(dashboard::routes())
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
@@ -196,6 +200,14 @@ pub fn router(state: AppState) -> Router {
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
     use axum::response::IntoResponse;
     AppError::Internal("a handler panicked".into()).into_response()
+}
+
+/// A 405 with the JSON error body; axum adds the `Allow` header.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> AppError {
+    AppError::MethodNotAllowed(format!(
+        "{} does not answer {method}; see http-api.md",
+        uri.path()
+    ))
 }
 
 async fn not_found(uri: axum::http::Uri) -> AppError {
@@ -242,11 +254,18 @@ async fn health(State(state): State<AppState>) -> Result<Json<Health>, AppError>
     }))
 }
 
+/// The query of `GET /v1/log`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
-struct LogQuery {
+pub struct LogQuery {
+    /// Only records with a seq below this: the previous page's `next_before`.
     before: Option<u64>,
+    /// How many records, newest first (1 to 1000, default 50).
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1000)))]
     limit: Option<usize>,
+    /// Only records of this kind.
+    #[cfg_attr(feature = "schema", schemars(with = "Option<RecordKind>"))]
     kind: Option<String>,
 }
 

@@ -82,11 +82,17 @@ async fn blocking<T: Send + 'static>(
         .map_err(AppError::from)
 }
 
+/// The query of `GET /v1/metrics/product`: `range`, or `from_ms`/`to_ms`, not both.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RangeQuery {
+    /// `24h` (the default), `7d` or `all`, relative to the server's clock.
+    #[cfg_attr(feature = "schema", schemars(extend("enum" = ["24h", "7d", "all"])))]
     range: Option<String>,
+    /// A custom range's start (ms, inclusive); default 2000-01-01.
     from_ms: Option<i64>,
+    /// A custom range's end (ms, exclusive); default now. After `from_ms`.
     to_ms: Option<i64>,
 }
 
@@ -136,6 +142,7 @@ pub async fn product(
 
 /// The consent state and its history.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ConsentState {
     pub scope: String,
     pub export_enabled: bool,
@@ -171,13 +178,17 @@ pub async fn get_consent(State(state): State<AppState>) -> Result<Json<ConsentSt
     Ok(Json(blocking(move || consent_state(&store)).await?))
 }
 
+/// The body of `PUT /v1/consent`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ConsentChange {
+    /// Export on (`true`) or off.
     pub enabled: bool,
     /// Must be `product_metrics` when given.
+    #[cfg_attr(feature = "schema", schemars(extend("enum" = ["product_metrics", null])))]
     pub scope: Option<String>,
-    /// Who decided (e.g. `cli`, a user name); defaults to `api`.
+    /// Who decided (e.g. `cli`, a user name): 1 to 64 printable characters; defaults to `api`.
     pub actor: Option<String>,
 }
 
@@ -223,6 +234,7 @@ pub async fn put_consent(
 
 /// An export bundle: aggregates only.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Bundle {
     pub format: &'static str,
     pub scope: &'static str,
@@ -271,8 +283,39 @@ fn last_export(store: &Store) -> Result<Option<ExportRecord>, kora_store::ReadEr
         }))
 }
 
+/// What changed since the last export.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ChangedSinceLastExport {
+    /// The last `export` record; `null` when nothing was exported yet.
+    pub last_export: Option<ExportRecord>,
+    /// `nothing was exported yet`, when nothing was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// Whether an export now would send the same bytes as the last one (equal digests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_as_last: Option<bool>,
+    /// Whether the log has records the last export did not cover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_advanced_since: Option<bool>,
+}
+
+/// The answer of `GET /v1/export/preview`.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ExportPreview {
+    pub export_enabled: bool,
+    /// SHA-256 of `bytes`.
+    pub sha256: String,
+    /// Exactly what an export would send now.
+    pub bytes: String,
+    /// `bytes`, parsed.
+    pub bundle: Bundle,
+    pub changed_since_last_export: ChangedSinceLastExport,
+}
+
 /// `GET /v1/export/preview`: works with or without consent.
-pub async fn preview(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
+pub async fn preview(State(state): State<AppState>) -> Result<Json<ExportPreview>, AppError> {
     let store = state.store.clone();
     let version = state.analytics.thresholds().version().to_owned();
     let (bundle, bytes, last, consent) = blocking(move || {
@@ -281,24 +324,32 @@ pub async fn preview(State(state): State<AppState>) -> Result<Json<serde_json::V
     })
     .await?;
     let digest = hex::encode(Sha256::digest(&bytes));
-    let changed = match &last {
-        None => serde_json::json!({"last_export": null, "summary": "nothing was exported yet"}),
-        Some(l) => serde_json::json!({
-            "last_export": l,
-            "same_as_last": l.digest == digest,
-            "log_advanced_since": bundle.as_of_seq > l.as_of_seq.unwrap_or(0),
-        }),
+    let changed = match last {
+        None => ChangedSinceLastExport {
+            last_export: None,
+            summary: Some("nothing was exported yet".into()),
+            same_as_last: None,
+            log_advanced_since: None,
+        },
+        Some(l) => ChangedSinceLastExport {
+            same_as_last: Some(l.digest == digest),
+            log_advanced_since: Some(bundle.as_of_seq > l.as_of_seq.unwrap_or(0)),
+            last_export: Some(l),
+            summary: None,
+        },
     };
-    Ok(Json(serde_json::json!({
-        "export_enabled": consent.export_enabled,
-        "sha256": digest,
-        "bytes": String::from_utf8_lossy(&bytes),
-        "bundle": bundle,
-        "changed_since_last_export": changed,
-    })))
+    Ok(Json(ExportPreview {
+        export_enabled: consent.export_enabled,
+        sha256: digest,
+        bytes: String::from_utf8_lossy(&bytes).into_owned(),
+        bundle,
+        changed_since_last_export: changed,
+    }))
 }
 
+/// The body of `POST /v1/export`, tagged by `to`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, tag = "to", rename_all = "snake_case")]
 pub enum ExportRequest {
     /// Writes the bundle to a new file (an absolute path; an existing file is never replaced).
@@ -306,9 +357,67 @@ pub enum ExportRequest {
     /// Pushes the bundle as OTLP/HTTP metrics (protobuf) to a collector.
     Otlp {
         endpoint: String,
+        /// Send nothing, record nothing: answer what would be sent.
         #[serde(default)]
         dry_run: bool,
     },
+}
+
+/// One aggregate an OTLP export sends.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct OtlpMetric {
+    pub name: String,
+    /// `range` (`7d` or `all`), and `category` for `kora.trigger_firings`.
+    pub attributes: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// What an OTLP export would send.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct WouldSend {
+    pub endpoint: String,
+    /// `application/x-protobuf`.
+    pub content_type: String,
+    /// The size of the protobuf payload.
+    pub bytes: u64,
+    pub metrics: Vec<OtlpMetric>,
+}
+
+/// The answer of `POST /v1/export` with `dry_run: true`: nothing was sent or recorded.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ExportDryRun {
+    /// Always `true`.
+    pub dry_run: bool,
+    /// Always `false`.
+    pub sent: bool,
+    pub would_send: WouldSend,
+    pub bundle: Bundle,
+}
+
+/// The answer of `POST /v1/export` after the export left (and was recorded).
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Exported {
+    /// Always `true`.
+    pub exported: bool,
+    /// `file:PATH` or `otlp:URL`.
+    pub destination: String,
+    /// SHA-256 of the exported bytes.
+    pub sha256: String,
+    /// The size of the exported bundle.
+    pub bytes: u64,
+}
+
+/// The answer of `POST /v1/export`.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(untagged)]
+pub enum ExportOutcome {
+    Exported(Exported),
+    DryRun(Box<ExportDryRun>),
 }
 
 /// `POST /v1/export` (token): refused unless export was turned on.
@@ -316,7 +425,7 @@ pub async fn export(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, AppError> {
+) -> Result<Json<ExportOutcome>, AppError> {
     let request: ExportRequest = crate::ingest::decode(&headers, body)?;
     let store = state.store.clone();
     let version = state.analytics.thresholds().version().to_owned();
@@ -364,13 +473,17 @@ pub async fn export(
             }
             let payload = otlp_payload(&bundle);
             if dry_run {
-                return Ok(Json(serde_json::json!({
-                    "dry_run": true,
-                    "sent": false,
-                    "would_send": {"endpoint": endpoint, "content_type": "application/x-protobuf",
-                                   "bytes": payload.len(), "metrics": otlp_summary(&bundle)},
-                    "bundle": bundle,
-                })));
+                return Ok(Json(ExportOutcome::DryRun(Box::new(ExportDryRun {
+                    dry_run: true,
+                    sent: false,
+                    would_send: WouldSend {
+                        endpoint,
+                        content_type: "application/x-protobuf".into(),
+                        bytes: payload.len() as u64,
+                        metrics: otlp_summary(&bundle),
+                    },
+                    bundle,
+                }))));
             }
             let url = endpoint.clone();
             let status = tokio::task::spawn_blocking(move || {
@@ -414,11 +527,11 @@ pub async fn export(
         Batch::Records(vec![Record::Export(record)]),
     )
     .await?;
-    Ok(Json(serde_json::json!({
-        "exported": true,
-        "destination": destination,
-        "sha256": digest,
-        "bytes": bytes.len(),
+    Ok(Json(ExportOutcome::Exported(Exported {
+        exported: true,
+        destination,
+        sha256: digest,
+        bytes: bytes.len() as u64,
     })))
 }
 
@@ -466,15 +579,13 @@ fn otlp_points(b: &Bundle) -> Vec<Point> {
     out
 }
 
-fn otlp_summary(b: &Bundle) -> Vec<serde_json::Value> {
+fn otlp_summary(b: &Bundle) -> Vec<OtlpMetric> {
     otlp_points(b)
         .into_iter()
-        .map(|(name, attrs, v)| {
-            let attrs: serde_json::Map<String, serde_json::Value> = attrs
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.into()))
-                .collect();
-            serde_json::json!({"name": name, "attributes": attrs, "value": v})
+        .map(|(name, attrs, value)| OtlpMetric {
+            name,
+            attributes: attrs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            value,
         })
         .collect()
 }

@@ -61,26 +61,13 @@ fn single(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<&str>,
 }
 
 /// Refuses requests that do not name this service, or that a foreign page sent.
+///
+/// Every response, a refusal included, carries the security headers.
 pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Err(message) = check(&state.config.hosts, &request) {
-        return AppError::Forbidden(message).into_response();
-    }
-    if state.token_everywhere {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !presented.is_some_and(|t| state.config.token.matches(t)) {
-            return AppError::Unauthorized(
-                "this service listens beyond loopback: every request needs \
-                 `Authorization: Bearer <token>` (the file `token` in the data directory)"
-                    .into(),
-            )
-            .into_response();
-        }
-    }
-    let mut response = next.run(request).await;
+    let mut response = match admit(&state, &request) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => refusal.into_response(),
+    };
     let h = response.headers_mut();
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -101,6 +88,26 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         HeaderValue::from_static("no-referrer"),
     );
     response
+}
+
+/// The trust boundary: the Host and Origin checks, and the token everywhere beyond loopback.
+fn admit(state: &AppState, request: &Request) -> Result<(), AppError> {
+    check(&state.config.hosts, request).map_err(AppError::Forbidden)?;
+    if state.token_everywhere {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !presented.is_some_and(|t| state.config.token.matches(t)) {
+            return Err(AppError::Unauthorized(
+                "this service listens beyond loopback: every request needs \
+                 `Authorization: Bearer <token>` (the file `token` in the data directory)"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check(policy: &HostPolicy, request: &Request) -> Result<(), String> {

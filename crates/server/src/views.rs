@@ -3,8 +3,12 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use kora_model::{FitVerdict, ProfileRecord};
-use serde::Deserialize;
+use kora_model::{
+    Feedback, Firing, FitVerdict, MitigationOutcome, ProfileRecord, Suggestion, Suppression,
+    WindowRecord,
+};
+use kora_policy::{CloudTiers, Thresholds, TriggerStatus};
+use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::error::AppError;
@@ -46,10 +50,15 @@ pub async fn profile(State(state): State<AppState>) -> Result<Json<ProfileRecord
         .ok_or_else(no_snapshot)
 }
 
+/// The query of `GET /v1/fit`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FitQuery {
+    /// MB of VRAM the model needs (a finite number >= 0).
+    #[cfg_attr(feature = "schema", schemars(required, range(min = 0)))]
     model_required_vram_mb: Option<f64>,
+    /// The context the model would be loaded with, in tokens.
     context_tokens: Option<u64>,
 }
 
@@ -83,35 +92,95 @@ pub async fn fit(
     )))
 }
 
-/// `GET /v1/triggers`: each category's state per scope, with its latest evidence.
-pub async fn triggers(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let (version, triggers) = state
-        .analytics
-        .with_engine(|e| (e.thresholds().version().to_owned(), e.triggers()));
-    Json(serde_json::json!({
-        "thresholds_version": version,
-        "triggers": triggers,
-    }))
+/// The answer of `GET /v1/triggers`.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct TriggersView {
+    pub thresholds_version: String,
+    /// Every category's state per scope, in category then scope order.
+    pub triggers: Vec<TriggerStatus>,
 }
 
-/// `GET /v1/thresholds`: the active versioned set and the cloud tier table.
-pub async fn thresholds(State(state): State<AppState>) -> Json<serde_json::Value> {
-    state.analytics.with_engine(|e| {
-        Json(serde_json::json!({
-            "version": e.thresholds().version(),
-            "fingerprint": e.thresholds().fingerprint(),
-            "thresholds": e.thresholds(),
-            "cloud_tiers": e.tiers(),
-        }))
+/// `GET /v1/triggers`: each category's state per scope, with its latest evidence.
+pub async fn triggers(State(state): State<AppState>) -> Json<TriggersView> {
+    let (thresholds_version, triggers) = state
+        .analytics
+        .with_engine(|e| (e.thresholds().version().to_owned(), e.triggers()));
+    Json(TriggersView {
+        thresholds_version,
+        triggers,
     })
 }
 
+/// The answer of `GET /v1/thresholds`.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ThresholdsView {
+    pub version: String,
+    /// SHA-256 of the canonical content, pinned per version in `schema/thresholds.pins.json`.
+    pub fingerprint: String,
+    /// The thresholds file, with its fingerprint.
+    pub thresholds: Thresholds,
+    /// The Krako Cloud tier table (`schema/cloud-tiers.json`).
+    pub cloud_tiers: CloudTiers,
+}
+
+/// `GET /v1/thresholds`: the active versioned set and the cloud tier table.
+pub async fn thresholds(State(state): State<AppState>) -> Json<ThresholdsView> {
+    state.analytics.with_engine(|e| {
+        Json(ThresholdsView {
+            version: e.thresholds().version().to_owned(),
+            fingerprint: e.thresholds().fingerprint(),
+            thresholds: e.thresholds().clone(),
+            cloud_tiers: e.tiers().clone(),
+        })
+    })
+}
+
+/// The query of `GET /v1/suggestions`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SuggestionsQuery {
+    /// How many suggestions, newest first (1 to 1000, default 50).
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1000)))]
     limit: Option<usize>,
+    /// Only this trigger category.
+    #[cfg_attr(feature = "schema", schemars(with = "Option<kora_model::Category>"))]
     category: Option<String>,
+    /// Only this scope (a model id, or `host`).
     scope: Option<String>,
+}
+
+/// A suggestion with the firing it answers, the feedback it got and the outcome of an accepted
+/// mitigation.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct SuggestionView {
+    pub seq: u64,
+    pub suggestion: Suggestion,
+    /// The firing it answers, when it is among the recent ones.
+    pub firing: Option<Firing>,
+    pub feedback: Vec<Feedback>,
+    pub outcome: Option<MitigationOutcome>,
+}
+
+/// A candidate suggestion held back by a cooldown rule.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct SuppressionView {
+    pub seq: u64,
+    pub suppression: Suppression,
+}
+
+/// The answer of `GET /v1/suggestions`.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct SuggestionsView {
+    /// Newest first.
+    pub suggestions: Vec<SuggestionView>,
+    /// The 200 most recent suppressions, newest first.
+    pub suppressions: Vec<SuppressionView>,
 }
 
 /// How far back the suggestion view looks for the records a suggestion refers to.
@@ -122,7 +191,7 @@ const LOOKBACK: usize = 10_000;
 pub async fn suggestions(
     State(state): State<AppState>,
     q: Result<Query<SuggestionsQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, AppError> {
+) -> Result<Json<SuggestionsView>, AppError> {
     use kora_model::{Record, RecordKind};
     let q = query(q)?;
     let limit = page_limit(q.limit, 50)?;
@@ -170,36 +239,39 @@ pub async fn suggestions(
         let fb: Vec<_> = feedback
             .iter()
             .filter_map(|f| match &f.record {
-                Record::Feedback(f) if f.suggestion_id == s.suggestion_id => Some(f),
+                Record::Feedback(f) if f.suggestion_id == s.suggestion_id => Some(f.clone()),
                 _ => None,
             })
             .collect();
         let outcome = outcomes.iter().find_map(|o| match &o.record {
-            Record::MitigationOutcome(o) if o.suggestion_id == s.suggestion_id => Some(o),
+            Record::MitigationOutcome(o) if o.suggestion_id == s.suggestion_id => Some(o.clone()),
             _ => None,
         });
-        out.push(serde_json::json!({
-            "seq": e.seq,
-            "suggestion": s,
-            "firing": firing_by_id.get(s.firing_id.as_str()),
-            "feedback": fb,
-            "outcome": outcome,
-        }));
+        out.push(SuggestionView {
+            seq: e.seq,
+            suggestion: s.clone(),
+            firing: firing_by_id.get(s.firing_id.as_str()).map(|f| (*f).clone()),
+            feedback: fb,
+            outcome,
+        });
         if out.len() == limit {
             break;
         }
     }
     let suppressions: Vec<_> = suppressions
-        .iter()
-        .filter_map(|e| match &e.record {
-            Record::Suppression(s) => Some(serde_json::json!({"seq": e.seq, "suppression": s})),
+        .into_iter()
+        .filter_map(|e| match e.record {
+            Record::Suppression(suppression) => Some(SuppressionView {
+                seq: e.seq,
+                suppression,
+            }),
             _ => None,
         })
         .collect();
-    Ok(Json(serde_json::json!({
-        "suggestions": out,
-        "suppressions": suppressions,
-    })))
+    Ok(Json(SuggestionsView {
+        suggestions: out,
+        suppressions,
+    }))
 }
 
 /// Finds a suggestion by id among the recent ones.
@@ -280,21 +352,44 @@ pub async fn readiness(
     Ok(Json(crate::ingest::ack_of(a)))
 }
 
+/// The query of `GET /v1/windows`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WindowsQuery {
+    /// Only this metric, e.g. `model_latency_ms` or `cpu_load_pct`.
     metric: Option<String>,
+    /// Only this scope (a model id, `host`, or a series key).
     scope: Option<String>,
-    /// `time` or `runs`.
+    /// `time` (60 s windows of a series) or `runs` (blocks of 10 runs of a model).
+    #[cfg_attr(feature = "schema", schemars(extend("enum" = ["time", "runs"])))]
     kind: Option<String>,
+    /// How many windows, newest first (1 to 1000, default 100).
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1000)))]
     limit: Option<usize>,
+}
+
+/// A closed window and its seq.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct WindowView {
+    pub seq: u64,
+    pub window: WindowRecord,
+}
+
+/// The answer of `GET /v1/windows`.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct WindowsView {
+    /// Newest first.
+    pub windows: Vec<WindowView>,
 }
 
 /// `GET /v1/windows`: closed windows (run blocks and time windows), newest first.
 pub async fn windows(
     State(state): State<AppState>,
     q: Result<Query<WindowsQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, AppError> {
+) -> Result<Json<WindowsView>, AppError> {
     use kora_model::{Record, RecordKind};
     let q = query(q)?;
     let limit = page_limit(q.limit, 100)?;
@@ -327,7 +422,10 @@ pub async fn windows(
                 {
                     continue;
                 }
-                out.push(serde_json::json!({"seq": e.seq, "window": w}));
+                out.push(WindowView {
+                    seq: e.seq,
+                    window: w,
+                });
                 if out.len() == limit {
                     return Ok(out);
                 }
@@ -337,16 +435,67 @@ pub async fn windows(
     })
     .await
     .map_err(|e| AppError::Internal(e.to_string()))??;
-    Ok(Json(serde_json::json!({ "windows": windows })))
+    Ok(Json(WindowsView { windows }))
 }
 
+/// The query of `GET /v1/series`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SeriesQuery {
+    /// The series key (from the list this endpoint answers without it), e.g. `cpu_load_pct`
+    /// or `gpu_vram_free_mb@gpu0`.
     series: Option<String>,
+    /// The range start (ms); default: one hour before `to_ms`. Before `to_ms`, at most 31 days
+    /// earlier.
     from_ms: Option<i64>,
+    /// The range end (ms, exclusive); default: now.
     to_ms: Option<i64>,
+    /// The most buckets (1 to 2000, default 200).
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 2000)))]
     points: Option<usize>,
+}
+
+/// The answer of `GET /v1/series` without `series`: the series keys.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct SeriesList {
+    pub series: Vec<String>,
+}
+
+/// One bucket of a downsampled series.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct SeriesPoint {
+    /// The bucket's start (ms).
+    pub t: i64,
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+    /// Readings in the bucket.
+    pub n: u64,
+}
+
+/// The answer of `GET /v1/series?series=...`: one series, downsampled.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct SeriesData {
+    pub series: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// Buckets with at least one reading, oldest first.
+    pub points: Vec<SeriesPoint>,
+    /// Readings in the range that could not be taken (never drawn as 0).
+    pub unavailable_samples: u64,
+}
+
+/// The answer of `GET /v1/series`: the list of series, or one series.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(untagged)]
+pub enum SeriesView {
+    List(SeriesList),
+    Data(SeriesData),
 }
 
 /// `GET /v1/series`: one series downsampled to at most `points` buckets (min, max, mean), or
@@ -354,17 +503,13 @@ pub struct SeriesQuery {
 pub async fn series(
     State(state): State<AppState>,
     q: Result<Query<SeriesQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, AppError> {
+) -> Result<Json<SeriesView>, AppError> {
     let q = query(q)?;
     let store = state.store.clone();
-    let Some(name) = q.series else {
-        let list = tokio::task::spawn_blocking(move || store.series())
-            .await
-            .map_err(|e| AppError::Internal(e.to_string()))??;
-        return Ok(Json(serde_json::json!({ "series": list })));
-    };
-    let to = q.to_ms.unwrap_or_else(|| crate::now_ms() + 1);
-    let from = q.from_ms.unwrap_or(to - 3600 * 1000);
+    // Every parameter is checked, whether or not `series` is given.
+    // Any i64 may arrive: the arithmetic saturates, and a span that does not fit is refused.
+    let to = q.to_ms.unwrap_or_else(|| crate::now_ms().saturating_add(1));
+    let from = q.from_ms.unwrap_or(to.saturating_sub(3600 * 1000));
     let points = q.points.unwrap_or(200);
     if !(1..=2000).contains(&points) {
         return Err(AppError::Invalid {
@@ -373,13 +518,23 @@ pub async fn series(
             field: Some("points".into()),
         });
     }
-    if from >= to || to - from > 31 * 24 * 3600 * 1000 {
+    if from >= to
+        || to
+            .checked_sub(from)
+            .is_none_or(|span| span > 31 * 24 * 3600 * 1000)
+    {
         return Err(AppError::Invalid {
             code: "invalid_query",
             message: "from_ms must be before to_ms, at most 31 days apart".into(),
             field: Some("from_ms".into()),
         });
     }
+    let Some(name) = q.series else {
+        let series = tokio::task::spawn_blocking(move || store.series())
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))??;
+        return Ok(Json(SeriesView::List(SeriesList { series })));
+    };
     let key = name.clone();
     let width = ((to - from) as f64 / points as f64).max(1.0);
     // Aggregated while the store reads, so a month of 1 s samples is never held at once.
@@ -416,15 +571,21 @@ pub async fn series(
     })
     .await
     .map_err(|e| AppError::Internal(e.to_string()))??;
-    let points: Vec<_> = buckets
+    let points = buckets
         .into_iter()
-        .map(|(t, (min, max, sum, n))| serde_json::json!({"t": t, "min": min, "max": max, "mean": sum / n as f64, "n": n}))
+        .map(|(t, (min, max, sum, n))| SeriesPoint {
+            t,
+            min,
+            max,
+            mean: sum / n as f64,
+            n,
+        })
         .collect();
-    Ok(Json(serde_json::json!({
-        "series": name,
-        "from_ms": from,
-        "to_ms": to,
-        "points": points,
-        "unavailable_samples": unavailable,
+    Ok(Json(SeriesView::Data(SeriesData {
+        series: name,
+        from_ms: from,
+        to_ms: to,
+        points,
+        unavailable_samples: unavailable,
     })))
 }

@@ -508,8 +508,11 @@ async fn foreign_hosts_and_origins_are_refused_before_routing() {
             .header("host", host)
             .body(Body::empty())
             .unwrap();
-        let (s, v, _) = app.send(req).await;
+        let (s, v, headers) = app.send(req).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{host}: {v}");
+        // A refusal carries the security headers like any other response.
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{host}");
+        assert_eq!(headers["referrer-policy"], "no-referrer", "{host}");
     }
     let req = Request::get("/v1/health").body(Body::empty()).unwrap();
     assert_eq!(app.send(req).await.0, StatusCode::FORBIDDEN, "missing Host");
@@ -1440,4 +1443,120 @@ async fn beyond_loopback_every_route_needs_the_token() {
         .body(Body::empty())
         .unwrap();
     assert_eq!(router.oneshot(req).await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_a_json_405_with_allow() {
+    let app = app();
+    let req = Request::delete("/v1/health")
+        .header("host", HOST)
+        .body(Body::empty())
+        .unwrap();
+    let (s, v, headers) = app.send(req).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{v}");
+    assert_eq!(v["error"], "method_not_allowed", "{v}");
+    assert_eq!(headers["allow"], "GET,HEAD");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let req = Request::get("/v1/samples")
+        .header("host", HOST)
+        .body(Body::empty())
+        .unwrap();
+    let (s, v, headers) = app.send(req).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{v}");
+    assert_eq!(headers["allow"], "POST");
+    // An unknown path stays a 404.
+    let (s, v) = app.get("/v1/nothing").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(v["error"], "not_found");
+}
+
+/// Any i64 may arrive as a series range: the extremes are a 400 naming `from_ms`, not an
+/// arithmetic overflow (found by schemathesis).
+#[tokio::test]
+async fn series_ranges_at_the_i64_extremes_are_refused() {
+    let app = app();
+    let (min, max) = (i64::MIN, i64::MAX);
+    for query in [
+        format!("from_ms={min}&points=1&series="),
+        format!("to_ms={min}&series=cpu_load_pct"),
+        format!("from_ms={min}&to_ms={max}&series=cpu_load_pct"),
+        format!("from_ms={min}"),
+    ] {
+        let (s, v) = app.get(&format!("/v1/series?{query}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{query}: {v}");
+        assert_eq!(v["field"], "from_ms", "{query}: {v}");
+    }
+    // The parameters are checked without `series` too (found by schemathesis).
+    for points in ["0", "2001"] {
+        let (s, v) = app.get(&format!("/v1/series?points={points}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "points={points}: {v}");
+        assert_eq!(v["field"], "points", "{v}");
+    }
+    for query in [
+        format!("to_ms={max}&series=cpu_load_pct"),
+        format!("from_ms={}&to_ms={max}&series=x", max - 1),
+        format!("to_ms={}&series=x", min + 1),
+    ] {
+        let (s, v) = app.get(&format!("/v1/series?{query}")).await;
+        assert_eq!(s, StatusCode::OK, "{query}: {v}");
+    }
+}
+
+/// MessagePack is decoded as strictly as the same document in JSON (found by schemathesis:
+/// `{"to": 0, "path": ...}` exported to a file). Each body below was accepted before.
+#[tokio::test]
+async fn messagepack_compact_forms_and_trailing_bytes_are_refused() {
+    let app = app();
+    let mut run = run_json("r-compact");
+    run["substrate"] = json!(1);
+    let concatenated = {
+        let one = json!({"samples": [{"signal": "ram_free_mb", "value": 1.0}]});
+        let mut b = rmp_serde::to_vec_named(&one).unwrap();
+        b.extend(rmp_serde::to_vec_named(&one).unwrap());
+        b
+    };
+    let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
+        (
+            "a variant by index",
+            "/v1/runs",
+            rmp_serde::to_vec_named(&json!({ "runs": [run] })).unwrap(),
+            "runs[0].substrate",
+        ),
+        (
+            "a signal by index",
+            "/v1/samples",
+            rmp_serde::to_vec_named(&json!({"samples": [{"signal": 0, "value": 1.0}]})).unwrap(),
+            "samples[0].signal",
+        ),
+        (
+            "an event kind by index",
+            "/v1/events",
+            rmp_serde::to_vec_named(&json!({"events": [{"kind": 3, "session_id": "s"}]})).unwrap(),
+            "events[0].kind",
+        ),
+        (
+            "a sample as a positional array",
+            "/v1/samples",
+            rmp_serde::to_vec_named(&json!({"samples": [[null, null, "ram_free_mb", 1.0]]}))
+                .unwrap(),
+            "samples[0]",
+        ),
+        ("two batches in one body", "/v1/samples", concatenated, ""),
+    ];
+    for (what, path, body, field) in cases {
+        let req = Request::post(path)
+            .header("host", HOST)
+            .header("content-type", "application/msgpack")
+            .body(Body::from(body))
+            .unwrap();
+        let (s, v, _) = app.send(req).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{what}: {v}");
+        assert_eq!(v["error"], "invalid_body", "{what}: {v}");
+        if field.is_empty() {
+            assert!(v.get("field").is_none(), "{what}: {v}");
+        } else {
+            assert_eq!(v["field"], field, "{what}: {v}");
+        }
+    }
+    assert_eq!(app.counts().await, (0, 0));
 }
