@@ -26,7 +26,11 @@ if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 if [ "$("$venv/bin/python" -c 'import schemathesis; print(schemathesis.__version__)' 2>/dev/null)" \
     != "$SCHEMATHESIS_VERSION" ]; then
-  python3 -m venv "$venv"
+  if ! python3 -m venv "$venv"; then
+    # Debian's python3 keeps venv (ensurepip) in a separate package.
+    apt-get update && apt-get install -y python3-venv
+    python3 -m venv "$venv"
+  fi
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     "schemathesis==$SCHEMATHESIS_VERSION" "msgpack==$MSGPACK_VERSION"
 fi
