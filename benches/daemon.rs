@@ -31,6 +31,8 @@ use kora_model::{Sample, SampleBatch, Signal};
 use kora_store::{Batch, Store, StoreOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kora-telemetry");
+/// The store file `serve` opens in its data directory.
+const DB_FILE: &str = "kora-telemetry.redb";
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -102,7 +104,7 @@ fn get(agent: &ureq::Agent, url: &str) {
 }
 
 fn fill(dir: &Path, n: usize) -> Duration {
-    let store = Store::open(&dir.join("telemetry.redb"), StoreOptions::default()).unwrap();
+    let store = Store::open(&dir.join(DB_FILE), StoreOptions::default()).unwrap();
     let ticks = n.div_ceil(10) as i64;
     // Shift the simulated days so they end a minute ago: the daemon's 24 h views see data.
     let shift = kora_server::now_ms() - 60_000 - (DAY0_MS + ticks * 1000);
@@ -153,6 +155,18 @@ fn main() {
         .http_status_as_error(false)
         .build()
         .into();
+    // The daemon must be serving the filled store, not a new one beside it.
+    let health: serde_json::Value = agent
+        .get(format!("{base}/v1/health"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    assert!(
+        health["samples"].as_u64().unwrap() >= n as u64,
+        "the daemon does not see the filled store: {health}"
+    );
     let now = kora_server::now_ms();
     for path in [
         "/v1/health".to_owned(),
@@ -249,13 +263,13 @@ fn main() {
             "no batch was acknowledged before the kill"
         );
         let (took, store) =
-            time(|| Store::open(&dir.path().join("telemetry.redb"), StoreOptions::default()));
+            time(|| Store::open(&dir.path().join(DB_FILE), StoreOptions::default()));
         store_open.push(took.as_secs_f64() * 1e3);
         drop(store.unwrap());
         // The same open once more, now that the file was closed cleanly: what the crash
         // recovery itself cost is the difference.
         let (took, store) =
-            time(|| Store::open(&dir.path().join("telemetry.redb"), StoreOptions::default()));
+            time(|| Store::open(&dir.path().join(DB_FILE), StoreOptions::default()));
         clean_open.push(took.as_secs_f64() * 1e3);
         drop(store.unwrap());
         let (mut child, _, took) = spawn(dir.path());

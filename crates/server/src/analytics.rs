@@ -381,13 +381,17 @@ impl Inner {
         let horizon = crate::now_ms() - 24 * 3600 * 1000;
         for series in store.series()? {
             let from = closed_until.get(&series).copied().unwrap_or(horizon);
-            for s in store.samples(&series, from, i64::MAX, 100_000)? {
-                if let (Some(v), Some(ts)) = (s.sample.value, s.sample.ts_ms) {
+            // Streamed a chunk at a time, in no particular order: the windows still open at
+            // the end are the same whatever the order (a sample is late only for a window that
+            // closed, and the watermark ends at the newest sample either way); what closes
+            // here is dropped, as before.
+            store.each_sample(&series, from, i64::MAX, |seq, ts, value| {
+                if let Some(v) = value {
                     // Windows that close here were already closed before the restart only if
                     // they end at or before `from`, and those samples were not fed.
-                    let _ = self.windows.push(&series, s.seq, ts, v);
+                    let _ = self.windows.push(&series, seq, ts, v);
                 }
-            }
+            })?;
         }
         Ok(())
     }

@@ -541,7 +541,7 @@ pub async fn series(
     let (buckets, unavailable) = tokio::task::spawn_blocking(move || {
         let mut buckets: std::collections::BTreeMap<i64, (f64, f64, f64, u64)> = Default::default();
         let mut unavailable = 0u64;
-        store.each_point(&key, from, to, |ts, value| {
+        store.each_sample(&key, from, to, |_, ts, value| {
             let Some(v) = value else {
                 unavailable += 1;
                 return;

@@ -610,19 +610,19 @@ impl Store {
         Ok(out)
     }
 
-    /// Calls `f` with `(ts_ms, value)` of every sample of one series with
-    /// `from_ms <= ts_ms < to_ms`, in no particular order, without gathering them first (for
-    /// aggregates over long ranges).
-    pub fn each_point(
+    /// Calls `f` with `(seq, ts_ms, value)` of every sample of one series with
+    /// `from_ms <= ts_ms < to_ms`, in no particular order, a chunk at a time, without
+    /// gathering them first (for aggregates over long ranges).
+    pub fn each_sample(
         &self,
         series_key: &str,
         from_ms: i64,
         to_ms: i64,
-        mut f: impl FnMut(i64, Option<f64>),
+        mut f: impl FnMut(u64, i64, Option<f64>),
     ) -> Result<(), ReadError> {
         self.visit_parts(series_key, from_ms, to_ms, false, |part| {
             if let Part::Items(items) = part {
-                items.iter().for_each(|i| f(i.ts_ms, i.value));
+                items.iter().for_each(|i| f(i.seq, i.ts_ms, i.value));
             }
             true
         })
