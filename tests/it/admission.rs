@@ -1,5 +1,5 @@
-//! Admission to the ingest endpoints, over real loopback sockets: with the most ingest
-//! requests in flight, one more is answered 503 at once (before its body is read), with
+//! Admission to the ingest endpoints, over real loopback sockets: with the ingest budget of
+//! body bytes in flight taken, one more request is answered 503 at once (before its body is read), with
 //! Retry-After, and nothing of it is stored; once they finish, ingest is taken again.
 
 use std::io::Write;
@@ -24,13 +24,15 @@ fn ingest_beyond_the_in_flight_bound_is_refused_fast_and_recovers() {
             .unwrap();
         h["log_records"].as_u64().unwrap()
     };
-    // Fill every ingest slot with a request whose body never finishes arriving.
+    // Fill the ingest budget with requests declaring the largest body allowed, whose bodies
+    // never finish arriving.
     let mut stalled = Vec::new();
-    for _ in 0..kora_server::MAX_INGEST_IN_FLIGHT {
+    let max = kora_model::MAX_BODY_BYTES;
+    for _ in 0..kora_server::INGEST_BUDGET_BYTES / max {
         let mut s = TcpStream::connect(&addr).unwrap();
         write!(
             s,
-            "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"events\": ["
+            "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {max}\r\n\r\n{{\"events\": ["
         )
         .unwrap();
         stalled.push(s);
@@ -53,8 +55,9 @@ fn ingest_beyond_the_in_flight_bound_is_refused_fast_and_recovers() {
     // Reads are not ingest: they still answer while ingest is full.
     assert_eq!(stored(&http), before, "a refused batch stored something");
     println!(
-        "admission: {} ingest requests in flight, one more refused with 503 in {:.1} ms",
-        kora_server::MAX_INGEST_IN_FLIGHT,
+        "admission: {} ingest requests of {} MiB in flight, one more refused with 503 in {:.1} ms",
+        stalled.len(),
+        max / (1024 * 1024),
         took.as_secs_f64() * 1e3
     );
     // Once the stalled requests go away, ingest is admitted again.

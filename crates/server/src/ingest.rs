@@ -264,17 +264,28 @@ pub async fn post_events(
 }
 
 /// Admits a request to an ingest endpoint, or answers `503` at once (before its body is read)
-/// when [`crate::MAX_INGEST_IN_FLIGHT`] are already in flight.
+/// when the bodies in flight would exceed [`crate::INGEST_BUDGET_BYTES`].
 pub async fn admit(
     State(state): State<AppState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Result<axum::response::Response, AppError> {
-    let Ok(_permit) = state.ingest_permits.clone().try_acquire_owned() else {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(kora_model::MAX_BODY_BYTES);
+    // A body over the limit is refused with 413 further in; it takes no more than the limit.
+    let kib = declared
+        .clamp(1024, kora_model::MAX_BODY_BYTES)
+        .div_ceil(1024);
+    let kib = u32::try_from(kib).unwrap_or(u32::MAX);
+    let Ok(_permit) = state.ingest_permits.clone().try_acquire_many_owned(kib) else {
         return Err(AppError::Unavailable {
             message: format!(
-                "{} ingest requests are already in flight; retry shortly",
-                crate::MAX_INGEST_IN_FLIGHT
+                "the ingest requests in flight already hold {} MiB of bodies; retry shortly",
+                crate::INGEST_BUDGET_BYTES / (1024 * 1024)
             ),
             retry_after_s: 1,
         });
