@@ -16,7 +16,7 @@ use crate::error::AppError;
 
 /// The depth MessagePack decoding may nest to. The records are at most four levels deep; the
 /// decoder's default (1024) lets a 1 KB body overflow the stack of a debug build.
-const MSGPACK_MAX_DEPTH: usize = 16;
+pub const MSGPACK_MAX_DEPTH: usize = 16;
 
 /// How a request body is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,9 +53,16 @@ pub fn decode<T: DeserializeOwned>(
 ) -> Result<T, AppError> {
     let enc = encoding(headers)?;
     let body = body.map_err(body_error)?;
+    decode_body(enc, &body)
+}
+
+/// Decodes the bytes of a body in `enc`, naming the path of the offending field on failure.
+/// JSON must be one value with nothing but whitespace after it; MessagePack nests at most
+/// [`MSGPACK_MAX_DEPTH`] levels.
+pub fn decode_body<T: DeserializeOwned>(enc: Encoding, body: &[u8]) -> Result<T, AppError> {
     match enc {
         Encoding::Json => {
-            let mut de = serde_json::Deserializer::from_slice(&body);
+            let mut de = serde_json::Deserializer::from_slice(body);
             let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
                 let field = e.path().to_string();
                 invalid_body(field, e.inner().to_string())
@@ -65,7 +72,7 @@ pub fn decode<T: DeserializeOwned>(
             Ok(value)
         }
         Encoding::MessagePack => {
-            let mut de = rmp_serde::Deserializer::from_read_ref(&body[..]);
+            let mut de = rmp_serde::Deserializer::from_read_ref(body);
             de.set_max_depth(MSGPACK_MAX_DEPTH);
             serde_path_to_error::deserialize(&mut de).map_err(|e| {
                 let field = e.path().to_string();
@@ -189,18 +196,97 @@ fn ack(a: Appended) -> axum::Json<IngestAck> {
     axum::Json(ack_of(a))
 }
 
+/// What an ingest endpoint takes: `POST /v1/samples`, `/v1/runs` or `/v1/events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchKind {
+    Samples,
+    Runs,
+    Events,
+}
+
+impl BatchKind {
+    pub const ALL: [BatchKind; 3] = [BatchKind::Samples, BatchKind::Runs, BatchKind::Events];
+}
+
+/// Decodes and validates the body of `POST /v1/samples`: the samples to store.
+pub fn decode_samples(enc: Encoding, body: &[u8], now_ms: i64) -> Result<Vec<Sample>, AppError> {
+    let batch: SampleBatch = decode_body(enc, body)?;
+    check_batch("samples", &batch.samples, |s| s.id.as_deref(), now_ms)?;
+    Ok(batch.samples)
+}
+
+/// Decodes and validates the body of `POST /v1/runs`: the records to store, with
+/// `total_tokens` derived from `tokens_in + tokens_out` where it is absent.
+pub fn decode_runs(enc: Encoding, body: &[u8], now_ms: i64) -> Result<Vec<Record>, AppError> {
+    let batch: RunBatch = decode_body(enc, body)?;
+    check_batch("runs", &batch.runs, |r| r.id.as_deref(), now_ms)?;
+    let mut records = Vec::with_capacity(batch.runs.len());
+    for mut run in batch.runs {
+        if run.total_tokens.is_none()
+            && let (Some(i), Some(o)) = (run.tokens_in, run.tokens_out)
+        {
+            run.total_tokens = i.checked_add(o);
+        }
+        records.push(Record::Run(run));
+    }
+    Ok(records)
+}
+
+/// Decodes and validates the body of `POST /v1/events`: the records to store.
+pub fn decode_events(enc: Encoding, body: &[u8], now_ms: i64) -> Result<Vec<Record>, AppError> {
+    let batch: EventBatch = decode_body(enc, body)?;
+    check_batch(
+        "events",
+        &batch.events,
+        |e| match e {
+            kora_model::Event::ModelLoad(x) => x.id.as_deref(),
+            kora_model::Event::ContextRequest(x) => x.id.as_deref(),
+            kora_model::Event::ContextOom(x) => x.id.as_deref(),
+            kora_model::Event::SessionStarted(x) | kora_model::Event::SessionEnded(x) => {
+                x.id.as_deref()
+            }
+        },
+        now_ms,
+    )?;
+    Ok(batch.events.into_iter().map(Record::from).collect())
+}
+
+/// Decodes and validates an ingest body exactly as its handler does, without storing it: the
+/// batch the handler would submit to the store, or the error it would answer with. The
+/// handlers below call the same functions; the fuzz targets (`fuzz/`) call this one.
+pub fn decode_batch(
+    kind: BatchKind,
+    enc: Encoding,
+    body: &[u8],
+    now_ms: i64,
+) -> Result<Batch, AppError> {
+    Ok(match kind {
+        BatchKind::Samples => Batch::Samples(decode_samples(enc, body, now_ms)?),
+        BatchKind::Runs => Batch::Records(decode_runs(enc, body, now_ms)?),
+        BatchKind::Events => Batch::Records(decode_events(enc, body, now_ms)?),
+    })
+}
+
+/// The encoding and bytes of an ingest request, with the errors [`decode`] answers.
+fn body_of(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Encoding, Bytes), AppError> {
+    let enc = encoding(headers)?;
+    Ok((enc, body.map_err(body_error)?))
+}
+
 pub async fn post_samples(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<IngestAck>, AppError> {
-    let batch: SampleBatch = decode(&headers, body)?;
+    let (enc, body) = body_of(&headers, body)?;
     let now = crate::now_ms();
-    check_batch("samples", &batch.samples, |s| s.id.as_deref(), now)?;
-    let appended = append(&state, "samples", Batch::Samples(batch.samples.clone())).await?;
+    let samples = decode_samples(enc, &body, now)?;
+    let appended = append(&state, "samples", Batch::Samples(samples.clone())).await?;
     // Only newly stored samples feed the time windows; a retried batch changes nothing.
-    let (samples, seqs): (Vec<Sample>, Vec<u64>) = batch
-        .samples
+    let (samples, seqs): (Vec<Sample>, Vec<u64>) = samples
         .into_iter()
         .zip(appended.seqs.iter().copied())
         .filter(|(_, seq)| appended.first_new_seq.is_some_and(|first| *seq >= first))
@@ -215,18 +301,10 @@ pub async fn post_runs(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<IngestAck>, AppError> {
-    let batch: RunBatch = decode(&headers, body)?;
-    check_batch("runs", &batch.runs, |r| r.id.as_deref(), crate::now_ms())?;
-    let mut records = Vec::with_capacity(batch.runs.len());
-    for mut run in batch.runs {
-        if run.total_tokens.is_none()
-            && let (Some(i), Some(o)) = (run.tokens_in, run.tokens_out)
-        {
-            run.total_tokens = i.checked_add(o);
-        }
-        records.push(Record::Run(run));
-    }
-    Ok(ack(append(&state, "runs", Batch::Records(records)).await?))
+    let (enc, body) = body_of(&headers, body)?;
+    let records = decode_runs(enc, &body, crate::now_ms())?;
+    let appended = append(&state, "runs", Batch::Records(records)).await?;
+    Ok(ack(appended))
 }
 
 pub async fn post_events(
@@ -234,20 +312,8 @@ pub async fn post_events(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<IngestAck>, AppError> {
-    let batch: EventBatch = decode(&headers, body)?;
-    check_batch(
-        "events",
-        &batch.events,
-        |e| match e {
-            kora_model::Event::ModelLoad(x) => x.id.as_deref(),
-            kora_model::Event::ContextRequest(x) => x.id.as_deref(),
-            kora_model::Event::ContextOom(x) => x.id.as_deref(),
-            kora_model::Event::SessionStarted(x) | kora_model::Event::SessionEnded(x) => {
-                x.id.as_deref()
-            }
-        },
-        crate::now_ms(),
-    )?;
-    let records = batch.events.into_iter().map(Record::from).collect();
-    Ok(ack(append(&state, "events", Batch::Records(records)).await?))
+    let (enc, body) = body_of(&headers, body)?;
+    let records = decode_events(enc, &body, crate::now_ms())?;
+    let appended = append(&state, "events", Batch::Records(records)).await?;
+    Ok(ack(appended))
 }
