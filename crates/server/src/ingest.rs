@@ -293,6 +293,7 @@ pub async fn post_samples(
         .unzip();
     let closed = state.analytics.observe_samples(&samples, &seqs, now);
     crate::analytics::append_windows(&state, closed).await?;
+    fault::after_commit();
     Ok(ack(appended))
 }
 
@@ -304,6 +305,7 @@ pub async fn post_runs(
     let (enc, body) = body_of(&headers, body)?;
     let records = decode_runs(enc, &body, crate::now_ms())?;
     let appended = append(&state, "runs", Batch::Records(records)).await?;
+    fault::after_commit();
     Ok(ack(appended))
 }
 
@@ -315,5 +317,59 @@ pub async fn post_events(
     let (enc, body) = body_of(&headers, body)?;
     let records = decode_events(enc, &body, crate::now_ms())?;
     let appended = append(&state, "events", Batch::Records(records)).await?;
+    fault::after_commit();
     Ok(ack(appended))
+}
+
+/// A test-only fault point between commit and response, for the crash test (`tests/it/crash.rs`).
+///
+/// `KORA_TEST_ABORT_AFTER_COMMIT=N`, read once when the service starts ([`crate::serve`]), makes
+/// the process abort (`std::process::abort`, no cleanup) on the Nth client ingest batch
+/// (`/v1/samples`, `/v1/runs`, `/v1/events`) that the store acknowledged as durable, after the
+/// commit and before the HTTP response is written: the client never sees the acknowledgement
+/// of a batch that is stored, and must retry it. Unset (always, outside tests), it costs one
+/// atomic load per batch and does nothing.
+pub mod fault {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// The environment variable that arms the fault point.
+    pub const ABORT_AFTER_COMMIT_ENV: &str = "KORA_TEST_ABORT_AFTER_COMMIT";
+
+    static ABORT_AFTER: OnceLock<u64> = OnceLock::new();
+    static COMMITTED: AtomicU64 = AtomicU64::new(0);
+
+    /// Reads [`ABORT_AFTER_COMMIT_ENV`] once; later calls change nothing. An armed fault point is
+    /// logged as a warning; a value that is not a positive whole number is refused.
+    pub fn arm_from_env() -> std::io::Result<()> {
+        let Some(raw) = std::env::var_os(ABORT_AFTER_COMMIT_ENV) else {
+            return Ok(());
+        };
+        let n = raw
+            .to_str()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{ABORT_AFTER_COMMIT_ENV}={raw:?} is not a positive whole number"),
+                )
+            })?;
+        if ABORT_AFTER.set(n).is_ok() {
+            tracing::warn!(
+                "{ABORT_AFTER_COMMIT_ENV}={n}: TEST FAULT POINT ARMED, the process aborts after \
+                 committing ingest batch {n}, before answering it"
+            );
+        }
+        Ok(())
+    }
+
+    /// Called by the ingest handlers after the store acknowledged a batch, before answering.
+    pub(crate) fn after_commit() {
+        if let Some(n) = ABORT_AFTER.get()
+            && COMMITTED.fetch_add(1, Ordering::SeqCst) + 1 == *n
+        {
+            std::process::abort();
+        }
+    }
 }
