@@ -2,8 +2,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kora-telemetry");
 
@@ -15,11 +15,28 @@ pub struct Server {
 
 impl Server {
     pub fn start(data_dir: &Path) -> Server {
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command.env("KORA_TELEMETRY_LOG", "warn");
+        Server::spawn(command, data_dir)
+    }
+
+    /// Like [`Server::start`], with extra environment variables (the test knobs). The service
+    /// runs with core dumps off (`ulimit -c 0`), so that one aborted by a test fault point
+    /// leaves no core file behind.
+    pub fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "ulimit -c 0; exec \"$0\" \"$@\"", BIN])
+            .env("KORA_TELEMETRY_LOG", "warn")
+            .envs(env.iter().copied());
+        Server::spawn(command, data_dir)
+    }
+
+    fn spawn(mut command: Command, data_dir: &Path) -> Server {
+        let mut child = command
             .arg("--data-dir")
             .arg(data_dir)
             .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("KORA_TELEMETRY_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -61,6 +78,18 @@ impl Server {
             std::thread::sleep(Duration::from_millis(25));
         }
         panic!("serve did not stop within 5 s of SIGTERM");
+    }
+
+    /// Waits for the service to exit by itself (a test fault point), at most `timeout`.
+    pub fn wait_exit(mut self, timeout: Duration) -> ExitStatus {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("serve did not exit by itself within {timeout:?}");
     }
 
     /// SIGKILL: no chance to clean up.

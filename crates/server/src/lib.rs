@@ -217,11 +217,13 @@ async fn not_found(uri: axum::http::Uri) -> AppError {
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then drains the store's queue.
+/// Reads the crash test's fault point, [`ingest::fault`], from the environment first.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    ingest::fault::arm_from_env()?;
     let store = state.store.clone();
     let follower = tokio::spawn(analytics::follow(state.clone()));
     let app = router(state);
