@@ -73,7 +73,7 @@ pub fn decode_body<T: DeserializeOwned>(enc: Encoding, body: &[u8]) -> Result<T,
             Ok(value)
         }
         Encoding::MessagePack => {
-            let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(&body[..]));
+            let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(body));
             de.set_max_depth(MSGPACK_MAX_DEPTH);
             // Decoded as strictly as the same document in JSON: names are strings, structs
             // maps (see `strict`).
