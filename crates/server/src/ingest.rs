@@ -385,6 +385,36 @@ pub mod fault {
     }
 }
 
+/// Admits a request to an ingest endpoint, or answers `503` at once (before its body is read)
+/// when the bodies in flight would exceed [`crate::INGEST_BUDGET_BYTES`].
+pub async fn admit(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, AppError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(kora_model::MAX_BODY_BYTES);
+    // A body over the limit is refused with 413 further in; it takes no more than the limit.
+    let kib = declared
+        .clamp(1024, kora_model::MAX_BODY_BYTES)
+        .div_ceil(1024);
+    let kib = u32::try_from(kib).unwrap_or(u32::MAX);
+    let Ok(_permit) = state.ingest_permits.clone().try_acquire_many_owned(kib) else {
+        return Err(AppError::Unavailable {
+            message: format!(
+                "the ingest requests in flight already hold {} MiB of bodies; retry shortly",
+                crate::INGEST_BUDGET_BYTES / (1024 * 1024)
+            ),
+            retry_after_s: 1,
+        });
+    };
+    Ok(next.run(request).await)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,34 +451,4 @@ mod tests {
             assert_eq!(from_json, from_msgpack, "{text}");
         }
     }
-}
-
-/// Admits a request to an ingest endpoint, or answers `503` at once (before its body is read)
-/// when the bodies in flight would exceed [`crate::INGEST_BUDGET_BYTES`].
-pub async fn admit(
-    State(state): State<AppState>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Result<axum::response::Response, AppError> {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(kora_model::MAX_BODY_BYTES);
-    // A body over the limit is refused with 413 further in; it takes no more than the limit.
-    let kib = declared
-        .clamp(1024, kora_model::MAX_BODY_BYTES)
-        .div_ceil(1024);
-    let kib = u32::try_from(kib).unwrap_or(u32::MAX);
-    let Ok(_permit) = state.ingest_permits.clone().try_acquire_many_owned(kib) else {
-        return Err(AppError::Unavailable {
-            message: format!(
-                "the ingest requests in flight already hold {} MiB of bodies; retry shortly",
-                crate::INGEST_BUDGET_BYTES / (1024 * 1024)
-            ),
-            retry_after_s: 1,
-        });
-    };
-    Ok(next.run(request).await)
 }
