@@ -1,8 +1,10 @@
-//! MessagePack decoded as strictly as JSON.
+//! Bodies decoded strictly, in both encodings.
 //!
-//! `rmp_serde` also accepts MessagePack's compact forms, which JSON has no equivalent of: a
-//! struct as a positional array, a field name or an enum variant as its index (`"substrate": 1`
-//! is `cloud`), and binary values where strings are expected. The contract (http-api.md) is
+//! `rmp_serde` also accepts MessagePack's compact forms: a struct as a positional array, a
+//! field name or an enum variant as its index (`"substrate": 1` is `cloud`), and binary values
+//! where strings are expected. serde's derive takes a struct as a positional array from JSON
+//! too (`{"samples": [["id", 1700000000000, "cpu_load_pct", 5]]}`); the differential fuzz target
+//! found JSON and MessagePack refusing such a batch at different fields. The contract (http-api.md) is
 //! maps with field names and variants by name, as `rmp_serde::to_vec_named` writes them; the
 //! compact forms depend on declaration order and shift when an optional field is skipped, so a
 //! client that sends one would have its values land in the wrong fields. [`Strict`] wraps a

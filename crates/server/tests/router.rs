@@ -1559,4 +1559,17 @@ async fn messagepack_compact_forms_and_trailing_bytes_are_refused() {
         }
     }
     assert_eq!(app.counts().await, (0, 0));
+    // JSON is held to the same rule: serde's derive would take a struct as a positional array
+    // (the differential fuzz target found the two encodings refusing such a batch at different
+    // fields).
+    let (s, v) = app
+        .post(
+            "/v1/samples",
+            json!({"samples": [[null, 1_800_000_000_000_i64, "ram_free_mb", 1.0]]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"], "invalid_body", "{v}");
+    assert_eq!(v["field"], "samples[0]", "{v}");
+    assert_eq!(app.counts().await, (0, 0));
 }
