@@ -19,9 +19,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -30,7 +29,6 @@ use common::*;
 use kora_model::{Sample, SampleBatch, Signal};
 use kora_store::{Batch, Store, StoreOptions};
 
-const BIN: &str = env!("CARGO_BIN_EXE_kora-telemetry");
 /// The store file `serve` opens in its data directory.
 const DB_FILE: &str = "kora-telemetry.redb";
 
@@ -39,33 +37,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Spawns `serve` on `data_dir`; answers the child, its base URL and how long it took to say
-/// it is listening.
-fn spawn(data_dir: &Path) -> (Child, String, Duration) {
-    let start = Instant::now();
-    let mut child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("KORA_TELEMETRY_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let took = start.elapsed();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
-    (child, format!("http://{addr}"), took)
 }
 
 fn status_kib(pid: u32, field: &str) -> u64 {
@@ -145,7 +116,7 @@ fn main() {
     );
 
     // RSS after start and the dashboards' queries.
-    let (mut child, base, first_open) = spawn(dir.path());
+    let (mut child, base, first_open) = spawn_serve(dir.path());
     let pid = child.id();
     println!(
         "first start on the filled store: listening after {:.1} ms",
@@ -214,7 +185,7 @@ fn main() {
     let mut store_open = Vec::new();
     let mut clean_open = Vec::new();
     for round in 0..5 {
-        let (mut child, base, _) = spawn(dir.path());
+        let (mut child, base, _) = spawn_serve(dir.path());
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicU64::new(0));
         let clients: Vec<_> = (0..4)
@@ -272,7 +243,7 @@ fn main() {
             time(|| Store::open(&dir.path().join(DB_FILE), StoreOptions::default()));
         clean_open.push(took.as_secs_f64() * 1e3);
         drop(store.unwrap());
-        let (mut child, _, took) = spawn(dir.path());
+        let (mut child, _, took) = spawn_serve(dir.path());
         reopen.push(took.as_secs_f64() * 1e3);
         let _ = child.kill();
         let _ = child.wait();

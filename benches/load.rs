@@ -19,8 +19,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -28,7 +26,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use kora_model::{Sample, SampleBatch, Signal};
 
-const BIN: &str = env!("CARGO_BIN_EXE_kora-telemetry");
 const SENDERS: usize = 64;
 const BATCH: usize = 100;
 
@@ -180,26 +177,8 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10.0);
     let dir = tempdir();
-    let mut child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("KORA_TELEMETRY_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap()
-        .to_owned();
-    let url = format!("http://{base}/v1/samples");
+    let (mut child, base, _) = spawn_serve(dir.path());
+    let url = format!("{base}/v1/samples");
     let pid = child.id();
     println!(
         "load run: {SENDERS} open-loop senders, batches of {BATCH} samples (MessagePack), {seconds} s a step"
@@ -234,7 +213,7 @@ fn main() {
     // Every acknowledged sample is stored (the probe adds its own on top).
     let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
     let health: serde_json::Value = agent
-        .get(format!("http://{base}/v1/health"))
+        .get(format!("{base}/v1/health"))
         .call()
         .unwrap()
         .body_mut()

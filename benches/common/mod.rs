@@ -7,6 +7,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::io::BufRead;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -426,4 +427,33 @@ pub fn fmt_num(v: f64) -> String {
     } else {
         format!("{v:.3}")
     }
+}
+
+// ---- the real binary ------------------------------------------------------------------
+
+/// Spawns `kora-telemetry serve` on `data_dir`; answers the child, its base URL and how long it took to say
+/// it is listening.
+pub fn spawn_serve(data_dir: &Path) -> (std::process::Child, String, Duration) {
+    let start = Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kora-telemetry"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("KORA_TELEMETRY_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let took = start.elapsed();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    (child, format!("http://{addr}"), took)
 }
