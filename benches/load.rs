@@ -211,15 +211,7 @@ fn main() {
     over.print();
     acked += over.ok;
     // Every acknowledged sample is stored (the probe adds its own on top).
-    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
-    let health: serde_json::Value = agent
-        .get(format!("{base}/v1/health"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_json()
-        .unwrap();
-    let stored = health["samples"].as_u64().unwrap();
+    let stored = stored_samples(&base);
     let _ = child.kill();
     let _ = child.wait();
     let lost = (acked * BATCH as u64).saturating_sub(stored);

@@ -457,3 +457,16 @@ pub fn spawn_serve(data_dir: &Path) -> (std::process::Child, String, Duration) {
         .to_owned();
     (child, format!("http://{addr}"), took)
 }
+
+/// The samples a running `serve` at `base` has stored, from `/v1/health`.
+pub fn stored_samples(base: &str) -> u64 {
+    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+    let health: serde_json::Value = agent
+        .get(format!("{base}/v1/health"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    health["samples"].as_u64().unwrap()
+}

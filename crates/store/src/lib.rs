@@ -600,12 +600,9 @@ impl Store {
         to_ms: i64,
     ) -> Result<Vec<f64>, ReadError> {
         let mut out = Vec::new();
-        self.visit_parts(series_key, from_ms, to_ms, true, |part| {
-            match part {
-                Part::Values(v) => out.extend_from_slice(&v),
-                Part::Items(items) => out.extend(items.iter().filter_map(|i| i.value)),
-            }
-            true
+        self.visit_parts(series_key, from_ms, to_ms, true, |part| match part {
+            Part::Values(v) => out.extend_from_slice(&v),
+            Part::Items(items) => out.extend(items.iter().filter_map(|i| i.value)),
         })?;
         Ok(out)
     }
@@ -624,7 +621,6 @@ impl Store {
             if let Part::Items(items) = part {
                 items.iter().for_each(|i| f(i.seq, i.ts_ms, i.value));
             }
-            true
         })
     }
 
@@ -641,7 +637,6 @@ impl Store {
             if let Part::Items(items) = part {
                 out.extend(items);
             }
-            true
         })?;
         out.sort_unstable_by_key(|i| (i.ts_ms, i.seq));
         out.truncate(limit);
@@ -650,14 +645,14 @@ impl Store {
 
     /// Calls `f` with the samples of one series in range, chunk by chunk then the head, in no
     /// particular order. With `values_only`, a plain chunk wholly inside the range is given as
-    /// its value column. `f` answers whether to go on.
+    /// its value column.
     fn visit_parts(
         &self,
         series_key: &str,
         from_ms: i64,
         to_ms: i64,
         values_only: bool,
-        mut f: impl FnMut(Part) -> bool,
+        mut f: impl FnMut(Part),
     ) -> Result<(), ReadError> {
         if from_ms >= to_ms {
             return Ok(());
@@ -687,9 +682,7 @@ impl Store {
                 items.retain(|i| in_range(i.ts_ms));
                 Part::Items(items)
             };
-            if !f(part) {
-                return Ok(());
-            }
+            f(part);
         }
         let head = rtx.open_table(HEAD)?;
         let mut items = Vec::new();

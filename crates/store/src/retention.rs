@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 
 use crate::chunk::{Chunk, CodecError};
 use crate::tables::{CHUNKS, K_SAMPLES, META, ROLLUPS, SERIES};
@@ -174,14 +174,17 @@ pub(crate) fn compact(
                 .remove((sid, key.0, key.1))
                 .map_err(error::write_error)?;
         }
-        let before = rollups.len().map_err(error::write_error)?;
+        let mut dropped = 0;
         rollups
             .retain_in(
                 (sid, i64::MIN)..(sid, roll_cut.saturating_sub(step) + 1),
-                |_, _| false,
+                |_, _| {
+                    dropped += 1;
+                    false
+                },
             )
             .map_err(error::write_error)?;
-        done.rollups_dropped += before - rollups.len().map_err(error::write_error)?;
+        done.rollups_dropped += dropped;
     }
     if done.samples_rolled_up > 0 {
         let mut meta = wtx.open_table(META).map_err(error::write_error)?;
