@@ -51,6 +51,10 @@ pub struct Firing {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sustained: Option<u32>,
     pub thresholds_version: String,
+    /// The fingerprint of the thresholds content in force (absent in records written before
+    /// store records carried it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholds_fingerprint: Option<String>,
 }
 
 /// Whether an option runs locally or on Krako Cloud.
@@ -94,6 +98,33 @@ pub struct CloudEstimate {
     /// The assumptions the figures rest on.
     pub assumptions: String,
     pub tier_table_version: String,
+    /// The measured local figure and the predicted cloud figure of the same statistic; absent
+    /// when nothing comparable was measured here (a model that cannot load has no local time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<EstimateComparison>,
+    /// The largest context the tier serves (tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier_max_context_tokens: Option<u64>,
+    /// The most sessions the tier serves at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier_max_concurrent_sessions: Option<u32>,
+}
+
+/// One statistic measured here and predicted on the tier. A cloud option is offered only when
+/// the predicted figure is better than the measured one (`predicted_cloud < measured_local`
+/// when `lower_is_better`, `>` otherwise).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct EstimateComparison {
+    /// For example `model_latency_ms_p95`, `queue_wait_ms_p95` or `context_tokens`.
+    pub statistic: String,
+    /// `ms`, `tokens` or `sessions`.
+    pub unit: String,
+    pub measured_local: f64,
+    pub predicted_cloud: f64,
+    pub lower_is_better: bool,
+    /// `predicted_cloud / measured_local` (0 when nothing was measured).
+    pub ratio: f64,
 }
 
 /// A suggestion shown to the user.
@@ -107,13 +138,25 @@ pub struct Suggestion {
     pub scope: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
-    /// The ladder step offered: 1 smaller model, 2 deterministic filtering, 3 lower context,
-    /// 4 Krako Cloud.
+    /// The ladder step offered: 1 the choice of local model (smaller or quantized; for
+    /// reliability a stronger one), 2 deterministic filtering, 3 lower context, 4 Krako Cloud.
     pub ladder_step: u8,
     pub options: Vec<SuggestionOption>,
     /// The message, in the specification's template.
     pub message: String,
+    /// Why no Krako Cloud option is offered although the ladder reached it (the predicted
+    /// figure is not better than the measured one, or the tier cannot serve the request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_withheld: Option<String>,
+    /// The suggestion whose "insist on the same tier" this one answers, with the Krako Cloud
+    /// option at once (spec 4.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_answer_to: Option<String>,
     pub thresholds_version: String,
+    /// The fingerprint of the thresholds content in force (absent in records written before
+    /// store records carried it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholds_fingerprint: Option<String>,
 }
 
 /// Which anti-spam rule held a candidate suggestion back.
@@ -141,6 +184,10 @@ pub struct Suppression {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eligible_at_ms: Option<i64>,
     pub thresholds_version: String,
+    /// The fingerprint of the thresholds content in force (absent in records written before
+    /// store records carried it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholds_fingerprint: Option<String>,
 }
 
 /// How an accepted local mitigation worked out.
@@ -148,9 +195,10 @@ pub struct Suppression {
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MitigationEffect {
-    /// The category did not fire again for the scope, and the metric is back under its limit.
+    /// The category did not fire again for the followed scope during the observation period,
+    /// and at least one window (or evaluation) was observed there.
     Resolved,
-    /// The metric improved but the limit is still breached.
+    /// It fired again, but the followed metric improved.
     Partial,
     NoEffect,
     /// Nothing was measured for the scope during the observation period, so no verdict.
@@ -168,6 +216,10 @@ pub struct MitigationOutcome {
     pub scope: String,
     /// The mitigation taken (an option id).
     pub choice: String,
+    /// The model followed when the user switched models after accepting (`smaller_model`,
+    /// `stronger_local_model`): the new model of the same session, or the next one loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub followed_scope: Option<String>,
     pub effect: MitigationEffect,
     /// The metric followed, e.g. `model_latency_ms_p95`.
     pub metric: String,
@@ -176,4 +228,8 @@ pub struct MitigationOutcome {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p95_after: Option<f64>,
     pub thresholds_version: String,
+    /// The fingerprint of the thresholds content in force (absent in records written before
+    /// store records carried it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholds_fingerprint: Option<String>,
 }

@@ -375,6 +375,10 @@ pub struct CheckpointRecord {
     pub ts_ms: i64,
     pub up_to_seq: u64,
     pub thresholds_version: String,
+    /// The fingerprint of the thresholds the state was folded with: a restart resumes only
+    /// from a checkpoint of the same fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholds_fingerprint: Option<String>,
     /// The engine state, MessagePack-encoded.
     pub state: Vec<u8>,
 }

@@ -41,6 +41,10 @@ pub struct WindowThresholds {
     pub window_seconds: u32,
     /// How long after its end a time window waits for stragglers before it closes.
     pub grace_seconds: u32,
+    /// Two run blocks are consecutive only when the second starts at most this long after the
+    /// first ended: a streak never joins blocks a day apart. (Time windows are consecutive
+    /// only when adjacent.)
+    pub max_streak_gap_minutes: u32,
 }
 
 /// Model fit (Section 4.1). The VRAM conditions have no tunable number; the failure count does.
@@ -50,6 +54,10 @@ pub struct WindowThresholds {
 pub struct ModelFitThresholds {
     /// Fires when a model's failed loads reach this count (`model_load_failure_count >= 1`).
     pub load_failures: u32,
+    /// The free VRAM a load is compared with is the most free in the VRAM windows that ended
+    /// within this many minutes before the load (a reading the load itself lowered is not
+    /// "before the load").
+    pub free_lookback_minutes: u32,
 }
 
 /// Context window (Section 4.2).
@@ -107,6 +115,9 @@ pub struct SuggestionThresholds {
     pub signature_per_session: u32,
     /// A readiness report older than this counts as unknown (not ready).
     pub readiness_max_age_minutes: u32,
+    /// Requests without a session id share one implicit session that ends after this many
+    /// minutes without such a request, so "once per session" ends for them too.
+    pub sessionless_idle_minutes: u32,
 }
 
 /// How long an accepted local mitigation is followed before its outcome is recorded.

@@ -90,19 +90,25 @@
 
 mod engine;
 mod error;
+mod follow_up;
+mod ladder;
 mod replay;
 pub mod scenario;
+mod state;
 mod status;
 mod suggest;
 pub mod text;
 mod thresholds;
 mod tiers;
+mod triggers;
 
-pub use engine::{Engine, EngineState, context_bucket, request_signature};
+pub use engine::Engine;
+pub use ladder::{CLOUD_OPTION, CLOUD_STEP, local_label, local_steps, step_of_option};
+pub use state::EngineState;
+pub use triggers::{context_bucket, request_signature};
 pub use error::ThresholdsError;
 pub use replay::{ReplayDifference, ReplayReport, derive_all, derived_key, replay};
 pub use status::{TriggerState, TriggerStatus};
-pub use suggest::{CLOUD_OPTION, CLOUD_STEP, local_label, local_steps, step_of_option};
 pub use thresholds::{
     EMBEDDED_PINS, EMBEDDED_THRESHOLDS, Semver, Thresholds, defaults, fingerprint, validate,
 };

@@ -1,10 +1,17 @@
-//! Trigger states for `GET /v1/triggers`: idle, pending (k of W), firing, or insufficient
-//! evidence, with the latest evidence.
+//! Trigger states for `GET /v1/triggers`: idle, pending (k of W), firing, resolved, or
+//! insufficient evidence, with the latest evidence.
+//!
+//! The state follows the condition, as Prometheus alerts do: `firing` while it holds (a
+//! sustained category from its Wth consecutive window on; an event category while its latest
+//! evaluation breaches, or a breach is still among the last N runs), then `resolved` with the
+//! record time of the first evaluation within limits after the firing. De-duplication of
+//! evidence (which runs a firing may count) is separate and does not change the state.
 
 use kora_model::{Category, Evidence};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Engine, EvalState};
+use crate::engine::Engine;
+use crate::state::EvalState;
 
 /// Where one category stands for one scope.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -17,6 +24,8 @@ pub enum TriggerState {
     Pending { k: u32, w: u32 },
     /// Over its limit (sustained categories: for at least W consecutive windows).
     Firing,
+    /// It fired, and its condition has not held since `resolved_ms` (record time).
+    Resolved { resolved_ms: i64 },
     /// The data a decision needs is missing: it never fires on a guess.
     InsufficientEvidence { reason: String },
 }
@@ -97,9 +106,14 @@ impl Engine {
                 let last_firing_id = s.last_firing.get(&c).and_then(|m| m.get(&scope)).cloned();
                 let streak = match c {
                     Category::Latency => s.latency.get(&scope).map(|x| x.k),
-                    Category::Concurrency => Some(s.concurrency.streak.k),
+                    Category::Concurrency => s.concurrency.get(&scope).map(|x| x.streak.k),
                     _ => None,
                 };
+                let resolved = s
+                    .alert(c, &scope)
+                    .and_then(|a| a.resolved_ms)
+                    .map(|resolved_ms| TriggerState::Resolved { resolved_ms });
+                let idle = || resolved.clone().unwrap_or(TriggerState::Idle);
                 let state = match (eval, sustain) {
                     (None, _) => TriggerState::InsufficientEvidence {
                         reason: format!(
@@ -116,13 +130,13 @@ impl Engine {
                         }
                     }
                     (Some(_), Some(w)) => match streak.unwrap_or(0) {
-                        0 => TriggerState::Idle,
+                        0 => idle(),
                         k if k < w => TriggerState::Pending { k, w },
                         _ => TriggerState::Firing,
                     },
                     (Some(e), None) => match e.state {
                         EvalState::Breach => TriggerState::Firing,
-                        _ => TriggerState::Idle,
+                        _ => idle(),
                     },
                 };
                 out.push(TriggerStatus {

@@ -1,57 +1,45 @@
-//! The escalation ladder, cloud estimates, the readiness check and the message.
+//! Suggestions: the readiness check, honest cloud estimates and the message (spec Sections 5
+//! to 7). Reads the state; never changes it (the engine records what was offered).
 
-use kora_model::{Category, CloudEstimate, Firing, OptionKind, Suggestion, SuggestionOption};
+use kora_model::{
+    Category, CloudEstimate, EstimateComparison, Evidence, OptionKind, Suggestion,
+    SuggestionOption,
+};
 use kora_window::{RunPoint, quantile};
 
-use crate::engine::{Candidate, Engine};
+use crate::ladder::{CLOUD_OPTION, CLOUD_STEP, Ladder, local_label};
+use crate::state::{EngineState, HOST};
 use crate::text::{num, usd};
-use crate::tiers::CloudTier;
+use crate::thresholds::Thresholds;
+use crate::tiers::{CloudTier, CloudTiers};
 
-/// The ladder step of Krako Cloud.
-pub const CLOUD_STEP: u8 = 4;
-/// The option id of Krako Cloud.
-pub const CLOUD_OPTION: &str = "cloud";
-
-/// The local steps that apply to a category, in the order they are offered: (ladder step,
-/// option id). See the crate documentation for why.
-pub fn local_steps(category: Category) -> &'static [(u8, &'static str)] {
-    match category {
-        Category::ModelFit => &[(1, "smaller_model"), (3, "lower_context")],
-        Category::Context => &[(3, "lower_context")],
-        Category::Latency => &[(2, "deterministic_filtering"), (1, "smaller_model")],
-        Category::Concurrency => &[(3, "lower_context"), (1, "smaller_model")],
-        Category::Reliability => &[(1, "stronger_local_model"), (2, "deterministic_filtering")],
-    }
+/// What the suggestion answers: a firing, or an "insist on the same tier" of an earlier one.
+#[derive(Debug, Clone)]
+pub(crate) struct Ask<'a> {
+    /// The seq of the input that caused it (the suggestion id is `s-{seq}-{category}`).
+    pub seq: u64,
+    pub ts_ms: i64,
+    pub category: Category,
+    pub scope: &'a str,
+    pub session_id: Option<&'a str>,
+    pub firing_id: &'a str,
+    pub reason: &'a str,
+    pub evidence: &'a [Evidence],
+    pub requested_context: Option<u64>,
 }
 
-/// The ladder step of a local option id.
-pub fn step_of_option(id: &str) -> Option<u8> {
-    match id {
-        "smaller_model" | "stronger_local_model" => Some(1),
-        "deterministic_filtering" => Some(2),
-        "lower_context" => Some(3),
-        CLOUD_OPTION => Some(CLOUD_STEP),
-        _ => None,
-    }
-}
-
-/// What a local option asks the user to try (the `{local_mitigation}` of the message).
-pub fn local_label(id: &str) -> &'static str {
-    match id {
-        "smaller_model" => "a smaller or quantized local model",
-        "stronger_local_model" => {
-            "a stronger local model (larger or less quantized) that still fits this machine"
-        }
-        "deterministic_filtering" => "more deterministic filtering before the model stage",
-        "lower_context" => "a lower context mode (a shorter context or summarization)",
-        _ => "a local mitigation",
-    }
+/// The read-only inputs of a suggestion.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Inputs<'a> {
+    pub state: &'a EngineState,
+    pub thresholds: &'a Thresholds,
+    pub tiers: &'a CloudTiers,
 }
 
 /// Readiness of the cloud action at `ts_ms`: (ready, what to do first).
-pub(crate) fn readiness(engine: &Engine, ts_ms: i64) -> (bool, Vec<String>) {
-    let max_age = engine.thresholds.readiness_max_age_ms();
-    match &engine.state.readiness {
+fn readiness(inp: Inputs<'_>, ts_ms: i64) -> (bool, Vec<String>) {
+    let max_age = inp.thresholds.readiness_max_age_ms();
+    match &inp.state.readiness {
         None => (
             false,
             vec!["install the KrakoBackend plugin (no readiness report was received)".to_owned()],
@@ -82,35 +70,36 @@ pub(crate) fn readiness(engine: &Engine, ts_ms: i64) -> (bool, Vec<String>) {
     }
 }
 
-struct Observed {
+/// The scope's last N local runs, as the estimate sees them.
+struct Observed<'a> {
+    runs: Vec<&'a RunPoint>,
     tokens_in: f64,
     tokens_out: f64,
-    model_latency_p95: Option<f64>,
     source: String,
 }
 
-fn observe(engine: &Engine, firing: &Firing, c: &Candidate) -> Observed {
-    let tiers = &engine.tiers;
-    let runs: Vec<&RunPoint> = if firing.scope == "host" {
-        engine.state.runs.all_last_runs()
+fn observe<'a>(inp: Inputs<'a>, ask: &Ask<'_>) -> Observed<'a> {
+    let tiers = inp.tiers;
+    let runs: Vec<&RunPoint> = if ask.scope == HOST {
+        inp.state.runs.all_last_runs()
     } else {
-        engine.state.runs.last_runs(&firing.scope)
+        inp.state.runs.last_runs(ask.scope)
     };
-    let whose = if firing.scope == "host" {
+    let whose = if ask.scope == HOST {
         "of each model".to_owned()
     } else {
-        format!("of {}", firing.scope)
+        format!("of {}", ask.scope)
     };
     let mut o = if runs.is_empty() {
         Observed {
+            runs,
             tokens_in: tiers.default_tokens_in as f64,
             tokens_out: tiers.default_tokens_out as f64,
-            model_latency_p95: None,
             source: format!("the tier table's defaults, as no local run {whose} is recorded"),
         }
     } else {
         let n = runs.len() as f64;
-        let tin: f64 = runs
+        let tin = runs
             .iter()
             .map(|p| p.tokens_in.unwrap_or(p.context_tokens) as f64)
             .sum::<f64>()
@@ -124,16 +113,16 @@ fn observe(engine: &Engine, firing: &Firing, c: &Candidate) -> Observed {
         } else {
             outs.iter().sum::<f64>() / outs.len() as f64
         };
-        let lat: Vec<f64> = runs.iter().map(|p| p.model_latency_ms).collect();
+        let source = format!("the average of the last {} local runs {whose}", runs.len());
         Observed {
+            runs,
             tokens_in: tin.round(),
             tokens_out: tout.round(),
-            model_latency_p95: quantile(&lat, 0.95),
-            source: format!("the average of the last {} local runs {whose}", runs.len()),
+            source,
         }
     };
-    if let Some(req) = c.requested_context
-        && firing.category == Category::Context
+    if let Some(req) = ask.requested_context
+        && ask.category == Category::Context
     {
         o.tokens_in = o.tokens_in.max(req as f64);
         o.source = format!(
@@ -145,50 +134,204 @@ fn observe(engine: &Engine, firing: &Firing, c: &Candidate) -> Observed {
     o
 }
 
+fn compare(
+    statistic: &str,
+    unit: &str,
+    measured_local: f64,
+    predicted_cloud: f64,
+    lower_is_better: bool,
+) -> EstimateComparison {
+    EstimateComparison {
+        statistic: statistic.to_owned(),
+        unit: unit.to_owned(),
+        measured_local,
+        predicted_cloud,
+        lower_is_better,
+        ratio: if measured_local > 0.0 {
+            predicted_cloud / measured_local
+        } else {
+            0.0
+        },
+    }
+}
+
+/// Whether the predicted figure is better than the measured one.
+fn better(c: &EstimateComparison) -> bool {
+    if c.lower_is_better {
+        c.predicted_cloud < c.measured_local
+    } else {
+        c.predicted_cloud > c.measured_local
+    }
+}
+
+/// The evidence item of `signal` that breached its threshold.
+fn breached<'a>(ask: &Ask<'a>, signal: &str) -> Option<&'a Evidence> {
+    ask.evidence
+        .iter()
+        .rev()
+        .find(|e| e.signal == signal && e.value > e.threshold)
+}
+
+/// A cloud estimate that holds up: (estimate, benefit words, cost words), or why Krako Cloud
+/// would not help (its predicted figure is not better, or the tier cannot serve the request).
 fn estimate(
-    engine: &Engine,
-    firing: &Firing,
-    c: &Candidate,
+    inp: Inputs<'_>,
+    ask: &Ask<'_>,
     tier: &CloudTier,
-) -> (CloudEstimate, String, String) {
-    let o = observe(engine, firing, c);
-    let predicted_ms = tier.first_token_ms + o.tokens_out / tier.output_tokens_per_s * 1000.0;
+) -> Result<(CloudEstimate, String, String), String> {
+    let o = observe(inp, ask);
+    let label = &tier.label;
+    let per_s = tier.output_tokens_per_s.max(f64::MIN_POSITIVE);
+    let model_time = |out: f64| tier.first_token_ms + out / per_s * 1000.0;
+    let out_of = |p: &RunPoint| p.tokens_out.map_or(o.tokens_out, |t| t as f64);
+    let predicted_mean_ms = model_time(o.tokens_out);
+    let (comparison, benefit) = match ask.category {
+        Category::Latency => {
+            // The same statistic on both sides: the p95 over the scope's last N runs, measured
+            // here and predicted run by run (first token + that run's output / throughput).
+            let total = breached(ask, "model_latency_ms_p95").is_none()
+                && breached(ask, "total_latency_ms_p95").is_some();
+            let (measured, predicted): (Vec<f64>, Vec<f64>) = o
+                .runs
+                .iter()
+                .map(|p| {
+                    let cloud = model_time(out_of(p));
+                    if total {
+                        let other = (p.total_latency_ms - p.model_latency_ms).max(0.0);
+                        (p.total_latency_ms, other + cloud)
+                    } else {
+                        (p.model_latency_ms, cloud)
+                    }
+                })
+                .unzip();
+            let (Some(m), Some(p)) = (quantile(&measured, 0.95), quantile(&predicted, 0.95)) else {
+                return Err(format!(
+                    "no local run of {} is recorded to compare with",
+                    ask.scope
+                ));
+            };
+            let (statistic, what) = if total {
+                ("total_latency_ms_p95", "total time")
+            } else {
+                ("model_latency_ms_p95", "model time")
+            };
+            let c = compare(statistic, "ms", m, p.round(), true);
+            if !better(&c) {
+                return Err(format!(
+                    "its predicted p95 {what} of ~{} ms on {label} is not below the {} ms measured here",
+                    num(c.predicted_cloud),
+                    num(m.round())
+                ));
+            }
+            let benefit = format!(
+                "an estimated p95 {what} of ~{} ms per run on {label} (p95 measured here: {} ms)",
+                num(c.predicted_cloud),
+                num(m.round())
+            );
+            (Some(c), benefit)
+        }
+        Category::Context => {
+            if let Some(req) = ask.requested_context
+                && req > tier.max_context_tokens
+            {
+                return Err(format!(
+                    "the {} tokens asked for are more than {label} serves ({} tokens)",
+                    num(req as f64),
+                    num(tier.max_context_tokens as f64)
+                ));
+            }
+            let c = breached(ask, "requested_context_tokens").map(|e| {
+                compare(
+                    "context_tokens",
+                    "tokens",
+                    e.threshold,
+                    tier.max_context_tokens as f64,
+                    false,
+                )
+            });
+            if let Some(c) = &c
+                && !better(c)
+            {
+                return Err(format!(
+                    "{label} serves at most {} tokens of context, no more than the {} supported here",
+                    num(c.predicted_cloud),
+                    num(c.measured_local)
+                ));
+            }
+            let benefit = format!(
+                "the full context (up to {} tokens on {label}), at an estimated ~{} ms of model time per run",
+                num(tier.max_context_tokens as f64),
+                num(predicted_mean_ms.round())
+            );
+            (c, benefit)
+        }
+        Category::Concurrency => {
+            let demand = inp
+                .state
+                .active_sessions
+                .as_ref()
+                .map_or(1.0, |s| s.value.max(1.0));
+            if demand > f64::from(tier.max_concurrent_sessions) {
+                return Err(format!(
+                    "{} sessions are active, more than the {} {label} serves at once",
+                    num(demand),
+                    tier.max_concurrent_sessions
+                ));
+            }
+            let c = match (
+                breached(ask, "queue_wait_ms_p95"),
+                breached(ask, "active_sessions_median"),
+            ) {
+                (Some(q), _) => compare("queue_wait_ms_p95", "ms", q.value, 0.0, true),
+                (None, Some(a)) => compare(
+                    "concurrent_sessions",
+                    "sessions",
+                    a.threshold,
+                    f64::from(tier.max_concurrent_sessions),
+                    false,
+                ),
+                (None, None) => {
+                    return Err("no queue wait or session count was measured".to_owned());
+                }
+            };
+            if !better(&c) {
+                return Err(format!(
+                    "{label} serves {} sessions at once, no more than the {} recommended here",
+                    num(c.predicted_cloud),
+                    num(c.measured_local)
+                ));
+            }
+            let benefit = format!(
+                "up to {} parallel sessions on {label} without the local queue (p95 queue wait measured here: {})",
+                tier.max_concurrent_sessions,
+                match &inp.state.queue_wait_p95 {
+                    Some(q) => format!("{} ms", num(q.value.round())),
+                    None => "not measured".to_owned(),
+                }
+            );
+            (Some(c), benefit)
+        }
+        Category::ModelFit => (
+            None,
+            format!(
+                "running {} without the local VRAM limit, at an estimated ~{} ms of model time per run on {label}",
+                ask.scope,
+                num(predicted_mean_ms.round())
+            ),
+        ),
+        Category::Reliability => (
+            None,
+            format!(
+                "a stronger model on {label}, at an estimated ~{} ms of model time per run (fewer validation retries are likely but cannot be predicted from local data)",
+                num(predicted_mean_ms.round())
+            ),
+        ),
+    };
     // Rounded to micro-dollars: the figure is an estimate, and the log stays readable.
     let cost = (o.tokens_in * tier.usd_per_million_input_tokens
         + o.tokens_out * tier.usd_per_million_output_tokens)
         .round()
         / 1e6;
-    let label = &tier.label;
-    let measured = |v: Option<f64>| match v {
-        Some(v) => format!("{} ms", num(v.round())),
-        None => "not measured".to_owned(),
-    };
-    let benefit = match firing.category {
-        Category::Latency => format!(
-            "an estimated ~{} ms of model time per run on {label} (p95 measured here: {})",
-            num(predicted_ms.round()),
-            measured(o.model_latency_p95)
-        ),
-        Category::ModelFit => format!(
-            "running {} without the local VRAM limit, at an estimated ~{} ms of model time per run on {label}",
-            firing.scope,
-            num(predicted_ms.round())
-        ),
-        Category::Context => format!(
-            "the full context (up to {} tokens on {label}), at an estimated ~{} ms of model time per run",
-            num(tier.max_context_tokens as f64),
-            num(predicted_ms.round())
-        ),
-        Category::Concurrency => format!(
-            "up to {} parallel sessions on {label} without the local queue (p95 queue wait measured here: {})",
-            tier.max_concurrent_sessions,
-            measured(engine.state.queue_wait_p95.as_ref().map(|s| s.value))
-        ),
-        Category::Reliability => format!(
-            "a stronger model on {label}, at an estimated ~{} ms of model time per run (fewer validation retries are likely but cannot be predicted from local data)",
-            num(predicted_ms.round())
-        ),
-    };
     let assumptions = format!(
         "{} input and {} output tokens per run ({}), {} output tokens/s and {} ms to the first token on {label}, and list prices of {} and {} per million input and output tokens (cloud tier table {}); these figures are estimates, not measurements",
         num(o.tokens_in),
@@ -198,12 +341,12 @@ fn estimate(
         num(tier.first_token_ms),
         usd(tier.usd_per_million_input_tokens),
         usd(tier.usd_per_million_output_tokens),
-        engine.tiers.version
+        inp.tiers.version
     );
     let cost_text = format!("{} per run (an estimate assuming {assumptions})", usd(cost));
     let est = CloudEstimate {
         tier: tier.id.clone(),
-        reason: firing.reason.clone(),
+        reason: ask.reason.to_owned(),
         predicted_improvement: benefit.clone(),
         predicted_cost: format!(
             "{} per run, {} per 1,000 runs (estimate)",
@@ -212,30 +355,19 @@ fn estimate(
         ),
         cost_per_run_usd: cost,
         assumptions,
-        tier_table_version: engine.tiers.version.clone(),
+        tier_table_version: inp.tiers.version.clone(),
+        comparison,
+        tier_max_context_tokens: Some(tier.max_context_tokens),
+        tier_max_concurrent_sessions: Some(tier.max_concurrent_sessions),
     };
-    (est, benefit, cost_text)
+    Ok((est, benefit, cost_text))
 }
 
-/// The suggestion for a firing that passed the anti-spam rules.
-pub(crate) fn build(engine: &Engine, firing: &Firing, c: &Candidate) -> Suggestion {
-    let ladder = engine
-        .state
-        .ladders
-        .get(&firing.category)
-        .and_then(|m| m.get(&firing.scope))
-        .cloned()
-        .unwrap_or_default();
-    let steps = local_steps(firing.category);
-    let next = steps
-        .iter()
-        .find(|(s, _)| !ladder.offered.contains(s))
-        .or(steps.last())
-        .copied()
-        .unwrap_or((1, "smaller_model"));
-    let tier = engine.tiers.tier_for(firing.category);
-    let escalate =
-        !ladder.offered.is_empty() && (ladder.fired_again || ladder.dismissed || ladder.insisted);
+/// The suggestion for `ask`. Krako Cloud is added as option (2) when the ladder allows it
+/// (or `insisted`: the user asked for the same tier) and its estimate holds up; when the
+/// ladder allows it but the estimate does not, `cloud_withheld` and the message say why.
+pub(crate) fn build(inp: Inputs<'_>, ask: &Ask<'_>, ladder: &Ladder, insisted: bool) -> Suggestion {
+    let next = ladder.next_local(ask.category);
     let local_option = SuggestionOption {
         id: next.1.to_owned(),
         kind: OptionKind::Local,
@@ -246,10 +378,23 @@ pub(crate) fn build(engine: &Engine, firing: &Firing, c: &Candidate) -> Suggesti
     };
     let mut options = vec![local_option];
     let mut ladder_step = next.0;
-    let message = match tier.filter(|_| escalate) {
-        Some(tier) => {
-            let (est, benefit, cost_text) = estimate(engine, firing, c, tier);
-            let (ready, todo) = readiness(engine, firing.ts_ms);
+    let mut cloud_withheld = None;
+    let local_line = format!(
+        "Local execution hit a limit: {}. You can:\n(1) try {}",
+        ask.reason,
+        local_label(next.1)
+    );
+    let open = insisted || ladder.cloud_open();
+    let offer = match inp.tiers.tier_for(ask.category) {
+        Some(tier) if open => Some(estimate(inp, ask, tier).map(|e| (tier, e))),
+        None if open => Some(Err(
+            "the cloud tier table names no tier for this category".to_owned()
+        )),
+        _ => None,
+    };
+    let message = match offer {
+        Some(Ok((tier, (est, benefit, cost_text)))) => {
+            let (ready, todo) = readiness(inp, ask.ts_ms);
             options.push(SuggestionOption {
                 id: CLOUD_OPTION.to_owned(),
                 kind: OptionKind::Cloud,
@@ -259,30 +404,29 @@ pub(crate) fn build(engine: &Engine, firing: &Firing, c: &Candidate) -> Suggesti
                 to_do_first: todo,
             });
             ladder_step = CLOUD_STEP;
-            format!(
-                "Local execution hit a limit: {}. You can:\n(1) try {}\n(2) upgrade to Krako Cloud for {} at ~{}.",
-                firing.reason,
-                local_label(next.1),
-                benefit,
-                cost_text
-            )
+            format!("{local_line}\n(2) upgrade to Krako Cloud for {benefit} at ~{cost_text}.")
         }
-        None => format!(
-            "Local execution hit a limit: {}. You can:\n(1) try {}.",
-            firing.reason,
-            local_label(next.1)
-        ),
+        Some(Err(why)) => {
+            let text = format!("Krako Cloud would not help here: {why}");
+            let message = format!("{local_line}.\n{text}.");
+            cloud_withheld = Some(text);
+            message
+        }
+        None => format!("{local_line}."),
     };
     Suggestion {
-        ts_ms: firing.ts_ms,
-        suggestion_id: format!("s-{}-{}", c.seq, firing.category.as_str()),
-        firing_id: firing.firing_id.clone(),
-        category: firing.category,
-        scope: firing.scope.clone(),
-        session_id: firing.session_id.clone(),
+        ts_ms: ask.ts_ms,
+        suggestion_id: format!("s-{}-{}", ask.seq, ask.category.as_str()),
+        firing_id: ask.firing_id.to_owned(),
+        category: ask.category,
+        scope: ask.scope.to_owned(),
+        session_id: ask.session_id.map(str::to_owned),
         ladder_step,
         options,
         message,
-        thresholds_version: engine.thresholds.version().to_owned(),
+        thresholds_version: inp.thresholds.version().to_owned(),
+        thresholds_fingerprint: Some(inp.thresholds.fingerprint()),
+        cloud_withheld,
+        in_answer_to: None,
     }
 }

@@ -39,15 +39,28 @@ fn group(v: i64) -> String {
     if v < 0 { format!("-{out}") } else { out }
 }
 
-/// Dollars: four decimals below one cent, else two or three.
+/// Dollars: cents from one dollar up; below, three significant digits (at least two
+/// decimals), so a fraction of a cent never prints as `$0.0000`.
 pub fn usd(v: f64) -> String {
-    if v < 0.01 {
-        format!("${v:.4}")
-    } else if v < 1.0 {
-        format!("${v:.3}")
-    } else {
-        format!("${v:.2}")
+    if !v.is_finite() {
+        return "unknown".to_owned();
     }
+    if v == 0.0 {
+        return "$0".to_owned();
+    }
+    let sign = if v < 0.0 { "-" } else { "" };
+    let a = v.abs();
+    if a >= 1.0 {
+        return format!("{sign}${a:.2}");
+    }
+    let decimals = (2 - a.log10().floor() as i32).max(2) as usize;
+    let s = format!("{a:.decimals$}");
+    let (whole, frac) = s.split_once('.').unwrap_or((&s, ""));
+    let mut frac = frac.trim_end_matches('0').to_owned();
+    while frac.len() < 2 {
+        frac.push('0');
+    }
+    format!("{sign}${whole}.{frac}")
 }
 
 /// The category in words.
@@ -73,7 +86,20 @@ mod tests {
         assert_eq!(num(2.5), "2.5");
         assert_eq!(num(0.125), "0.125");
         assert_eq!(num(-1500.0), "-1,500");
-        assert_eq!(usd(0.00213), "$0.0021");
+        assert_eq!(usd(0.00213), "$0.00213");
         assert_eq!(usd(2.1), "$2.10");
+    }
+
+    /// A cost of a fraction of a cent printed as `$0.0000` (issue 12): significant digits.
+    #[test]
+    fn small_costs_keep_significant_digits() {
+        assert_eq!(usd(0.000042), "$0.000042");
+        assert_eq!(usd(0.0000123456), "$0.0000123");
+        assert_eq!(usd(0.0048), "$0.0048");
+        assert_eq!(usd(0.5), "$0.50");
+        assert_eq!(usd(0.125), "$0.125");
+        assert_eq!(usd(0.0), "$0");
+        assert_eq!(usd(12.345), "$12.35");
+        assert_ne!(usd(0.00001), "$0.0000");
     }
 }

@@ -142,7 +142,17 @@ pub fn validate(f: &ThresholdsFile) -> Result<Semver, ThresholdsError> {
             "must not exceed window_seconds",
         ));
     }
+    check_count(
+        "windows.max_streak_gap_minutes",
+        f.windows.max_streak_gap_minutes,
+        7 * 24 * 60,
+    )?;
     check_count("model_fit.load_failures", f.model_fit.load_failures, 1_000)?;
+    check_count(
+        "model_fit.free_lookback_minutes",
+        f.model_fit.free_lookback_minutes,
+        24 * 60,
+    )?;
     check_limit("latency.lat_p95_limit_ms", f.latency.lat_p95_limit_ms)?;
     check_limit("latency.total_p95_limit_ms", f.latency.total_p95_limit_ms)?;
     check_count("latency.sustain_blocks", f.latency.sustain_blocks, 1_000)?;
@@ -175,6 +185,11 @@ pub fn validate(f: &ThresholdsFile) -> Result<Semver, ThresholdsError> {
         "suggestions.readiness_max_age_minutes",
         f.suggestions.readiness_max_age_minutes,
         24 * 60,
+    )?;
+    check_count(
+        "suggestions.sessionless_idle_minutes",
+        f.suggestions.sessionless_idle_minutes,
+        7 * 24 * 60,
     )?;
     check_count("follow_up.windows", f.follow_up.windows, 1_000)?;
     check_count("follow_up.minutes", f.follow_up.minutes, 7 * 24 * 60)?;
@@ -262,6 +277,18 @@ impl Thresholds {
         i64::from(self.file.suggestions.readiness_max_age_minutes) * 60_000
     }
 
+    pub(crate) fn max_streak_gap_ms(&self) -> i64 {
+        i64::from(self.file.windows.max_streak_gap_minutes) * 60_000
+    }
+
+    pub(crate) fn free_lookback_ms(&self) -> i64 {
+        i64::from(self.file.model_fit.free_lookback_minutes) * 60_000
+    }
+
+    pub(crate) fn sessionless_idle_ms(&self) -> i64 {
+        i64::from(self.file.suggestions.sessionless_idle_minutes) * 60_000
+    }
+
     pub(crate) fn follow_up_ms(&self) -> i64 {
         i64::from(self.file.follow_up.minutes) * 60_000
     }
@@ -305,17 +332,21 @@ fn check_pin(
     }
 }
 
-/// The values of `schema/thresholds.json` 1.0.0, in code (see [`Thresholds::embedded`]).
+/// The values of `schema/thresholds.json` 1.1.0, in code (see [`Thresholds::embedded`]).
 pub fn defaults() -> ThresholdsFile {
     use kora_model::*;
     ThresholdsFile {
-        version: "1.0.0".to_owned(),
+        version: "1.1.0".to_owned(),
         windows: WindowThresholds {
             runs_per_block: 10,
             window_seconds: 60,
             grace_seconds: 5,
+            max_streak_gap_minutes: 30,
         },
-        model_fit: ModelFitThresholds { load_failures: 1 },
+        model_fit: ModelFitThresholds {
+            load_failures: 1,
+            free_lookback_minutes: 5,
+        },
         context: ContextThresholds {
             truncation_fires: true,
         },
@@ -336,6 +367,7 @@ pub fn defaults() -> ThresholdsFile {
             category_cooldown_minutes: 30,
             signature_per_session: 1,
             readiness_max_age_minutes: 10,
+            sessionless_idle_minutes: 30,
         },
         follow_up: FollowUpThresholds {
             windows: 3,
@@ -361,10 +393,17 @@ mod tests {
     fn the_embedded_file_parses_matches_its_pin_and_the_coded_defaults() {
         let t = Thresholds::parse(EMBEDDED_THRESHOLDS)
             .unwrap_or_else(|e| panic!("{e}; fingerprint {}", fingerprint(&defaults())));
-        assert_eq!(t.version(), "1.0.0");
+        assert_eq!(t.version(), "1.1.0");
         assert_eq!(t.file(), &defaults());
         assert_eq!(Thresholds::embedded(), t);
         assert_eq!(t.fingerprint().len(), 64);
+        // The shipped version is pinned, so its content can never change under it.
+        assert_eq!(
+            pins().get(t.version()),
+            Some(&t.fingerprint()),
+            "pin {} in schema/thresholds.pins.json",
+            t.version()
+        );
     }
 
     #[test]
@@ -380,13 +419,13 @@ mod tests {
             "{err}"
         );
         // A PATCH bump with changed content is refused too.
-        v["version"] = serde_json::json!("1.0.1");
+        v["version"] = serde_json::json!("1.1.1");
         assert!(matches!(
             Thresholds::parse(&v.to_string()),
             Err(ThresholdsError::NotNewer { .. })
         ));
         // A MINOR bump is accepted.
-        v["version"] = serde_json::json!("1.1.0");
+        v["version"] = serde_json::json!("1.2.0");
         let t = Thresholds::parse(&v.to_string()).unwrap();
         assert_eq!(t.file().latency.lat_p95_limit_ms, 4000.0);
     }
@@ -394,7 +433,7 @@ mod tests {
     #[test]
     fn a_patch_bump_without_changes_is_accepted() {
         let mut v: serde_json::Value = serde_json::from_str(EMBEDDED_THRESHOLDS).unwrap();
-        v["version"] = serde_json::json!("1.0.7");
+        v["version"] = serde_json::json!("1.1.7");
         assert!(Thresholds::parse(&v.to_string()).is_ok());
     }
 

@@ -8,6 +8,7 @@
 //! the log as `window` records, which the engine then folds like any other input; replay from
 //! the log alone is therefore exact.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use kora_model::{
@@ -38,6 +39,26 @@ struct FollowerState {
     catalog: ModelCatalog,
     recorded_profile: Option<LocalCapabilityProfile>,
     cpu_load_p95: Option<f64>,
+    #[serde(default)]
+    fingerprints: BTreeMap<String, String>,
+}
+
+/// Why the derived state could not be rebuilt at start.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The log holds decisions made under the same thresholds version with other content: a
+    /// version names one content for good (spec Section 10), so the service refuses to start
+    /// rather than mix two rule sets under one name.
+    #[error(
+        "the log holds decisions made with thresholds version {version} whose fingerprint is {recorded}, but the thresholds in force under that version have fingerprint {now}: their content changed without a new version; give the changed file a new MINOR version"
+    )]
+    ThresholdsChanged {
+        version: String,
+        recorded: String,
+        now: String,
+    },
 }
 
 /// Derived state, rebuilt from the log at start.
@@ -62,6 +83,9 @@ struct Inner {
     folded: u64,
     /// The `up_to_seq` of the newest checkpoint in the log.
     checkpointed: u64,
+    /// The thresholds fingerprint of each version the log's decisions were made with (the
+    /// first seen).
+    fingerprints: BTreeMap<String, String>,
 }
 
 impl Analytics {
@@ -71,7 +95,7 @@ impl Analytics {
         store: &Store,
         thresholds: Thresholds,
         tiers: CloudTiers,
-    ) -> Result<Analytics, ReadError> {
+    ) -> Result<Analytics, RebuildError> {
         Analytics::rebuild_from(store, thresholds, tiers, true)
     }
 
@@ -81,7 +105,7 @@ impl Analytics {
         thresholds: Thresholds,
         tiers: CloudTiers,
         checkpoints: bool,
-    ) -> Result<Analytics, ReadError> {
+    ) -> Result<Analytics, RebuildError> {
         let cursor = store.engine_cursor()?;
         let window_ms = thresholds.window_ms();
         let grace_ms = thresholds.grace_ms();
@@ -99,6 +123,7 @@ impl Analytics {
             cpu_load_p95: None,
             folded: 0,
             checkpointed: 0,
+            fingerprints: BTreeMap::new(),
         };
         let mut from = 0;
         if let Some((up_to, state)) = resume {
@@ -106,6 +131,7 @@ impl Analytics {
             inner.catalog = state.catalog;
             inner.recorded_profile = state.recorded_profile;
             inner.cpu_load_p95 = state.cpu_load_p95;
+            inner.fingerprints = state.fingerprints;
             inner.folded = up_to;
             inner.checkpointed = up_to;
             from = up_to + 1;
@@ -121,6 +147,17 @@ impl Analytics {
                 }
                 inner.fold(entry);
             }
+        }
+        let version = inner.engine.thresholds().version().to_owned();
+        let now = inner.engine.thresholds().fingerprint();
+        if let Some(recorded) = inner.fingerprints.get(&version)
+            && *recorded != now
+        {
+            return Err(RebuildError::ThresholdsChanged {
+                version,
+                recorded: recorded.clone(),
+                now,
+            });
         }
         inner.reopen_windows(store)?;
         Ok(Analytics {
@@ -264,6 +301,7 @@ fn latest_checkpoint(
     thresholds: &Thresholds,
     cursor: u64,
 ) -> Result<Option<(u64, FollowerState)>, ReadError> {
+    let fingerprint = thresholds.fingerprint();
     let mut before = None;
     // A few pages back at most: checkpoints of other thresholds are skipped.
     for _ in 0..4 {
@@ -276,11 +314,16 @@ fn latest_checkpoint(
             let Record::Checkpoint(c) = &e.record else {
                 continue;
             };
-            if c.up_to_seq > cursor || c.thresholds_version != thresholds.version() {
+            // Keyed by the fingerprint: the same version string with other content (a local,
+            // unpinned set edited in place) never resumes a state folded under other rules.
+            if c.up_to_seq > cursor
+                || c.thresholds_version != thresholds.version()
+                || c.thresholds_fingerprint.as_deref() != Some(fingerprint.as_str())
+            {
                 continue;
             }
             match rmp_serde::from_slice::<FollowerState>(&c.state) {
-                Ok(state) if state.engine.thresholds_version() == thresholds.version() => {
+                Ok(state) if state.engine.thresholds_fingerprint() == fingerprint => {
                     return Ok(Some((c.up_to_seq, state)));
                 }
                 Ok(_) => {}
@@ -303,11 +346,13 @@ impl Inner {
             catalog: self.catalog.clone(),
             recorded_profile: self.recorded_profile.clone(),
             cpu_load_p95: self.cpu_load_p95,
+            fingerprints: self.fingerprints.clone(),
         };
         Ok(Record::Checkpoint(kora_model::CheckpointRecord {
             ts_ms: now_ms,
             up_to_seq: self.folded,
             thresholds_version: self.engine.thresholds().version().to_owned(),
+            thresholds_fingerprint: Some(self.engine.thresholds().fingerprint()),
             state: rmp_serde::to_vec_named(&state)?,
         }))
     }
@@ -315,6 +360,20 @@ impl Inner {
     /// Folds one entry; returns the engine's outputs for it.
     fn fold(&mut self, entry: &LogEntry) -> Vec<Record> {
         self.folded = self.folded.max(entry.seq);
+        let decided_with = match &entry.record {
+            Record::Firing(f) => Some((&f.thresholds_version, &f.thresholds_fingerprint)),
+            Record::Suggestion(x) => Some((&x.thresholds_version, &x.thresholds_fingerprint)),
+            Record::Suppression(x) => Some((&x.thresholds_version, &x.thresholds_fingerprint)),
+            Record::MitigationOutcome(x) => {
+                Some((&x.thresholds_version, &x.thresholds_fingerprint))
+            }
+            _ => None,
+        };
+        if let Some((version, Some(fp))) = decided_with {
+            self.fingerprints
+                .entry(version.clone())
+                .or_insert_with(|| fp.clone());
+        }
         match &entry.record {
             Record::Profile(p) => self.recorded_profile = Some(p.profile.clone()),
             Record::Window(w)

@@ -113,7 +113,10 @@ pub const INGEST_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 impl AppState {
     /// State over `store` with the embedded thresholds and cloud tier table; rebuilds the
     /// derived state by folding the log.
-    pub fn new(store: Arc<Store>, config: Config) -> Result<AppState, kora_store::ReadError> {
+    pub fn new(
+        store: Arc<Store>,
+        config: Config,
+    ) -> Result<AppState, analytics::RebuildError> {
         AppState::with_thresholds(
             store,
             config,
@@ -128,7 +131,7 @@ impl AppState {
         config: Config,
         thresholds: Thresholds,
         tiers: CloudTiers,
-    ) -> Result<AppState, kora_store::ReadError> {
+    ) -> Result<AppState, analytics::RebuildError> {
         let analytics = Analytics::rebuild(&store, thresholds, tiers)?;
         Ok(AppState {
             store,
