@@ -745,7 +745,8 @@ mod tests {
 
         // Other thresholds: the checkpoint is not theirs, so the whole log is folded.
         let mut file = Thresholds::embedded().file().clone();
-        file.version = "1.1.0".into();
+        file.version = "1.9.0".into();
+        file.windows.runs_per_block = 20;
         let other = Analytics::rebuild_from(
             &store,
             Thresholds::from_file(file).unwrap(),
@@ -757,6 +758,52 @@ mod tests {
         .into_inner()
         .unwrap();
         assert_eq!(other.checkpointed, 0);
+    }
+
+    /// Issue 12: a checkpoint was resumed by version string alone, so a local thresholds file
+    /// edited in place under the same version kept 10-run blocks after it said 20. Now the
+    /// log's decisions record the fingerprint, and a version seen with another one is refused.
+    #[test]
+    fn the_same_version_with_other_content_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("v.redb"), Default::default()).unwrap();
+        let custom = |runs_per_block: u32| {
+            let mut file = Thresholds::embedded().file().clone();
+            file.version = "1.9.0".into();
+            file.windows.runs_per_block = runs_per_block;
+            Thresholds::from_file(file).unwrap()
+        };
+        let runs = (0..60).map(|i| run(i, "llama-8b", 9_000.0)).collect();
+        store
+            .append(1_900_000_000_000, Batch::Records(runs))
+            .unwrap();
+        let mut inner = Analytics::rebuild_from(&store, custom(10), CloudTiers::embedded(), true)
+            .unwrap()
+            .inner
+            .into_inner()
+            .unwrap();
+        follow(&store, &mut inner, true);
+
+        // The same content starts, from its checkpoint, and has seen the decisions.
+        let same = Analytics::rebuild_from(&store, custom(10), CloudTiers::embedded(), true)
+            .unwrap()
+            .inner
+            .into_inner()
+            .unwrap();
+        assert_eq!(same.checkpointed, inner.folded);
+        assert_eq!(
+            same.fingerprints.get("1.9.0"),
+            Some(&custom(10).fingerprint()),
+            "decisions were made"
+        );
+
+        // Other content under the same version is refused, naming the version.
+        let err = Analytics::rebuild_from(&store, custom(20), CloudTiers::embedded(), true)
+            .err()
+            .unwrap();
+        assert!(matches!(err, RebuildError::ThresholdsChanged { .. }), "{err}");
+        assert!(err.to_string().contains("1.9.0"), "{err}");
+        assert!(err.to_string().contains("new MINOR version"), "{err}");
     }
 
     #[test]
