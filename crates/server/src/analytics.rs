@@ -137,15 +137,18 @@ impl Analytics {
             from = up_to + 1;
         }
         // Fold the inputs whose outputs are already recorded.
-        'fold: loop {
+        // Past the cursor only the thresholds each decision was made with are noted (the
+        // follower folds the rest once serving): the last pass's decisions lie there.
+        loop {
             let page = store.scan(from, PAGE)?;
             let Some(last) = page.last() else { break };
             from = last.seq + 1;
             for entry in &page {
                 if entry.seq > cursor {
-                    break 'fold;
+                    inner.note_thresholds(&entry.record);
+                } else {
+                    inner.fold(entry);
                 }
-                inner.fold(entry);
             }
         }
         let version = inner.engine.thresholds().version().to_owned();
@@ -357,10 +360,9 @@ impl Inner {
         }))
     }
 
-    /// Folds one entry; returns the engine's outputs for it.
-    fn fold(&mut self, entry: &LogEntry) -> Vec<Record> {
-        self.folded = self.folded.max(entry.seq);
-        let decided_with = match &entry.record {
+    /// Notes the thresholds a decision was made with (the first fingerprint of each version).
+    fn note_thresholds(&mut self, record: &Record) {
+        let decided_with = match record {
             Record::Firing(f) => Some((&f.thresholds_version, &f.thresholds_fingerprint)),
             Record::Suggestion(x) => Some((&x.thresholds_version, &x.thresholds_fingerprint)),
             Record::Suppression(x) => Some((&x.thresholds_version, &x.thresholds_fingerprint)),
@@ -374,6 +376,12 @@ impl Inner {
                 .entry(version.clone())
                 .or_insert_with(|| fp.clone());
         }
+    }
+
+    /// Folds one entry; returns the engine's outputs for it.
+    fn fold(&mut self, entry: &LogEntry) -> Vec<Record> {
+        self.folded = self.folded.max(entry.seq);
+        self.note_thresholds(&entry.record);
         match &entry.record {
             Record::Profile(p) => self.recorded_profile = Some(p.profile.clone()),
             Record::Window(w)
