@@ -8,7 +8,7 @@ use kora_model::{
 };
 use kora_window::{RunPoint, WINDOW_KIND_RUNS, WINDOW_KIND_TIME};
 
-use crate::follow_up;
+use crate::follow_up::{self, Measured};
 use crate::ladder::{CLOUD_OPTION, CLOUD_STEP, step_of_option};
 use crate::state::{
     Candidate, EngineState, NO_SESSION, ProfileInfo, ReadinessInfo, Source, SuggestionMemo,
@@ -110,8 +110,10 @@ impl Engine {
                 }
                 c.extend(reliability::after_run(s, t, seq, ts, &r.model_id));
                 c.extend(context::after_run(s, t, seq, ts, r));
-                c.extend(concurrency::on_run(s, t, seq, ts, r));
+                let found = concurrency::on_run(s, t, seq, ts, r);
+                c.extend(found.candidates);
                 self.fire_all(c, &mut out);
+                self.observe_run_windows(ts, &found.run_windows, &mut out);
                 if let Some(block) = &block {
                     self.observe_block(ts, block, &mut out);
                 }
@@ -123,7 +125,9 @@ impl Engine {
                 }
                 model_fit::on_load(s, t, seq, ts, m).into_iter().collect()
             }
-            Record::ContextRequest(c) => context::on_request(s, t, seq, ts, c).into_iter().collect(),
+            Record::ContextRequest(c) => {
+                context::on_request(s, t, seq, ts, c).into_iter().collect()
+            }
             Record::ContextOom(c) => context::on_oom(s, seq, ts, c).into_iter().collect(),
             Record::SessionStarted(x) | Record::SessionEnded(x) => {
                 // A session's signatures are forgotten when it ends (or starts over).
@@ -165,7 +169,12 @@ impl Engine {
 
     // ---- time windows ----------------------------------------------------------------
 
-    fn on_time_window(&mut self, seq: u64, w: &WindowRecord, out: &mut Vec<Record>) -> Vec<Candidate> {
+    fn on_time_window(
+        &mut self,
+        seq: u64,
+        w: &WindowRecord,
+        out: &mut Vec<Record>,
+    ) -> Vec<Candidate> {
         let s = &mut self.state;
         let source = |value: f64, what: &str| Source {
             seq,
@@ -188,7 +197,9 @@ impl Engine {
                 Vec::new()
             }
             _ => {
-                let c = concurrency::on_window(s, &self.thresholds, seq, w);
+                let found = concurrency::on_window(s, &self.thresholds, seq, w);
+                self.observe_run_windows(w.end_ms, &found.run_windows, out);
+                let c = found.candidates;
                 // Follow-ups of concurrency see each minute's measurement.
                 let value = match w.metric.split_once('/').map_or(w.metric.as_str(), |x| x.0) {
                     "active_sessions" => Some(("active_sessions_median", w.p50)),
@@ -201,11 +212,13 @@ impl Engine {
                         &mut self.state,
                         &self.thresholds,
                         w.end_ms,
-                        Category::Concurrency,
-                        &scope,
-                        metric,
-                        w.start_ms,
-                        v,
+                        Measured {
+                            category: Category::Concurrency,
+                            scope: &scope,
+                            metric,
+                            start_ms: w.start_ms,
+                            value: v,
+                        },
                     ));
                 }
                 c
@@ -213,10 +226,41 @@ impl Engine {
         }
     }
 
+    /// Follow-ups of concurrency see the queue waits runs reported, window by window.
+    fn observe_run_windows(
+        &mut self,
+        ts: i64,
+        windows: &[(String, i64, f64)],
+        out: &mut Vec<Record>,
+    ) {
+        for (scope, start_ms, p95) in windows {
+            out.extend(follow_up::observe_window(
+                &mut self.state,
+                &self.thresholds,
+                ts,
+                Measured {
+                    category: Category::Concurrency,
+                    scope,
+                    metric: "queue_wait_ms_p95",
+                    start_ms: *start_ms,
+                    value: *p95,
+                },
+            ));
+        }
+    }
+
     fn observe_block(&mut self, ts: i64, block: &kora_window::RunBlock, out: &mut Vec<Record>) {
         let measured = [
-            (Category::Latency, "model_latency_ms_p95", block.model_latency_ms.p95),
-            (Category::Latency, "total_latency_ms_p95", block.total_latency_ms.p95),
+            (
+                Category::Latency,
+                "model_latency_ms_p95",
+                block.model_latency_ms.p95,
+            ),
+            (
+                Category::Latency,
+                "total_latency_ms_p95",
+                block.total_latency_ms.p95,
+            ),
             (
                 Category::Reliability,
                 "validation_retry_count_p95",
@@ -233,11 +277,13 @@ impl Engine {
                 &mut self.state,
                 &self.thresholds,
                 ts,
-                category,
-                &block.model_id,
-                metric,
-                block.start_ms,
-                value,
+                Measured {
+                    category,
+                    scope: &block.model_id,
+                    metric,
+                    start_ms: block.start_ms,
+                    value,
+                },
             ));
         }
     }
@@ -311,11 +357,7 @@ impl Engine {
         if let Some(last) = self.state.last_suggested.get(&firing.category) {
             let eligible = last.saturating_add(self.thresholds.cooldown_ms());
             if firing.ts_ms < eligible {
-                return self.suppression(
-                    firing,
-                    SuppressionRule::CategoryCooldown,
-                    Some(eligible),
-                );
+                return self.suppression(firing, SuppressionRule::CategoryCooldown, Some(eligible));
             }
         }
         let ladder = self
@@ -441,7 +483,13 @@ impl Engine {
         {
             return; // cloud is not followed; an option never offered is ignored
         }
-        follow_up::start(&mut self.state, &self.thresholds, &f.suggestion_id, ts, choice);
+        follow_up::start(
+            &mut self.state,
+            &self.thresholds,
+            &f.suggestion_id,
+            ts,
+            choice,
+        );
     }
 
     /// Spec 4.1: "If user insists on same tier, suggest Krako Cloud", at once: a suggestion

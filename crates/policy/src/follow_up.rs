@@ -27,7 +27,6 @@ fn is_model_switch(choice: &str) -> bool {
 }
 
 /// Starts following an accepted local option.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn start(
     s: &mut EngineState,
     t: &Thresholds,
@@ -94,31 +93,36 @@ pub(crate) fn on_model_used(s: &mut EngineState, ts: i64, model: &str, session: 
     }
 }
 
-/// One window (or block) of `scope` that started at `start_ms`, measuring `value` of `metric`
-/// for `category`. Returns the outcomes of follow-ups that saw their last window.
+/// One window (or run block) of a scope, as a follow-up measures it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Measured<'a> {
+    pub category: Category,
+    pub scope: &'a str,
+    pub metric: &'a str,
+    pub start_ms: i64,
+    pub value: f64,
+}
+
+/// One window measured at `ts`. Returns the outcomes of follow-ups that saw their last window.
 pub(crate) fn observe_window(
     s: &mut EngineState,
     t: &Thresholds,
     ts: i64,
-    category: Category,
-    scope: &str,
-    metric: &str,
-    start_ms: i64,
-    value: f64,
+    m: Measured<'_>,
 ) -> Vec<Record> {
     let needed = t.file().follow_up.windows;
     let mut done = Vec::new();
     for (id, f) in s.follow_ups.iter_mut() {
-        if f.category != category || f.followed != scope || f.metric != metric {
+        if f.category != m.category || f.followed != m.scope || f.metric != m.metric {
             continue;
         }
-        if start_ms < f.started_ms || f.last_window_start == Some(start_ms) {
+        if m.start_ms < f.started_ms || f.last_window_start == Some(m.start_ms) {
             continue; // it measures the time before the mitigation, or was counted
         }
-        f.last_window_start = Some(start_ms);
+        f.last_window_start = Some(m.start_ms);
         f.windows = f.windows.saturating_add(1);
         f.observations = f.observations.saturating_add(1);
-        f.worst_after = Some(f.worst_after.map_or(value, |w| w.max(value)));
+        f.worst_after = Some(f.worst_after.map_or(m.value, |w| w.max(m.value)));
         if f.windows >= needed {
             done.push(id.clone());
         }

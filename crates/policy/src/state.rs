@@ -351,7 +351,11 @@ impl EngineState {
     /// `lookback_ms` before it (a reading the load itself lowered is not "before the load"),
     /// else the newest window that ended before it; none when every reading is later.
     pub(crate) fn vram_free_before(&self, ts_ms: i64, lookback_ms: i64) -> Option<Source> {
-        let before: Vec<&Source> = self.vram_free.iter().filter(|s| s.end_ms <= ts_ms).collect();
+        let before: Vec<&Source> = self
+            .vram_free
+            .iter()
+            .filter(|s| s.end_ms <= ts_ms)
+            .collect();
         let recent = before
             .iter()
             .filter(|s| s.end_ms >= ts_ms.saturating_sub(lookback_ms))

@@ -2,8 +2,7 @@
 //! to 7). Reads the state; never changes it (the engine records what was offered).
 
 use kora_model::{
-    Category, CloudEstimate, EstimateComparison, Evidence, OptionKind, Suggestion,
-    SuggestionOption,
+    Category, CloudEstimate, EstimateComparison, Evidence, OptionKind, Suggestion, SuggestionOption,
 };
 use kora_window::{RunPoint, quantile};
 

@@ -809,7 +809,10 @@ mod tests {
         let err = Analytics::rebuild_from(&store, custom(20), CloudTiers::embedded(), true)
             .err()
             .unwrap();
-        assert!(matches!(err, RebuildError::ThresholdsChanged { .. }), "{err}");
+        assert!(
+            matches!(err, RebuildError::ThresholdsChanged { .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("1.9.0"), "{err}");
         assert!(err.to_string().contains("new MINOR version"), "{err}");
     }

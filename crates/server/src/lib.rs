@@ -113,10 +113,7 @@ pub const INGEST_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 impl AppState {
     /// State over `store` with the embedded thresholds and cloud tier table; rebuilds the
     /// derived state by folding the log.
-    pub fn new(
-        store: Arc<Store>,
-        config: Config,
-    ) -> Result<AppState, analytics::RebuildError> {
+    pub fn new(store: Arc<Store>, config: Config) -> Result<AppState, analytics::RebuildError> {
         AppState::with_thresholds(
             store,
             config,

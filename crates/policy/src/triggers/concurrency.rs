@@ -22,6 +22,14 @@ use crate::thresholds::Thresholds;
 /// The most queue waits kept for one window of runs (the p95 of more is no different).
 const RUN_MINUTE_CAP: usize = 10_000;
 
+/// What folding a record found: candidates, and the windows of runs' queue waits that were
+/// evaluated (scope, window start, p95), which follow-ups of concurrency measure.
+#[derive(Debug, Default)]
+pub(crate) struct Found {
+    pub candidates: Vec<Candidate>,
+    pub run_windows: Vec<(String, i64, f64)>,
+}
+
 /// One minute's input for a scope: its evidence, or why it cannot be evaluated.
 struct MinuteInput {
     scope: String,
@@ -33,12 +41,7 @@ struct MinuteInput {
 }
 
 /// A time window of `active_sessions` or `queue_wait_ms` (host or per model).
-pub(crate) fn on_window(
-    s: &mut EngineState,
-    t: &Thresholds,
-    seq: u64,
-    w: &WindowRecord,
-) -> Vec<Candidate> {
+pub(crate) fn on_window(s: &mut EngineState, t: &Thresholds, seq: u64, w: &WindowRecord) -> Found {
     let mut out = close_run_minutes(s, t, seq, |start| start <= w.start_ms);
     let Some((signal, None, model)) = Sample::parse_series_key(&w.metric) else {
         return out;
@@ -113,18 +116,12 @@ pub(crate) fn on_window(
         }
         _ => return out,
     };
-    out.extend(minute(s, t, input));
+    out.candidates.extend(minute(s, t, input));
     out
 }
 
 /// A local run: closes the windows of runs that are over, then counts its queue wait.
-pub(crate) fn on_run(
-    s: &mut EngineState,
-    t: &Thresholds,
-    seq: u64,
-    ts: i64,
-    run: &Run,
-) -> Vec<Candidate> {
+pub(crate) fn on_run(s: &mut EngineState, t: &Thresholds, seq: u64, ts: i64, run: &Run) -> Found {
     let window_ms = t.window_ms();
     let start = ts.div_euclid(window_ms) * window_ms;
     let out = close_run_minutes(s, t, seq, |m| m < start);
@@ -161,7 +158,7 @@ fn close_run_minutes(
     t: &Thresholds,
     seq: u64,
     done: impl Fn(i64) -> bool,
-) -> Vec<Candidate> {
+) -> Found {
     let over: Vec<String> = s
         .run_minutes
         .iter()
@@ -170,7 +167,7 @@ fn close_run_minutes(
         .collect();
     let window_ms = t.window_ms();
     let limit = t.file().concurrency.queue_wait_limit_ms;
-    let mut out = Vec::new();
+    let mut out = Found::default();
     for scope in over {
         let Some(m) = s.run_minutes.remove(&scope) else {
             continue;
@@ -213,7 +210,8 @@ fn close_run_minutes(
                 from: "p95 of the queue waits runs reported".to_owned(),
             });
         }
-        out.extend(minute(s, t, input));
+        out.run_windows.push((scope.clone(), m.start_ms, p95));
+        out.candidates.extend(minute(s, t, input));
     }
     out
 }
@@ -273,7 +271,14 @@ fn minute(s: &mut EngineState, t: &Thresholds, input: MinuteInput) -> Option<Can
     } else {
         EvalState::Idle
     };
-    s.set_eval(Category::Concurrency, &scope, input.seq, input.end_ms, state, now);
+    s.set_eval(
+        Category::Concurrency,
+        &scope,
+        input.seq,
+        input.end_ms,
+        state,
+        now,
+    );
     if !fires || s.concurrency_fired_minute == Some(at) {
         return None;
     }

@@ -14,8 +14,7 @@ use crate::triggers::request_signature;
 /// `suggestions.sessionless_idle_minutes` without such a request, and its signatures are
 /// forgotten then, so "once per session" ends for them too.
 fn touch_sessionless(s: &mut EngineState, t: &Thresholds, ts: i64) {
-    if s
-        .sessionless_last_ms
+    if s.sessionless_last_ms
         .is_some_and(|last| ts.saturating_sub(last) > t.sessionless_idle_ms())
     {
         s.sessions.remove(NO_SESSION);

@@ -70,10 +70,7 @@ pub(crate) fn on_load(
         None => (None, None),
     };
     let total = newer(s.vram_total.clone(), profile_total);
-    let free = newer(
-        s.vram_free_before(ts, t.free_lookback_ms()),
-        profile_free,
-    );
+    let free = newer(s.vram_free_before(ts, t.free_lookback_ms()), profile_free);
     let span = |src: &Source, threshold: f64, detail: String| Evidence {
         signal: "model_required_vram_mb".to_owned(),
         value: required,
