@@ -306,6 +306,20 @@ impl EngineState {
         if state == EvalState::Idle {
             self.resolve(category, scope, ts_ms);
         }
+        self.record_eval(category, scope, seq, ts_ms, state, evidence);
+    }
+
+    /// Records an evaluation without moving the alert (an input that is not the last word on
+    /// its window, such as one metric of a minute others may still breach).
+    pub(crate) fn record_eval(
+        &mut self,
+        category: Category,
+        scope: &str,
+        seq: u64,
+        ts_ms: i64,
+        state: EvalState,
+        evidence: Vec<Evidence>,
+    ) {
         self.evals.entry(category).or_default().insert(
             scope.to_owned(),
             Eval {

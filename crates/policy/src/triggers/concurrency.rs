@@ -224,11 +224,22 @@ fn minute(s: &mut EngineState, t: &Thresholds, input: MinuteInput) -> Option<Can
     let scope = input.scope.clone();
     let c = s.concurrency.entry(scope.clone()).or_default();
     let at = input.start_ms;
+    // A minute that ended without a breach resolves a firing scope (at that minute's end);
+    // within a minute, one metric within limits is not the last word.
+    let mut resolved_at = None;
     match c.minute {
         Some(m) if at < m => return None, // out of order: never changes a later streak
         Some(m) if at == m => {}
         prev => {
             let consecutive = prev == Some(at - window_ms) && c.minute_breached;
+            if let Some(p) = prev {
+                if !c.minute_breached {
+                    resolved_at = Some(p.saturating_add(window_ms));
+                } else if p.saturating_add(window_ms) < at {
+                    // The minute after a breach had no data: the condition did not hold.
+                    resolved_at = Some(p.saturating_add(2 * window_ms));
+                }
+            }
             if !consecutive {
                 c.streak.clear();
             }
@@ -271,7 +282,10 @@ fn minute(s: &mut EngineState, t: &Thresholds, input: MinuteInput) -> Option<Can
     } else {
         EvalState::Idle
     };
-    s.set_eval(
+    if let Some(end) = resolved_at {
+        s.resolve(Category::Concurrency, &scope, end);
+    }
+    s.record_eval(
         Category::Concurrency,
         &scope,
         input.seq,
