@@ -169,3 +169,72 @@ fn sustained_latency_fires_on_the_third_block_and_survives_a_restart() {
     assert_eq!(report["differences"], json!([]));
     assert!(report["matching"].as_u64().unwrap() >= 3, "{report}");
 }
+
+/// Issue 12: a local thresholds version (not pinned) could change content later under the
+/// same version, and a restart resumed a checkpoint by version string alone. Now the real
+/// binary refuses to start when the log holds decisions of the version in force made with
+/// another fingerprint, says why, and leaves the store as it was.
+#[test]
+fn a_thresholds_version_edited_in_place_is_refused_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("thresholds.json");
+    let mut thresholds: Value = serde_json::from_str(kora_policy::EMBEDDED_THRESHOLDS).unwrap();
+    thresholds["version"] = json!("1.9.0");
+    std::fs::write(&file, thresholds.to_string()).unwrap();
+    let env = [("KORA_TELEMETRY_THRESHOLDS", file.to_str().unwrap())];
+
+    let http = agent();
+    let server = Server::start_with_env(&data, &env);
+    for block in 0..3 {
+        let runs: Vec<Value> = (0..10).map(|i| slow_run(block, i)).collect();
+        let r = http
+            .post(server.url("/v1/runs"))
+            .send_json(json!({ "runs": runs }))
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let s = wait_for(&http, &server, "firing", None);
+    assert_eq!(s["state"], "firing");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let firing = loop {
+        let v = get(&http, server.url("/v1/log?kind=firing&limit=10"));
+        if let Some(f) = v["entries"].as_array().and_then(|e| e.first()).cloned() {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "no firing was recorded");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(firing["thresholds_version"], "1.9.0", "{firing}");
+    let recorded = firing["thresholds_fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(recorded.len(), 64, "{firing}");
+    server.stop();
+
+    // The same version, other content.
+    thresholds["latency"]["lat_p95_limit_ms"] = json!(4000);
+    std::fs::write(&file, thresholds.to_string()).unwrap();
+    let out = std::process::Command::new(BIN)
+        .env("KORA_TELEMETRY_LOG", "warn")
+        .envs(env)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started with changed content");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1.9.0"), "{stderr}");
+    assert!(stderr.contains(&recorded), "{stderr}");
+    assert!(stderr.contains("new MINOR version"), "{stderr}");
+
+    // With the content it was recorded with, it starts again and nothing was lost.
+    thresholds["latency"]["lat_p95_limit_ms"] = json!(4500);
+    std::fs::write(&file, thresholds.to_string()).unwrap();
+    let server = Server::start_with_env(&data, &env);
+    assert_eq!(count(&http, &server, "firing"), 1);
+    assert_eq!(count(&http, &server, "run"), 30);
+    server.stop();
+}
