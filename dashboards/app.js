@@ -9,7 +9,6 @@
 
 (function () {
   const POLL_MS = 3000;
-  const LADDER = ["smaller or quantized model", "more deterministic filtering", "lower context mode", "Krako Cloud"];
   const COLORS = ["#1f6feb", "#f59e42", "#2da44e", "#a371f7", "#e5534b", "#0ea5a4"];
 
   // ---------- helpers ----------
@@ -433,10 +432,10 @@
     const el = card(null);
     el.classList.add("suggestion");
     el.dataset.suggestionId = s.suggestion_id;
+    el.dataset.category = s.category;
     const answered = item.feedback.length > 0;
     el.appendChild(h("div", {}, badge(s.category, "local"), " ", h("strong", {}, s.scope), h("span", { class: "muted small" }, ` · ${time(s.ts_ms)} · ${s.suggestion_id} · thresholds ${s.thresholds_version}`)));
-    el.appendChild(h("div", { class: "ladder", title: "the mitigation ladder" }, LADDER.map((label, i) =>
-      h("span", { class: i + 1 === s.ladder_step ? "current" : (i + 1 < s.ladder_step ? "done" : null) }, `${i + 1}. ${label}`))));
+    el.appendChild(ladderOf(item));
     el.appendChild(h("pre", { class: "message" }, s.message));
     if (item.firing) {
       el.appendChild(h("h3", {}, `Evidence (firing ${item.firing.firing_id}${item.firing.sustained ? `, sustained over ${item.firing.sustained} windows` : ""})`));
@@ -468,6 +467,23 @@
     const err = h("div", { class: "error-text small feedback-error" });
     el.appendChild(err);
     return el;
+  }
+
+  /**
+   * The mitigation ladder of a suggestion, as the API names it for the suggestion's category
+   * (`ladder`): a step the suggestion offers is named by the option it offers (for reliability,
+   * step 1 is a stronger local model, not a smaller one) and highlighted; a step the category
+   * does not use is dimmed.
+   */
+  function ladderOf(item) {
+    const s = item.suggestion;
+    const steps = item.ladder || [];
+    return h("div", { class: "ladder", title: "the mitigation ladder" }, steps.map((x) =>
+      h("span", {
+        class: x.offered ? "current" : (!x.applies ? "skipped" : (x.step < s.ladder_step ? "done" : null)),
+        title: x.applies ? (x.offered ? "offered now" : null) : `not a step for ${s.category}`,
+        data: { step: String(x.step), option: x.option_id },
+      }, `${x.step}. ${x.label}`)));
   }
 
   async function sendFeedback(ev, id, body) {

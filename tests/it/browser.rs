@@ -339,6 +339,46 @@ fn check(server: &Server, chromium: &Path) {
         "{metrics}"
     );
 
+    // The ladder names the option offered: a reliability suggestion's step 1 is the stronger
+    // local model it offers, never "smaller or quantized"; other categories keep theirs.
+    let ladders = report["views"]["suggestions"]["ladders"]
+        .as_array()
+        .unwrap();
+    let step1 = |category: &str| -> Vec<(String, String)> {
+        ladders
+            .iter()
+            .filter(|l| l["category"] == category)
+            .map(|l| {
+                let s = &l["steps"][0];
+                (
+                    s["text"].as_str().unwrap().to_lowercase(),
+                    s["option"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let reliability = step1("reliability");
+    assert!(!reliability.is_empty(), "no reliability card: {ladders:?}");
+    for (text, option) in &reliability {
+        assert_eq!(option, "stronger_local_model", "{ladders:?}");
+        assert!(
+            text.starts_with("1. a stronger local model") && !text.contains("smaller"),
+            "{text}"
+        );
+    }
+    let offered_step1 = ladders
+        .iter()
+        .filter(|l| l["category"] == "reliability")
+        .any(|l| l["steps"][0]["class"] == "current");
+    assert!(
+        offered_step1,
+        "the offered step is not highlighted: {ladders:?}"
+    );
+    for (text, option) in step1("model_fit") {
+        assert_eq!(option, "smaller_model");
+        assert!(text.contains("smaller or quantized"), "{text}");
+    }
+
     // The accept click: a same-origin JSON POST that the API took, and the card updated.
     let a = &report["accept"];
     assert_eq!(a["status"], 200, "{a}");

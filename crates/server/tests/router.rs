@@ -755,6 +755,24 @@ async fn product_metrics_count_from_the_log_and_say_none_yet() {
 }
 
 #[tokio::test]
+async fn a_reliability_suggestion_names_its_stronger_local_model_on_the_ladder() {
+    let app = app();
+    populated(&app).await;
+    let (_, v) = app.get("/v1/suggestions?category=reliability").await;
+    let item = &v["suggestions"][0];
+    assert_eq!(item["suggestion"]["ladder_step"], 1, "{item}");
+    assert_eq!(
+        item["ladder"][0]["option_id"], "stronger_local_model",
+        "{item}"
+    );
+    assert_eq!(item["ladder"][0]["offered"], true, "{item}");
+    let label = item["ladder"][0]["label"].as_str().unwrap();
+    assert!(label.contains("stronger local model"), "{label}");
+    assert!(!label.contains("smaller"), "{label}");
+    assert_eq!(item["ladder"][2]["applies"], false, "{item}");
+}
+
+#[tokio::test]
 async fn consent_needs_the_token_and_a_local_origin() {
     let app = app();
     let token = token_of(&app);
