@@ -9,7 +9,6 @@
 
 (function () {
   const POLL_MS = 3000;
-  const LADDER = ["smaller or quantized model", "more deterministic filtering", "lower context mode", "Krako Cloud"];
   const COLORS = ["#1f6feb", "#f59e42", "#2da44e", "#a371f7", "#e5534b", "#0ea5a4"];
 
   // ---------- helpers ----------
@@ -245,7 +244,9 @@
     async load() {
       const [windows, thresholds, triggers, runs] = await Promise.all([
         closedWindows("kind=runs&limit=1000"), api("/v1/thresholds"), api("/v1/triggers"), api("/v1/log?kind=run&limit=1000")]);
-      return { windows, thresholds: thresholds.body, triggers: triggers.body.triggers || [], runs: (runs.body.entries || []).filter((r) => r.substrate !== "cloud") };
+      const all = runs.body.entries || [];
+      return { windows, thresholds: thresholds.body, triggers: triggers.body.triggers || [], runs: all.filter((r) => r.substrate !== "cloud"),
+        cloudRuns: all.filter((r) => r.substrate === "cloud").length };
     },
     draw(d, root) {
       const lat = d.thresholds.thresholds.latency;
@@ -253,6 +254,10 @@
       const totalByModel = groupBy(d.windows.filter((w) => w.metric === "total_latency_ms"), (w) => w.scope);
       const models = Array.from(new Set([...byModel.keys(), ...groupBy(d.runs, (r) => r.model_id).keys()])).sort();
       root.appendChild(h("h2", {}, "Latency: p95 per model per block of runs"));
+      if (d.cloudRuns) {
+        root.appendChild(h("p", { class: "small muted", id: "latency-cloud-note" }, `${fmt(d.cloudRuns, 0)} of the ${fmt(d.cloudRuns + d.runs.length, 0)} most recent runs executed on Krako Cloud: `
+          + "they are not local latency and are left out here. ", h("a", { href: "#metrics" }, "See them under Product metrics →")));
+      }
       const chartCard = card(`model_latency_ms p95 per block of ${d.thresholds.thresholds.windows.runs_per_block} runs (limit ${fmt(lat.lat_p95_limit_ms)} ms, sustained over ${lat.sustain_blocks} blocks)`);
       const holder = h("div", { class: "chart", id: "latency-chart" });
       chartCard.appendChild(holder);
@@ -433,10 +438,10 @@
     const el = card(null);
     el.classList.add("suggestion");
     el.dataset.suggestionId = s.suggestion_id;
+    el.dataset.category = s.category;
     const answered = item.feedback.length > 0;
     el.appendChild(h("div", {}, badge(s.category, "local"), " ", h("strong", {}, s.scope), h("span", { class: "muted small" }, ` · ${time(s.ts_ms)} · ${s.suggestion_id} · thresholds ${s.thresholds_version}`)));
-    el.appendChild(h("div", { class: "ladder", title: "the mitigation ladder" }, LADDER.map((label, i) =>
-      h("span", { class: i + 1 === s.ladder_step ? "current" : (i + 1 < s.ladder_step ? "done" : null) }, `${i + 1}. ${label}`))));
+    el.appendChild(ladderOf(item));
     el.appendChild(h("pre", { class: "message" }, s.message));
     if (item.firing) {
       el.appendChild(h("h3", {}, `Evidence (firing ${item.firing.firing_id}${item.firing.sustained ? `, sustained over ${item.firing.sustained} windows` : ""})`));
@@ -470,6 +475,23 @@
     return el;
   }
 
+  /**
+   * The mitigation ladder of a suggestion, as the API names it for the suggestion's category
+   * (`ladder`): a step the suggestion offers is named by the option it offers (for reliability,
+   * step 1 is a stronger local model, not a smaller one) and highlighted; a step the category
+   * does not use is dimmed.
+   */
+  function ladderOf(item) {
+    const s = item.suggestion;
+    const steps = item.ladder || [];
+    return h("div", { class: "ladder", title: "the mitigation ladder" }, steps.map((x) =>
+      h("span", {
+        class: x.offered ? "current" : (!x.applies ? "skipped" : (x.step < s.ladder_step ? "done" : null)),
+        title: x.applies ? (x.offered ? "offered now" : null) : `not a step for ${s.category}`,
+        data: { step: String(x.step), option: x.option_id },
+      }, `${x.step}. ${x.label}`)));
+  }
+
   async function sendFeedback(ev, id, body) {
     const button = ev.currentTarget;
     const box = button.closest(".suggestion");
@@ -495,8 +517,8 @@
   views.metrics = {
     title: "Product metrics",
     async load() {
-      const r = await optional(`/v1/metrics/product?range=${metricsRange}`);
-      return { status: r.status, m: r.body, range: metricsRange };
+      const [r, cloud] = await Promise.all([optional(`/v1/metrics/product?range=${metricsRange}`), api("/v1/log?kind=run&substrate=cloud&limit=20")]);
+      return { status: r.status, m: r.body, range: metricsRange, cloudRuns: (cloud.body && cloud.body.entries) || [] };
     },
     draw(d, root) {
       root.appendChild(h("h2", {}, "Product metrics"));
@@ -504,6 +526,7 @@
         on: { click: () => { metricsRange = r; refresh(true); } } }, r))));
       if (d.status === 404 || !d.m) {
         root.appendChild(card(null, h("p", { class: "notice" }, "not available yet: this service has no /v1/metrics/product endpoint")));
+        root.appendChild(cloudRunsCard(null, d.cloudRuns));
         return;
       }
       const m = d.m;
@@ -521,9 +544,44 @@
       root.appendChild(grid);
       const top = m.top_trigger_categories || [];
       root.appendChild(card("Top trigger categories", top.length ? table(["category", "firings"], top.map((c) => [c.category, fmt(c.firings, 0)]), [1]) : empty("none yet")));
+      root.appendChild(cloudRunsCard(m, d.cloudRuns));
       root.appendChild(h("p", { class: "small muted" }, `range ${m.range}: ${m.range === "all" ? "the whole log" : `${time(m.from_ms)} → ${time(m.to_ms)}`} (record time). These metrics stay on this machine.`));
     },
   };
+
+  /** Tokens of a run: in / out (total), or "not reported". */
+  function runTokens(r) {
+    if (r.total_tokens === undefined && r.tokens_in === undefined && r.tokens_out === undefined) return h("span", { class: "muted" }, "not reported");
+    const parts = r.tokens_in !== undefined || r.tokens_out !== undefined ? `${fmt(r.tokens_in, 0)} in / ${fmt(r.tokens_out, 0)} out` : "";
+    return `${parts}${r.total_tokens !== undefined ? `${parts ? " · " : ""}${fmt(r.total_tokens, 0)} total` : ""}`;
+  }
+
+  /**
+   * The runs that executed on Krako Cloud: the range's count and tokens per model (from the
+   * product metrics), and the most recent cloud runs whatever the range. Never hidden
+   * (specification Section 9), never behind a toggle.
+   */
+  function cloudRunsCard(m, runs) {
+    const el = card("Krako Cloud runs");
+    el.id = "cloud-runs-card";
+    if (m && m.cloud_run_count !== undefined) {
+      const byModel = m.cloud_runs_by_model || [];
+      el.appendChild(h("dl", { class: "kv" },
+        h("dt", {}, `runs on Krako Cloud (${m.range})`), h("dd", { class: "big", id: "cloud-run-count" }, fmt(m.cloud_run_count, 0)),
+        h("dt", {}, "their tokens"), h("dd", {}, `${fmt(m.cloud_run_tokens, 0)}${m.cloud_runs_without_tokens ? ` (${fmt(m.cloud_runs_without_tokens, 0)} runs reported no token counts)` : ""}`)));
+      if (byModel.length) {
+        el.appendChild(table(["model", "cloud runs", "tokens"], byModel.map((x) => [x.model_id, fmt(x.runs, 0),
+          `${fmt(x.tokens, 0)}${x.runs_without_tokens ? ` (${fmt(x.runs_without_tokens, 0)} without counts)` : ""}`]), [1, 2]));
+      }
+    }
+    el.appendChild(h("h3", { class: "sub" }, "Most recent cloud executions (any time, newest first)"));
+    el.appendChild(runs.length ? h("div", { id: "cloud-runs" }, table(["time", "model", "session", "tokens", "model latency ms", "total latency ms"],
+      runs.map((r) => [time(r.ts_ms), h("strong", {}, r.model_id), h("span", { class: "mono" }, r.session_id), runTokens(r), fmt(r.model_latency_ms), fmt(r.total_latency_ms)]), [4, 5]))
+      : h("div", { id: "cloud-runs" }, empty("no run has executed on Krako Cloud")));
+    el.appendChild(h("p", { class: "small muted" }, "KORA Studio reports each run with where it executed. Cloud runs are recorded like local ones and shown here; "
+      + "they are not evidence of a local limit and never trigger a suggestion. This service routes nothing to the cloud."));
+    return el;
+  }
 
   views.privacy = {
     title: "Privacy",

@@ -137,7 +137,8 @@ enum Command {
         #[arg(long, conflicts_with_all = ["file", "otlp"])]
         preview: bool,
     },
-    /// The product metrics of the specification's Section 8 (they stay on this machine).
+    /// The product metrics of the specification's Section 8, with the runs that executed on
+    /// Krako Cloud (they stay on this machine).
     Metrics {
         /// 24h, 7d or all.
         #[arg(long, default_value = "24h")]
@@ -870,6 +871,26 @@ fn metrics(data_dir: &Path, range: &str, json: bool) -> Result<()> {
     println!("  top_trigger_categories");
     for c in &m.top_trigger_categories {
         println!("    {:<14} {}", c.category.as_str(), c.firings);
+    }
+    let tokens = |n: u64, without: u64| {
+        if without == 0 {
+            format!("{n} tokens")
+        } else {
+            format!("{n} tokens; {without} without token counts")
+        }
+    };
+    println!(
+        "  cloud runs (Krako Cloud)       {} ({})",
+        m.cloud_run_count,
+        tokens(m.cloud_run_tokens, m.cloud_runs_without_tokens)
+    );
+    for x in m.cloud_runs_by_model.iter().flatten() {
+        println!(
+            "    {:<28} {} ({})",
+            x.model_id,
+            x.runs,
+            tokens(x.tokens, x.runs_without_tokens)
+        );
     }
     Ok(())
 }

@@ -80,6 +80,14 @@ async function main() {
         text: await page.locator("#view").innerText().catch(() => ""),
         status_line: await page.locator("#status").innerText().catch(() => ""),
         charts: await page.locator(".uplot canvas").count(),
+        // The rows of the list of recent cloud runs (Product metrics), cell by cell.
+        cloud_runs: await page.evaluate(() => Array.from(document.querySelectorAll("#cloud-runs tbody tr"),
+          (tr) => Array.from(tr.cells, (td) => td.innerText))),
+        // Each suggestion card's ladder: category, and each step's text and state.
+        ladders: await page.evaluate(() => Array.from(document.querySelectorAll(".suggestion"), (c) => ({
+          id: c.dataset.suggestionId, category: c.dataset.category,
+          steps: Array.from(c.querySelectorAll(".ladder span"), (x) => ({ text: x.innerText, class: x.className, option: x.dataset.option })),
+        }))),
         csp: res ? res.headers()["content-security-policy"] || "" : "",
         screenshot: file,
         ...seen,

@@ -20,6 +20,11 @@ use super::common::{Server, agent};
 /// tolerated.
 const OPTIONAL: [&str; 3] = ["/v1/metrics/product", "/v1/consent", "/v1/export/preview"];
 
+/// The cloud run the workload holds, as the Product metrics view must list it.
+const CLOUD_RUN: &str = "cloud-run-1";
+const CLOUD_MODEL: &str = "krako-cloud-large";
+const CLOUD_SESSION: &str = "browser-cloud-session";
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -137,6 +142,22 @@ fn ingest(http: &ureq::Agent, server: &Server) {
             u64::from(i == 15),
         ));
     }
+    // One run that KORA Studio executed on Krako Cloud: listed, never evidence of a limit.
+    let mut cloud = run(
+        CLOUD_RUN.into(),
+        CLOUD_MODEL,
+        start + 60_000 + 205_000,
+        150.0,
+        1840.0,
+        60.0,
+        0,
+        0,
+    );
+    cloud["substrate"] = json!("cloud");
+    cloud["session_id"] = json!(CLOUD_SESSION);
+    cloud["tokens_in"] = json!(3100);
+    cloud["tokens_out"] = json!(420);
+    runs.push(cloud);
     runs.sort_by_key(|r| r["ts_ms"].as_i64());
     post(http, server.url("/v1/runs"), json!({ "runs": runs }));
     // One reading a minute; the queue waits over 1200 ms in the last three windows.
@@ -284,7 +305,15 @@ fn check(server: &Server, chromium: &Path) {
             "suggestions",
             &[accept_id.as_str(), "accept:", "evidence", "dismiss"],
         ),
-        ("metrics", &["product metrics"]),
+        (
+            "metrics",
+            &[
+                "product metrics",
+                "krako cloud runs",
+                CLOUD_MODEL,
+                CLOUD_SESSION,
+            ],
+        ),
         ("privacy", &["kora-telemetry consent on", "export preview"]),
         (
             "thresholds",
@@ -338,6 +367,73 @@ fn check(server: &Server, chromium: &Path) {
         metrics.contains("top trigger categories") || metrics.contains("not available yet"),
         "{metrics}"
     );
+
+    // The cloud run is listed with its time, model, session, tokens and latency, and counted.
+    let rows = report["views"]["metrics"]["cloud_runs"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "the cloud run list: {rows:?}");
+    let row: Vec<&str> = rows[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(row[0].contains(':'), "no time: {row:?}");
+    assert_eq!(&row[1..3], [CLOUD_MODEL, CLOUD_SESSION], "{row:?}");
+    assert!(
+        row[3].contains("3,100 in") && row[3].contains("420 out") && row[3].contains("3,520"),
+        "{row:?}"
+    );
+    assert_eq!(&row[4..], ["1,840", "2,050"], "{row:?}");
+    let count = metrics
+        .split_once("runs on krako cloud (all)")
+        .map(|(_, rest)| rest.split_whitespace().next().unwrap_or_default());
+    assert_eq!(count, Some("1"), "the cloud run count: {metrics}");
+    // The latency view says it leaves the cloud run out, and where it is.
+    let latency = report["views"]["latency"]["text"].as_str().unwrap();
+    assert!(
+        latency.contains("1 of the 51 most recent runs executed on Krako Cloud"),
+        "{latency}"
+    );
+
+    // The ladder names the option offered: a reliability suggestion's step 1 is the stronger
+    // local model it offers, never "smaller or quantized"; other categories keep theirs.
+    let ladders = report["views"]["suggestions"]["ladders"]
+        .as_array()
+        .unwrap();
+    let step1 = |category: &str| -> Vec<(String, String)> {
+        ladders
+            .iter()
+            .filter(|l| l["category"] == category)
+            .map(|l| {
+                let s = &l["steps"][0];
+                (
+                    s["text"].as_str().unwrap().to_lowercase(),
+                    s["option"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let reliability = step1("reliability");
+    assert!(!reliability.is_empty(), "no reliability card: {ladders:?}");
+    for (text, option) in &reliability {
+        assert_eq!(option, "stronger_local_model", "{ladders:?}");
+        assert!(
+            text.starts_with("1. a stronger local model") && !text.contains("smaller"),
+            "{text}"
+        );
+    }
+    let offered_step1 = ladders
+        .iter()
+        .filter(|l| l["category"] == "reliability")
+        .any(|l| l["steps"][0]["class"] == "current");
+    assert!(
+        offered_step1,
+        "the offered step is not highlighted: {ladders:?}"
+    );
+    for (text, option) in step1("model_fit") {
+        assert_eq!(option, "smaller_model");
+        assert!(text.contains("smaller or quantized"), "{text}");
+    }
 
     // The accept click: a same-origin JSON POST that the API took, and the card updated.
     let a = &report["accept"];

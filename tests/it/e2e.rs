@@ -241,10 +241,25 @@ fn consent_export_and_metrics_from_the_command_line() {
         written == preview.stdout[..preview.stdout.len() - 1],
         "export differs from preview"
     );
+    // Three runs, one of them on Krako Cloud: the command shows it, with its model.
+    let resp = agent()
+        .post(server.url("/v1/runs"))
+        .send_json(&RunBatch {
+            runs: (0..3).map(run).collect(),
+        })
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     let out = cli(&["metrics", "--range", "all"]);
     assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("suggestion_accept_rate         none yet"));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("suggestion_accept_rate         none yet")
+        stdout.contains("cloud runs (Krako Cloud)       1 (1000 tokens)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("    qwen2.5-7b-q4                1 (1000 tokens)"),
+        "{stdout}"
     );
     let out = cli(&["consent", "off"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("is OFF"));

@@ -154,4 +154,36 @@ pub struct ProductMetrics {
     pub firing_count: u64,
     /// Suggestions held back by a cooldown rule in the range.
     pub suppression_count: u64,
+    /// Runs in the range that executed on Krako Cloud (`substrate: cloud`). They are no
+    /// evidence of a local limit, and they are counted and shown so that cloud execution is
+    /// never hidden (specification Section 9). An aggregate: export bundles carry it.
+    #[serde(default)]
+    pub cloud_run_count: u64,
+    /// The `total_tokens` of those runs, summed; a run that reported no token counts adds
+    /// nothing here and is counted in `cloud_runs_without_tokens`.
+    #[serde(default)]
+    pub cloud_run_tokens: u64,
+    /// Cloud runs in the range that reported no token counts.
+    #[serde(default)]
+    pub cloud_runs_without_tokens: u64,
+    /// The cloud runs per model, most runs first (ties by model id), at most 50 models
+    /// (`MAX_CLOUD_MODELS`; `cloud_run_count` counts them all). Local only: export bundles
+    /// leave it out, as model ids are names the user chose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_runs_by_model: Option<Vec<ModelCloudRuns>>,
+}
+
+/// The most models `cloud_runs_by_model` lists.
+pub const MAX_CLOUD_MODELS: usize = 50;
+
+/// The cloud runs of one model in a range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct ModelCloudRuns {
+    pub model_id: String,
+    pub runs: u64,
+    /// Their `total_tokens`, summed (runs without token counts add nothing).
+    pub tokens: u64,
+    /// Of `runs`, those that reported no token counts.
+    pub runs_without_tokens: u64,
 }

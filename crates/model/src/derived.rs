@@ -138,8 +138,9 @@ pub struct Suggestion {
     pub scope: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
-    /// The ladder step offered: 1 the choice of local model (smaller or quantized; for
-    /// reliability a stronger one), 2 deterministic filtering, 3 lower context, 4 Krako Cloud.
+    /// The ladder step offered: 1 the choice of local model (`smaller_model`, or
+    /// `stronger_local_model` for reliability), 2 deterministic filtering, 3 lower context,
+    /// 4 Krako Cloud. The options say which; the step number alone does not.
     pub ladder_step: u8,
     pub options: Vec<SuggestionOption>,
     /// The message, in the specification's template.

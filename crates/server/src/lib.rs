@@ -7,6 +7,7 @@
 //! is no endpoint that does.
 
 pub mod analytics;
+pub mod cloud;
 pub mod dashboard;
 pub mod error;
 pub mod ingest;
@@ -27,7 +28,7 @@ use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::handler::Handler;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use kora_model::{Health, LogPage, MAX_BODY_BYTES, RecordKind};
+use kora_model::{Health, LogPage, MAX_BODY_BYTES, RecordKind, Substrate};
 use kora_policy::{CloudTiers, Thresholds};
 use kora_store::Store;
 
@@ -94,6 +95,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub health: Arc<HealthFlag>,
     pub analytics: Arc<Analytics>,
+    /// The log's cloud runs, for the product metrics, `/metrics` and the log's `substrate`.
+    pub cloud_runs: Arc<cloud::CloudRunIndex>,
     pub started: Instant,
     /// Set when the service listens beyond loopback: every route then needs the token.
     pub token_everywhere: bool,
@@ -135,6 +138,7 @@ impl AppState {
             config: Arc::new(config),
             health: Arc::default(),
             analytics: Arc::new(analytics),
+            cloud_runs: Arc::default(),
             started: Instant::now(),
             token_everywhere: false,
             appended: Arc::default(),
@@ -226,6 +230,13 @@ pub async fn serve(
     ingest::fault::arm_from_env()?;
     let store = state.store.clone();
     let follower = tokio::spawn(analytics::follow(state.clone()));
+    // Read the log's cloud runs once now, so the first metrics request does not wait for it.
+    let warm = state.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = warm.cloud_runs.with(&warm.store, |_| ()) {
+            tracing::warn!("cannot read the cloud runs of the log yet: {e}");
+        }
+    });
     let app = router(state);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -271,7 +282,14 @@ pub struct LogQuery {
     /// Only records of this kind.
     #[cfg_attr(feature = "schema", schemars(with = "Option<RecordKind>"))]
     kind: Option<String>,
+    /// Only runs that executed there (`kind` is then `run`, given or not).
+    #[cfg_attr(feature = "schema", schemars(with = "Option<kora_model::Substrate>"))]
+    substrate: Option<String>,
 }
+
+/// How many runs `GET /v1/log?substrate=local` examines for one page at most; a page that
+/// stops there has `next_before` set, to go on from.
+const MAX_SUBSTRATE_SCAN: usize = 50 * kora_model::MAX_LOG_PAGE;
 
 async fn log(
     State(state): State<AppState>,
@@ -287,14 +305,96 @@ async fn log(
             field: Some("kind".into()),
         })?),
     };
-    let entries = state.store.recent(q.before, kind, limit)?;
-    let next_before = if entries.len() == limit {
-        entries.last().map(|e| e.seq)
-    } else {
-        None
+    let substrate = match q.substrate.as_deref() {
+        None => None,
+        Some(s) => {
+            let invalid = |message: String| AppError::Invalid {
+                code: "invalid_query",
+                message,
+                field: Some("substrate".into()),
+            };
+            if kind.is_some_and(|k| k != RecordKind::Run) {
+                return Err(invalid(
+                    "substrate filters runs: leave kind out or give kind=run".into(),
+                ));
+            }
+            Some(match s {
+                "local" => Substrate::Local,
+                "cloud" => Substrate::Cloud,
+                other => return Err(invalid(format!("must be local or cloud, got {other:?}"))),
+            })
+        }
+    };
+    let (entries, next_before) = match substrate {
+        None => {
+            let entries = state.store.recent(q.before, kind, limit)?;
+            let next = (entries.len() == limit).then(|| entries.last().map(|e| e.seq));
+            (entries, next.flatten())
+        }
+        Some(substrate) => {
+            let st = state.clone();
+            let before = q.before;
+            tokio::task::spawn_blocking(move || runs_on(&st, substrate, before, limit))
+                .await
+                .map_err(|e| AppError::Internal(e.to_string()))??
+        }
     };
     Ok(Json(LogPage {
         entries,
         next_before,
     }))
+}
+
+/// The newest `limit` runs on `substrate` below `before`, and the `next_before` of the page.
+/// Cloud runs come from the fold of the cloud runs (exact, however rare); local runs from the
+/// runs newest first, at most [`MAX_SUBSTRATE_SCAN`] of them examined per page.
+fn runs_on(
+    state: &AppState,
+    substrate: Substrate,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<(Vec<kora_model::LogEntry>, Option<u64>), kora_store::ReadError> {
+    let is_on = |e: &kora_model::LogEntry| matches!(&e.record, kora_model::Record::Run(r) if r.substrate == substrate);
+    let mut out = Vec::new();
+    match substrate {
+        Substrate::Cloud => {
+            let seqs = state
+                .cloud_runs
+                .with(&state.store, |c| c.recent_seqs(before, limit))?;
+            for seq in seqs {
+                out.extend(state.store.scan(seq, 1)?.into_iter().filter(is_on));
+            }
+            let next = (out.len() == limit).then(|| out.last().map(|e| e.seq));
+            Ok((out, next.flatten()))
+        }
+        Substrate::Local => {
+            let mut cursor = before;
+            let mut examined = 0;
+            while out.len() < limit && examined < MAX_SUBSTRATE_SCAN {
+                let page =
+                    state
+                        .store
+                        .recent(cursor, Some(RecordKind::Run), kora_model::MAX_LOG_PAGE)?;
+                let full = page.len() == kora_model::MAX_LOG_PAGE;
+                for e in page {
+                    examined += 1;
+                    cursor = Some(e.seq);
+                    if is_on(&e) {
+                        out.push(e);
+                        if out.len() == limit {
+                            break;
+                        }
+                    }
+                }
+                if !full {
+                    // The oldest run was examined: nothing is left below.
+                    if out.len() < limit {
+                        return Ok((out, None));
+                    }
+                    break;
+                }
+            }
+            Ok((out, cursor))
+        }
+    }
 }

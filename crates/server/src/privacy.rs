@@ -3,7 +3,9 @@
 //! The metrics stay on the machine. Export is off by default; turning it on is an explicit,
 //! recorded act (`consent` records) that needs the per-install token, and so does every export.
 //! The preview answers, byte for byte, what an export would send now. A bundle holds aggregates
-//! only: counts and rates, no prompt hashes, no session or run ids, no raw samples.
+//! only: counts and rates, no prompt hashes, no session or run ids, no model ids, no raw samples.
+//! The count of cloud runs (and their tokens) is such an aggregate and is exported; the same
+//! count per model is shown locally only.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -20,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
+use crate::cloud::CloudRunIndex;
 use crate::error::AppError;
 
 /// The one consent scope there is: aggregated product metrics.
@@ -28,8 +31,9 @@ pub const SCOPE: &str = "product_metrics";
 pub const BUNDLE_FORMAT: &str = "kora-telemetry-export/1";
 /// What the user is told when turning export on; recorded with the consent.
 pub const CONSENT_TEXT: &str = "Export sends aggregated statistics only: suggestion counts, \
-accept and dismiss rates, firings per trigger category and the local mitigation success rate. \
-It never sends prompt hashes, session or run ids, or raw samples. You can turn it off at any time.";
+accept and dismiss rates, firings per trigger category, the local mitigation success rate, and \
+how many runs executed on Krako Cloud with their token total. It never sends prompt hashes, \
+session, run or model ids, or raw samples. You can turn it off at any time.";
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
@@ -134,10 +138,15 @@ pub async fn product(
     let Query(q) = q.map_err(|e| AppError::bad_request("invalid_query", e.body_text()))?;
     let (name, from, to) = resolve_range(&q, crate::now_ms())?;
     let store = state.store.clone();
-    let entries = blocking(move || read_kinds(&store, &METRIC_KINDS)).await?;
-    Ok(Json(kora_window::product_metrics(
-        &entries, &name, from, to,
-    )))
+    let cloud = state.cloud_runs.clone();
+    let m = blocking(move || {
+        let entries = read_kinds(&store, &METRIC_KINDS)?;
+        let mut m = kora_window::product_metrics(&entries, &name, from, to);
+        cloud.with(&store, |c| c.fill(&mut m, true))?;
+        Ok(m)
+    })
+    .await?;
+    Ok(Json(m))
 }
 
 /// The consent state and its history.
@@ -247,27 +256,44 @@ pub struct Bundle {
     pub all: ProductMetrics,
 }
 
-/// Builds the bundle from the log: the same log gives the same bytes.
+/// Builds the bundle from the log: the same log gives the same bytes. The cloud runs are
+/// counted without their models (`cloud_runs_by_model` is left out).
 fn build_bundle(
     store: &Store,
+    cloud: &CloudRunIndex,
     thresholds_version: &str,
 ) -> Result<(Bundle, Vec<u8>), kora_store::ReadError> {
     let entries = read_kinds(store, &METRIC_KINDS)?;
-    let as_of_seq = entries.last().map_or(0, |e| e.seq);
-    let as_of_ms = entries
-        .iter()
-        .filter_map(|e| e.record.ts_ms())
-        .max()
-        .unwrap_or(MIN_TS_MS);
-    let bundle = Bundle {
-        format: BUNDLE_FORMAT,
-        scope: SCOPE,
-        thresholds_version: thresholds_version.to_owned(),
-        as_of_seq,
-        as_of_ms,
-        last_7d: kora_window::product_metrics(&entries, "7d", as_of_ms - 7 * DAY_MS, as_of_ms + 1),
-        all: kora_window::product_metrics(&entries, "all", MIN_TS_MS, as_of_ms + 1),
-    };
+    let bundle = cloud.with(store, |cloud| {
+        let newest_cloud = cloud.newest();
+        let as_of_seq = entries
+            .last()
+            .map(|e| e.seq)
+            .into_iter()
+            .chain(newest_cloud.map(|c| c.0))
+            .max()
+            .unwrap_or(0);
+        let as_of_ms = entries
+            .iter()
+            .filter_map(|e| e.record.ts_ms())
+            .chain(newest_cloud.map(|c| c.1))
+            .max()
+            .unwrap_or(MIN_TS_MS);
+        let metrics = |range: &str, from: i64| {
+            let mut m = kora_window::product_metrics(&entries, range, from, as_of_ms + 1);
+            cloud.fill(&mut m, false);
+            m
+        };
+        Bundle {
+            format: BUNDLE_FORMAT,
+            scope: SCOPE,
+            thresholds_version: thresholds_version.to_owned(),
+            as_of_seq,
+            as_of_ms,
+            last_7d: metrics("7d", as_of_ms - 7 * DAY_MS),
+            all: metrics("all", MIN_TS_MS),
+        }
+    })?;
     let bytes = serde_json::to_vec_pretty(&bundle)
         .map_err(|e| kora_store::ReadError::Storage(format!("cannot encode the bundle: {e}")))?;
     Ok((bundle, bytes))
@@ -317,9 +343,10 @@ pub struct ExportPreview {
 /// `GET /v1/export/preview`: works with or without consent.
 pub async fn preview(State(state): State<AppState>) -> Result<Json<ExportPreview>, AppError> {
     let store = state.store.clone();
+    let cloud = state.cloud_runs.clone();
     let version = state.analytics.thresholds().version().to_owned();
     let (bundle, bytes, last, consent) = blocking(move || {
-        let (b, bytes) = build_bundle(&store, &version)?;
+        let (b, bytes) = build_bundle(&store, &cloud, &version)?;
         Ok((b, bytes, last_export(&store)?, consent_state(&store)?))
     })
     .await?;
@@ -428,9 +455,10 @@ pub async fn export(
 ) -> Result<Json<ExportOutcome>, AppError> {
     let request: ExportRequest = crate::ingest::decode(&headers, body)?;
     let store = state.store.clone();
+    let cloud = state.cloud_runs.clone();
     let version = state.analytics.thresholds().version().to_owned();
     let (bundle, bytes, consent) = blocking(move || {
-        let (b, bytes) = build_bundle(&store, &version)?;
+        let (b, bytes) = build_bundle(&store, &cloud, &version)?;
         Ok((b, bytes, consent_state(&store)?))
     })
     .await?;
@@ -558,6 +586,16 @@ fn otlp_points(b: &Bundle) -> Vec<Point> {
             range.clone(),
             m.firing_count as f64,
         ));
+        out.push((
+            "kora.cloud_run_count".into(),
+            range.clone(),
+            m.cloud_run_count as f64,
+        ));
+        out.push((
+            "kora.cloud_run_tokens".into(),
+            range.clone(),
+            m.cloud_run_tokens as f64,
+        ));
         for (name, rate) in [
             ("kora.suggestion_accept_rate", &m.suggestion_accept_rate),
             ("kora.suggestion_dismiss_rate", &m.suggestion_dismiss_rate),
@@ -661,6 +699,7 @@ pub fn otlp_payload(b: &Bundle) -> Vec<u8> {
 /// `GET /metrics`: Prometheus text exposition of the local aggregates.
 pub async fn prometheus(State(state): State<AppState>) -> Result<Response, AppError> {
     use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::counter::Counter;
     use prometheus_client::metrics::family::Family;
     use prometheus_client::metrics::gauge::Gauge;
     use prometheus_client::registry::Registry;
@@ -670,14 +709,31 @@ pub async fn prometheus(State(state): State<AppState>) -> Result<Response, AppEr
         category: String,
     }
     #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct ModelLabel {
+        model: String,
+    }
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
     struct StateLabel {
         category: String,
         state: String,
     }
 
     let store = state.store.clone();
-    let (entries, stats) =
-        blocking(move || Ok((read_kinds(&store, &METRIC_KINDS)?, store.stats()?))).await?;
+    let cloud = state.cloud_runs.clone();
+    let (entries, stats, (cloud_runs, cloud_tokens, cloud_by_model)) = blocking(move || {
+        let cloud = cloud.with(&store, |c| {
+            let by_model: Vec<(String, u64)> = c
+                .per_model_all_time(kora_model::MAX_CLOUD_MODELS)
+                .0
+                .into_iter()
+                .map(|(m, n)| (m.to_owned(), n))
+                .collect();
+            let all = c.summary(i64::MIN, i64::MAX);
+            (all.count, all.tokens, by_model)
+        })?;
+        Ok((read_kinds(&store, &METRIC_KINDS)?, store.stats()?, cloud))
+    })
+    .await?;
     let m = kora_window::product_metrics(&entries, "all", MIN_TS_MS, i64::MAX);
     let triggers = state.analytics.with_engine(|e| e.triggers());
 
@@ -747,6 +803,32 @@ pub async fn prometheus(State(state): State<AppState>) -> Result<Response, AppEr
         "trigger_firings",
         "Firings per trigger category (all time)",
         firings,
+    );
+    // Cloud runs only ever grow (the log is append-only): counters, `_total` in the exposition.
+    for (name, help, value) in [
+        (
+            "cloud_runs",
+            "Runs that executed on Krako Cloud (all time)",
+            cloud_runs,
+        ),
+        (
+            "cloud_run_tokens",
+            "Tokens (total_tokens) of the runs that executed on Krako Cloud (all time)",
+            cloud_tokens,
+        ),
+    ] {
+        let c: Counter = Counter::default();
+        c.inc_by(value);
+        registry.register(name, help, c);
+    }
+    let per_model = Family::<ModelLabel, Counter>::default();
+    for (model, n) in cloud_by_model {
+        per_model.get_or_create(&ModelLabel { model }).inc_by(n);
+    }
+    registry.register(
+        "cloud_runs_by_model",
+        "Runs that executed on Krako Cloud per model (all time; the first 50 models to run there)",
+        per_model,
     );
     let states = Family::<StateLabel, Gauge>::default();
     for t in &triggers {

@@ -159,10 +159,73 @@ pub struct SuggestionsQuery {
 pub struct SuggestionView {
     pub seq: u64,
     pub suggestion: Suggestion,
+    /// The four steps of the mitigation ladder, named as they apply to this suggestion's
+    /// category: a step the suggestion offers is named by the option it offers (for
+    /// reliability, step 1 is `stronger_local_model`, never "a smaller or quantized model").
+    pub ladder: Vec<LadderStep>,
     /// The firing it answers, when it is among the recent ones.
     pub firing: Option<Firing>,
     pub feedback: Vec<Feedback>,
     pub outcome: Option<MitigationOutcome>,
+}
+
+/// One step of the mitigation ladder, as it applies to one suggestion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct LadderStep {
+    /// 1 to 4 (4 is Krako Cloud).
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 4)))]
+    pub step: u8,
+    /// The option that stands for this step here: the one the suggestion offers at this step,
+    /// else the category's own option for it, else the specification's generic one
+    /// (`smaller_model`, `deterministic_filtering`, `lower_context`, `cloud`).
+    pub option_id: String,
+    /// What the step asks the user to try, in the words of the suggestion's message.
+    pub label: String,
+    /// Whether the category's ladder has this step (Krako Cloud: always).
+    pub applies: bool,
+    /// Whether this suggestion offers an option at this step.
+    pub offered: bool,
+}
+
+/// The ladder of a suggestion: each step named by the option offered at it, or by the option
+/// the category uses for it, or generically when the category skips it.
+pub fn ladder_of(s: &Suggestion) -> Vec<LadderStep> {
+    const GENERIC: [&str; 3] = ["smaller_model", "deterministic_filtering", "lower_context"];
+    let own = kora_policy::local_steps(s.category);
+    (1..=kora_policy::CLOUD_STEP)
+        .map(|step| {
+            let offered = s
+                .options
+                .iter()
+                .find(|o| kora_policy::step_of_option(&o.id) == Some(step));
+            let category_own = own.iter().find(|(n, _)| *n == step).map(|(_, id)| *id);
+            let option_id = match (offered, category_own) {
+                (Some(o), _) => o.id.clone(),
+                (None, Some(id)) => id.to_owned(),
+                (None, None) if step == kora_policy::CLOUD_STEP => {
+                    kora_policy::CLOUD_OPTION.to_owned()
+                }
+                (None, None) => GENERIC
+                    .get(usize::from(step).saturating_sub(1))
+                    .copied()
+                    .unwrap_or_default()
+                    .to_owned(),
+            };
+            let label = if option_id == kora_policy::CLOUD_OPTION {
+                "Krako Cloud".to_owned()
+            } else {
+                kora_policy::local_label(&option_id).to_owned()
+            };
+            LadderStep {
+                step,
+                option_id,
+                label,
+                applies: step == kora_policy::CLOUD_STEP || category_own.is_some(),
+                offered: offered.is_some(),
+            }
+        })
+        .collect()
 }
 
 /// A candidate suggestion held back by a cooldown rule.
@@ -249,6 +312,7 @@ pub async fn suggestions(
         });
         out.push(SuggestionView {
             seq: e.seq,
+            ladder: ladder_of(s),
             suggestion: s.clone(),
             firing: firing_by_id.get(s.firing_id.as_str()).map(|f| (*f).clone()),
             feedback: fb,
@@ -588,4 +652,85 @@ pub async fn series(
         points,
         unavailable_samples: unavailable,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn suggestion(category: &str, step: u8, options: &[(&str, &str)]) -> Suggestion {
+        let options: Vec<_> = options
+            .iter()
+            .map(|(id, kind)| json!({"id": id, "kind": kind, "label": format!("Try {id}")}))
+            .collect();
+        serde_json::from_value(json!({"ts_ms": 1, "suggestion_id": "s", "firing_id": "f",
+            "category": category, "scope": "m", "ladder_step": step, "options": options,
+            "message": "m", "thresholds_version": "1.0.0"}))
+        .unwrap()
+    }
+
+    fn names(l: &[LadderStep]) -> Vec<(&str, bool, bool)> {
+        l.iter()
+            .map(|s| (s.option_id.as_str(), s.applies, s.offered))
+            .collect()
+    }
+
+    #[test]
+    fn a_reliability_step_1_is_the_stronger_local_model_it_offers() {
+        let l = ladder_of(&suggestion(
+            "reliability",
+            1,
+            &[("stronger_local_model", "local")],
+        ));
+        assert_eq!(
+            names(&l),
+            vec![
+                ("stronger_local_model", true, true),
+                ("deterministic_filtering", true, false),
+                ("lower_context", false, false),
+                ("cloud", true, false),
+            ]
+        );
+        assert_eq!(l[0].label, kora_policy::local_label("stronger_local_model"));
+        assert!(!l[0].label.contains("smaller"), "{}", l[0].label);
+        // Later, with Krako Cloud beside step 2: step 1 keeps the category's own option.
+        let l = ladder_of(&suggestion(
+            "reliability",
+            4,
+            &[("deterministic_filtering", "local"), ("cloud", "cloud")],
+        ));
+        assert_eq!(
+            names(&l),
+            vec![
+                ("stronger_local_model", true, false),
+                ("deterministic_filtering", true, true),
+                ("lower_context", false, false),
+                ("cloud", true, true),
+            ]
+        );
+        assert_eq!(l[3].label, "Krako Cloud");
+    }
+
+    #[test]
+    fn other_categories_keep_the_smaller_model_and_skip_what_they_skip() {
+        let l = ladder_of(&suggestion(
+            "latency",
+            4,
+            &[("smaller_model", "local"), ("cloud", "cloud")],
+        ));
+        assert_eq!(l[0].option_id, "smaller_model");
+        assert_eq!(l[0].label, kora_policy::local_label("smaller_model"));
+        assert!(l[0].offered && l[3].offered && !l[1].offered);
+        let l = ladder_of(&suggestion("context", 3, &[("lower_context", "local")]));
+        assert_eq!(
+            names(&l),
+            vec![
+                ("smaller_model", false, false),
+                ("deterministic_filtering", false, false),
+                ("lower_context", true, true),
+                ("cloud", true, false),
+            ]
+        );
+    }
 }

@@ -754,6 +754,211 @@ async fn product_metrics_count_from_the_log_and_say_none_yet() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
+/// The text of `GET /metrics`, parsed.
+async fn scrape(app: &App) -> (String, prometheus_parse::Scrape) {
+    let req = Request::get("/metrics")
+        .header("host", HOST)
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    (text, scrape)
+}
+
+/// A counter's sample. (prometheus-parse reads the Prometheus text format, whose `# TYPE` line
+/// names a counter with its `_total`; OpenMetrics names it without, so the parser sees an
+/// untyped sample: the `# TYPE` line is checked on the text instead.)
+fn counter(scrape: &prometheus_parse::Scrape, name: &str, model: Option<&str>) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && s.labels.get("model") == model)
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name} is not a counter: {other:?}"),
+        })
+}
+
+#[tokio::test]
+async fn cloud_runs_are_counted_listed_and_exported_as_a_count() {
+    let app = app();
+    let (_, scraped) = scrape(&app).await;
+    assert_eq!(counter(&scraped, "kora_cloud_runs_total", None), Some(0.0));
+    let t = now();
+    let run = |id: &str, model: &str, substrate: &str, ts: i64, tokens: Option<(u64, u64)>| {
+        let mut r = run_json(id);
+        r["model_id"] = json!(model);
+        r["substrate"] = json!(substrate);
+        r["session_id"] = json!(format!("session-of-{id}"));
+        r["ts_ms"] = json!(ts);
+        r.as_object_mut().unwrap().remove("total_tokens");
+        match tokens {
+            Some((i, o)) => {
+                r["tokens_in"] = json!(i);
+                r["tokens_out"] = json!(o);
+            }
+            None => {
+                r.as_object_mut().unwrap().remove("tokens_in");
+                r.as_object_mut().unwrap().remove("tokens_out");
+            }
+        }
+        r
+    };
+    let two_days_ago = t - 2 * 24 * 3600 * 1000;
+    let runs = vec![
+        run("l1", "local-8b", "local", t - 5000, Some((100, 10))),
+        run("c1", "big-70b", "cloud", t - 4000, Some((1000, 200))),
+        run("l2", "local-8b", "local", t - 3000, Some((100, 10))),
+        run("c2", "big-70b", "cloud", t - 2000, Some((500, 100))),
+        run("c3", "local-8b", "cloud", t - 1000, None),
+        run("c0", "big-70b", "cloud", two_days_ago, Some((1, 1))),
+    ];
+    let (s, v) = app.post("/v1/runs", json!({ "runs": runs })).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // The product metrics: the range's cloud runs, their tokens, per model.
+    let (s, m) = app.get("/v1/metrics/product?range=24h").await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert_eq!(m["cloud_run_count"], 3, "{m}");
+    assert_eq!(m["cloud_run_tokens"], 1800, "{m}");
+    assert_eq!(m["cloud_runs_without_tokens"], 1, "{m}");
+    assert_eq!(
+        m["cloud_runs_by_model"],
+        json!([
+            {"model_id": "big-70b", "runs": 2, "tokens": 1800, "runs_without_tokens": 0},
+            {"model_id": "local-8b", "runs": 1, "tokens": 0, "runs_without_tokens": 1},
+        ])
+    );
+    let (_, m) = app.get("/v1/metrics/product?range=all").await;
+    assert_eq!(m["cloud_run_count"], 4, "{m}");
+    assert_eq!(m["cloud_runs_by_model"][0]["runs"], 3, "{m}");
+    // Cloud runs are no evidence of a local limit: nothing fired.
+    assert_eq!(m["firing_count"], 0, "{m}");
+
+    // /metrics: counters, the total and per model.
+    let (text, scraped) = scrape(&app).await;
+    for family in [
+        "kora_cloud_runs",
+        "kora_cloud_run_tokens",
+        "kora_cloud_runs_by_model",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} counter\n")),
+            "{text}"
+        );
+    }
+    assert_eq!(counter(&scraped, "kora_cloud_runs_total", None), Some(4.0));
+    assert_eq!(
+        counter(&scraped, "kora_cloud_run_tokens_total", None),
+        Some(1802.0)
+    );
+    assert_eq!(
+        counter(&scraped, "kora_cloud_runs_by_model_total", Some("big-70b")),
+        Some(3.0)
+    );
+    assert_eq!(
+        counter(&scraped, "kora_cloud_runs_by_model_total", Some("local-8b")),
+        Some(1.0)
+    );
+
+    // The log lists them, newest first, with what the dashboards show.
+    let (s, page) = app.get("/v1/log?kind=run&substrate=cloud&limit=2").await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    let ids: Vec<&str> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["c0", "c3"], "{page}");
+    let before = page["next_before"].as_u64().unwrap();
+    let (_, page) = app
+        .get(&format!("/v1/log?substrate=cloud&before={before}"))
+        .await;
+    let ids: Vec<&str> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["c2", "c1"], "{page}");
+    assert_eq!(page["next_before"], Value::Null);
+    let (_, page) = app.get("/v1/log?substrate=local").await;
+    assert_eq!(page["entries"].as_array().unwrap().len(), 2, "{page}");
+    assert!(
+        page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["substrate"] == "local")
+    );
+    for bad in [
+        "/v1/log?substrate=moon",
+        "/v1/log?kind=firing&substrate=cloud",
+    ] {
+        let (s, v) = app.get(bad).await;
+        assert_eq!(
+            (s, v["field"].clone()),
+            (StatusCode::BAD_REQUEST, json!("substrate")),
+            "{bad}: {v}"
+        );
+    }
+
+    // More runs later are counted without reading the others again.
+    let (s, _) = app
+        .post(
+            "/v1/runs",
+            json!({"runs": [run("c4", "big-70b", "cloud", now(), Some((1, 1)))]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, m) = app.get("/v1/metrics/product?range=all").await;
+    assert_eq!(m["cloud_run_count"], 5, "{m}");
+
+    // The export: the count and the tokens, no model, session or run ids.
+    let (_, preview) = app.get("/v1/export/preview").await;
+    let bundle = &preview["bundle"];
+    assert_eq!(bundle["all"]["cloud_run_count"], 5, "{bundle}");
+    assert_eq!(bundle["all"]["cloud_run_tokens"], 1804, "{bundle}");
+    assert_eq!(bundle["last_7d"]["cloud_run_count"], 5, "{bundle}");
+    assert!(
+        bundle["all"].get("cloud_runs_by_model").is_none(),
+        "{bundle}"
+    );
+    let bytes = preview["bytes"].as_str().unwrap();
+    for secret in ["big-70b", "local-8b", "session-of-c1", "c1\""] {
+        assert!(
+            !bytes.contains(secret),
+            "the bundle leaks {secret}: {bytes}"
+        );
+    }
+    assert!(
+        preview["bundle"]["as_of_seq"].as_u64().unwrap() >= 7,
+        "the bundle covers the cloud runs: {bundle}"
+    );
+}
+
+#[tokio::test]
+async fn a_reliability_suggestion_names_its_stronger_local_model_on_the_ladder() {
+    let app = app();
+    populated(&app).await;
+    let (_, v) = app.get("/v1/suggestions?category=reliability").await;
+    let item = &v["suggestions"][0];
+    assert_eq!(item["suggestion"]["ladder_step"], 1, "{item}");
+    assert_eq!(
+        item["ladder"][0]["option_id"], "stronger_local_model",
+        "{item}"
+    );
+    assert_eq!(item["ladder"][0]["offered"], true, "{item}");
+    let label = item["ladder"][0]["label"].as_str().unwrap();
+    assert!(label.contains("stronger local model"), "{label}");
+    assert!(!label.contains("smaller"), "{label}");
+    assert_eq!(item["ladder"][2]["applies"], false, "{item}");
+}
+
 #[tokio::test]
 async fn consent_needs_the_token_and_a_local_origin() {
     let app = app();

@@ -32,12 +32,21 @@
 //! the grace passes its end. An empty window produces no record (a gap). A sample older than
 //! the end of its series' last closed window is late: it is reported as such and never changes
 //! a closed window.
+//!
+//! # Product metrics and cloud runs
+//!
+//! [`product_metrics`] computes the specification's Section 8 metrics over a range from the
+//! derived records of the log. [`CloudRuns`] folds the log's runs into one small row per run
+//! that executed on Krako Cloud, so that the metrics can count them (per model too) and the
+//! service can list them without reading every run again: cloud execution is never hidden.
 
+mod cloud;
 mod metrics;
 mod quantile;
 mod runs;
 mod time;
 
+pub use cloud::{CloudRunSummary, CloudRuns};
 pub use metrics::product_metrics;
 pub use quantile::{Digest, SCALE, SIGNIFICANT_DIGITS, Summary, quantile, summarize};
 pub use runs::{RunBlock, RunPoint, RunWindows};

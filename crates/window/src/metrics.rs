@@ -82,6 +82,11 @@ pub fn product_metrics<'a>(
         local_mitigation_success_rate: Rate::of(resolved, followed),
         firing_count,
         suppression_count,
+        // Cloud runs are not among the entries this reads: see [`crate::CloudRuns::fill`].
+        cloud_run_count: 0,
+        cloud_run_tokens: 0,
+        cloud_runs_without_tokens: 0,
+        cloud_runs_by_model: None,
     }
 }
 
