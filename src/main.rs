@@ -686,6 +686,7 @@ fn fit(data_dir: &Path, vram: f64, context_tokens: Option<u64>, json: bool) -> R
         }
         None => kora_probe::fit_check(
             &local_snapshot(),
+            &local_catalog(data_dir)?,
             vram,
             context_tokens,
             &Thresholds::embedded().file().profile,

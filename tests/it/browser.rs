@@ -288,7 +288,7 @@ fn check(server: &Server, chromium: &Path) {
         ("privacy", &["kora-telemetry consent on", "export preview"]),
         (
             "thresholds",
-            &["1.0.0", "lat_p95_limit_ms", "queue_wait_limit_ms"],
+            &["1.1.0", "lat_p95_limit_ms", "queue_wait_limit_ms"],
         ),
     ];
     for (view, needles) in expect {

@@ -189,9 +189,8 @@ pub fn validate(f: &ThresholdsFile) -> Result<Semver, ThresholdsError> {
         return Err(invalid("profile.max_context_tokens_cap", "must be > 0"));
     }
     check_positive("profile.cores_per_session", p.cores_per_session)?;
-    check_positive("profile.cpu_busy_pct", p.cpu_busy_pct)?;
-    if p.cpu_busy_pct > 100.0 {
-        return Err(invalid("profile.cpu_busy_pct", "must be at most 100"));
+    if p.session_context_tokens == 0 {
+        return Err(invalid("profile.session_context_tokens", "must be > 0"));
     }
     Ok(version)
 }
@@ -305,11 +304,11 @@ fn check_pin(
     }
 }
 
-/// The values of `schema/thresholds.json` 1.0.0, in code (see [`Thresholds::embedded`]).
+/// The values of `schema/thresholds.json` 1.1.0, in code (see [`Thresholds::embedded`]).
 pub fn defaults() -> ThresholdsFile {
     use kora_model::*;
     ThresholdsFile {
-        version: "1.0.0".to_owned(),
+        version: "1.1.0".to_owned(),
         windows: WindowThresholds {
             runs_per_block: 10,
             window_seconds: 60,
@@ -347,7 +346,7 @@ pub fn defaults() -> ThresholdsFile {
             default_kv_cache_bytes_per_token: 131072.0,
             max_context_tokens_cap: 131072,
             cores_per_session: 4.0,
-            cpu_busy_pct: 85.0,
+            session_context_tokens: 4096,
         },
     }
 }
@@ -361,7 +360,7 @@ mod tests {
     fn the_embedded_file_parses_matches_its_pin_and_the_coded_defaults() {
         let t = Thresholds::parse(EMBEDDED_THRESHOLDS)
             .unwrap_or_else(|e| panic!("{e}; fingerprint {}", fingerprint(&defaults())));
-        assert_eq!(t.version(), "1.0.0");
+        assert_eq!(t.version(), "1.1.0");
         assert_eq!(t.file(), &defaults());
         assert_eq!(Thresholds::embedded(), t);
         assert_eq!(t.fingerprint().len(), 64);
@@ -380,13 +379,13 @@ mod tests {
             "{err}"
         );
         // A PATCH bump with changed content is refused too.
-        v["version"] = serde_json::json!("1.0.1");
+        v["version"] = serde_json::json!("1.1.1");
         assert!(matches!(
             Thresholds::parse(&v.to_string()),
             Err(ThresholdsError::NotNewer { .. })
         ));
         // A MINOR bump is accepted.
-        v["version"] = serde_json::json!("1.1.0");
+        v["version"] = serde_json::json!("1.2.0");
         let t = Thresholds::parse(&v.to_string()).unwrap();
         assert_eq!(t.file().latency.lat_p95_limit_ms, 4000.0);
     }
@@ -394,7 +393,7 @@ mod tests {
     #[test]
     fn a_patch_bump_without_changes_is_accepted() {
         let mut v: serde_json::Value = serde_json::from_str(EMBEDDED_THRESHOLDS).unwrap();
-        v["version"] = serde_json::json!("1.0.7");
+        v["version"] = serde_json::json!("1.1.7");
         assert!(Thresholds::parse(&v.to_string()).is_ok());
     }
 
