@@ -90,13 +90,33 @@
   function wide(el) { el.classList.add("wide"); return el; }
   function empty(text) { return h("p", { class: "muted" }, text); }
 
-  /** A derived profile value: the number, or "unknown" with the reason, never a made-up 0. */
-  function derived(d, unit) {
-    if (!d) return h("span", { class: "unknown" }, "unknown");
-    if (d.value === null || d.value === undefined) {
-      return h("div", {}, h("span", { class: "unknown" }, "unknown"), h("div", { class: "small muted" }, d.unknown || ""));
+  /** The steps of a `from` string: split at "; " outside parentheses. */
+  function steps(from) {
+    const out = [];
+    let depth = 0, start = 0;
+    for (let i = 0; i < from.length; i++) {
+      const c = from[i];
+      if (c === "(") depth++;
+      else if (c === ")") depth--;
+      else if (c === ";" && depth <= 0 && from[i + 1] === " ") { out.push(from.slice(start, i).trim()); start = i + 2; }
     }
-    return h("div", {}, h("span", { class: "big" }, `${fmt(d.value, 0)}${unit ? " " + unit : ""}`), h("div", { class: "small muted mono" }, d.from || ""));
+    out.push(from.slice(start).trim());
+    return out.filter((x) => x);
+  }
+  /** How a derived value was computed, behind a disclosure: one step a line, wrapped. */
+  function arithmetic(d) {
+    if (!d || !d.from) return null;
+    return h("details", { class: "from" }, h("summary", {}, "how it is computed"),
+      h("ol", {}, steps(d.from).map((x) => h("li", {}, x))));
+  }
+  /** A derived profile value: the number, or "unknown" with the reason, never a made-up 0. */
+  function derived(d, unit, opts) {
+    if (!d) return h("span", { class: "unknown" }, "unknown");
+    const big = !(opts && opts.small);
+    if (d.value === null || d.value === undefined) {
+      return h("div", { class: "derived" }, h("span", { class: "unknown" }, "unknown"), h("div", { class: "small muted wrap" }, d.unknown || ""), arithmetic(d));
+    }
+    return h("div", { class: "derived" }, h("span", { class: big ? "big" : null }, `${fmt(d.value, 0)}${unit ? " " + unit : ""}`), arithmetic(d));
   }
   function reading(v, unit, reason) {
     if (v === null || v === undefined) return h("span", { class: "unknown" }, `unavailable${reason ? ": " + reason : ""}`);
@@ -195,11 +215,11 @@
         const models = Object.values(p.models || {});
         grid.appendChild(card("Capability profile (what this machine can run)",
           h("dl", { class: "kv" },
-            h("dt", {}, "largest model (VRAM)"), h("dd", { "data-field": "max_recommended_model_vram_mb" }, derived(p.max_recommended_model_vram_mb, "MB")),
+            h("dt", {}, d.profile.hardware.cpu_only ? "largest model (RAM)" : "largest model (VRAM)"), h("dd", { "data-field": "max_recommended_model_vram_mb" }, derived(p.max_recommended_model_vram_mb, "MB")),
             h("dt", {}, "longest context"), h("dd", { "data-field": "max_recommended_context_tokens" }, derived(p.max_recommended_context_tokens, "tokens")),
             h("dt", {}, "concurrent sessions"), h("dd", { "data-field": "max_recommended_concurrency" }, derived(p.max_recommended_concurrency))),
           models.length ? h("div", {}, h("h3", {}, "models seen"), table(["model", "VRAM needed", "supported context"],
-            models.map((m) => [m.model_id, reading(m.model_required_vram_mb, "MB"), m.supported_context_tokens.value !== undefined && m.supported_context_tokens.value !== null ? `${fmt(m.supported_context_tokens.value, 0)} tokens` : h("span", { class: "unknown" }, `unknown: ${m.supported_context_tokens.unknown || ""}`)]))) : null,
+            models.map((m) => [m.model_id, reading(m.model_required_vram_mb, "MB"), derived(m.supported_context_tokens, "tokens", { small: true })]))) : null,
           h("p", { class: "small muted" }, `thresholds ${p.thresholds_version}`)));
         const hw = d.profile.hardware;
         const un = hw.unavailable || {};
@@ -207,11 +227,10 @@
           h("dl", { class: "kv" },
             h("dt", {}, "CPU cores"), h("dd", {}, reading(hw.cpu_cores, "", un.cpu_cores)),
             h("dt", {}, "CPU load"), h("dd", {}, reading(hw.cpu_load_pct, "%", un.cpu_load_pct)),
-            h("dt", {}, "CPU load p95 (last window)"), h("dd", {}, reading(hw.cpu_load_p95, "%", "no closed window yet")),
             h("dt", {}, "RAM free / total"), h("dd", {}, reading(hw.ram_free_mb, "MB", un.ram_free_mb), " / ", reading(hw.ram_total_mb, "MB", un.ram_total_mb)),
             h("dt", {}, "GPU"), h("dd", {}, hw.gpu_unavailable ? h("span", { class: "unknown", "data-field": "gpu" }, `unavailable: ${hw.gpu_unavailable}`)
               : hw.gpus.map((g) => h("div", {}, `#${g.index} ${g.name || ""}: `, reading(g.vram_free_mb, "MB free", g.unavailable), " of ", reading(g.vram_total_mb, "MB", g.unavailable)))),
-            h("dt", {}, "mode"), h("dd", {}, hw.cpu_only ? "CPU only (context sized from RAM)" : "GPU"))));
+            h("dt", {}, "mode"), h("dd", {}, hw.cpu_only ? "CPU only (models and context sized from RAM)" : "GPU"))));
       }
       const ts = (d.triggers && d.triggers.triggers) || [];
       const active = ts.filter((t) => t.state !== "idle");

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use kora_model::{FitOutcome, FitVerdict, LogEntry, LogPage, ProfileRecord, Record};
+use kora_model::{FitVerdict, LogEntry, LogPage, ProfileRecord, Record};
 use kora_policy::{CloudTiers, Thresholds};
 use kora_probe::{ModelCatalog, Probe};
 use kora_server::{AppState, Config, HostPolicy};
@@ -17,6 +17,7 @@ use kora_store::{OpenError, Store, StoreOptions};
 
 mod analysis;
 mod demo;
+mod report;
 
 const DB_FILE: &str = "kora-telemetry.redb";
 const ENDPOINT_FILE: &str = "service.json";
@@ -593,78 +594,8 @@ fn profile(data_dir: &Path, json: bool) -> Result<()> {
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&record)?);
-        return Ok(());
-    }
-    let h = &record.hardware;
-    let show = |v: Option<f64>, unit: &str| {
-        v.map_or_else(
-            || "unavailable".to_owned(),
-            |v| format!("{} {unit}", kora_probe::fmt_num(v)),
-        )
-    };
-    println!("Hardware");
-    println!(
-        "  CPU cores        {}",
-        h.cpu_cores
-            .map_or_else(|| "unavailable".into(), |c| c.to_string())
-    );
-    println!("  CPU load         {}", show(h.cpu_load_pct, "%"));
-    println!("  RAM total        {}", show(h.ram_total_mb, "MB"));
-    println!("  RAM free         {}", show(h.ram_free_mb, "MB"));
-    match &h.gpu_unavailable {
-        Some(reason) => println!("  GPU              {reason}"),
-        None => {
-            for g in &h.gpus {
-                println!(
-                    "  GPU {}            {}: {} total, {} free{}",
-                    g.index,
-                    g.name.as_deref().unwrap_or("unnamed"),
-                    show(g.vram_total_mb, "MB"),
-                    show(g.vram_free_mb, "MB"),
-                    g.unavailable
-                        .as_deref()
-                        .map(|u| format!(" ({u})"))
-                        .unwrap_or_default()
-                );
-            }
-        }
-    }
-    println!(
-        "\nLocalCapabilityProfile (thresholds {})",
-        record.profile.thresholds_version
-    );
-    let p = &record.profile;
-    for (name, d) in [
-        (
-            "max_recommended_model_vram_mb",
-            &p.max_recommended_model_vram_mb,
-        ),
-        (
-            "max_recommended_context_tokens",
-            &p.max_recommended_context_tokens,
-        ),
-        (
-            "max_recommended_concurrency",
-            &p.max_recommended_concurrency,
-        ),
-    ] {
-        let value = match (d.value, &d.unknown) {
-            (Some(v), _) => kora_probe::fmt_num(v),
-            (None, Some(why)) => format!("unknown: {why}"),
-            (None, None) => "unknown".into(),
-        };
-        println!("  {name:<32} {value}\n  {:<32} = {}", "", d.from);
-    }
-    for m in p.models.values() {
-        let d = &m.supported_context_tokens;
-        let value = d.value.map_or_else(
-            || format!("unknown: {}", d.unknown.as_deref().unwrap_or("")),
-            kora_probe::fmt_num,
-        );
-        println!(
-            "  model {:<26} supported context {value}\n  {:<32} = {}",
-            m.model_id, "", d.from
-        );
+    } else {
+        print!("{}", report::render_profile(&record));
     }
     Ok(())
 }
@@ -687,6 +618,7 @@ fn fit(data_dir: &Path, vram: f64, context_tokens: Option<u64>, json: bool) -> R
         }
         None => kora_probe::fit_check(
             &local_snapshot(),
+            &local_catalog(data_dir)?,
             vram,
             context_tokens,
             &Thresholds::embedded().file().profile,
@@ -695,15 +627,7 @@ fn fit(data_dir: &Path, vram: f64, context_tokens: Option<u64>, json: bool) -> R
     if json {
         println!("{}", serde_json::to_string_pretty(&verdict)?);
     } else {
-        let word = match verdict.verdict {
-            FitOutcome::Fits => "fits",
-            FitOutcome::DoesNotFit => "does not fit",
-            FitOutcome::Unknown => "unknown",
-        };
-        println!("{word}: {}", verdict.reason);
-        for line in &verdict.arithmetic {
-            println!("  {line}");
-        }
+        print!("{}", report::render_fit(&verdict));
     }
     Ok(())
 }

@@ -95,6 +95,31 @@ async function main() {
       await page.close();
     }
 
+    // 1b. The overview at 1280 px with every "how it is computed" disclosure open: no card is
+    //     wider than its box and the page does not scroll sideways.
+    {
+      const page = await context.newPage();
+      await page.setViewportSize({ width: 1280, height: 900 });
+      await page.goto(`${BASE}/#overview`, { waitUntil: "load" });
+      await settle(page, "overview");
+      out.layout = await page.evaluate(() => {
+        const details = Array.from(document.querySelectorAll("details.from"));
+        const closed = details.every((d) => !d.open);
+        for (const d of details) d.open = true;
+        const over = [];
+        for (const el of document.querySelectorAll(".card")) {
+          if (el.scrollWidth > el.clientWidth + 1) {
+            const t = el.querySelector("h3");
+            over.push({ card: t ? t.textContent : "", scrollWidth: el.scrollWidth, clientWidth: el.clientWidth });
+          }
+        }
+        return { viewport: window.innerWidth, pageWidth: document.documentElement.scrollWidth, details: details.length, closed, over,
+          steps: document.querySelectorAll("details.from li").length };
+      });
+      await page.screenshot({ path: path.join(SHOTS, "01b-overview-1280-arithmetic-open.png"), fullPage: true });
+      await page.close();
+    }
+
     // 2. Accept a suggestion by clicking: the POST reaches the API and the card updates.
     {
       const page = await context.newPage();

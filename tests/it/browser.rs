@@ -317,7 +317,7 @@ fn check(server: &Server, chromium: &Path) {
         ("privacy", &["kora-telemetry consent on", "export preview"]),
         (
             "thresholds",
-            &["1.0.0", "lat_p95_limit_ms", "queue_wait_limit_ms"],
+            &["1.1.0", "lat_p95_limit_ms", "queue_wait_limit_ms"],
         ),
     ];
     for (view, needles) in expect {
@@ -359,6 +359,19 @@ fn check(server: &Server, chromium: &Path) {
             "{view} drew no chart"
         );
     }
+    // The capability card at 1280 px: values shown, the arithmetic closed behind a disclosure,
+    // and, opened, wrapped inside its card: nothing overflows.
+    let l = &report["layout"];
+    assert_eq!(l["viewport"], 1280, "{l}");
+    assert!(
+        l["pageWidth"].as_u64() <= Some(1280),
+        "the page scrolls sideways: {l}"
+    );
+    assert_eq!(l["over"], json!([]), "a card overflows at 1280 px: {l}");
+    assert_eq!(l["closed"], true, "the arithmetic starts closed: {l}");
+    assert!(l["details"].as_u64() >= Some(3), "{l}");
+    assert!(l["steps"].as_u64() >= Some(6), "{l}");
+
     let metrics = report["views"]["metrics"]["text"]
         .as_str()
         .unwrap()

@@ -27,8 +27,9 @@ pub struct ProfileConstants {
     pub max_context_tokens_cap: u64,
     /// CPU cores one concurrent generating session needs to keep its latency.
     pub cores_per_session: f64,
-    /// CPU load (percent, p95) above which the concurrency recommendation is scaled down.
-    pub cpu_busy_pct: f64,
+    /// The context (tokens) one concurrent session is assumed to hold in its own KV cache when
+    /// the memory bound of the concurrency recommendation is computed.
+    pub session_context_tokens: u64,
 }
 
 /// A derived value with its provenance: a number, or `unknown` with the reason.
@@ -58,7 +59,8 @@ pub struct ModelProfile {
     pub quantization: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_cache_bytes_per_token: Option<f64>,
-    /// The context this machine supports for the model (tokens).
+    /// The context this machine supports for the model (tokens): its GPU's (or, CPU-only, RAM's)
+    /// usable memory less the model's own weights, over its KV-cache bytes per token.
     pub supported_context_tokens: Derived,
 }
 
@@ -66,8 +68,15 @@ pub struct ModelProfile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 pub struct LocalCapabilityProfile {
+    /// The largest model (MB) that fits on one GPU of this machine, counting the memory the
+    /// runtime's own loaded models hold as reclaimable. On a CPU-only machine, the largest
+    /// model that fits in RAM (the name is the specification's; `from` says RAM).
     pub max_recommended_model_vram_mb: Derived,
+    /// The context (tokens) that fits beside the largest loaded model at the default KV-cache
+    /// bytes per token.
     pub max_recommended_context_tokens: Derived,
+    /// Concurrent sessions this machine serves: by CPU cores and, once a model is loaded, by
+    /// memory for one KV cache per session. Never scaled by the measured CPU load.
     pub max_recommended_concurrency: Derived,
     /// Per model, by model id.
     #[serde(default)]
@@ -122,15 +131,10 @@ pub struct HardwareSnapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_vram_free_mb: Option<f64>,
     /// True when the probe found no usable NVIDIA GPU (NVML could not start, or it counts no
-    /// devices): the profile then sizes context from RAM. False when GPUs exist, even if none
-    /// could be read this time.
+    /// devices): the profile then sizes models and context from RAM. False when GPUs exist,
+    /// even if none could be read this time.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cpu_only: bool,
-    /// The CPU load p95 (percent) of the latest closed time window. The probe leaves it absent;
-    /// the service fills it in before computing a profile, so the profile scales concurrency by
-    /// a sustained load rather than one instant.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_load_p95: Option<f64>,
     /// Why a host reading or a GPU total is missing, by field name (`cpu_cores`,
     /// `cpu_load_pct`, `ram_total_mb`, `ram_free_mb`, `gpu_vram_total_mb`, `gpu_vram_free_mb`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

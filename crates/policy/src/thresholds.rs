@@ -204,9 +204,8 @@ pub fn validate(f: &ThresholdsFile) -> Result<Semver, ThresholdsError> {
         return Err(invalid("profile.max_context_tokens_cap", "must be > 0"));
     }
     check_positive("profile.cores_per_session", p.cores_per_session)?;
-    check_positive("profile.cpu_busy_pct", p.cpu_busy_pct)?;
-    if p.cpu_busy_pct > 100.0 {
-        return Err(invalid("profile.cpu_busy_pct", "must be at most 100"));
+    if p.session_context_tokens == 0 {
+        return Err(invalid("profile.session_context_tokens", "must be > 0"));
     }
     Ok(version)
 }
@@ -379,7 +378,7 @@ pub fn defaults() -> ThresholdsFile {
             default_kv_cache_bytes_per_token: 131072.0,
             max_context_tokens_cap: 131072,
             cores_per_session: 4.0,
-            cpu_busy_pct: 85.0,
+            session_context_tokens: 4096,
         },
     }
 }

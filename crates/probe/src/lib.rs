@@ -23,34 +23,63 @@
 //!
 //! # Profile formulas
 //!
-//! The constants are the `profile` section of the versioned thresholds file
+//! The profile describes the machine, not this second's free memory: capacity comes from
+//! totals, and memory the runtime's own loaded models hold is reclaimable (the runtime can
+//! unload them), so loading a model neither shrinks the recommendations nor is subtracted
+//! twice. The constants are the `profile` section of the versioned thresholds file
 //! (`H_vram = vram_headroom_mb`, `H_ram = ram_headroom_mb`, `KV = default_kv_cache_bytes_per_token`,
-//! `CAP = max_context_tokens_cap`, `CPS = cores_per_session`, `BUSY = cpu_busy_pct`).
+//! `CAP = max_context_tokens_cap`, `CPS = cores_per_session`, `CTX = session_context_tokens`).
 //!
-//! - `usable(gpu) = max(0, vram_free_mb(gpu) − H_vram)`, over the GPUs that were read.
-//!   A model must fit on one GPU (splitting layers across GPUs depends on the runtime, so the
-//!   profile does not count on it). On a CPU-only machine (NVML could not start, or counts no
-//!   GPU), `usable = max(0, ram_free_mb − H_ram)`.
-//! - `max_recommended_model_vram_mb = max over GPUs of floor(usable(gpu))`. Unknown when no GPU
-//!   was read, with the reason (on a CPU-only machine: "no NVIDIA GPU (...)").
-//! - `max_recommended_context_tokens = min(CAP, floor(max(0, usable − M) × 1048576 / KV))`,
-//!   where `usable` is the best GPU's (or RAM on a CPU-only machine) and `M` the
-//!   `model_required_vram_mb` of the largest model whose latest load succeeded (0 when none
-//!   has). Free memory is read with whatever is loaded at the time, so this is conservative.
-//! - `max_recommended_concurrency = max(1, S)` with `B = floor(cpu_cores / CPS)`, and
-//!   `S = floor(B × (100 − p95) / (100 − BUSY))` when the window p95 of CPU load `p95 > BUSY`,
-//!   else `S = B`. Unknown without `cpu_cores`; when no p95 was measured yet (the snapshot's
-//!   `cpu_load_p95` is filled by the service from the latest closed window), it is not scaled
-//!   and `from` says so. It is not limited by the KV budget: the context recommendation
-//!   already gives one session the whole budget.
-//! - per model: `supported_context_tokens = min(CAP, floor(max(0, usable − R) × 1048576 / K))`
-//!   with `R` the model's `model_required_vram_mb` and `K` its `kv_cache_bytes_per_token`
-//!   (or KV). A runtime-reported `local_supported_context_tokens` (latest `context_request`
-//!   carrying one) takes precedence and `from` says so. Unknown without a `model_load`.
+//! - The runtime's loaded models: the catalog entries whose latest `model_load` succeeded,
+//!   `L` = the sum of their `model_required_vram_mb`. There is no unload event, so `L` may
+//!   name models the runtime has since dropped; what is counted as theirs is capped at the
+//!   memory actually in use (below), never more.
+//! - Per GPU that was read (total `T`, driver-reserved `R`, free `F`; NVML memory info v2,
+//!   whose free excludes reserved memory, so reserved memory is never usable; `R = 0` when the
+//!   driver does not report it, which counts it as used):
+//!   `used = max(0, T − R − F)`, `runtime = min(used, L)` on the GPU the runtime's models are
+//!   counted on and 0 on the others, `other = used − runtime` (memory of other programs, not
+//!   reclaimable), `usable = max(0, T − R − H_vram − other)` (equal to
+//!   `max(0, F + runtime − H_vram)`).
+//!   With several GPUs the device of a model is unknown: all the runtime's models are counted
+//!   on one GPU, the one where reclaiming them leaves the most usable memory (ties: the lowest
+//!   index). This is the best case for the best GPU, and it keeps every recommendation from
+//!   going down when free memory grows or a GPU can be read again (a greedy split by used
+//!   memory would not). A model must fit on one GPU (splitting layers across GPUs depends on
+//!   the runtime, so the profile does not count on it); the best GPU is the pool below.
+//! - On a CPU-only machine (NVML could not start, or counts no GPU) the one pool is RAM, the
+//!   same way: `used = max(0, ram_total_mb − ram_free_mb)`, `runtime = min(used, L)`,
+//!   `usable = max(0, ram_total_mb − H_ram − (used − runtime))`. Without a `ram_total_mb`,
+//!   `usable = max(0, ram_free_mb − H_ram)` (nothing counted as reclaimable).
+//! - `max_recommended_model_vram_mb = floor(usable)` of the best pool: the most usable VRAM
+//!   on one GPU, or usable RAM on a CPU-only machine (the field keeps the specification's
+//!   name; `from` says RAM). Unknown when no GPU was read, or RAM is unavailable.
+//! - `max_recommended_context_tokens = min(CAP, floor(max(0, usable − M) × 1048576 / KV))`
+//!   of the best pool, `M` the `model_required_vram_mb` of the largest loaded model (0 when
+//!   none): the context that fits beside the largest model the runtime runs.
+//! - per model: `supported_context_tokens = min(CAP, floor(max(0, usable − R_m) × 1048576 /
+//!   K_m))` of the best pool, with `R_m` the model's `model_required_vram_mb` and `K_m` its
+//!   `kv_cache_bytes_per_token` (or KV). `usable` already counts the model as reclaimable when
+//!   it is loaded, so its weights are subtracted once. A runtime-reported
+//!   `local_supported_context_tokens` (latest `context_request` carrying one) takes
+//!   precedence and `from` says so. Unknown without a `model_load`.
+//! - `max_recommended_concurrency = max(1, min(B, S))` with `B = floor(cpu_cores / CPS)` and,
+//!   once a model has loaded, `S = floor(max(0, usable − M) × 1048576 / (K_M × CTX))`: the
+//!   sessions whose own KV cache of `CTX` tokens fits beside the largest loaded model (`K_M`
+//!   its KV bytes per token, or KV); with no model loaded, `S` does not apply. It is never
+//!   scaled by the measured CPU load: that load is the workload's own (a runtime generating
+//!   keeps the CPU busy), and queue wait is the measured sign of overload. Unknown without
+//!   `cpu_cores`, or when a model has loaded and the pool is unknown.
 //!
 //! Every field's `from` shows the formula with the numbers substituted; a field whose inputs
 //! are unavailable is `unknown` with the reason. More free VRAM or RAM never lowers any
-//! recommendation (every formula is non-decreasing in them).
+//! recommendation, loading a model (its memory leaving the free memory) never lowers the
+//! largest-model recommendation or a model's supported context, and the CPU load changes
+//! nothing (property tests in `tests/probe.rs`).
+//!
+//! [`fit_check`] ("does this fit now", `GET /v1/fit`) uses the same pools: a model fits when
+//! its need fits in one pool's `usable`, so a model of the runtime that is already loaded
+//! fits; when the fit needs memory the runtime's models hold, the reason says so.
 
 pub mod host;
 pub mod nvml;

@@ -133,7 +133,6 @@ impl Probe {
             gpu_vram_total_mb,
             gpu_vram_free_mb,
             cpu_only,
-            cpu_load_p95: None,
             unavailable,
         }
     }

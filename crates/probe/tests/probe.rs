@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use serde::Deserialize;
 
 const TS: i64 = 1_760_000_000_000;
-const VERSION: &str = "1.0.0";
+const VERSION: &str = "1.1.0";
 
 fn constants() -> ProfileConstants {
     ProfileConstants {
@@ -27,7 +27,7 @@ fn constants() -> ProfileConstants {
         default_kv_cache_bytes_per_token: 131072.0,
         max_context_tokens_cap: 131072,
         cores_per_session: 4.0,
-        cpu_busy_pct: 85.0,
+        session_context_tokens: 4096,
     }
 }
 
@@ -46,9 +46,10 @@ struct Fixture {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Tick {
-    /// The window p95 the service would fill in before computing the profile.
+    /// Events folded into the model catalog just before this tick (the fixture's top-level
+    /// `events` come before the first tick).
     #[serde(default)]
-    cpu_load_p95: Option<f64>,
+    events: Vec<Event>,
     expect: Expect,
 }
 
@@ -145,8 +146,15 @@ fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// One replayed tick: the snapshot, the model catalog at that tick, and the profile.
+struct Replayed {
+    snapshot: HardwareSnapshot,
+    catalog: ModelCatalog,
+    profile: LocalCapabilityProfile,
+}
+
 /// Replays one recorded machine and checks every tick's snapshot, profile and fit verdicts.
-fn replay(name: &str) {
+fn replay(name: &str) -> Vec<Replayed> {
     let path = fixture_dir().join(name);
     let text = std::fs::read_to_string(&path).unwrap();
     let fixture: Fixture = serde_json::from_str(&text).unwrap();
@@ -158,12 +166,16 @@ fn replay(name: &str) {
         catalog.observe_event(e);
     }
     assert!(!fixture.ticks.is_empty());
+    let mut out = Vec::new();
     for (i, tick) in fixture.ticks.iter().enumerate() {
         let at = format!("{name} tick {i}");
+        for e in &tick.events {
+            e.validate(TS).unwrap();
+            catalog.observe_event(e);
+        }
         let ts = TS + i as i64 * 5_000;
-        let mut snapshot = probe.snapshot(ts);
+        let snapshot = probe.snapshot(ts);
         assert_eq!(snapshot.ts_ms, ts);
-        snapshot.cpu_load_p95 = tick.cpu_load_p95;
 
         let json = serde_json::to_value(&snapshot).unwrap();
         for (field, want) in &tick.expect.snapshot {
@@ -223,6 +235,7 @@ fn replay(name: &str) {
         for f in &e.fits {
             let v = fit_check(
                 &snapshot,
+                &catalog,
                 f.model_required_vram_mb,
                 f.context_tokens,
                 &constants(),
@@ -245,7 +258,13 @@ fn replay(name: &str) {
             }
             assert!(!v.arithmetic.is_empty(), "{what}: the arithmetic is shown");
         }
+        out.push(Replayed {
+            snapshot,
+            catalog: catalog.clone(),
+            profile,
+        });
     }
+    out
 }
 
 #[test]
@@ -274,6 +293,146 @@ fn nvml_fails_mid_run() {
 }
 
 #[test]
+fn desktop_24gb_16gb_loaded() {
+    replay("desktop_24gb_16gb_loaded.json");
+}
+
+#[test]
+fn cpu_only_16c_64gb_busy() {
+    replay("cpu_only_16c_64gb_busy.json");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Regressions of issue 12, named after the bug: each failed before the profile was computed
+// from totals, and passes now.
+
+fn value(d: &Derived) -> f64 {
+    d.value
+        .unwrap_or_else(|| panic!("no value: {:?}: {}", d.unknown, d.from))
+}
+
+/// Bug: usable memory was read after the runtime loaded its models and the model's weights
+/// were then subtracted again, so a 24 GB card with a 16 GB model loaded said 0 tokens for
+/// that model (`(6628 - 512 - 16384) < 0`), and the context trigger fired on a 4k request.
+#[test]
+fn a_loaded_model_is_not_subtracted_twice() {
+    let ticks = replay("desktop_24gb_16gb_loaded.json");
+    let [before, after] = &ticks[..] else {
+        panic!("two ticks: before and after the load")
+    };
+    let id = "mistral-small-24b-instruct";
+    // The figure before the load: the same model known, its load not (yet) successful.
+    let mut not_loaded = ModelCatalog::new();
+    not_loaded.observe_load(&ModelLoad {
+        id: None,
+        ts_ms: None,
+        model_id: id.into(),
+        model_required_vram_mb: 16384.0,
+        vram_reclaimable_mb_est: None,
+        outcome: LoadOutcome::Failed,
+        quantization: None,
+        params_b: None,
+        kv_cache_bytes_per_token: None,
+        session_id: None,
+    });
+    let pre = compute_profile(&before.snapshot, &not_loaded, &constants(), VERSION);
+    let pre_ctx = value(&pre.models[id].supported_context_tokens);
+    let post_ctx = value(&after.profile.models[id].supported_context_tokens);
+    assert_eq!(pre_ctx, 48928.0);
+    assert_eq!(
+        post_ctx, pre_ctx,
+        "{}",
+        after.profile.models[id].supported_context_tokens.from
+    );
+    assert!(
+        post_ctx >= 4096.0,
+        "an ordinary 4k request is within the supported context"
+    );
+    assert!(
+        after.snapshot.gpus[0].vram_free_mb.unwrap() - 512.0 < 16384.0,
+        "the premise: free VRAM after the load is less than the model's own weights"
+    );
+    // The runtime's own model is reclaimable: a fit check for it says so.
+    let fit = fit_check(
+        &after.snapshot,
+        &after.catalog,
+        16384.0,
+        Some(4096),
+        &constants(),
+    );
+    assert_eq!(fit.verdict, FitOutcome::Fits, "{fit:#?}");
+}
+
+/// Bug: `max_recommended_model_vram_mb` was the free VRAM of the moment, so it shrank by the
+/// size of every model the runtime loaded (22500 MB before, 6116 MB after a 16 GB load).
+#[test]
+fn loading_a_model_does_not_shrink_the_largest_model_recommendation() {
+    let ticks = replay("desktop_24gb_16gb_loaded.json");
+    let before = value(&ticks[0].profile.max_recommended_model_vram_mb);
+    let after = value(&ticks[1].profile.max_recommended_model_vram_mb);
+    assert_eq!((before, after), (22500.0, 22500.0));
+    let laptop = replay("laptop_8gb.json");
+    assert_eq!(
+        value(&laptop[0].profile.max_recommended_model_vram_mb),
+        value(&laptop[1].profile.max_recommended_model_vram_mb),
+        "the laptop with llama-3.1-8b back in memory"
+    );
+}
+
+/// Bug: concurrency was scaled down by the CPU load p95, so the workload's own generation
+/// (95% CPU) collapsed the recommendation to 1 and the concurrency trigger fired because the
+/// runtime was busy. Concurrency now comes from cores and memory only.
+#[test]
+fn the_workloads_own_cpu_load_does_not_lower_concurrency() {
+    let ticks = replay("cpu_only_16c_64gb_busy.json");
+    let loads: Vec<Option<f64>> = ticks.iter().map(|t| t.snapshot.cpu_load_pct).collect();
+    assert_eq!(loads, [None, Some(95.0), Some(97.5)]);
+    for t in &ticks {
+        assert_eq!(
+            value(&t.profile.max_recommended_concurrency),
+            4.0,
+            "16 cores / 4"
+        );
+    }
+    let desktop = replay("desktop_rtx4090.json");
+    assert_eq!(desktop[1].snapshot.cpu_load_pct, Some(95.0));
+    assert_eq!(value(&desktop[1].profile.max_recommended_concurrency), 4.0);
+}
+
+/// Bug: a CPU-only machine got `unknown` for the largest model although its models run from
+/// RAM. It is now sized from RAM, and `from` says so.
+#[test]
+fn a_cpu_only_machine_sizes_models_from_ram() {
+    for (name, want) in [
+        ("cpu_only_16c_64gb_busy.json", 55887.0),
+        ("cpu_only.json", 24552.0),
+    ] {
+        let t = &replay(name)[0];
+        assert!(t.snapshot.cpu_only);
+        let d = &t.profile.max_recommended_model_vram_mb;
+        assert_eq!(value(d), want, "{name}");
+        assert!(d.from.starts_with("floor(usable RAM)"), "{}", d.from);
+        assert!(d.from.contains("CPU-only: no NVIDIA GPU"), "{}", d.from);
+    }
+}
+
+/// There is no unload event, so a model whose load succeeded long ago may be gone: what is
+/// counted as the runtime's is capped at the memory actually in use, never more.
+#[test]
+fn a_model_no_longer_in_memory_is_credited_at_most_the_memory_in_use() {
+    let t = &replay("laptop_8gb.json")[0];
+    let d = &t.profile.max_recommended_model_vram_mb;
+    // 8188 total, 250 reserved, 7420.5 free: 517.5 in use, though 8544 MB of models "loaded".
+    assert_eq!(value(d), 8188.0 - 250.0 - 512.0);
+    assert!(
+        d.from
+            .contains("runtime's models = min(used 517.5, loaded 8544) = 517.5"),
+        "{}",
+        d.from
+    );
+}
+
+#[test]
 fn every_fixture_is_replayed() {
     let mut names: Vec<String> = std::fs::read_dir(fixture_dir())
         .unwrap()
@@ -284,6 +443,8 @@ fn every_fixture_is_replayed() {
         names,
         [
             "cpu_only.json",
+            "cpu_only_16c_64gb_busy.json",
+            "desktop_24gb_16gb_loaded.json",
             "desktop_rtx4090.json",
             "laptop_8gb.json",
             "nvml_fails_mid_run.json",
@@ -308,9 +469,9 @@ fn samples_of_a_lost_gpu_say_why() {
         keys,
         [
             ("gpu_vram_total_mb".to_owned(), Some(12282.0)),
-            ("gpu_vram_free_mb".to_owned(), Some(11000.0)),
+            ("gpu_vram_free_mb".to_owned(), Some(5000.0)),
             ("gpu_vram_total_mb@gpu0".to_owned(), Some(12282.0)),
-            ("gpu_vram_free_mb@gpu0".to_owned(), Some(11000.0)),
+            ("gpu_vram_free_mb@gpu0".to_owned(), Some(5000.0)),
             ("cpu_cores".to_owned(), Some(20.0)),
             ("cpu_load_pct".to_owned(), Some(30.0)),
             ("ram_free_mb".to_owned(), Some(20000.0)),
@@ -404,9 +565,13 @@ fn nvml_start_failures_read_as_no_nvidia_gpu() {
         assert!(s.cpu_only);
         assert_eq!(s.gpu_unavailable.as_deref(), Some(words));
         let p = compute_profile(&s, &ModelCatalog::new(), &constants(), VERSION);
-        assert_eq!(
-            p.max_recommended_model_vram_mb.unknown.as_deref(),
-            Some(words)
+        // Sized from RAM: 8000 total - 2048 headroom - 4000 in use by others.
+        let d = &p.max_recommended_model_vram_mb;
+        assert_eq!(d.value, Some(1952.0), "{d:?}");
+        assert!(
+            d.from.contains(&format!("(CPU-only: {words})")),
+            "{}",
+            d.from
         );
     }
 }
@@ -414,14 +579,15 @@ fn nvml_start_failures_read_as_no_nvidia_gpu() {
 #[test]
 fn fit_check_refuses_bad_input_without_panicking() {
     let s = bare_snapshot();
+    let none = ModelCatalog::new();
     for bad in [f64::NAN, f64::INFINITY, -1.0] {
-        let v = fit_check(&s, bad, None, &constants());
+        let v = fit_check(&s, &none, bad, None, &constants());
         assert_eq!(v.verdict, FitOutcome::Unknown);
         assert!(v.reason.contains("model_required_vram_mb"), "{}", v.reason);
     }
     let mut c = constants();
     c.default_kv_cache_bytes_per_token = 0.0;
-    let v = fit_check(&s, 1000.0, Some(10), &c);
+    let v = fit_check(&s, &none, 1000.0, Some(10), &c);
     assert_eq!(v.verdict, FitOutcome::Unknown);
     let p = compute_profile(&s, &ModelCatalog::new(), &c, VERSION);
     assert!(
@@ -431,7 +597,7 @@ fn fit_check_refuses_bad_input_without_panicking() {
             .unwrap()
             .contains("default_kv_cache_bytes_per_token 0")
     );
-    let json = serde_json::to_value(fit_check(&s, 100_000.0, None, &constants())).unwrap();
+    let json = serde_json::to_value(fit_check(&s, &none, 100_000.0, None, &constants())).unwrap();
     assert_eq!(json["verdict"], "does_not_fit");
 }
 
@@ -526,21 +692,25 @@ fn bare_snapshot() -> HardwareSnapshot {
         gpu_vram_total_mb: None,
         gpu_vram_free_mb: None,
         cpu_only: true,
-        cpu_load_p95: None,
         unavailable: BTreeMap::new(),
     }
 }
 
 fn gpu_strategy(index: u32) -> impl Strategy<Value = GpuReading> {
     prop_oneof![
-        3 => (1_000.0f64..100_000.0, 0.0f64..1.0).prop_map(move |(total, share)| GpuReading {
-            index,
-            name: Some(format!("GPU {index}")),
-            vram_total_mb: Some(total),
-            vram_free_mb: Some(total * share),
-            vram_reserved_mb: None,
-            unavailable: None,
-        }),
+        3 => (1_000.0f64..100_000.0, 0.0f64..1.0, prop::option::of(0.0f64..0.05)).prop_map(
+            move |(total, share, reserved)| {
+                let reserved = reserved.map(|r| (total * r).floor());
+                GpuReading {
+                    index,
+                    name: Some(format!("GPU {index}")),
+                    vram_total_mb: Some(total),
+                    vram_free_mb: Some((total - reserved.unwrap_or(0.0)) * share),
+                    vram_reserved_mb: reserved,
+                    unavailable: None,
+                }
+            }
+        ),
         1 => Just(GpuReading {
             index,
             name: None,
@@ -560,15 +730,15 @@ fn snapshot_strategy() -> impl Strategy<Value = HardwareSnapshot> {
         prop::option::of(0.0f64..=100.0),
         any::<bool>(),
     )
-        .prop_flat_map(|(n, cores, ram_free, p95, count_fails)| {
+        .prop_flat_map(|(n, cores, ram_free, load, count_fails)| {
             let gpus: Vec<_> = (0..n).map(gpu_strategy).collect();
-            (gpus, Just((n, cores, ram_free, p95, count_fails)))
+            (gpus, Just((n, cores, ram_free, load, count_fails)))
         })
-        .prop_map(|(gpus, (n, cores, ram_free, p95, count_fails))| {
+        .prop_map(|(gpus, (n, cores, ram_free, load, count_fails))| {
             let mut s = bare_snapshot();
             s.cpu_cores = cores;
             s.ram_free_mb = ram_free;
-            s.cpu_load_p95 = p95;
+            s.cpu_load_pct = load;
             if cores.is_none() {
                 s.unavailable
                     .insert("cpu_cores".into(), "unreadable".into());
@@ -664,15 +834,54 @@ fn assert_not_lower(before: &LocalCapabilityProfile, after: &LocalCapabilityProf
     }
 }
 
+/// A model of `mb` loaded by the runtime: the catalog learns of it, and the memory it takes
+/// leaves the free memory of one pool (GPU `gpu`, or RAM on a CPU-only machine). `None` when
+/// that pool has not that much free.
+fn load_model(
+    s: &HardwareSnapshot,
+    models: &ModelCatalog,
+    gpu: usize,
+    mb: f64,
+) -> Option<(HardwareSnapshot, ModelCatalog)> {
+    let mut after = s.clone();
+    let free = if s.cpu_only {
+        &mut after.ram_free_mb
+    } else {
+        &mut after.gpus.get_mut(gpu)?.vram_free_mb
+    };
+    let f = (*free)?;
+    if f < mb {
+        return None;
+    }
+    *free = Some(f - mb);
+    let mut catalog = models.clone();
+    catalog.observe_load(&ModelLoad {
+        id: None,
+        ts_ms: None,
+        model_id: "model-just-loaded".into(),
+        model_required_vram_mb: mb,
+        vram_reclaimable_mb_est: None,
+        outcome: LoadOutcome::Ok,
+        quantization: None,
+        params_b: None,
+        kv_cache_bytes_per_token: None,
+        session_id: None,
+    });
+    Some((after, catalog))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
+    /// More free VRAM, on a bigger card (total grows too) or because another program let go
+    /// of memory (total stays), never lowers a recommendation.
     #[test]
     fn more_free_vram_never_lowers_a_recommendation(
         s in snapshot_strategy(),
         models in catalog_strategy(),
         pick in any::<prop::sample::Index>(),
         extra in 0.0f64..50_000.0,
+        bigger_card in any::<bool>(),
     ) {
         let before = compute_profile(&s, &models, &constants(), VERSION);
         let mut more = s.clone();
@@ -681,10 +890,66 @@ proptest! {
             .collect();
         prop_assume!(!readable.is_empty());
         let g = &mut more.gpus[readable[pick.index(readable.len())]];
-        g.vram_free_mb = g.vram_free_mb.map(|f| f + extra);
-        g.vram_total_mb = g.vram_total_mb.map(|t| t + extra);
+        if bigger_card {
+            g.vram_free_mb = g.vram_free_mb.map(|f| f + extra);
+            g.vram_total_mb = g.vram_total_mb.map(|t| t + extra);
+        } else {
+            let in_use = g.vram_total_mb.unwrap_or(0.0)
+                - g.vram_reserved_mb.unwrap_or(0.0)
+                - g.vram_free_mb.unwrap_or(0.0);
+            g.vram_free_mb = g.vram_free_mb.map(|f| f + extra.min(in_use.max(0.0)));
+        }
         let after = compute_profile(&more, &models, &constants(), VERSION);
         assert_not_lower(&before, &after);
+        let fit_before = fit_check(&s, &models, extra, None, &constants());
+        let fit_after = fit_check(&more, &models, extra, None, &constants());
+        if fit_before.verdict == FitOutcome::Fits {
+            prop_assert_eq!(fit_after.verdict, FitOutcome::Fits, "{:#?}", fit_after);
+        }
+    }
+
+    /// Loading a model takes its memory from the free memory of a pool; the runtime's models
+    /// are reclaimable, so neither the largest-model recommendation nor any model's supported
+    /// context goes down (the loaded model is not subtracted twice).
+    #[test]
+    fn loading_a_model_never_lowers_the_largest_model_or_a_supported_context(
+        s in snapshot_strategy(),
+        models in catalog_strategy(),
+        pick in any::<prop::sample::Index>(),
+        mb in 0.0f64..40_000.0,
+    ) {
+        let gpu = pick.index(s.gpus.len().max(1));
+        let Some((after, loaded)) = load_model(&s, &models, gpu, mb) else {
+            return Ok(());
+        };
+        let p0 = compute_profile(&s, &models, &constants(), VERSION);
+        let p1 = compute_profile(&after, &loaded, &constants(), VERSION);
+        let (b, a) = (&p0.max_recommended_model_vram_mb, &p1.max_recommended_model_vram_mb);
+        prop_assert_eq!(b.value.is_some(), a.value.is_some());
+        if let (Some(b), Some(a)) = (b.value, a.value) {
+            prop_assert!(a >= b, "{} became {}: {}", b, a, p1.max_recommended_model_vram_mb.from);
+        }
+        for (id, m) in &p0.models {
+            let (b, a) = (&m.supported_context_tokens, &p1.models[id].supported_context_tokens);
+            if let (Some(b), Some(a)) = (b.value, a.value) {
+                prop_assert!(a >= b, "{}: {} became {}: {}", id, b, a, p1.models[id].supported_context_tokens.from);
+            }
+        }
+    }
+
+    /// The measured CPU load is the workload's own: it changes nothing in the profile.
+    #[test]
+    fn the_measured_cpu_load_never_changes_the_profile(
+        s in snapshot_strategy(),
+        models in catalog_strategy(),
+        load in prop::option::of(0.0f64..=100.0),
+    ) {
+        let mut busy = s.clone();
+        busy.cpu_load_pct = load;
+        prop_assert_eq!(
+            compute_profile(&s, &models, &constants(), VERSION),
+            compute_profile(&busy, &models, &constants(), VERSION)
+        );
     }
 
     #[test]
@@ -738,9 +1003,15 @@ proptest! {
             prop_assert!(!d.from.is_empty());
         }
         let any_vram = s.gpus.iter().any(|g| g.vram_free_mb.is_some());
-        prop_assert_eq!(p.max_recommended_model_vram_mb.value.is_some(), any_vram);
-        prop_assert_eq!(p.max_recommended_concurrency.value.is_some(), s.cpu_cores.is_some());
         let pool = if s.cpu_only { s.ram_free_mb.is_some() } else { any_vram };
+        prop_assert_eq!(p.max_recommended_model_vram_mb.value.is_some(), pool);
+        // Concurrency needs the cores and, once a model has loaded, the memory for its KV
+        // caches.
+        let loaded = models.largest_loaded().is_some();
+        prop_assert_eq!(
+            p.max_recommended_concurrency.value.is_some(),
+            s.cpu_cores.is_some() && (pool || !loaded)
+        );
         prop_assert_eq!(p.max_recommended_context_tokens.value.is_some(), pool);
         for (id, m) in &p.models {
             let entry = &models.models[id];
@@ -749,8 +1020,12 @@ proptest! {
             }
         }
         if s.cpu_only {
-            let u = p.max_recommended_model_vram_mb.unknown.unwrap_or_default();
-            prop_assert!(u.starts_with("no NVIDIA GPU"), "{}", u);
+            // A CPU-only machine sizes models from RAM, and says so.
+            let d = &p.max_recommended_model_vram_mb;
+            prop_assert!(d.from.contains("RAM"), "{}", d.from);
+            if let Some(u) = &d.unknown {
+                prop_assert!(u.contains("ram_free_mb is unavailable"), "{}", u);
+            }
         }
         let cap = constants().max_context_tokens_cap as f64;
         prop_assert!(p.max_recommended_context_tokens.value.is_none_or(|v| v <= cap));
@@ -770,12 +1045,13 @@ proptest! {
     #[test]
     fn fit_agrees_with_the_profile(
         s in snapshot_strategy(),
+        models in catalog_strategy(),
         share in 0.0f64..2.0,
     ) {
-        let p = compute_profile(&s, &ModelCatalog::new(), &constants(), VERSION);
+        let p = compute_profile(&s, &models, &constants(), VERSION);
         if let Some(max) = p.max_recommended_model_vram_mb.value {
             let all_read = s.gpus.iter().all(|g| g.vram_free_mb.is_some());
-            let v = fit_check(&s, max * share, None, &constants());
+            let v = fit_check(&s, &models, max * share, None, &constants());
             if max * share <= max {
                 prop_assert_eq!(v.verdict, FitOutcome::Fits, "{:#?}", v);
             } else if all_read && max * share > max + 1.0 {

@@ -33,12 +33,15 @@ pub const CHECKPOINT_EVERY: u64 = 20_000;
 /// [`kora_model::CheckpointRecord::state`]): the follower's state after folding the log up to
 /// `up_to_seq`. A restart resumes from the newest checkpoint of the thresholds in force
 /// instead of folding the whole log; replay still folds the whole log and ignores them.
+///
+/// Checkpoints written before thresholds 1.1.0 also hold a `cpu_load_p95` (the profile no
+/// longer reads the CPU load); unknown fields are ignored, and such checkpoints belong to
+/// thresholds 1.0.0, so they are skipped by version anyway.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct FollowerState {
     engine: kora_policy::EngineState,
     catalog: ModelCatalog,
     recorded_profile: Option<LocalCapabilityProfile>,
-    cpu_load_p95: Option<f64>,
     #[serde(default)]
     fingerprints: BTreeMap<String, String>,
 }
@@ -77,8 +80,6 @@ struct Inner {
     hardware: Option<HardwareSnapshot>,
     /// The last profile written to the log.
     recorded_profile: Option<LocalCapabilityProfile>,
-    /// The p95 of CPU load in the latest closed time window (the spec's `cpu_load_p95`).
-    cpu_load_p95: Option<f64>,
     /// The last log seq folded into the engine.
     folded: u64,
     /// The `up_to_seq` of the newest checkpoint in the log.
@@ -120,7 +121,6 @@ impl Analytics {
             catalog: ModelCatalog::new(),
             hardware: None,
             recorded_profile: None,
-            cpu_load_p95: None,
             folded: 0,
             checkpointed: 0,
             fingerprints: BTreeMap::new(),
@@ -130,7 +130,6 @@ impl Analytics {
             inner.engine = Engine::with_state(thresholds, tiers, state.engine);
             inner.catalog = state.catalog;
             inner.recorded_profile = state.recorded_profile;
-            inner.cpu_load_p95 = state.cpu_load_p95;
             inner.fingerprints = state.fingerprints;
             inner.folded = up_to;
             inner.checkpointed = up_to;
@@ -223,11 +222,15 @@ impl Analytics {
         closed
     }
 
+    /// The models the runtime reported (loads and context requests), folded from the log.
+    pub fn models(&self) -> ModelCatalog {
+        self.lock().catalog.clone()
+    }
+
     /// Takes a new hardware snapshot into account; answers the profile to record when a
     /// recommendation changed (or none was recorded yet).
-    pub fn observe_hardware(&self, mut snapshot: HardwareSnapshot) -> Option<ProfileRecord> {
+    pub fn observe_hardware(&self, snapshot: HardwareSnapshot) -> Option<ProfileRecord> {
         let mut inner = self.lock();
-        snapshot.cpu_load_p95 = inner.cpu_load_p95;
         inner.hardware = Some(snapshot.clone());
         let profile = inner.profile_for(&snapshot);
         if inner
@@ -348,7 +351,6 @@ impl Inner {
             engine: self.engine.state().clone(),
             catalog: self.catalog.clone(),
             recorded_profile: self.recorded_profile.clone(),
-            cpu_load_p95: self.cpu_load_p95,
             fingerprints: self.fingerprints.clone(),
         };
         Ok(Record::Checkpoint(kora_model::CheckpointRecord {
@@ -384,12 +386,6 @@ impl Inner {
         self.note_thresholds(&entry.record);
         match &entry.record {
             Record::Profile(p) => self.recorded_profile = Some(p.profile.clone()),
-            Record::Window(w)
-                if w.window_kind == kora_window::WINDOW_KIND_TIME
-                    && w.metric == kora_model::Signal::CpuLoadPct.as_str() =>
-            {
-                self.cpu_load_p95 = Some(w.p95);
-            }
             record => {
                 self.catalog.observe_record(record);
             }
@@ -749,7 +745,6 @@ mod tests {
         assert_eq!(resumed.engine.state(), inner.engine.state());
         assert_eq!(resumed.catalog, full.catalog);
         assert_eq!(resumed.recorded_profile, full.recorded_profile);
-        assert_eq!(resumed.cpu_load_p95, full.cpu_load_p95);
 
         // Other thresholds: the checkpoint is not theirs, so the whole log is folded.
         let mut file = Thresholds::embedded().file().clone();

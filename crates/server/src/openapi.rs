@@ -464,8 +464,9 @@ fn operations(s: &mut Schemas) -> Vec<Op> {
             ..Op::get("/v1/profile", "getProfile", "views")
                 .text(
                     "The LocalCapabilityProfile computed now",
-                    "Every field is a number with the formula that produced it, or `unknown` \
-                     with the reason. 503 until the probe's first reading (taken at start).",
+                    "What this machine can run, from its totals: every field is a number with \
+                     the formula that produced it, or `unknown` with the reason. 503 until the \
+                     probe's first reading (taken at start).",
                 )
                 .errors(ALWAYS, &[503])
         },
@@ -479,7 +480,9 @@ fn operations(s: &mut Schemas) -> Vec<Op> {
                 .text(
                     "Whether a model (and a context) fits now",
                     "`verdict` is `fits`, `does_not_fit` (only when every GPU was read) or \
-                     `unknown`, with the arithmetic. 503 before the first snapshot.",
+                     `unknown`, with the arithmetic. Memory the runtime's own loaded models \
+                     hold counts as reclaimable, as in the profile; the reason says when the \
+                     fit needs it. 503 before the first snapshot.",
                 )
                 .errors(ALWAYS, &[400, 503])
         },

@@ -62,7 +62,8 @@ pub struct FitQuery {
     context_tokens: Option<u64>,
 }
 
-/// `GET /v1/fit`: whether a model (and a context) fits this machine now, with the arithmetic.
+/// `GET /v1/fit`: whether a model (and a context) fits this machine now, with the arithmetic;
+/// memory the runtime's own loaded models hold is reclaimable, as in the profile.
 pub async fn fit(
     State(state): State<AppState>,
     q: Result<Query<FitQuery>, QueryRejection>,
@@ -86,6 +87,7 @@ pub async fn fit(
     let thresholds = state.analytics.thresholds();
     Ok(Json(kora_probe::fit_check(
         &hardware,
+        &state.analytics.models(),
         vram,
         q.context_tokens,
         &thresholds.file().profile,

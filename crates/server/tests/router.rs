@@ -618,8 +618,9 @@ async fn profile_and_fit_answer_from_the_latest_snapshot() {
     let (s, _) = app.get("/v1/fit?model_required_vram_mb=1&bogus=1").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 
-    // A CPU-only machine says so, and its VRAM recommendation is unknown, not a number.
-    let cpu = recorded_snapshot("cpu_only.json");
+    // A CPU-only machine says so, and sizes its largest model from RAM (its models run
+    // from RAM), saying so.
+    let cpu = recorded_snapshot("cpu_only_16c_64gb_busy.json");
     kora_server::analytics::ingest_snapshot(&app.state, cpu, now())
         .await
         .unwrap();
@@ -631,14 +632,61 @@ async fn profile_and_fit_answer_from_the_latest_snapshot() {
             .contains("no NVIDIA GPU"),
         "{v}"
     );
+    let size = &v["profile"]["max_recommended_model_vram_mb"];
+    assert!(size["value"].as_f64().is_some_and(|x| x > 0.0), "{v}");
     assert!(
-        v["profile"]["max_recommended_model_vram_mb"]["value"].is_null(),
+        size["from"]
+            .as_str()
+            .unwrap()
+            .starts_with("floor(usable RAM)"),
         "{v}"
     );
+}
+
+/// Issue 12: the service filled the profile's snapshot with the CPU load p95 of the latest
+/// closed window and scaled concurrency down by it, so a machine busy generating (95% CPU)
+/// recommended 1 session instead of 4 and the concurrency trigger fired because the runtime
+/// was busy. The profile no longer reads the CPU load.
+#[tokio::test]
+async fn the_workloads_own_cpu_load_does_not_lower_concurrency() {
+    let app = app();
+    let start = now() - 5 * 60_000;
+    let samples: Vec<Value> = (0..60)
+        .map(|i| json!({"signal": "cpu_load_pct", "value": 95.0, "ts_ms": start + i * 5000}))
+        .collect();
+    let (s, v) = app.post("/v1/samples", json!({"samples": samples})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    app.state.analytics.catch_up(&app.state).await.unwrap();
+    let (_, w) = app.get("/v1/windows?kind=time&metric=cpu_load_pct").await;
     assert!(
-        v["profile"]["max_recommended_model_vram_mb"]["unknown"].is_string(),
+        w["windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["window"]["p95"].as_f64() == Some(95.0)),
+        "the premise: closed windows of 95% CPU load: {w}"
+    );
+    let (s, v) = app
+        .post(
+            "/v1/events",
+            json!({"events": [{"kind": "model_load", "model_id": "llama-3.1-8b-instruct",
+                "model_required_vram_mb": 8704, "outcome": "ok"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    app.state.analytics.catch_up(&app.state).await.unwrap();
+    let busy = recorded_snapshot("cpu_only_16c_64gb_busy.json");
+    assert_eq!(busy.cpu_load_pct, Some(95.0));
+    kora_server::analytics::ingest_snapshot(&app.state, busy, now())
+        .await
+        .unwrap();
+    let (_, v) = app.get("/v1/profile").await;
+    assert_eq!(
+        v["profile"]["max_recommended_concurrency"]["value"],
+        json!(4.0),
         "{v}"
     );
+    assert!(v["hardware"].get("cpu_load_p95").is_none(), "{v}");
 }
 
 #[tokio::test]
