@@ -127,6 +127,7 @@
     const b = badge(t.state.replace("_", " "), t.state);
     if (t.state === "pending") return h("span", {}, b, ` ${t.k} of ${t.w}`);
     if (t.state === "insufficient_evidence") return h("span", {}, b, h("div", { class: "small muted" }, t.reason || ""));
+    if (t.state === "resolved") return h("span", {}, b, ` since ${time(t.resolved_ms)}`);
     return b;
   }
   function evidenceSummary(ev) {
@@ -462,6 +463,8 @@
     el.appendChild(h("div", {}, badge(s.category, "local"), " ", h("strong", {}, s.scope), h("span", { class: "muted small" }, ` · ${time(s.ts_ms)} · ${s.suggestion_id} · thresholds ${s.thresholds_version}`)));
     el.appendChild(ladderOf(item));
     el.appendChild(h("pre", { class: "message" }, s.message));
+    if (s.in_answer_to) el.appendChild(h("p", { class: "small muted" }, `the answer to "insist on the same tier" on ${s.in_answer_to}`));
+    if (s.cloud_withheld) el.appendChild(h("p", { class: "small cloud-withheld" }, s.cloud_withheld));
     if (item.firing) {
       el.appendChild(h("h3", {}, `Evidence (firing ${item.firing.firing_id}${item.firing.sustained ? `, sustained over ${item.firing.sustained} windows` : ""})`));
       el.appendChild(h("p", { class: "small" }, item.firing.reason));
@@ -473,18 +476,21 @@
       o.estimate ? h("dl", { class: "kv small" },
         h("dt", {}, "reason"), h("dd", {}, o.estimate.reason),
         h("dt", {}, "predicted improvement"), h("dd", {}, o.estimate.predicted_improvement),
-        h("dt", {}, "predicted cost"), h("dd", {}, `${o.estimate.predicted_cost} (≈ $${fmt(o.estimate.cost_per_run_usd, 4)} per run)`),
+        h("dt", {}, "predicted cost"), h("dd", {}, `${o.estimate.predicted_cost} (≈ $${o.estimate.cost_per_run_usd.toLocaleString("en-US", { maximumSignificantDigits: 3 })} per run)`),
+        o.estimate.comparison ? [h("dt", {}, "measured here vs predicted"), h("dd", { class: "comparison" },
+          `${o.estimate.comparison.statistic}: ${fmt(o.estimate.comparison.measured_local)} ${o.estimate.comparison.unit} here, ~${fmt(o.estimate.comparison.predicted_cloud)} ${o.estimate.comparison.unit} on ${o.estimate.tier} (${o.estimate.comparison.lower_is_better ? "lower" : "higher"} is better)`)] : null,
         h("dt", {}, "assumptions"), h("dd", {}, `${o.estimate.assumptions} (tier ${o.estimate.tier}, table ${o.estimate.tier_table_version}; estimates, not quotes)`)) : null,
       o.action_ready === false ? h("div", { class: "small unknown" }, `not ready: ${(o.to_do_first || []).join("; ")}`) : null,
       answered ? null : h("div", { class: "actions" }, h("button", { class: "primary accept", type: "button", data: { choice: o.id }, on: { click: (ev) => sendFeedback(ev, s.suggestion_id, { action: "accepted", choice: o.id }) } }, `Accept: ${o.label}`))))));
     if (!answered) {
-      el.appendChild(h("div", { class: "actions" }, h("button", { class: "dismiss", type: "button", on: { click: (ev) => sendFeedback(ev, s.suggestion_id, { action: "dismissed" }) } }, "Dismiss")));
+      el.appendChild(h("div", { class: "actions" }, h("button", { class: "dismiss", type: "button", on: { click: (ev) => sendFeedback(ev, s.suggestion_id, { action: "dismissed" }) } }, "Dismiss"),
+        s.in_answer_to ? null : h("button", { class: "insist", type: "button", on: { click: (ev) => sendFeedback(ev, s.suggestion_id, { action: "dismissed", insist_same_tier: true }) } }, "Keep it as it is: show the Krako Cloud option")));
     }
     el.appendChild(h("h3", {}, "Trail"));
     const trail = item.feedback.map((f) => h("div", { class: "feedback" }, badge(f.action), ` ${time(f.ts_ms)}`, f.choice ? ` · chose ${f.choice}` : "", f.insist_same_tier ? " · insisted on the same tier" : ""));
     if (item.outcome) {
       const o = item.outcome;
-      trail.push(h("div", {}, "follow-up: ", badge(o.effect.replace("_", " "), o.effect), ` ${o.metric} p95 ${fmt(o.p95_before)} → ${fmt(o.p95_after)} (${time(o.ts_ms)})`));
+      trail.push(h("div", {}, "follow-up: ", badge(o.effect.replace("_", " "), o.effect), ` ${o.metric} p95 ${fmt(o.p95_before)} → ${fmt(o.p95_after)}${o.followed_scope ? ` (followed ${o.followed_scope} after the switch)` : ""} (${time(o.ts_ms)})`));
     } else if (item.feedback.some((f) => f.action === "accepted")) {
       trail.push(h("div", { class: "small muted" }, "follow-up: being observed (3 windows or 30 minutes)"));
     }

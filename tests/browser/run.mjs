@@ -7,6 +7,7 @@
 //   KORA_SCREENSHOTS  where to write one PNG per view (required)
 //   KORA_ACCEPT_ID    the suggestion whose first option the test accepts by clicking (required)
 //   KORA_ATTACK_ID    the suggestion a foreign page tries to answer (required)
+//   KORA_INSIST_ID    the suggestion on which the test clicks "insist on the same tier" (required)
 //   KORA_CHROMIUM     the browser (default /usr/bin/chromium)
 import { chromium } from "playwright-core";
 import http from "node:http";
@@ -18,6 +19,7 @@ const BASE = need("KORA_BASE");
 const SHOTS = need("KORA_SCREENSHOTS");
 const ACCEPT_ID = need("KORA_ACCEPT_ID");
 const ATTACK_ID = need("KORA_ATTACK_ID");
+const INSIST_ID = need("KORA_INSIST_ID");
 const EXE = process.env.KORA_CHROMIUM || "/usr/bin/chromium";
 const VIEWS = ["overview", "latency", "concurrency", "reliability", "suggestions", "metrics", "privacy", "thresholds"];
 // A name the browser resolves to 127.0.0.1, as a DNS-rebinding page would make it.
@@ -63,7 +65,7 @@ async function main() {
       `--host-resolver-rules=MAP ${REBIND_HOST} 127.0.0.1`,
     ],
   });
-  const out = { chromium: context.browser() ? context.browser().version() : "persistent", views: {}, accept: {}, foreign: {} };
+  const out = { chromium: context.browser() ? context.browser().version() : "persistent", views: {}, accept: {}, insist: {}, foreign: {} };
   try {
     // 1. Every view: loads, shows data, no console errors.
     for (const [i, view] of VIEWS.entries()) {
@@ -146,6 +148,35 @@ async function main() {
         request_origin: (await response.request().allHeaders())["origin"] || null,
         updated, card_text: await page.locator(cardSel).innerText().catch(() => ""), ...seen,
       };
+      await page.close();
+    }
+
+    // 2b. Insist on the same tier by clicking: the service answers at once with a new
+    //     suggestion (in_answer_to), which the page shows with its Krako Cloud option.
+    {
+      const page = await context.newPage();
+      const seen = watch(page);
+      await page.goto(`${BASE}/#suggestions`);
+      await settle(page, "suggestions");
+      const cardSel = `.suggestion[data-suggestion-id="${INSIST_ID}"]`;
+      const [response] = await Promise.all([
+        page.waitForResponse((r) => r.url().endsWith(`/v1/suggestions/${INSIST_ID}/feedback`) && r.request().method() === "POST"),
+        page.locator(`${cardSel} button.insist`).click(),
+      ]);
+      let answer = null;
+      try {
+        const handle = await page.waitForFunction((id) => {
+          for (const c of document.querySelectorAll(".suggestion")) {
+            if (c.dataset.suggestionId !== id && c.innerText.includes(`insist on the same tier" on ${id}`)) {
+              return { id: c.dataset.suggestionId, text: c.innerText, cloud: !!c.querySelector(".badge.cloud") };
+            }
+          }
+          return null;
+        }, INSIST_ID, { timeout: 15000, polling: 250 });
+        answer = await handle.jsonValue();
+      } catch (_) { answer = null; }
+      await page.screenshot({ path: path.join(SHOTS, "10-suggestions-after-insist.png"), fullPage: true });
+      out.insist = { id: INSIST_ID, status: response.status(), request_body: response.request().postData(), answer, ...seen };
       await page.close();
     }
 

@@ -250,6 +250,7 @@ fn check(server: &Server, chromium: &Path) {
     ingest(&http, server);
     let accept_id = suggestion_of(&http, server, "latency");
     let attack_id = suggestion_of(&http, server, "model_fit");
+    let insist_id = suggestion_of(&http, server, "context");
     for category in ["concurrency", "reliability", "context"] {
         suggestion_of(&http, server, category);
     }
@@ -264,6 +265,7 @@ fn check(server: &Server, chromium: &Path) {
         .env("KORA_SCREENSHOTS", &shots)
         .env("KORA_ACCEPT_ID", &accept_id)
         .env("KORA_ATTACK_ID", &attack_id)
+        .env("KORA_INSIST_ID", &insist_id)
         .env("KORA_CHROMIUM", chromium)
         .output()
         .expect("run node");
@@ -459,6 +461,24 @@ fn check(server: &Server, chromium: &Path) {
     assert_eq!(fb.len(), 1, "{fb:?}");
     assert_eq!(fb[0]["action"], "accepted");
     assert_eq!(fb[0]["choice"], choice);
+
+    // The insist click (spec 4.1): answered at once with a suggestion that offers Krako
+    // Cloud, shown on the page, and recorded in the log with what it answers.
+    let i = &report["insist"];
+    assert_eq!(i["status"], 200, "{i}");
+    assert_eq!(i["console"], json!([]), "{i}");
+    let body: Value = serde_json::from_str(i["request_body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["insist_same_tier"], true, "{i}");
+    assert_eq!(i["answer"]["cloud"], true, "the answer shows no Krako Cloud option: {i}");
+    let (_, v) = get(&http, server.url("/v1/suggestions?category=context"));
+    let answer = v["suggestions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["suggestion"]["in_answer_to"] == insist_id.as_str())
+        .unwrap_or_else(|| panic!("no suggestion answers {insist_id}: {v}"));
+    assert_eq!(answer["suggestion"]["suggestion_id"], i["answer"]["id"]);
+    assert_eq!(answer["suggestion"]["ladder_step"], 4, "{answer}");
 
     // The foreign page: every write was refused by the browser or by the service, it could
     // not even read, and nothing changed.
