@@ -8,3 +8,4 @@ mod e2e;
 mod engine;
 mod openapi;
 mod schema;
+mod simulator;
