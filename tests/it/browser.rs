@@ -469,7 +469,10 @@ fn check(server: &Server, chromium: &Path) {
     assert_eq!(i["console"], json!([]), "{i}");
     let body: Value = serde_json::from_str(i["request_body"].as_str().unwrap()).unwrap();
     assert_eq!(body["insist_same_tier"], true, "{i}");
-    assert_eq!(i["answer"]["cloud"], true, "the answer shows no Krako Cloud option: {i}");
+    assert_eq!(
+        i["answer"]["cloud"], true,
+        "the answer shows no Krako Cloud option: {i}"
+    );
     let (_, v) = get(&http, server.url("/v1/suggestions?category=context"));
     let answer = v["suggestions"]
         .as_array()

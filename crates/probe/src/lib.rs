@@ -64,9 +64,11 @@
 //!   `local_supported_context_tokens` (latest `context_request` carrying one) takes
 //!   precedence and `from` says so. Unknown without a `model_load`.
 //! - `max_recommended_concurrency = max(1, min(B, S))` with `B = floor(cpu_cores / CPS)` and,
-//!   once a model has loaded, `S = floor(max(0, usable − M) × 1048576 / (K_M × CTX))`: the
-//!   sessions whose own KV cache of `CTX` tokens fits beside the largest loaded model (`K_M`
-//!   its KV bytes per token, or KV); with no model loaded, `S` does not apply. It is never
+//!   once a model has loaded, `S = floor(max(0, usable − M_c) × 1048576 / (K_c × CTX))`: the
+//!   sessions whose own KV cache of `CTX` tokens fits beside the model loaded most recently
+//!   (`ModelCatalog::current`, the one the runtime runs now as far as the log tells; sized for
+//!   the largest model ever loaded, an 8 GB laptop running a 2.4 GB model was told it could
+//!   serve 2 sessions instead of 3; `K_c` its KV bytes per token, or KV); with no model loaded, `S` does not apply. It is never
 //!   scaled by the measured CPU load: that load is the workload's own (a runtime generating
 //!   keeps the CPU busy), and queue wait is the measured sign of overload. Unknown without
 //!   `cpu_cores`, or when a model has loaded and the pool is unknown.

@@ -37,6 +37,10 @@ pub struct CatalogEntry {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelCatalog {
     pub models: BTreeMap<String, CatalogEntry>,
+    /// The model whose load succeeded most recently: the one the runtime runs now, as far as
+    /// the log can tell (there is no unload event). Concurrency is sized for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
 }
 
 fn usable_number(v: Option<f64>) -> Option<f64> {
@@ -68,7 +72,12 @@ impl ModelCatalog {
             e.kv_cache_bytes_per_token = Some(v);
         }
         e.last_load_ok = Some(load.outcome == LoadOutcome::Ok);
-        *e != before
+        let mut changed = *e != before;
+        if load.outcome == LoadOutcome::Ok && self.current.as_deref() != Some(&load.model_id) {
+            self.current = Some(load.model_id.clone());
+            changed = true;
+        }
+        changed
     }
 
     /// Folds a `context_request`. Returns whether the catalog changed.
@@ -116,6 +125,15 @@ impl ModelCatalog {
         // Stable: equal sizes keep the id order of the map.
         out.sort_by(|a, b| b.1.total_cmp(&a.1));
         out
+    }
+
+    /// The model loaded most recently, when its latest load succeeded and its size is known;
+    /// else the largest loaded model.
+    pub fn current_loaded(&self) -> Option<(&str, f64)> {
+        self.current
+            .as_deref()
+            .and_then(|id| self.loaded().into_iter().find(|(m, _)| *m == id))
+            .or_else(|| self.largest_loaded())
     }
 
     /// The largest model whose latest load succeeded: `(model_id, model_required_vram_mb)`.
@@ -510,7 +528,7 @@ fn context_tokens(usable_mb: f64, model_mb: f64, kv_bytes: f64, cap: u64) -> f64
 const VRAM_FORMULA: &str = "max over GPUs of floor(usable), usable = max(0, total - reserved - headroom - other), other = memory in use that is not the runtime's loaded models (a model must fit on one GPU; the runtime's own models are reclaimable)";
 const RAM_FORMULA: &str = "floor(usable RAM), usable = max(0, ram_total_mb - ram_headroom_mb - other), other = RAM in use that is not the runtime's loaded models (CPU-only: models run from RAM; the runtime's own models are reclaimable)";
 const CONTEXT_FORMULA: &str = "min(max_context_tokens_cap, floor(max(0, usable - largest_loaded_model_mb) * 1048576 / default_kv_cache_bytes_per_token))";
-const CONCURRENCY_FORMULA: &str = "max(1, min(floor(cpu_cores / cores_per_session), floor(max(0, usable - largest_loaded_model_mb) * 1048576 / (kv_cache_bytes_per_token * session_context_tokens)))), the memory term once a model has loaded; never scaled by the measured CPU load";
+const CONCURRENCY_FORMULA: &str = "max(1, min(floor(cpu_cores / cores_per_session), floor(max(0, usable - current_model_mb) * 1048576 / (kv_cache_bytes_per_token * session_context_tokens)))), the memory term once a model has loaded (the model loaded most recently); never scaled by the measured CPU load";
 const MODEL_CONTEXT_FORMULA: &str = "min(max_context_tokens_cap, floor(max(0, usable - model_required_vram_mb) * 1048576 / kv_cache_bytes_per_token)), usable counting the runtime's own models as reclaimable (a loaded model's weights are subtracted once)";
 
 /// Computes the LocalCapabilityProfile. Pure and deterministic: the same inputs give the same
@@ -658,8 +676,21 @@ fn max_concurrency(
         fmt_num(c.cores_per_session),
         fmt_num(by_cores)
     );
-    let (model_mb, model_kv, model_words) = largest_words(models);
-    if models.largest_loaded().is_none() {
+    let (model_mb, model_kv, model_words) = match models.current_loaded() {
+        Some((id, mb)) => (
+            mb,
+            models
+                .models
+                .get(id)
+                .and_then(|e| e.kv_cache_bytes_per_token),
+            format!(
+                "current_model_mb = {} ({id}, the model loaded most recently)",
+                fmt_num(mb)
+            ),
+        ),
+        None => (0.0, None, String::new()),
+    };
+    if models.current_loaded().is_none() {
         let v = by_cores.max(1.0);
         return known(
             v,

@@ -399,6 +399,63 @@ fn the_workloads_own_cpu_load_does_not_lower_concurrency() {
     assert_eq!(value(&desktop[1].profile.max_recommended_concurrency), 4.0);
 }
 
+/// Found by the machine-day simulator: an 8 GB laptop that once loaded an 8B model and now
+/// runs a 2.4 GB one with three sessions was told it could run two, because the memory for
+/// parallel KV caches was sized beside the largest model ever loaded (there is no unload
+/// event). Concurrency is sized for the model loaded most recently.
+#[test]
+fn concurrency_is_sized_for_the_model_the_runtime_runs_now() {
+    let mut snapshot = bare_snapshot();
+    snapshot.cpu_cores = Some(12);
+    snapshot.cpu_only = false;
+    snapshot.gpu_unavailable = None;
+    snapshot.gpus = vec![GpuReading {
+        index: 0,
+        name: Some("NVIDIA GeForce RTX 4060 Laptop GPU".into()),
+        vram_total_mb: Some(8188.0),
+        vram_free_mb: Some(8188.0 - 250.0 - 2400.0 - 300.0),
+        vram_reserved_mb: Some(250.0),
+        unavailable: None,
+    }];
+    snapshot.gpu_vram_total_mb = Some(8188.0);
+    snapshot.gpu_vram_free_mb = snapshot.gpus[0].vram_free_mb;
+    let load = |id: &str, mb: f64| ModelLoad {
+        id: None,
+        ts_ms: Some(TS),
+        model_id: id.into(),
+        model_required_vram_mb: mb,
+        vram_reclaimable_mb_est: None,
+        outcome: LoadOutcome::Ok,
+        quantization: None,
+        params_b: None,
+        kv_cache_bytes_per_token: None,
+        session_id: None,
+    };
+    let mut catalog = ModelCatalog::new();
+    catalog.observe_load(&load("llama-3.1-8b-instruct", 6144.0));
+    assert!(
+        catalog.observe_load(&load("phi-3-mini", 2400.0)),
+        "the current model changed"
+    );
+    let now = compute_profile(&snapshot, &catalog, &constants(), VERSION);
+    let c = &now.max_recommended_concurrency;
+    // used = 8188 - 250 - free 5238 = 2700, all of it counted as the runtime's (its models
+    // hold up to 8544 MB), so usable = 8188 - 250 - 512 = 7426; beside phi-3-mini's 2400 MB,
+    // floor(5026 MB / 512 MB) = 9 sessions of 4,096 tokens; cores: floor(12 / 4) = 3. Sized
+    // beside the 8B model, as before, it was floor(1282 / 512) = 2.
+    assert_eq!(value(c), 3.0, "{}", c.from);
+    assert!(
+        c.from
+            .contains("phi-3-mini, the model loaded most recently"),
+        "{}",
+        c.from
+    );
+    // Back on the 8B model: floor((7426 - 6144) / 512) = 2 sessions.
+    catalog.observe_load(&load("llama-3.1-8b-instruct", 6144.0));
+    let back = compute_profile(&snapshot, &catalog, &constants(), VERSION);
+    assert_eq!(value(&back.max_recommended_concurrency), 2.0);
+}
+
 /// Bug: a CPU-only machine got `unknown` for the largest model although its models run from
 /// RAM. It is now sized from RAM, and `from` says so.
 #[test]

@@ -411,7 +411,7 @@ impl Inner {
         if self
             .recorded_profile
             .as_ref()
-            .is_some_and(|old| old.models == profile.models && !materially_changed(old, &profile))
+            .is_some_and(|old| !materially_changed(old, &profile))
         {
             return None;
         }
@@ -463,6 +463,10 @@ impl Inner {
 /// Whether a profile differs enough from the recorded one to record it again: a field became
 /// known or unknown, or a recommendation moved by 5% or more. Free VRAM moves a little with
 /// every sample; a record per tick would drown the log.
+///
+/// The `from` strings are not compared: they embed this second's free memory, so comparing
+/// them recorded a profile on almost every pass (about 9,000 a machine-week at a 60 s probe,
+/// found by the machine-day simulator).
 fn materially_changed(old: &LocalCapabilityProfile, new: &LocalCapabilityProfile) -> bool {
     let moved = |a: &kora_model::Derived, b: &kora_model::Derived| match (a.value, b.value) {
         (Some(x), Some(y)) => {
@@ -472,16 +476,31 @@ fn materially_changed(old: &LocalCapabilityProfile, new: &LocalCapabilityProfile
         (None, None) => a.unknown != b.unknown,
         _ => true,
     };
-    moved(
-        &old.max_recommended_model_vram_mb,
-        &new.max_recommended_model_vram_mb,
-    ) || moved(
-        &old.max_recommended_context_tokens,
-        &new.max_recommended_context_tokens,
-    ) || moved(
-        &old.max_recommended_concurrency,
-        &new.max_recommended_concurrency,
-    ) || old.models.keys().ne(new.models.keys())
+    let model_changed = |a: &kora_model::ModelProfile, b: &kora_model::ModelProfile| {
+        a.model_required_vram_mb != b.model_required_vram_mb
+            || a.params_b != b.params_b
+            || a.quantization != b.quantization
+            || a.kv_cache_bytes_per_token != b.kv_cache_bytes_per_token
+            || moved(&a.supported_context_tokens, &b.supported_context_tokens)
+    };
+    old.models.len() != new.models.len()
+        || old
+            .models
+            .iter()
+            .zip(&new.models)
+            .any(|((ka, a), (kb, b))| ka != kb || model_changed(a, b))
+        || moved(
+            &old.max_recommended_model_vram_mb,
+            &new.max_recommended_model_vram_mb,
+        )
+        || moved(
+            &old.max_recommended_context_tokens,
+            &new.max_recommended_context_tokens,
+        )
+        || moved(
+            &old.max_recommended_concurrency,
+            &new.max_recommended_concurrency,
+        )
         || old.thresholds_version != new.thresholds_version
 }
 
