@@ -31,6 +31,17 @@ pub(crate) enum EvalState {
     Insufficient(String),
 }
 
+impl EvalState {
+    /// Breach or idle.
+    pub(crate) fn of(breach: bool) -> EvalState {
+        if breach {
+            EvalState::Breach
+        } else {
+            EvalState::Idle
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Eval {
     pub ts_ms: i64,

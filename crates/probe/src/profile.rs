@@ -607,25 +607,36 @@ fn max_model_size(mem: &Result<Memory, String>, formula: &str) -> Derived {
     )
 }
 
-fn largest_words(models: &ModelCatalog) -> (f64, Option<f64>, String) {
-    match models.largest_loaded() {
+/// A loaded model's size, its own KV bytes per token, and the words `from` says of it:
+/// `{name} = {mb} ({id}, {what})`; `none` when there is no such model.
+fn model_words(
+    models: &ModelCatalog,
+    model: Option<(&str, f64)>,
+    name: &str,
+    what: &str,
+    none: &str,
+) -> (f64, Option<f64>, String) {
+    match model {
         Some((id, mb)) => (
             mb,
             models
                 .models
                 .get(id)
                 .and_then(|e| e.kv_cache_bytes_per_token),
-            format!(
-                "largest_loaded_model_mb = {} ({id}, the largest model whose latest load succeeded)",
-                fmt_num(mb)
-            ),
+            format!("{name} = {} ({id}, {what})", fmt_num(mb)),
         ),
-        None => (
-            0.0,
-            None,
-            "largest_loaded_model_mb = 0 (no model has loaded successfully yet)".to_owned(),
-        ),
+        None => (0.0, None, none.to_owned()),
     }
+}
+
+fn largest_words(models: &ModelCatalog) -> (f64, Option<f64>, String) {
+    model_words(
+        models,
+        models.largest_loaded(),
+        "largest_loaded_model_mb",
+        "the largest model whose latest load succeeded",
+        "largest_loaded_model_mb = 0 (no model has loaded successfully yet)",
+    )
 }
 
 fn max_context(
@@ -676,20 +687,13 @@ fn max_concurrency(
         fmt_num(c.cores_per_session),
         fmt_num(by_cores)
     );
-    let (model_mb, model_kv, model_words) = match models.current_loaded() {
-        Some((id, mb)) => (
-            mb,
-            models
-                .models
-                .get(id)
-                .and_then(|e| e.kv_cache_bytes_per_token),
-            format!(
-                "current_model_mb = {} ({id}, the model loaded most recently)",
-                fmt_num(mb)
-            ),
-        ),
-        None => (0.0, None, String::new()),
-    };
+    let (model_mb, model_kv, model_words) = model_words(
+        models,
+        models.current_loaded(),
+        "current_model_mb",
+        "the model loaded most recently",
+        "",
+    );
     if models.current_loaded().is_none() {
         let v = by_cores.max(1.0);
         return known(

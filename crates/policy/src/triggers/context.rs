@@ -80,11 +80,7 @@ pub(crate) fn on_request(
         &model,
         seq,
         ts,
-        if breach {
-            EvalState::Breach
-        } else {
-            EvalState::Idle
-        },
+        EvalState::of(breach),
         vec![e.clone()],
     );
     follow_up::observe_event(s, Category::Context, &model);
@@ -181,11 +177,7 @@ pub(crate) fn after_run(
         &model,
         seq,
         ts,
-        if breach {
-            EvalState::Breach
-        } else {
-            EvalState::Idle
-        },
+        EvalState::of(breach),
         vec![e.clone()],
     );
     follow_up::observe_event(s, Category::Context, &model);

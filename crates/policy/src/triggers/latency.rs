@@ -74,12 +74,14 @@ pub(crate) fn on_block(
     };
     let k = streak.k;
     let evidence = streak.evidence();
-    let state = if breaching.is_empty() {
-        EvalState::Idle
-    } else {
-        EvalState::Breach
-    };
-    s.set_eval(Category::Latency, &model, seq, ts, state, all);
+    s.set_eval(
+        Category::Latency,
+        &model,
+        seq,
+        ts,
+        EvalState::of(!breaching.is_empty()),
+        all,
+    );
     if !fires {
         return None;
     }
