@@ -20,6 +20,16 @@ fn slow_run(block: usize, i: usize) -> Value {
     })
 }
 
+/// Posts block `block` of ten slow runs; the service acknowledges it.
+fn post_slow_block(http: &ureq::Agent, server: &Server, block: usize) {
+    let runs: Vec<Value> = (0..10).map(|i| slow_run(block, i)).collect();
+    let r = http
+        .post(server.url("/v1/runs"))
+        .send_json(json!({ "runs": runs }))
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 fn get(http: &ureq::Agent, url: String) -> Value {
     http.get(url)
         .call()
@@ -69,12 +79,7 @@ fn sustained_latency_fires_on_the_third_block_and_survives_a_restart() {
     let http = agent();
     let server = Server::start(dir.path());
     for block in 0..3 {
-        let runs: Vec<Value> = (0..10).map(|i| slow_run(block, i)).collect();
-        let r = http
-            .post(server.url("/v1/runs"))
-            .send_json(json!({ "runs": runs }))
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        post_slow_block(&http, &server, block);
         if block < 2 {
             let s = wait_for(&http, &server, "pending", Some(block as u64 + 1));
             assert_eq!(s["w"], 3, "{s}");
@@ -187,12 +192,7 @@ fn a_thresholds_version_edited_in_place_is_refused_at_restart() {
     let http = agent();
     let server = Server::start_with_env(&data, &env);
     for block in 0..3 {
-        let runs: Vec<Value> = (0..10).map(|i| slow_run(block, i)).collect();
-        let r = http
-            .post(server.url("/v1/runs"))
-            .send_json(json!({ "runs": runs }))
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        post_slow_block(&http, &server, block);
     }
     let s = wait_for(&http, &server, "firing", None);
     assert_eq!(s["state"], "firing");

@@ -323,18 +323,7 @@ fn a_loaded_model_is_not_subtracted_twice() {
     let id = "mistral-small-24b-instruct";
     // The figure before the load: the same model known, its load not (yet) successful.
     let mut not_loaded = ModelCatalog::new();
-    not_loaded.observe_load(&ModelLoad {
-        id: None,
-        ts_ms: None,
-        model_id: id.into(),
-        model_required_vram_mb: 16384.0,
-        vram_reclaimable_mb_est: None,
-        outcome: LoadOutcome::Failed,
-        quantization: None,
-        params_b: None,
-        kv_cache_bytes_per_token: None,
-        session_id: None,
-    });
+    not_loaded.observe_load(&model_load(id, 16384.0, LoadOutcome::Failed));
     let pre = compute_profile(&before.snapshot, &not_loaded, &constants(), VERSION);
     let pre_ctx = value(&pre.models[id].supported_context_tokens);
     let post_ctx = value(&after.profile.models[id].supported_context_tokens);
@@ -419,18 +408,7 @@ fn concurrency_is_sized_for_the_model_the_runtime_runs_now() {
     }];
     snapshot.gpu_vram_total_mb = Some(8188.0);
     snapshot.gpu_vram_free_mb = snapshot.gpus[0].vram_free_mb;
-    let load = |id: &str, mb: f64| ModelLoad {
-        id: None,
-        ts_ms: Some(TS),
-        model_id: id.into(),
-        model_required_vram_mb: mb,
-        vram_reclaimable_mb_est: None,
-        outcome: LoadOutcome::Ok,
-        quantization: None,
-        params_b: None,
-        kv_cache_bytes_per_token: None,
-        session_id: None,
-    };
+    let load = |id: &str, mb: f64| model_load(id, mb, LoadOutcome::Ok);
     let mut catalog = ModelCatalog::new();
     catalog.observe_load(&load("llama-3.1-8b-instruct", 6144.0));
     assert!(
@@ -661,18 +639,7 @@ fn fit_check_refuses_bad_input_without_panicking() {
 #[test]
 fn catalog_keeps_the_latest_load_and_the_runtime_context() {
     let mut c = ModelCatalog::new();
-    let load = |mb: f64, outcome| ModelLoad {
-        id: None,
-        ts_ms: None,
-        model_id: "m".into(),
-        model_required_vram_mb: mb,
-        vram_reclaimable_mb_est: None,
-        outcome,
-        quantization: None,
-        params_b: None,
-        kv_cache_bytes_per_token: None,
-        session_id: None,
-    };
+    let load = |mb: f64, outcome| model_load("m", mb, outcome);
     assert!(c.observe_load(&load(9000.0, LoadOutcome::Ok)));
     assert!(!c.observe_load(&load(9000.0, LoadOutcome::Ok)), "no change");
     assert_eq!(c.largest_loaded(), Some(("m", 9000.0)));
@@ -736,6 +703,22 @@ fn the_probe_can_move_to_a_blocking_thread() {
 
 // ---------------------------------------------------------------------------------------------
 // Properties
+
+/// A `model_load` of `id` needing `mb` MB, with nothing else reported.
+fn model_load(id: &str, mb: f64, outcome: LoadOutcome) -> ModelLoad {
+    ModelLoad {
+        id: None,
+        ts_ms: None,
+        model_id: id.into(),
+        model_required_vram_mb: mb,
+        vram_reclaimable_mb_est: None,
+        outcome,
+        quantization: None,
+        params_b: None,
+        kv_cache_bytes_per_token: None,
+        session_id: None,
+    }
+}
 
 fn bare_snapshot() -> HardwareSnapshot {
     HardwareSnapshot {
@@ -912,18 +895,7 @@ fn load_model(
     }
     *free = Some(f - mb);
     let mut catalog = models.clone();
-    catalog.observe_load(&ModelLoad {
-        id: None,
-        ts_ms: None,
-        model_id: "model-just-loaded".into(),
-        model_required_vram_mb: mb,
-        vram_reclaimable_mb_est: None,
-        outcome: LoadOutcome::Ok,
-        quantization: None,
-        params_b: None,
-        kv_cache_bytes_per_token: None,
-        session_id: None,
-    });
+    catalog.observe_load(&model_load("model-just-loaded", mb, LoadOutcome::Ok));
     Some((after, catalog))
 }
 

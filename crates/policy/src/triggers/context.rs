@@ -10,6 +10,33 @@ use crate::text::num;
 use crate::thresholds::Thresholds;
 use crate::triggers::request_signature;
 
+/// Evidence of one record: `signal` at `value` against `threshold`.
+fn point(signal: &str, value: f64, threshold: f64, detail: String, seq: u64, ts: i64) -> Evidence {
+    Evidence {
+        signal: signal.to_owned(),
+        value,
+        threshold,
+        detail,
+        first_seq: seq,
+        last_seq: seq,
+        start_ms: ts,
+        end_ms: ts,
+    }
+}
+
+/// Records one evaluation of `model` (a follow-up of the model counts it as an observation).
+fn record(s: &mut EngineState, model: &str, seq: u64, ts: i64, e: &Evidence, breach: bool) {
+    s.set_eval(
+        Category::Context,
+        model,
+        seq,
+        ts,
+        EvalState::of(breach),
+        vec![e.clone()],
+    );
+    follow_up::observe_event(s, Category::Context, model);
+}
+
 /// Requests without a session share one implicit session; it ends after
 /// `suggestions.sessionless_idle_minutes` without such a request, and its signatures are
 /// forgotten then, so "once per session" ends for them too.
@@ -64,26 +91,16 @@ pub(crate) fn on_request(
         return None;
     };
     let requested = c.requested_context_tokens;
-    let e = Evidence {
-        signal: "requested_context_tokens".to_owned(),
-        value: requested as f64,
-        threshold: supported,
-        detail: format!("context requested for {model} vs {from}"),
-        first_seq: seq,
-        last_seq: seq,
-        start_ms: ts,
-        end_ms: ts,
-    };
-    let breach = requested as f64 > supported;
-    s.set_eval(
-        Category::Context,
-        &model,
+    let e = point(
+        "requested_context_tokens",
+        requested as f64,
+        supported,
+        format!("context requested for {model} vs {from}"),
         seq,
         ts,
-        EvalState::of(breach),
-        vec![e.clone()],
     );
-    follow_up::observe_event(s, Category::Context, &model);
+    let breach = requested as f64 > supported;
+    record(s, &model, seq, ts, &e, breach);
     if !breach {
         return None;
     }
@@ -110,25 +127,15 @@ pub(crate) fn on_request(
 
 pub(crate) fn on_oom(s: &mut EngineState, seq: u64, ts: i64, c: &ContextOom) -> Option<Candidate> {
     let model = c.model_id.clone();
-    let e = Evidence {
-        signal: "local_context_oom_event".to_owned(),
-        value: 1.0,
-        threshold: 0.0,
-        detail: format!("{model} ran out of memory for its context"),
-        first_seq: seq,
-        last_seq: seq,
-        start_ms: ts,
-        end_ms: ts,
-    };
-    s.set_eval(
-        Category::Context,
-        &model,
+    let e = point(
+        "local_context_oom_event",
+        1.0,
+        0.0,
+        format!("{model} ran out of memory for its context"),
         seq,
         ts,
-        EvalState::Breach,
-        vec![e.clone()],
     );
-    follow_up::observe_event(s, Category::Context, &model);
+    record(s, &model, seq, ts, &e, true);
     Some(Candidate {
         seq,
         ts_ms: ts,
@@ -157,30 +164,20 @@ pub(crate) fn after_run(
     let (Some(sent), Some(evaluated)) = (run.prompt_tokens_sent, run.tokens_in) else {
         return None;
     };
-    let e = Evidence {
-        signal: "prompt_tokens_sent".to_owned(),
-        value: sent as f64,
-        threshold: evaluated as f64,
-        detail: format!(
+    let e = point(
+        "prompt_tokens_sent",
+        sent as f64,
+        evaluated as f64,
+        format!(
             "prompt tokens sent vs evaluated (tokens_in) by run {}",
             run.run_id
         ),
-        first_seq: seq,
-        last_seq: seq,
-        start_ms: ts,
-        end_ms: ts,
-    };
-    let model = run.model_id.clone();
-    let breach = sent > evaluated;
-    s.set_eval(
-        Category::Context,
-        &model,
         seq,
         ts,
-        EvalState::of(breach),
-        vec![e.clone()],
     );
-    follow_up::observe_event(s, Category::Context, &model);
+    let model = run.model_id.clone();
+    let breach = sent > evaluated;
+    record(s, &model, seq, ts, &e, breach);
     if !breach {
         return None;
     }
