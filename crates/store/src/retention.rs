@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use redb::{ReadableTable, WriteTransaction};
 
 use crate::chunk::{Chunk, CodecError};
+use crate::error::{self, WriteError};
 use crate::tables::{CHUNKS, K_SAMPLES, META, ROLLUPS, SERIES};
-use crate::{WriteError, error};
 
 /// How long samples are kept raw, and their rollups after that.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

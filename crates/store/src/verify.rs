@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use redb::{Database, StorageBackend};
 
-use crate::OpenError;
+use crate::error::OpenError;
 
 const PAGE: u64 = 4096;
 
@@ -150,7 +150,7 @@ pub(crate) fn verify(path: &Path) -> Result<(), OpenError> {
             pages: HashMap::new(),
         }),
     };
-    crate::guarded(path, || -> Result<(), OpenError> {
+    crate::format::guarded(path, || -> Result<(), OpenError> {
         let mut builder = Database::builder();
         builder.set_cache_size(4 * 1024 * 1024);
         let mut db = builder

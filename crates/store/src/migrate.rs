@@ -1,0 +1,106 @@
+//! Conversion of older formats, run at open.
+
+use std::path::Path;
+
+use kora_model::{Record, RecordKind, Sample};
+use redb::{Database, ReadableTable};
+
+use crate::FORMAT_VERSION;
+use crate::chunk::{CHUNK_SAMPLES, Extra, Item};
+use crate::codec::{decode, decode_entry};
+use crate::error::OpenError;
+use crate::heads::seal;
+use crate::runs;
+use crate::tables::{
+    CHUNKS, HEAD, K_FORMAT_VERSION, LOG, LOG_BY_KIND, META, ROLLUPS, RUNS, SAMPLES_V1,
+};
+
+/// Converts a format 1 store (a row per sample) to format 2 (head rows and sealed chunks) in
+/// one transaction: either every sample is converted and the old table dropped, or nothing
+/// changes. Series are streamed in `(ts, seq)` order, a chunk at a time.
+pub(crate) fn migrate_v1(db: &Database, path: &Path) -> Result<(), OpenError> {
+    let fail = |e: String| OpenError::NotAStore {
+        path: path.to_owned(),
+        reason: format!("converting format 1 to 2 failed: {e}"),
+    };
+    let wtx = db.begin_write().map_err(|e| fail(e.to_string()))?;
+    let mut converted = 0u64;
+    {
+        let old = wtx
+            .open_table(SAMPLES_V1)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut head = wtx.open_table(HEAD).map_err(|e| fail(e.to_string()))?;
+        let mut chunks = wtx.open_table(CHUNKS).map_err(|e| fail(e.to_string()))?;
+        let mut current: Option<u32> = None;
+        let mut items = Vec::with_capacity(CHUNK_SAMPLES);
+        for row in old.iter().map_err(|e| fail(e.to_string()))? {
+            let (k, v) = row.map_err(|e| fail(e.to_string()))?;
+            let (sid, ts, seq) = k.value();
+            if current != Some(sid) {
+                if let Some(prev) = current {
+                    seal(&mut head, &mut chunks, prev, std::mem::take(&mut items))
+                        .map_err(|e| fail(e.to_string()))?;
+                }
+                current = Some(sid);
+            }
+            let (_late, sample): (bool, Sample) =
+                decode("samples", || format!("{sid}@{ts}#{seq}"), v.value())
+                    .map_err(|e| fail(e.to_string()))?;
+            let extra = Extra {
+                id: sample.id,
+                unavailable: sample.unavailable,
+                session_id: sample.session_id,
+            };
+            items.push(Item::new(seq, ts, sample.value, extra));
+            converted += 1;
+            if items.len() == CHUNK_SAMPLES {
+                seal(&mut head, &mut chunks, sid, std::mem::take(&mut items))
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+        }
+        if let Some(sid) = current {
+            seal(&mut head, &mut chunks, sid, items).map_err(|e| fail(e.to_string()))?;
+        }
+        // Format 1 had no run index: build it from the log's runs.
+        let log = wtx.open_table(LOG).map_err(|e| fail(e.to_string()))?;
+        let by_kind = wtx
+            .open_table(LOG_BY_KIND)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut runs_t = wtx.open_table(RUNS).map_err(|e| fail(e.to_string()))?;
+        wtx.open_table(ROLLUPS).map_err(|e| fail(e.to_string()))?;
+        let c = RecordKind::Run.code();
+        for row in by_kind
+            .range((c, 0)..=(c, u64::MAX))
+            .map_err(|e| fail(e.to_string()))?
+        {
+            let (k, _) = row.map_err(|e| fail(e.to_string()))?;
+            let seq = k.value().1;
+            let bytes = log
+                .get(seq)
+                .map_err(|e| fail(e.to_string()))?
+                .ok_or_else(|| {
+                    fail(format!(
+                        "log entry {seq} is named by the kind index but missing"
+                    ))
+                })?;
+            let entry = decode_entry(seq, bytes.value()).map_err(|e| fail(e.to_string()))?;
+            if let Record::Run(run) = &entry.record {
+                let ts = run.ts_ms.unwrap_or(0);
+                runs_t
+                    .insert(
+                        (run.model_id.as_str(), seq),
+                        runs::encode(run, ts).as_slice(),
+                    )
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+        }
+        let mut meta = wtx.open_table(META).map_err(|e| fail(e.to_string()))?;
+        meta.insert(K_FORMAT_VERSION, FORMAT_VERSION)
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    wtx.delete_table(SAMPLES_V1)
+        .map_err(|e| fail(e.to_string()))?;
+    wtx.commit().map_err(|e| fail(e.to_string()))?;
+    tracing::info!(path = %path.display(), samples = converted, "store converted from format 1 to 2");
+    Ok(())
+}

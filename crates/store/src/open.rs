@@ -1,0 +1,137 @@
+//! Opening a store: the format check, migration, and the start of the writer thread.
+
+use std::path::Path;
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
+
+use redb::Database;
+
+use crate::error::OpenError;
+use crate::format::{check_format, guarded};
+use crate::heads::load_series;
+use crate::migrate::migrate_v1;
+use crate::tables::{
+    CHUNKS, HEAD, IDS, K_FORMAT_VERSION, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES, LOG, LOG_BY_KIND,
+    LOG_BY_TIME, META, ROLLUPS, RUNS, SERIES,
+};
+use crate::verify;
+use crate::writer::Writer;
+use crate::{DbSlot, FORMAT_VERSION, Store, StoreOptions};
+
+impl Store {
+    /// Opens the store at `path`, creating it when there is no file. An existing file must be a
+    /// kora-telemetry store of this format version or older; anything else is refused and left
+    /// as it is.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Store, OpenError> {
+        let existed = path.exists();
+        let mut builder = Database::builder();
+        builder.set_cache_size(options.cache_bytes);
+        let open_err = |e: redb::DatabaseError| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => OpenError::AlreadyOpen {
+                path: path.to_owned(),
+            },
+            redb::DatabaseError::Storage(redb::StorageError::Io(source)) => OpenError::Io {
+                path: path.to_owned(),
+                source,
+            },
+            other => OpenError::NotAStore {
+                path: path.to_owned(),
+                reason: other.to_string(),
+            },
+        };
+        if existed {
+            // Check the format without writing a byte: a file this build must refuse is left
+            // exactly as it was. A file that needs crash recovery cannot be opened read-only;
+            // it is checked right after the writable open below, before anything is written.
+            match guarded(path, || builder.open_read_only(path))? {
+                Ok(ro) => {
+                    guarded(path, || check_format(&ro, path))??;
+                    ro.close().map_err(open_err)?;
+                }
+                Err(redb::DatabaseError::RepairAborted) => {}
+                Err(e) => return Err(open_err(e)),
+            }
+            // Every page checksum, checked against a copy-on-write view: redb checks them on
+            // no ordinary read, and its own check repairs (writes) what it finds.
+            verify::verify(path)?;
+        }
+        let db = guarded(path, || {
+            if existed {
+                builder.open(path)
+            } else {
+                builder.create(path)
+            }
+        })?
+        .map_err(open_err)?;
+        let redb_err = |e: redb::Error| OpenError::Redb {
+            path: path.to_owned(),
+            source: e,
+        };
+        let next_seq = if existed {
+            let (version, next_seq) = check_format(&db, path)?;
+            if version < 2 {
+                migrate_v1(&db, path)?;
+            }
+            next_seq
+        } else {
+            let wtx = db.begin_write().map_err(|e| redb_err(e.into()))?;
+            {
+                let mut meta = wtx.open_table(META).map_err(|e| redb_err(e.into()))?;
+                for (k, v) in [
+                    (K_FORMAT_VERSION, FORMAT_VERSION),
+                    (K_NEXT_SEQ, 1),
+                    (K_LOG_RECORDS, 0),
+                    (K_SAMPLES, 0),
+                ] {
+                    meta.insert(k, v).map_err(|e| redb_err(e.into()))?;
+                }
+                // Create every table so that readers never meet a missing one.
+                wtx.open_table(LOG).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(LOG_BY_KIND)
+                    .map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(LOG_BY_TIME)
+                    .map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(IDS).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(SERIES).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(HEAD).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(CHUNKS).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(RUNS).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(ROLLUPS).map_err(|e| redb_err(e.into()))?;
+            }
+            wtx.commit().map_err(|e| redb_err(e.into()))?;
+            1
+        };
+        let (series, heads) = load_series(&db).map_err(|e| OpenError::NotAStore {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let db: DbSlot = Arc::new(std::sync::RwLock::new(Some(Arc::new(db))));
+        let (sender, receiver) = sync_channel(options.queue_batches.max(1));
+        let writer = Writer {
+            db: db.clone(),
+            path: path.to_owned(),
+            cache_bytes: options.cache_bytes,
+            next_seq,
+            group_max_records: options.group_max_records.max(1),
+            series,
+            heads,
+        };
+        let handle = std::thread::Builder::new()
+            .name("kora-store-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|source| OpenError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        let store = Store {
+            db,
+            stats_cache: Mutex::new(None),
+            path: path.to_owned(),
+            sender: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(handle)),
+        };
+        // Warm the counts answered while the file is being reopened after a failure.
+        let _ = store.stats();
+        Ok(store)
+    }
+}

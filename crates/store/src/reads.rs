@@ -1,0 +1,382 @@
+//! The read side of the store: log scans, series queries, counts.
+
+use kora_model::{LogEntry, RecordKind, Sample, StoredSample};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use crate::chunk::{self, Chunk, Item};
+use crate::codec::{codec_read_error, decode_entry, get_entry};
+use crate::error::ReadError;
+use crate::retention::Rollup;
+use crate::runs::{self, RunRow};
+use crate::tables::{
+    CHUNKS, HEAD, K_ENGINE_CURSOR, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES, LOG, LOG_BY_KIND,
+    LOG_BY_TIME, META, ROLLUPS, RUNS, SERIES,
+};
+use crate::{Stats, Store};
+
+impl Store {
+    fn read(&self) -> Result<ReadTransaction, ReadError> {
+        let db = self
+            .db
+            .read()
+            .map_err(|_| ReadError::Storage("the database lock is poisoned".into()))?
+            .clone()
+            .ok_or(ReadError::Reopening)?;
+        Ok(db.begin_read()?)
+    }
+
+    /// Counts for health reporting. While the file is being reopened after a storage failure,
+    /// the last counts read are answered.
+    pub fn stats(&self) -> Result<Stats, ReadError> {
+        match self.read_stats() {
+            Ok(stats) => {
+                if let Ok(mut c) = self.stats_cache.lock() {
+                    *c = Some(stats.clone());
+                }
+                Ok(stats)
+            }
+            Err(ReadError::Reopening) => self
+                .stats_cache
+                .lock()
+                .ok()
+                .and_then(|c| c.clone())
+                .ok_or(ReadError::Reopening),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read_stats(&self) -> Result<Stats, ReadError> {
+        let rtx = self.read()?;
+        let meta = rtx.open_table(META)?;
+        let get = |k: &str| -> Result<u64, ReadError> {
+            Ok(meta.get(k)?.map(|v| v.value()).unwrap_or(0))
+        };
+        let next = get(K_NEXT_SEQ)?;
+        Ok(Stats {
+            log_records: get(K_LOG_RECORDS)?,
+            samples: get(K_SAMPLES)?,
+            series: rtx.open_table(SERIES)?.len()?,
+            last_seq: next.checked_sub(1).filter(|s| *s > 0),
+        })
+    }
+
+    /// The seq of the last log entry whose derived records were stored (0 when none were).
+    pub fn engine_cursor(&self) -> Result<u64, ReadError> {
+        let rtx = self.read()?;
+        let meta = rtx.open_table(META)?;
+        Ok(meta.get(K_ENGINE_CURSOR)?.map_or(0, |v| v.value()))
+    }
+
+    /// Log entries in seq order starting at `from_seq`, at most `limit`.
+    pub fn scan(&self, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>, ReadError> {
+        let rtx = self.read()?;
+        let log = rtx.open_table(LOG)?;
+        let mut out = Vec::new();
+        for item in log.range(from_seq..)?.take(limit) {
+            let (k, v) = item?;
+            out.push(decode_entry(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Log entries newest first, older than `before` when given, of one kind when given.
+    pub fn recent(
+        &self,
+        before: Option<u64>,
+        kind: Option<RecordKind>,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, ReadError> {
+        let rtx = self.read()?;
+        let log = rtx.open_table(LOG)?;
+        let end = before.unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        match kind {
+            None => {
+                for item in log.range(..end)?.rev().take(limit) {
+                    let (k, v) = item?;
+                    out.push(decode_entry(k.value(), v.value())?);
+                }
+            }
+            Some(kind) => {
+                let idx = rtx.open_table(LOG_BY_KIND)?;
+                let c = kind.code();
+                for item in idx.range((c, 0)..(c, end))?.rev().take(limit) {
+                    let (k, _) = item?;
+                    let seq = k.value().1;
+                    out.push(get_entry(&log, seq)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Log entries of one kind with `from_seq <= seq`, in seq order, at most `limit`.
+    pub fn scan_kind(
+        &self,
+        kind: RecordKind,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, ReadError> {
+        let rtx = self.read()?;
+        let log = rtx.open_table(LOG)?;
+        let idx = rtx.open_table(LOG_BY_KIND)?;
+        let c = kind.code();
+        let mut out = Vec::new();
+        for item in idx.range((c, from_seq)..=(c, u64::MAX))?.take(limit) {
+            let (k, _) = item?;
+            out.push(get_entry(&log, k.value().1)?);
+        }
+        Ok(out)
+    }
+
+    /// Log entries with `from_ms <= ts_ms < to_ms`, in time order, at most `limit`.
+    pub fn scan_time(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, ReadError> {
+        let rtx = self.read()?;
+        let log = rtx.open_table(LOG)?;
+        let idx = rtx.open_table(LOG_BY_TIME)?;
+        let mut out = Vec::new();
+        if from_ms >= to_ms {
+            return Ok(out);
+        }
+        for item in idx.range((from_ms, 0)..(to_ms, 0))?.take(limit) {
+            let (k, _) = item?;
+            out.push(get_entry(&log, k.value().1)?);
+        }
+        Ok(out)
+    }
+    /// The rollups of one series with `from_ms <= start_ms < to_ms`, oldest first.
+    pub fn rollups(
+        &self,
+        series_key: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<Rollup>, ReadError> {
+        let rtx = self.read()?;
+        let Some(sid) = rtx.open_table(SERIES)?.get(series_key)?.map(|v| v.value()) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        if from_ms >= to_ms {
+            return Ok(out);
+        }
+        for row in rtx
+            .open_table(ROLLUPS)?
+            .range((sid, from_ms)..(sid, to_ms))?
+        {
+            let (k, v) = row?;
+            let start = k.value().1;
+            out.push(
+                Rollup::decode(start, v.value())
+                    .map_err(|e| codec_read_error("rollups", format!("{series_key}@{start}"), e))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The last `limit` runs of `model_id` with a seq below `before` (all when `None`), newest
+    /// first, from the run index: fixed-width rows, no log record decoded.
+    pub fn recent_runs(
+        &self,
+        model_id: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<RunRow>, ReadError> {
+        let rtx = self.read()?;
+        let t = rtx.open_table(RUNS)?;
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for row in t
+            .range((model_id, 0)..(model_id, before.unwrap_or(u64::MAX)))?
+            .rev()
+            .take(limit)
+        {
+            let (k, v) = row?;
+            let seq = k.value().1;
+            out.push(
+                runs::decode(seq, v.value())
+                    .map_err(|e| codec_read_error("runs", format!("{model_id}#{seq}"), e))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The series keys stored, in order.
+    pub fn series(&self) -> Result<Vec<String>, ReadError> {
+        let rtx = self.read()?;
+        let t = rtx.open_table(SERIES)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, _) = item?;
+            out.push(k.value().to_owned());
+        }
+        Ok(out)
+    }
+
+    /// Samples of one series with `from_ms <= ts_ms < to_ms`, in `(ts, seq)` order, at most
+    /// `limit` (the oldest).
+    pub fn samples(
+        &self,
+        series_key: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredSample>, ReadError> {
+        let Some((signal, device, model_id)) = Sample::parse_series_key(series_key) else {
+            return Ok(Vec::new());
+        };
+        let items = self.items(series_key, from_ms, to_ms, limit)?;
+        Ok(items
+            .into_iter()
+            .map(|i| {
+                let extra = i.extra.map(|e| *e).unwrap_or_default();
+                StoredSample {
+                    seq: i.seq,
+                    late: false,
+                    sample: Sample {
+                        id: extra.id,
+                        ts_ms: Some(i.ts_ms),
+                        signal,
+                        value: i.value,
+                        unavailable: extra.unavailable,
+                        device,
+                        model_id: model_id.clone(),
+                        session_id: extra.session_id,
+                    },
+                }
+            })
+            .collect())
+    }
+
+    /// `(ts_ms, value)` of the samples of one series with `from_ms <= ts_ms < to_ms`, in
+    /// `(ts, seq)` order, at most `limit` (the oldest); `None` where a sample has no value.
+    pub fn points(
+        &self,
+        series_key: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Option<f64>)>, ReadError> {
+        Ok(self
+            .items(series_key, from_ms, to_ms, limit)?
+            .into_iter()
+            .map(|i| (i.ts_ms, i.value))
+            .collect())
+    }
+
+    /// The values of one series with `from_ms <= ts_ms < to_ms`, in no particular order (for
+    /// quantiles and sums). Chunks wholly inside the range decode their value column alone.
+    pub fn values(
+        &self,
+        series_key: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<f64>, ReadError> {
+        let mut out = Vec::new();
+        self.visit_parts(series_key, from_ms, to_ms, true, |part| match part {
+            Part::Values(v) => out.extend_from_slice(&v),
+            Part::Items(items) => out.extend(items.iter().filter_map(|i| i.value)),
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with `(seq, ts_ms, value)` of every sample of one series with
+    /// `from_ms <= ts_ms < to_ms`, in no particular order, a chunk at a time, without
+    /// gathering them first (for aggregates over long ranges).
+    pub fn each_sample(
+        &self,
+        series_key: &str,
+        from_ms: i64,
+        to_ms: i64,
+        mut f: impl FnMut(u64, i64, Option<f64>),
+    ) -> Result<(), ReadError> {
+        self.visit_parts(series_key, from_ms, to_ms, false, |part| {
+            if let Part::Items(items) = part {
+                items.iter().for_each(|i| f(i.seq, i.ts_ms, i.value));
+            }
+        })
+    }
+
+    /// The samples of a series in range, sorted, at most `limit`.
+    fn items(
+        &self,
+        series_key: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Item>, ReadError> {
+        let mut out = Vec::new();
+        self.visit_parts(series_key, from_ms, to_ms, false, |part| {
+            if let Part::Items(items) = part {
+                out.extend(items);
+            }
+        })?;
+        out.sort_unstable_by_key(|i| (i.ts_ms, i.seq));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Calls `f` with the samples of one series in range, chunk by chunk then the head, in no
+    /// particular order. With `values_only`, a plain chunk wholly inside the range is given as
+    /// its value column.
+    fn visit_parts(
+        &self,
+        series_key: &str,
+        from_ms: i64,
+        to_ms: i64,
+        values_only: bool,
+        mut f: impl FnMut(Part),
+    ) -> Result<(), ReadError> {
+        if from_ms >= to_ms {
+            return Ok(());
+        }
+        let rtx = self.read()?;
+        let Some(sid) = rtx.open_table(SERIES)?.get(series_key)?.map(|v| v.value()) else {
+            return Ok(());
+        };
+        let in_range = |ts: i64| from_ms <= ts && ts < to_ms;
+        let chunks = rtx.open_table(CHUNKS)?;
+        for row in chunks.range((sid, from_ms, 0)..=(sid, i64::MAX, u64::MAX))? {
+            let (k, v) = row?;
+            let key = || {
+                let (_, max_ts, min_seq) = k.value();
+                format!("{series_key}@{max_ts}#{min_seq}")
+            };
+            let codec = |e| codec_read_error("chunks", key(), e);
+            let chunk = Chunk::parse(v.value()).map_err(codec)?;
+            let h = chunk.header;
+            if h.min_ts >= to_ms {
+                continue;
+            }
+            let part = if values_only && h.plain && from_ms <= h.min_ts && h.max_ts < to_ms {
+                Part::Values(chunk.values().map_err(codec)?)
+            } else {
+                let mut items = chunk.items().map_err(codec)?;
+                items.retain(|i| in_range(i.ts_ms));
+                Part::Items(items)
+            };
+            f(part);
+        }
+        let head = rtx.open_table(HEAD)?;
+        let mut items = Vec::new();
+        for row in head.range((sid, 0)..=(sid, u64::MAX))? {
+            let (k, v) = row?;
+            let key = k.value().1;
+            let block = chunk::decode_head(v.value())
+                .map_err(|e| codec_read_error("head", format!("{series_key}/{key}"), e))?;
+            items.extend(block.into_iter().filter(|i| in_range(i.ts_ms)));
+        }
+        f(Part::Items(items));
+        Ok(())
+    }
+}
+
+/// A piece of a series that a query visits.
+enum Part {
+    /// The value column of a chunk wholly inside the range, every sample with a value.
+    Values(Vec<f64>),
+    Items(Vec<Item>),
+}

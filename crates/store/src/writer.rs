@@ -1,0 +1,428 @@
+//! The writer thread: every batch goes through it, and it shares one durable transaction among
+//! every batch waiting (group commit).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+
+use kora_model::{Record, Sample, Signal};
+use redb::{Database, ReadableTable, WriteTransaction};
+use serde::Serialize;
+
+use crate::chunk::{CHUNK_SAMPLES, Extra, Item};
+use crate::codec::{digest, encode};
+use crate::error::{self, WriteError};
+use crate::format::check_format;
+use crate::heads::{HeadState, append_head, seal, take_head};
+use crate::runs;
+use crate::tables::{
+    CHUNKS, HEAD, IDS, K_ENGINE_CURSOR, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES, LOG, LOG_BY_KIND,
+    LOG_BY_TIME, META, RUNS, SERIES,
+};
+use crate::{Appended, Batch, DbSlot, Job};
+
+/// The tables one group commit writes, opened once per transaction.
+struct Tables<'t> {
+    ids: redb::Table<'t, &'static str, &'static [u8]>,
+    log: redb::Table<'t, u64, &'static [u8]>,
+    by_kind: redb::Table<'t, (u8, u64), ()>,
+    by_time: redb::Table<'t, (i64, u64), ()>,
+    series: redb::Table<'t, &'static str, u32>,
+    head: redb::Table<'t, (u32, u64), &'static [u8]>,
+    chunks: redb::Table<'t, (u32, i64, u64), &'static [u8]>,
+    runs: redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    meta: redb::Table<'t, &'static str, u64>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(wtx: &'t WriteTransaction) -> Result<Tables<'t>, WriteError> {
+        let w = |e: redb::TableError| error::write_error(e);
+        Ok(Tables {
+            ids: wtx.open_table(IDS).map_err(w)?,
+            log: wtx.open_table(LOG).map_err(w)?,
+            by_kind: wtx.open_table(LOG_BY_KIND).map_err(w)?,
+            by_time: wtx.open_table(LOG_BY_TIME).map_err(w)?,
+            series: wtx.open_table(SERIES).map_err(w)?,
+            head: wtx.open_table(HEAD).map_err(w)?,
+            chunks: wtx.open_table(CHUNKS).map_err(w)?,
+            runs: wtx.open_table(RUNS).map_err(w)?,
+            meta: wtx.open_table(META).map_err(w)?,
+        })
+    }
+}
+
+pub(crate) struct Writer {
+    pub(crate) db: DbSlot,
+    pub(crate) path: PathBuf,
+    pub(crate) cache_bytes: usize,
+    pub(crate) next_seq: u64,
+    pub(crate) group_max_records: usize,
+    /// Every series key and its number, as committed.
+    pub(crate) series: HashMap<String, u32>,
+    /// Each series' head, as committed.
+    pub(crate) heads: HashMap<u32, HeadState>,
+}
+
+/// The samples of one group commit, gathered per series and written when the group ends.
+#[derive(Default)]
+struct PendingSamples {
+    new_series: HashMap<String, u32>,
+    items: BTreeMap<u32, Vec<Item>>,
+    /// The series met in this group, found again without building their key.
+    recent: Vec<(Signal, Option<u32>, Option<String>, u32)>,
+}
+
+impl Writer {
+    pub(crate) fn run(mut self, receiver: Receiver<Job>) {
+        while let Ok(first) = receiver.recv() {
+            let mut records = first.batch.len();
+            let mut jobs = vec![first];
+            while records < self.group_max_records {
+                match receiver.try_recv() {
+                    Ok(job) => {
+                        records += job.batch.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(jobs);
+        }
+    }
+
+    /// Applies every job in one transaction and commits it durably; each job's callback learns
+    /// its own outcome only after the commit. A job refused on its own (an id conflict) writes
+    /// nothing; a storage failure fails every job of the group.
+    fn commit_group(&mut self, jobs: Vec<Job>) {
+        let start_seq = self.next_seq;
+        let mut outcomes: Vec<Result<Appended, WriteError>> = Vec::with_capacity(jobs.len());
+        let mut pending = PendingSamples::default();
+        let mut heads = HashMap::new();
+        let result = (|| -> Result<(), WriteError> {
+            let db = self.database()?;
+            let mut wtx = db.begin_write().map_err(error::write_error)?;
+            wtx.set_quick_repair(true);
+            {
+                // Open every table once per group, not once per batch: with many
+                // single-record batches the opens were a large share of the work.
+                let mut tables = Tables::open(&wtx)?;
+                for job in &jobs {
+                    outcomes.push(self.apply(&mut tables, &mut pending, job)?);
+                }
+                heads = self.flush_samples(&mut tables, &mut pending.items)?;
+            }
+            let (mut log_new, mut samples_new) = (0, 0);
+            for (job, outcome) in jobs.iter().zip(&outcomes) {
+                if let Ok(a) = outcome {
+                    match job.batch {
+                        Batch::Samples(_) => samples_new += a.accepted,
+                        Batch::Records(_) | Batch::Derived { .. } => log_new += a.accepted,
+                    }
+                }
+            }
+            if self.next_seq > start_seq {
+                bump_meta(&mut wtx, self.next_seq, log_new, samples_new)?;
+            }
+            wtx.commit().map_err(error::write_error)
+        })();
+        match result {
+            Ok(()) => {
+                // Only now is the group's view of the series store the stored one.
+                self.series.extend(pending.new_series);
+                self.heads.extend(heads);
+                for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                    (job.done)(outcome);
+                }
+            }
+            Err(e) => {
+                self.next_seq = start_seq;
+                tracing::error!(error = %e, "group commit failed; no batch of the group was stored");
+                // redb keeps refusing writes after an I/O failure until the file is reopened.
+                if let Ok(mut slot) = self.db.write() {
+                    slot.take();
+                }
+                // Reopen at once, so that readers are without a database only for a moment; if
+                // the file cannot be opened yet, the next write tries again.
+                if let Err(e) = self.database() {
+                    tracing::warn!(error = %e, "the store could not be reopened yet");
+                }
+                for job in jobs {
+                    (job.done)(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// The open database, reopening the file first when a storage failure closed it. Readers
+    /// may still hold the old handle for a moment, so the open is retried briefly.
+    fn database(&mut self) -> Result<Arc<Database>, WriteError> {
+        let poisoned = || WriteError::Storage("the database lock is poisoned".into());
+        if let Some(db) = self.db.read().map_err(|_| poisoned())?.clone() {
+            return Ok(db);
+        }
+        let mut last = None;
+        for _ in 0..50 {
+            let mut builder = Database::builder();
+            builder.set_cache_size(self.cache_bytes);
+            match builder.open(&self.path) {
+                Ok(db) => {
+                    let db = Arc::new(db);
+                    let (_, next) = check_format(db.as_ref(), &self.path)
+                        .map_err(|e| WriteError::Storage(e.to_string()))?;
+                    // The failed transaction wrote nothing: the stored next seq is ours.
+                    self.next_seq = self.next_seq.max(next);
+                    *self.db.write().map_err(|_| poisoned())? = Some(db.clone());
+                    tracing::info!(path = %self.path.display(), "store reopened after a storage failure");
+                    return Ok(db);
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    last = Some(WriteError::Storage(
+                        "the store is still held by a reader; retrying".into(),
+                    ));
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(error::write_error(e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| WriteError::Storage("the store could not be reopened".into())))
+    }
+
+    /// Writes the group's samples: into each series' head, and when a head reaches
+    /// [`CHUNK_SAMPLES`], into sealed chunks. Answers each touched series' new head length.
+    fn flush_samples(
+        &self,
+        t: &mut Tables<'_>,
+        pending: &mut BTreeMap<u32, Vec<Item>>,
+    ) -> Result<HashMap<u32, HeadState>, WriteError> {
+        let mut heads = HashMap::with_capacity(pending.len());
+        for (sid, mut items) in std::mem::take(pending) {
+            let state = self.heads.get(&sid).cloned().unwrap_or_default();
+            let state = if state.len + items.len() < CHUNK_SAMPLES {
+                append_head(&mut t.head, sid, state, items)?
+            } else {
+                if state.len > 0 {
+                    take_head(&mut t.head, sid, &mut items)?;
+                }
+                seal(&mut t.head, &mut t.chunks, sid, items)?
+            };
+            heads.insert(sid, state);
+        }
+        Ok(heads)
+    }
+
+    /// Checks a job's ids and writes it. `Ok(Err(_))` is a refusal of this job alone, with
+    /// nothing written; `Err(_)` is a storage failure that aborts the whole group.
+    fn apply(
+        &mut self,
+        t: &mut Tables<'_>,
+        pending: &mut PendingSamples,
+        job: &Job,
+    ) -> Result<Result<Appended, WriteError>, WriteError> {
+        let ids = &mut t.ids;
+        // Pass 1: recognise retries and refuse reused ids, before writing anything.
+        let mut seqs: Vec<Option<u64>> = Vec::with_capacity(job.batch.len());
+        let mut digests: Vec<Option<[u8; 32]>> = Vec::with_capacity(job.batch.len());
+        for index in 0..job.batch.len() {
+            let (id, d) = match &job.batch {
+                Batch::Samples(v) => (v[index].id.as_deref(), digest_if(&v[index])?),
+                Batch::Records(v) => (v[index].client_id(), digest_if(&v[index])?),
+                Batch::Derived { .. } => (None, None),
+            };
+            let (Some(id), Some(d)) = (id, d) else {
+                seqs.push(None);
+                digests.push(None);
+                continue;
+            };
+            match ids.get(id).map_err(error::write_error)? {
+                Some(v) => {
+                    let v = v.value();
+                    if v.len() != 40 || v[8..] != d {
+                        return Ok(Err(WriteError::IdConflict {
+                            index,
+                            id: id.to_owned(),
+                        }));
+                    }
+                    let mut seq = [0u8; 8];
+                    seq.copy_from_slice(&v[..8]);
+                    seqs.push(Some(u64::from_le_bytes(seq)));
+                    digests.push(None);
+                }
+                None => {
+                    seqs.push(None);
+                    digests.push(Some(d));
+                }
+            }
+        }
+        // Pass 2: write the new items.
+        let mut out = Appended {
+            seqs: Vec::with_capacity(seqs.len()),
+            accepted: 0,
+            duplicates: 0,
+            first_new_seq: None,
+            last_new_seq: None,
+        };
+        let Tables {
+            ids,
+            log,
+            by_kind,
+            by_time,
+            series,
+            runs,
+            meta,
+            ..
+        } = t;
+        for (index, existing) in seqs.into_iter().enumerate() {
+            if let Some(seq) = existing {
+                out.seqs.push(seq);
+                out.duplicates += 1;
+                continue;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            match &job.batch {
+                Batch::Samples(v) => {
+                    let sample = &v[index];
+                    let seen = pending.recent.iter().find(|(signal, device, model, _)| {
+                        *signal == sample.signal
+                            && *device == sample.device
+                            && *model == sample.model_id
+                    });
+                    let sid = match seen {
+                        Some(&(.., sid)) => sid,
+                        None => {
+                            let key = sample.series_key();
+                            let known = self.series.get(&key).or(pending.new_series.get(&key));
+                            let sid = match known {
+                                Some(id) => *id,
+                                None => {
+                                    let id =
+                                        u32::try_from(self.series.len() + pending.new_series.len())
+                                            .map_err(|_| {
+                                                WriteError::Storage("too many series".into())
+                                            })?;
+                                    series
+                                        .insert(key.as_str(), id)
+                                        .map_err(error::write_error)?;
+                                    pending.new_series.insert(key, id);
+                                    id
+                                }
+                            };
+                            if pending.recent.len() < 64 {
+                                pending.recent.push((
+                                    sample.signal,
+                                    sample.device,
+                                    sample.model_id.clone(),
+                                    sid,
+                                ));
+                            }
+                            sid
+                        }
+                    };
+                    let extra = Extra {
+                        id: sample.id.clone(),
+                        unavailable: sample.unavailable.clone(),
+                        session_id: sample.session_id.clone(),
+                    };
+                    let ts = sample.ts_ms.unwrap_or(job.now_ms);
+                    pending.items.entry(sid).or_default().push(Item::new(
+                        seq,
+                        ts,
+                        sample.value,
+                        extra,
+                    ));
+                }
+                Batch::Records(v) | Batch::Derived { records: v, .. } => {
+                    let mut record = v[index].clone();
+                    record.stamp(job.now_ms);
+                    let ts = record.ts_ms().unwrap_or(job.now_ms);
+                    log.insert(seq, encode(&record)?.as_slice())
+                        .map_err(error::write_error)?;
+                    by_kind
+                        .insert((record.kind().code(), seq), ())
+                        .map_err(error::write_error)?;
+                    by_time.insert((ts, seq), ()).map_err(error::write_error)?;
+                    if let Record::Run(run) = &record {
+                        runs.insert(
+                            (run.model_id.as_str(), seq),
+                            runs::encode(run, ts).as_slice(),
+                        )
+                        .map_err(error::write_error)?;
+                    }
+                }
+            }
+            if let Some(d) = digests[index] {
+                let id = match &job.batch {
+                    Batch::Samples(v) => v[index].id.as_deref(),
+                    Batch::Records(v) => v[index].client_id(),
+                    Batch::Derived { .. } => None,
+                };
+                if let Some(id) = id {
+                    let mut value = [0u8; 40];
+                    value[..8].copy_from_slice(&seq.to_le_bytes());
+                    value[8..].copy_from_slice(&d);
+                    ids.insert(id, value.as_slice())
+                        .map_err(error::write_error)?;
+                }
+            }
+            out.seqs.push(seq);
+            out.accepted += 1;
+            out.first_new_seq.get_or_insert(seq);
+            out.last_new_seq = Some(seq);
+        }
+        if let Batch::Derived { cursor, .. } = job.batch {
+            meta.insert(K_ENGINE_CURSOR, cursor)
+                .map_err(error::write_error)?;
+        }
+        Ok(Ok(out))
+    }
+}
+
+/// Only items with a client id need a digest.
+fn digest_if<T: Serialize + HasClientId>(item: &T) -> Result<Option<[u8; 32]>, WriteError> {
+    if item.has_client_id() {
+        digest(item).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+trait HasClientId {
+    fn has_client_id(&self) -> bool;
+}
+
+impl HasClientId for Sample {
+    fn has_client_id(&self) -> bool {
+        self.id.is_some()
+    }
+}
+
+impl HasClientId for Record {
+    fn has_client_id(&self) -> bool {
+        self.client_id().is_some()
+    }
+}
+
+fn bump_meta(
+    wtx: &mut WriteTransaction,
+    next_seq: u64,
+    log_new: u64,
+    samples_new: u64,
+) -> Result<(), WriteError> {
+    let mut meta = wtx.open_table(META).map_err(error::write_error)?;
+    let log_records = meta
+        .get(K_LOG_RECORDS)
+        .map_err(error::write_error)?
+        .map_or(0, |v| v.value());
+    let samples = meta
+        .get(K_SAMPLES)
+        .map_err(error::write_error)?
+        .map_or(0, |v| v.value());
+    meta.insert(K_NEXT_SEQ, next_seq)
+        .map_err(error::write_error)?;
+    meta.insert(K_LOG_RECORDS, log_records + log_new)
+        .map_err(error::write_error)?;
+    meta.insert(K_SAMPLES, samples + samples_new)
+        .map_err(error::write_error)?;
+    Ok(())
+}
