@@ -45,10 +45,7 @@ pub(crate) fn decode_entry(seq: u64, bytes: &[u8]) -> Result<LogEntry, ReadError
 pub(crate) fn encode(value: &impl Serialize) -> Result<Vec<u8>, WriteError> {
     let payload = rmp_serde::to_vec_named(value)
         .map_err(|e| WriteError::Storage(format!("cannot encode a record: {e}")))?;
-    let mut out = Vec::with_capacity(payload.len() + 4);
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
-    Ok(out)
+    Ok(with_crc(&payload))
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(
@@ -56,6 +53,28 @@ pub(crate) fn decode<T: DeserializeOwned>(
     key: impl Fn() -> String,
     bytes: &[u8],
 ) -> Result<T, ReadError> {
+    let payload = checked(table, &key, bytes)?;
+    rmp_serde::from_slice(payload).map_err(|e| ReadError::Decode {
+        table,
+        key: key(),
+        message: e.to_string(),
+    })
+}
+
+/// `payload` behind its CRC-32 (little-endian), as every stored value is kept.
+pub(crate) fn with_crc(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 4);
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The payload of a value stored by [`with_crc`], once its CRC-32 is checked.
+pub(crate) fn checked<'b>(
+    table: &'static str,
+    key: impl Fn() -> String,
+    bytes: &'b [u8],
+) -> Result<&'b [u8], ReadError> {
     let (crc, payload) = bytes
         .split_at_checked(4)
         .ok_or_else(|| ReadError::Corrupt { table, key: key() })?;
@@ -64,11 +83,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
     if u32::from_le_bytes(crc_bytes) != crc32fast::hash(payload) {
         return Err(ReadError::Corrupt { table, key: key() });
     }
-    rmp_serde::from_slice(payload).map_err(|e| ReadError::Decode {
-        table,
-        key: key(),
-        message: e.to_string(),
-    })
+    Ok(payload)
 }
 
 /// The content digest of an item as the client sent it (before the server stamped a time).

@@ -18,9 +18,19 @@
 //! The store reads no clock: the caller passes `now_ms` to stamp records that came without a
 //! time. It never depends on an async runtime; completion is reported through a callback.
 //! The table layout and encoding are written down in [`tables`].
+//!
+//! A store opened with [`Store::open_with_deriver`] hands each batch's newly stored samples to
+//! a [`SampleDeriver`] inside the transaction that stores them, and appends the records it
+//! returns (the service's closed time windows) to the log in that same transaction, with the
+//! deriver's serialized state: samples, the records derived from them and the state that
+//! produced them are durable together or not at all, at one fsync. The deriver is called on
+//! the writer thread, in seq order; a batch refused on its own is never shown to it, and after
+//! a failed commit it is told to go back to the state of the last commit
+//! ([`SampleDeriver::rolled_back`]), so its state is always that of the stored log.
 
 pub mod chunk;
 mod codec;
+mod derive;
 mod error;
 mod format;
 mod heads;
@@ -111,6 +121,41 @@ pub struct Stats {
     pub samples: u64,
     pub series: u64,
     pub last_seq: Option<u64>,
+}
+
+/// Derives log records from newly stored samples inside the transaction that stores them (the
+/// service closes time windows with it). The store persists the deriver's state in the same
+/// transaction, so samples, the records derived from them and the state that produced them are
+/// durable together or not at all.
+///
+/// The writer thread calls it, one batch of samples at a time, in seq order across the batches
+/// of a group commit. A transaction in which [`derive`](Self::derive) was called ends with
+/// exactly one of [`committed`](Self::committed) or [`rolled_back`](Self::rolled_back); a
+/// transaction with no new sample calls none of them. So the state the deriver holds between
+/// transactions, the one given to `make` at [`Store::open_with_deriver`], and the samples and
+/// records in the store always agree.
+pub trait SampleDeriver: Send + 'static {
+    /// The newly stored samples of one batch, in seq order, each with its seq; `ts_ms` is always
+    /// set (stamped with the batch's `now_ms` where the client gave none), exactly as stored.
+    /// Retried samples that were already stored (duplicates) are not given, nor is a batch
+    /// refused on its own (an id conflict: it stores nothing), nor a batch with no new sample.
+    /// Returns records to append to the log right after the batch's samples, in the same
+    /// transaction: they are stored like the items of [`Batch::Records`] (stamped with the
+    /// batch's `now_ms` where they carry no time, indexed by kind and time; no client id is
+    /// recorded for them) and count in [`Stats::log_records`], not in the batch's [`Appended`].
+    fn derive(&mut self, samples: &[(u64, Sample)]) -> Vec<Record>;
+    /// The state to store with the transaction, called once per transaction in which `derive`
+    /// was called, after the last `derive` and before the commit. An error fails the whole
+    /// transaction (every batch of it, as a storage failure would), then `rolled_back` is
+    /// called.
+    fn state(&self) -> Result<Vec<u8>, String>;
+    /// The transaction committed: the state as of now is durable.
+    fn committed(&mut self);
+    /// The transaction failed (a storage failure, a full disk, an error from `state`): nothing
+    /// of it was stored, and the deriver must go back to its state as of the last `committed`
+    /// (or as given to `make`). The failed batches' callers may retry them; they are then
+    /// derived again from that state.
+    fn rolled_back(&mut self);
 }
 
 type Done = Box<dyn FnOnce(Result<Appended, WriteError>) + Send>;

@@ -6,23 +6,50 @@ use std::sync::{Arc, Mutex};
 
 use redb::Database;
 
-use crate::error::OpenError;
+use crate::derive::load_state;
+use crate::error::{OpenError, ReadError};
 use crate::format::{check_format, guarded};
 use crate::heads::load_series;
 use crate::migrate::migrate_v1;
 use crate::tables::{
     CHUNKS, HEAD, IDS, K_FORMAT_VERSION, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES, LOG, LOG_BY_KIND,
-    LOG_BY_TIME, META, ROLLUPS, RUNS, SERIES,
+    LOG_BY_TIME, META, ROLLUPS, RUNS, SERIES, STATE,
 };
 use crate::verify;
 use crate::writer::Writer;
-use crate::{DbSlot, FORMAT_VERSION, Store, StoreOptions};
+use crate::{DbSlot, FORMAT_VERSION, SampleDeriver, Store, StoreOptions};
 
 impl Store {
     /// Opens the store at `path`, creating it when there is no file. An existing file must be a
     /// kora-telemetry store of this format version or older; anything else is refused and left
     /// as it is.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Store, OpenError> {
+        Store::start(
+            path,
+            options,
+            None::<fn(Option<Vec<u8>>) -> Box<dyn SampleDeriver>>,
+        )
+    }
+
+    /// Opens the store like [`Store::open`], with a [`SampleDeriver`] that sees every batch's
+    /// newly stored samples inside the transaction that stores them. `make` builds it from the
+    /// state stored by the last commit that derived (`None` for a new store or one that never
+    /// derived); it is called once, before the writer starts. A stored state whose checksum
+    /// does not match refuses the open (`NotAStore`). Samples stored while the file was open
+    /// without a deriver are never shown to one.
+    pub fn open_with_deriver(
+        path: &Path,
+        options: StoreOptions,
+        make: impl FnOnce(Option<Vec<u8>>) -> Box<dyn SampleDeriver>,
+    ) -> Result<Store, OpenError> {
+        Store::start(path, options, Some(make))
+    }
+
+    fn start(
+        path: &Path,
+        options: StoreOptions,
+        make: Option<impl FnOnce(Option<Vec<u8>>) -> Box<dyn SampleDeriver>>,
+    ) -> Result<Store, OpenError> {
         let existed = path.exists();
         let mut builder = Database::builder();
         builder.set_cache_size(options.cache_bytes);
@@ -97,14 +124,20 @@ impl Store {
                 wtx.open_table(CHUNKS).map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(RUNS).map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(ROLLUPS).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(STATE).map_err(|e| redb_err(e.into()))?;
             }
             wtx.commit().map_err(|e| redb_err(e.into()))?;
             1
         };
-        let (series, heads) = load_series(&db).map_err(|e| OpenError::NotAStore {
+        let not_a_store = |e: ReadError| OpenError::NotAStore {
             path: path.to_owned(),
             reason: e.to_string(),
-        })?;
+        };
+        let deriver = match make {
+            Some(make) => Some(make(load_state(&db).map_err(not_a_store)?)),
+            None => None,
+        };
+        let (series, heads) = load_series(&db).map_err(not_a_store)?;
         let db: DbSlot = Arc::new(std::sync::RwLock::new(Some(Arc::new(db))));
         let (sender, receiver) = sync_channel(options.queue_batches.max(1));
         let writer = Writer {
@@ -115,6 +148,7 @@ impl Store {
             group_max_records: options.group_max_records.max(1),
             series,
             heads,
+            deriver,
         };
         let handle = std::thread::Builder::new()
             .name("kora-store-writer".into())

@@ -22,6 +22,11 @@
 //!   sum (f64) of the bucket's values, little-endian.
 //! - `runs`: `(model_id, seq) -> bytes`: the numbers of each logged run, fixed-width (encoding in
 //!   [`crate::runs`]), so the last N runs of one model are N small rows.
+//! - `state`: `&str -> bytes`: state the store keeps for a caller, a CRC-32 (little-endian, of
+//!   the payload) then the payload. `sample_deriver` is the serialized state of the
+//!   [`crate::SampleDeriver`] as of the last transaction that derived, written in that same
+//!   transaction. The table is created with a new store; a store made before it existed, or
+//!   one that never derived, has no key (no state), and opens unchanged.
 //!
 //! Format version 1 kept a row per sample in `samples`: `(series number, ts_ms, seq) -> bytes`
 //! (CRC-32 then MessagePack of `(late, sample)`), 60 to 110 bytes a sample on disk. A version 1
@@ -39,6 +44,7 @@ pub const HEAD: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("head"
 pub const CHUNKS: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("chunks");
 pub const ROLLUPS: TableDefinition<(u32, i64), &[u8]> = TableDefinition::new("rollups");
 pub const RUNS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("runs");
+pub const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 /// Format version 1's samples, read once to convert them.
 pub const SAMPLES_V1: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("samples");
 
@@ -47,3 +53,5 @@ pub const K_NEXT_SEQ: &str = "next_seq";
 pub const K_LOG_RECORDS: &str = "log_records";
 pub const K_SAMPLES: &str = "samples";
 pub const K_ENGINE_CURSOR: &str = "engine_cursor";
+/// The key of the sample deriver's state in [`STATE`].
+pub const K_SAMPLE_DERIVER: &str = "sample_deriver";

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::chunk::{CHUNK_SAMPLES, Extra, Item};
 use crate::codec::{digest, encode};
+use crate::derive::store_state;
 use crate::error::{self, WriteError};
 use crate::format::check_format;
 use crate::heads::{HeadState, append_head, seal, take_head};
@@ -20,7 +21,7 @@ use crate::tables::{
     CHUNKS, HEAD, IDS, K_ENGINE_CURSOR, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES, LOG, LOG_BY_KIND,
     LOG_BY_TIME, META, RUNS, SERIES,
 };
-use crate::{Appended, Batch, DbSlot, Job};
+use crate::{Appended, Batch, DbSlot, Job, SampleDeriver};
 
 /// The tables one group commit writes, opened once per transaction.
 struct Tables<'t> {
@@ -62,6 +63,8 @@ pub(crate) struct Writer {
     pub(crate) series: HashMap<String, u32>,
     /// Each series' head, as committed.
     pub(crate) heads: HashMap<u32, HeadState>,
+    /// Sees each batch's new samples inside the transaction ([`crate::Store::open_with_deriver`]).
+    pub(crate) deriver: Option<Box<dyn SampleDeriver>>,
 }
 
 /// The samples of one group commit, gathered per series and written when the group ends.
@@ -93,26 +96,40 @@ impl Writer {
 
     /// Applies every job in one transaction and commits it durably; each job's callback learns
     /// its own outcome only after the commit. A job refused on its own (an id conflict) writes
-    /// nothing; a storage failure fails every job of the group.
+    /// nothing; a storage failure fails every job of the group. With a deriver, each samples
+    /// job's new samples are derived right after the job is applied (so the derived records get
+    /// the next seqs), the deriver's state is written once before the commit, and the deriver
+    /// then learns whether the transaction committed or failed.
     fn commit_group(&mut self, jobs: Vec<Job>) {
         let start_seq = self.next_seq;
         let mut outcomes: Vec<Result<Appended, WriteError>> = Vec::with_capacity(jobs.len());
         let mut pending = PendingSamples::default();
         let mut heads = HashMap::new();
+        // Whether the deriver saw samples in this transaction (and so must learn its outcome).
+        let mut derived = false;
         let result = (|| -> Result<(), WriteError> {
             let db = self.database()?;
             let mut wtx = db.begin_write().map_err(error::write_error)?;
             wtx.set_quick_repair(true);
+            let mut derived_new = 0;
             {
                 // Open every table once per group, not once per batch: with many
                 // single-record batches the opens were a large share of the work.
                 let mut tables = Tables::open(&wtx)?;
                 for job in &jobs {
-                    outcomes.push(self.apply(&mut tables, &mut pending, job)?);
+                    let outcome = self.apply(&mut tables, &mut pending, job)?;
+                    if let (Ok(appended), Batch::Samples(batch)) = (&outcome, &job.batch) {
+                        derived_new +=
+                            self.derive(&mut tables, job.now_ms, batch, appended, &mut derived)?;
+                    }
+                    outcomes.push(outcome);
                 }
                 heads = self.flush_samples(&mut tables, &mut pending.items)?;
             }
-            let (mut log_new, mut samples_new) = (0, 0);
+            if derived && let Some(deriver) = &self.deriver {
+                store_state(&wtx, deriver.as_ref())?;
+            }
+            let (mut log_new, mut samples_new) = (derived_new, 0);
             for (job, outcome) in jobs.iter().zip(&outcomes) {
                 if let Ok(a) = outcome {
                     match job.batch {
@@ -131,12 +148,18 @@ impl Writer {
                 // Only now is the group's view of the series store the stored one.
                 self.series.extend(pending.new_series);
                 self.heads.extend(heads);
+                if derived && let Some(deriver) = &mut self.deriver {
+                    deriver.committed();
+                }
                 for (job, outcome) in jobs.into_iter().zip(outcomes) {
                     (job.done)(outcome);
                 }
             }
             Err(e) => {
                 self.next_seq = start_seq;
+                if derived && let Some(deriver) = &mut self.deriver {
+                    deriver.rolled_back();
+                }
                 tracing::error!(error = %e, "group commit failed; no batch of the group was stored");
                 // redb keeps refusing writes after an I/O failure until the file is reopened.
                 if let Ok(mut slot) = self.db.write() {
@@ -262,16 +285,6 @@ impl Writer {
             first_new_seq: None,
             last_new_seq: None,
         };
-        let Tables {
-            ids,
-            log,
-            by_kind,
-            by_time,
-            series,
-            runs,
-            meta,
-            ..
-        } = t;
         for (index, existing) in seqs.into_iter().enumerate() {
             if let Some(seq) = existing {
                 out.seqs.push(seq);
@@ -301,7 +314,7 @@ impl Writer {
                                             .map_err(|_| {
                                                 WriteError::Storage("too many series".into())
                                             })?;
-                                    series
+                                    t.series
                                         .insert(key.as_str(), id)
                                         .map_err(error::write_error)?;
                                     pending.new_series.insert(key, id);
@@ -333,22 +346,7 @@ impl Writer {
                     ));
                 }
                 Batch::Records(v) | Batch::Derived { records: v, .. } => {
-                    let mut record = v[index].clone();
-                    record.stamp(job.now_ms);
-                    let ts = record.ts_ms().unwrap_or(job.now_ms);
-                    log.insert(seq, encode(&record)?.as_slice())
-                        .map_err(error::write_error)?;
-                    by_kind
-                        .insert((record.kind().code(), seq), ())
-                        .map_err(error::write_error)?;
-                    by_time.insert((ts, seq), ()).map_err(error::write_error)?;
-                    if let Record::Run(run) = &record {
-                        runs.insert(
-                            (run.model_id.as_str(), seq),
-                            runs::encode(run, ts).as_slice(),
-                        )
-                        .map_err(error::write_error)?;
-                    }
+                    write_record(t, seq, v[index].clone(), job.now_ms)?;
                 }
             }
             if let Some(d) = digests[index] {
@@ -361,7 +359,8 @@ impl Writer {
                     let mut value = [0u8; 40];
                     value[..8].copy_from_slice(&seq.to_le_bytes());
                     value[8..].copy_from_slice(&d);
-                    ids.insert(id, value.as_slice())
+                    t.ids
+                        .insert(id, value.as_slice())
                         .map_err(error::write_error)?;
                 }
             }
@@ -371,11 +370,80 @@ impl Writer {
             out.last_new_seq = Some(seq);
         }
         if let Batch::Derived { cursor, .. } = job.batch {
-            meta.insert(K_ENGINE_CURSOR, cursor)
+            t.meta
+                .insert(K_ENGINE_CURSOR, cursor)
                 .map_err(error::write_error)?;
         }
         Ok(Ok(out))
     }
+
+    /// Gives the deriver, when there is one, the samples `batch` newly stored (`appended` is
+    /// its outcome), and writes the records it returns right after them. Answers how many
+    /// records were written; sets `derived` once the deriver has been called.
+    fn derive(
+        &mut self,
+        t: &mut Tables<'_>,
+        now_ms: i64,
+        batch: &[Sample],
+        appended: &Appended,
+        derived: &mut bool,
+    ) -> Result<u64, WriteError> {
+        let (Some(deriver), Some(first_new)) = (self.deriver.as_mut(), appended.first_new_seq)
+        else {
+            return Ok(0);
+        };
+        // A duplicate keeps the seq it was first stored with, below every seq of this batch.
+        let new: Vec<(u64, Sample)> = appended
+            .seqs
+            .iter()
+            .zip(batch)
+            .filter(|(seq, _)| **seq >= first_new)
+            .map(|(&seq, sample)| {
+                let mut sample = sample.clone();
+                sample.ts_ms = Some(sample.ts_ms.unwrap_or(now_ms));
+                (seq, sample)
+            })
+            .collect();
+        *derived = true;
+        let records = deriver.derive(&new);
+        let written = records.len() as u64;
+        for record in records {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            write_record(t, seq, record, now_ms)?;
+        }
+        Ok(written)
+    }
+}
+
+/// Writes one log record at `seq`, stamped with `now_ms` when it has no time: its log row, its
+/// kind and time index rows, and its run index row for a run.
+fn write_record(
+    t: &mut Tables<'_>,
+    seq: u64,
+    mut record: Record,
+    now_ms: i64,
+) -> Result<(), WriteError> {
+    record.stamp(now_ms);
+    let ts = record.ts_ms().unwrap_or(now_ms);
+    t.log
+        .insert(seq, encode(&record)?.as_slice())
+        .map_err(error::write_error)?;
+    t.by_kind
+        .insert((record.kind().code(), seq), ())
+        .map_err(error::write_error)?;
+    t.by_time
+        .insert((ts, seq), ())
+        .map_err(error::write_error)?;
+    if let Record::Run(run) = &record {
+        t.runs
+            .insert(
+                (run.model_id.as_str(), seq),
+                runs::encode(run, ts).as_slice(),
+            )
+            .map_err(error::write_error)?;
+    }
+    Ok(())
 }
 
 /// Only items with a client id need a digest.
