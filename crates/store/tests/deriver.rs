@@ -180,6 +180,20 @@ fn open(path: &Path, options: StoreOptions) -> (Store, Arc<Mutex<Seen>>, Gate) {
     (store, seen, gate)
 }
 
+/// The state `make` was given at the last open, which must have been one.
+fn given(seen: &Mutex<Seen>) -> Count {
+    let state = seen.lock().unwrap().given.clone().unwrap();
+    Count::decode(&state.expect("a stored state"))
+}
+
+/// A state of `samples` samples with no window open.
+fn closed(samples: u64) -> Count {
+    Count {
+        samples,
+        open: Vec::new(),
+    }
+}
+
 fn ram(id: Option<&str>, ts: Option<i64>, value: f64) -> Sample {
     Sample {
         id: id.map(str::to_owned),
@@ -289,14 +303,7 @@ fn derived_records_follow_their_samples_in_the_same_commit_and_survive_reopen() 
     }
     let (store, seen, _) = open(&path, StoreOptions::default());
     // The state stored by the last commit, with its window closed.
-    let given = seen.lock().unwrap().given.clone().unwrap().unwrap();
-    assert_eq!(
-        Count::decode(&given),
-        Count {
-            samples: 8,
-            open: Vec::new()
-        }
-    );
+    assert_eq!(given(&seen), closed(8));
     let kinds: Vec<(u64, RecordKind)> = store
         .scan(0, 100)
         .unwrap()
@@ -350,8 +357,7 @@ fn the_state_given_at_open_is_that_of_the_last_commit() {
     }
     {
         let (store, seen, _) = open(&path, StoreOptions::default());
-        let given = seen.lock().unwrap().given.clone().unwrap().unwrap();
-        let count = Count::decode(&given);
+        let count = given(&seen);
         assert_eq!(count.samples, 3);
         assert_eq!(
             count.open.iter().map(|o| o.0).collect::<Vec<_>>(),
@@ -363,14 +369,7 @@ fn the_state_given_at_open_is_that_of_the_last_commit() {
         assert_eq!(windows(&store), vec![(6, 2, 5)]);
     }
     let (_, seen, _) = open(&path, StoreOptions::default());
-    let given = seen.lock().unwrap().given.clone().unwrap().unwrap();
-    assert_eq!(
-        Count::decode(&given),
-        Count {
-            samples: 4,
-            open: Vec::new()
-        }
-    );
+    assert_eq!(given(&seen), closed(4));
 }
 
 #[test]
@@ -479,8 +478,7 @@ fn a_batch_refused_inside_a_group_never_reaches_the_deriver() {
         );
     }
     let (store, seen, _) = open(&path, StoreOptions::default());
-    let given = seen.lock().unwrap().given.clone().unwrap().unwrap();
-    let count = Count::decode(&given);
+    let count = given(&seen);
     assert_eq!(count.samples, store.stats().unwrap().samples);
     assert_eq!(
         count.open.iter().map(|o| o.0).collect::<Vec<_>>(),
@@ -634,7 +632,6 @@ fn a_failed_commit_rolls_the_deriver_back_and_a_retry_derives_again() {
     assert_eq!(covered, expected);
     drop(store);
     let (store, seen, _) = open(&path, StoreOptions::default());
-    let given = seen.lock().unwrap().given.clone().unwrap().unwrap();
-    assert_eq!(Count::decode(&given).samples, stored as u64);
+    assert_eq!(given(&seen).samples, stored as u64);
     assert_eq!(store.stats().unwrap().samples, stored as u64);
 }
