@@ -78,7 +78,7 @@ fn fill(dir: &Path, n: usize) -> Duration {
     let store = Store::open(&dir.join(DB_FILE), StoreOptions::default()).unwrap();
     let ticks = n.div_ceil(10) as i64;
     // Shift the simulated days so they end a minute ago: the daemon's 24 h views see data.
-    let shift = kora_server::now_ms() - 60_000 - (DAY0_MS + ticks * 1000);
+    let shift = kora_pipeline::clock::wall_ms() - 60_000 - (DAY0_MS + ticks * 1000);
     let (took, ()) = time(|| {
         let mut p = Probe::with_jitter(42, 1);
         let mut t = 0;
@@ -132,7 +132,7 @@ fn main() {
         stored >= n as u64,
         "the daemon does not see the filled store: {stored} samples"
     );
-    let now = kora_server::now_ms();
+    let now = kora_pipeline::clock::wall_ms();
     for path in [
         "/v1/health".to_owned(),
         format!(
@@ -194,7 +194,7 @@ fn main() {
                         .into();
                     let mut i = 0i64;
                     while !stop.load(Ordering::Relaxed) {
-                        let ts = kora_server::now_ms() - 1000;
+                        let ts = kora_pipeline::clock::wall_ms() - 1000;
                         let samples: Vec<Sample> = (0..100)
                             .map(|j| {
                                 sample(Signal::ALL[(j % 10) as usize], ts - j, (i % 100) as f64)

@@ -1,7 +1,9 @@
 //! HTTP ingest over loopback: `POST /v1/samples` with MessagePack batches of 1,000 samples,
-//! from 4 client threads (ureq, keep-alive), against the real service (`kora_server::serve`,
-//! its router, trust boundary, validation, group commit and the analytics follower) started
-//! in-process on 127.0.0.1:0 over a fresh store. Every request is answered only once durable.
+//! from one client thread and from 4 (ureq, keep-alive), against the real service
+//! (`kora_server::serve`, its router, trust boundary, validation, the pipeline's group commit
+//! with the time windows closed in the samples' transaction, and the follower) started
+//! in-process on 127.0.0.1:0 over a fresh store. Every request is answered only once durable;
+//! the store's commit counter gives the durable commits (fsyncs) per request.
 //!
 //! The same batches appended straight to a store (no HTTP), and to SQLite (one transaction
 //! per batch), give the cost of the HTTP layer and the baseline. SQLite has no HTTP front, so
@@ -29,7 +31,7 @@ fn batches(count: usize) -> Vec<Vec<Sample>> {
     // Ten signals per 100 ms tick, ending a little before now (the service refuses times
     // more than 5 minutes ahead).
     let ticks = (count * BATCH / 10) as i64;
-    let base = kora_server::now_ms() - ticks * 100 - 60_000;
+    let base = kora_pipeline::clock::wall_ms() - ticks * 100 - 60_000;
     (0..count)
         .map(|b| {
             (0..BATCH)
@@ -44,11 +46,11 @@ fn batches(count: usize) -> Vec<Vec<Sample>> {
         .collect()
 }
 
-/// Sends `bodies` from `CLIENTS` threads (keep-alive connections), each waiting for its answer.
-fn post_all(url: &str, bodies: &[Vec<u8>]) {
+/// Sends `bodies` from `clients` threads (keep-alive connections), each waiting for its answer.
+fn post_all(url: &str, bodies: &[Vec<u8>], clients: usize) {
     let next = Mutex::new(0usize);
     std::thread::scope(|s| {
-        for _ in 0..CLIENTS {
+        for _ in 0..clients {
             s.spawn(|| {
                 let agent: ureq::Agent = ureq::Agent::config_builder()
                     .http_status_as_error(false)
@@ -78,20 +80,28 @@ fn post_all(url: &str, bodies: &[Vec<u8>]) {
     });
 }
 
-fn main() {
+/// Serves a fresh store in-process and posts the bodies from `clients` threads: samples/s of
+/// each run, and the store's durable commits per request over the timed runs.
+fn through_serve(bodies: &[Vec<u8>], clients: usize) -> (Vec<f64>, f64) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let dir = tempdir();
-    let store = Arc::new(kora_open(dir.path()));
+    let pipeline = Arc::new(
+        kora_pipeline::Pipeline::open(
+            &dir.path().join("telemetry.redb"),
+            kora_pipeline::PipelineOptions::default(),
+        )
+        .unwrap(),
+    );
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let port = listener.local_addr().unwrap().port();
     let state = AppState::new(
-        store.clone(),
+        pipeline.clone(),
         Config {
             token: kora_server::token::Token::load_or_create(dir.path()).unwrap(),
             data_dir: dir.path().to_owned(),
@@ -100,32 +110,53 @@ fn main() {
                 extra_names: vec![],
             },
         },
-    )
-    .unwrap();
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = rt.spawn(kora_server::serve(listener, state, async move {
         let _ = stopped.await;
     }));
     let url = format!("http://127.0.0.1:{port}/v1/samples");
+    post_timed(&url, &bodies[..WARMUP], clients);
+    let commits_before = pipeline.store().commits();
+    let mut http = Vec::new();
+    for r in 0..REPS {
+        let from = WARMUP + r * PER_RUN;
+        http.push(post_timed(&url, &bodies[from..from + PER_RUN], clients));
+    }
+    // The follower's own commits (its outputs) are counted too: every commit the requests
+    // caused, whoever made it.
+    let commits = pipeline.store().commits() - commits_before;
+    let _ = stop.send(());
+    rt.block_on(server).unwrap().unwrap();
+    (http, commits as f64 / (REPS * PER_RUN) as f64)
+}
 
+fn main() {
     let all = batches(WARMUP + PER_RUN * REPS);
     let bodies: Vec<Vec<u8>> = all
         .iter()
         .map(|b| rmp_serde::to_vec_named(&SampleBatch { samples: b.clone() }).unwrap())
         .collect();
     println!(
-        "HTTP ingest: {CLIENTS} clients, MessagePack batches of {BATCH} samples ({} bytes a body)",
+        "HTTP ingest: MessagePack batches of {BATCH} samples ({} bytes a body), keep-alive clients",
         rate(bodies[0].len() as f64)
     );
-    post_timed(&url, &bodies[..WARMUP]);
-    let mut http = Vec::new();
-    for r in 0..REPS {
-        let from = WARMUP + r * PER_RUN;
-        http.push(post_timed(&url, &bodies[from..from + PER_RUN]));
-    }
-    let _ = stop.send(());
-    rt.block_on(server).unwrap().unwrap();
-    drop(store);
+    let (one, one_commits) = through_serve(&bodies, 1);
+    let (http, commits) = through_serve(&bodies, CLIENTS);
+    let show = |v: &[f64]| v.iter().map(|x| rate(*x)).collect::<Vec<_>>();
+    println!(
+        "  runs: 1 client {:?}, {CLIENTS} clients {:?} samples/s",
+        show(&one),
+        show(&http)
+    );
+    println!(
+        "RESULT HTTP ingest, 1 client, batches of 1000         {:>12} samples/s, {one_commits:.2} durable commits a request",
+        rate(median(one))
+    );
+    println!(
+        "RESULT HTTP ingest, {CLIENTS} clients, batches of 1000        {:>12} samples/s, {commits:.2} durable commits a request",
+        rate(median(http.clone()))
+    );
 
     // The same batches straight into a fresh store and into SQLite, from the same 4 threads.
     let direct: Vec<f64> = (0..REPS)
@@ -148,7 +179,6 @@ fn main() {
             })
         })
         .collect();
-    let show = |v: &[f64]| v.iter().map(|x| rate(*x)).collect::<Vec<_>>();
     println!(
         "  runs: http {:?}, store direct {:?}, sqlite direct {:?} samples/s",
         show(&http),
@@ -156,10 +186,6 @@ fn main() {
         show(&sqlite)
     );
     let (h, d, s) = (median(http), median(direct), median(sqlite));
-    println!(
-        "RESULT HTTP ingest, msgpack batches of 1000           {:>12} samples/s",
-        rate(h)
-    );
     compare_with(
         "HTTP ingest vs the store alone, batch 1000",
         "samples/s",
@@ -177,9 +203,9 @@ fn main() {
     );
 }
 
-/// Posts every body from `CLIENTS` threads; answers samples/s.
-fn post_timed(url: &str, bodies: &[Vec<u8>]) -> f64 {
-    let (d, ()) = time(|| post_all(url, bodies));
+/// Posts every body from `clients` threads; answers samples/s.
+fn post_timed(url: &str, bodies: &[Vec<u8>], clients: usize) -> f64 {
+    let (d, ()) = time(|| post_all(url, bodies, clients));
     (bodies.len() * BATCH) as f64 / d.as_secs_f64()
 }
 

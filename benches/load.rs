@@ -96,7 +96,7 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 fn body(i: u64) -> Vec<u8> {
-    let ts = kora_server::now_ms() - 1000;
+    let ts = kora_pipeline::clock::wall_ms() - 1000;
     let samples: Vec<Sample> = (0..BATCH as u64)
         .map(|j| {
             sample(

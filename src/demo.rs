@@ -67,7 +67,7 @@ impl Service {
         let data_dir = std::env::temp_dir().join(format!(
             "kora-telemetry-demo-{}-{}",
             std::process::id(),
-            kora_server::now_ms()
+            kora_pipeline::clock::wall_ms()
         ));
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("cannot create {}", data_dir.display()))?;
@@ -369,7 +369,7 @@ impl Workload {
 
     /// One second of live traffic.
     fn tick(&mut self, tick: u64) -> Result<()> {
-        let now = kora_server::now_ms();
+        let now = kora_pipeline::clock::wall_ms();
         let mut events = Vec::new();
         if tick % 15 == 5 {
             // Sessions come and go; a few stay.
@@ -491,7 +491,7 @@ pub fn run(options: DemoOptions) -> Result<()> {
     println!("  a simulated KORA Studio workload is running; Ctrl-C stops it");
     println!();
     let _ = std::io::stdout().flush();
-    w.backfill(kora_server::now_ms())
+    w.backfill(kora_pipeline::clock::wall_ms())
         .context("the demo could not send its history")?;
     println!(
         "  history sent: sessions, model loads (one does not fit), a 64k context request, runs, queue readings"

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use kora_model::{FitVerdict, LogEntry, LogPage, ProfileRecord, Record};
-use kora_policy::{CloudTiers, Thresholds};
+use kora_pipeline::{Pipeline, PipelineOptions};
+use kora_policy::Thresholds;
 use kora_probe::{ModelCatalog, Probe};
 use kora_server::{AppState, Config, HostPolicy};
 use kora_store::{OpenError, Store, StoreOptions};
@@ -397,14 +398,27 @@ fn serve(data_dir: &Path, options: ServeOptions) -> Result<()> {
     }
     ensure_data_dir(data_dir)?;
     let db_path = data_dir.join(DB_FILE);
-    let store = Store::open(&db_path, StoreOptions::default()).map_err(|e| match e {
-        OpenError::AlreadyOpen { .. } => anyhow::anyhow!(
+    let faults = kora_pipeline::Faults::from_env().map_err(anyhow::Error::msg)?;
+    let pipeline = Pipeline::open(
+        &db_path,
+        PipelineOptions {
+            thresholds,
+            faults,
+            ..PipelineOptions::default()
+        },
+    )
+    .map_err(|e| match e {
+        kora_pipeline::OpenError::Store(e @ OpenError::AlreadyOpen { .. }) => anyhow::anyhow!(
             "{e}; is another `kora-telemetry serve` running on {}?",
             data_dir.display()
         ),
+        kora_pipeline::OpenError::Rebuild(e) => anyhow::Error::new(e).context(format!(
+            "{}: cannot rebuild the derived state from the log; the file was left as it is",
+            db_path.display()
+        )),
         e => anyhow::Error::new(e),
     })?;
-    let store = Arc::new(store);
+    let pipeline = Arc::new(pipeline);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -422,27 +436,15 @@ fn serve(data_dir: &Path, options: ServeOptions) -> Result<()> {
                 extra_names: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             },
         };
-        let mut state = AppState::with_thresholds(
-            store,
-            config,
-            thresholds,
-            CloudTiers::embedded(),
-        )
-        .with_context(|| {
-            format!(
-                "{}: cannot rebuild the derived state from the log; the file was left as it is",
-                db_path.display()
-            )
-        })?;
+        let mut state = AppState::new(pipeline.clone(), config);
         // Beyond loopback, anyone on the network could read the telemetry: every route then
         // needs the token.
         state.token_everywhere = !listen.ip().is_loopback();
-        let sampler = tokio::spawn(kora_server::analytics::sample(
-            state.clone(),
-            Probe::new(),
-            probe_interval,
-            retention,
-        ));
+        let sampler = tokio::spawn(async move {
+            pipeline
+                .sample(Probe::new(), probe_interval, retention)
+                .await
+        });
         let endpoint = data_dir.join(ENDPOINT_FILE);
         std::fs::write(
             &endpoint,
@@ -564,9 +566,9 @@ fn local_catalog(data_dir: &Path) -> Result<ModelCatalog> {
 /// Probes this machine (twice, a second apart, so that CPU load is a real figure).
 fn local_snapshot() -> kora_model::HardwareSnapshot {
     let mut probe = Probe::new();
-    let _ = probe.snapshot(kora_server::now_ms());
+    let _ = probe.snapshot(kora_pipeline::clock::wall_ms());
     std::thread::sleep(std::time::Duration::from_secs(1));
-    probe.snapshot(kora_server::now_ms())
+    probe.snapshot(kora_pipeline::clock::wall_ms())
 }
 
 fn profile(data_dir: &Path, json: bool) -> Result<()> {

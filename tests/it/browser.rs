@@ -99,7 +99,7 @@ fn run(
 
 /// A workload that makes every view show something the test can recognise.
 fn ingest(http: &ureq::Agent, server: &Server) {
-    let now = kora_server::now_ms();
+    let now = kora_pipeline::clock::wall_ms();
     let start = now - 15 * 60_000;
     post(
         http,

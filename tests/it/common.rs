@@ -113,3 +113,93 @@ pub fn agent() -> ureq::Agent {
         .build()
         .into()
 }
+
+/// A batch of `n` samples with client ids `{tag}-{i}`, one every 700 ms from `first_ts`, on two
+/// series (a per-model queue wait and a host signal): enough for the time windows of the
+/// crash and disk-full tests to open and close.
+pub fn samples_batch(tag: &str, first_ts: i64, n: usize) -> serde_json::Value {
+    let samples: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            let ts = first_ts + i as i64 * 700;
+            if i % 2 == 0 {
+                serde_json::json!({"id": format!("{tag}-{i}"), "ts_ms": ts, "signal": "queue_wait_ms",
+                                   "model_id": "crash", "value": (i * 37 % 500) as f64})
+            } else {
+                serde_json::json!({"id": format!("{tag}-{i}"), "ts_ms": ts, "signal": "active_generations",
+                                   "value": (i % 4) as f64})
+            }
+        })
+        .collect();
+    serde_json::json!({ "samples": samples })
+}
+
+/// The client ids of every stored sample.
+pub fn stored_sample_ids(store: &kora_store::Store) -> std::collections::BTreeMap<String, usize> {
+    let mut ids = std::collections::BTreeMap::new();
+    for key in store.series().unwrap() {
+        for s in store.samples(&key, i64::MIN, i64::MAX, usize::MAX).unwrap() {
+            if let Some(id) = s.sample.id {
+                *ids.entry(id).or_insert(0) += 1;
+            }
+        }
+    }
+    ids
+}
+
+/// Asserts that the log's time windows are exactly those a fresh fold of the stored samples (in
+/// seq order, through the embedded thresholds' windows) gives: no window lost, none twice,
+/// none different, so every closed minute that holds samples has exactly one window record
+/// per series. Returns how many windows there are.
+pub fn assert_windows_are_the_fold_of_the_samples(store: &kora_store::Store, what: &str) -> usize {
+    use kora_model::{Record, WindowRecord};
+    let thresholds = kora_policy::Thresholds::embedded();
+    let mut samples = Vec::new();
+    for key in store.series().unwrap() {
+        samples.extend(store.samples(&key, i64::MIN, i64::MAX, usize::MAX).unwrap());
+    }
+    samples.sort_by_key(|s| s.seq);
+    let mut fold = kora_window::TimeWindows::new(thresholds.window_ms(), thresholds.grace_ms());
+    let mut want: Vec<WindowRecord> = Vec::new();
+    for s in &samples {
+        if let (Some(v), Some(ts)) = (s.sample.value, s.sample.ts_ms) {
+            want.extend(fold.push(&s.sample.series_key(), s.seq, ts, v).closed);
+        }
+    }
+    let got: Vec<WindowRecord> = store
+        .scan_kind(kora_model::RecordKind::Window, 0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.record {
+            Record::Window(w) if w.window_kind == kora_window::WINDOW_KIND_TIME => Some(w),
+            _ => None,
+        })
+        .collect();
+    let mut per_minute = std::collections::BTreeMap::new();
+    for w in &got {
+        *per_minute
+            .entry((w.metric.clone(), w.start_ms))
+            .or_insert(0) += 1;
+    }
+    let twice: Vec<_> = per_minute.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{what}: {} windows recorded more than once, e.g. {:?}",
+        twice.len(),
+        twice.first()
+    );
+    let missing: Vec<_> = want
+        .iter()
+        .filter(|w| !per_minute.contains_key(&(w.metric.clone(), w.start_ms)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{what}: {} closed windows of stored samples have no window record, e.g. {:?}",
+        missing.len(),
+        missing.first().map(|w| (&w.metric, w.start_ms))
+    );
+    assert_eq!(
+        got, want,
+        "{what}: the window records differ from a fresh fold of the stored samples"
+    );
+    got.len()
+}

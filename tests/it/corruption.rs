@@ -28,7 +28,7 @@ fn healthy_store() -> (tempfile::TempDir, Vec<u8>) {
         assert_eq!(r.status(), 200);
     }
     // And enough samples of two series to seal chunks and leave heads.
-    let now = kora_server::now_ms();
+    let now = kora_pipeline::clock::wall_ms();
     let samples: Vec<serde_json::Value> = (0..3000)
         .map(|i| {
             let signal = if i % 2 == 0 { "ram_free_mb" } else { "cpu_load_pct" };

@@ -9,11 +9,15 @@
 //!   acknowledged; the client retries it (same ids) on the next instance, which must count it
 //!   as duplicates, not store it twice.
 //!
-//! Every batch whose answer was lost is retried on the next instance; a retry is all new or all
+//! The client alternates batches of runs and batches of samples (on a timeline that closes a
+//! time window every few batches). Every batch whose answer was lost is retried on the next instance; a retry is all new or all
 //! duplicates, never a mix (batches are all-or-nothing). After every cycle a copy of the file is
 //! checked (the instance's own recovery must not be done for it by the test): redb's integrity
 //! check, seqs strictly increasing, the store's counters equal to what the log holds, every
-//! acknowledged record present exactly once and no record stored twice.
+//! acknowledged record present exactly once and no record stored twice, and the time windows
+//! exactly those a fresh fold of the stored samples gives: every closed minute that holds
+//! samples has one window record per series, none lost to a kill between the samples' commit
+//! and the windows', none written twice.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
@@ -31,13 +35,36 @@ use super::common::{Server, agent};
 const CYCLES: usize = 100;
 /// Every this many cycles, the instance aborts itself between commit and response.
 const TARGETED_EVERY: usize = 3;
-const BATCH_RUNS: u64 = 20;
+/// Records a batch (runs or samples).
+const BATCH: u64 = 20;
 const DB_FILE: &str = "kora-telemetry.redb";
 const SIGABRT: i32 = 6;
 
-fn batch(cycle: usize, n: usize) -> RunBatch {
+/// The `n`-th batch of `cycle`: runs when `n` is odd, else samples stamped on a timeline from
+/// `base_ts` (15 s a batch, so a minute closes every four sample batches).
+fn batch(cycle: usize, n: usize, base_ts: i64) -> InFlight {
+    if n % 2 == 0 {
+        let tag = format!("s-c{cycle}-b{n}");
+        let first_ts = base_ts + (cycle * 200 + n) as i64 * 15_000;
+        return InFlight {
+            path: "/v1/samples",
+            ids: (0..BATCH).map(|i| format!("{tag}-{i}")).collect(),
+            body: super::common::samples_batch(&tag, first_ts, BATCH as usize),
+            surely_stored: false,
+        };
+    }
+    let runs = run_batch(cycle, n);
+    InFlight {
+        path: "/v1/runs",
+        ids: runs.runs.iter().filter_map(|r| r.id.clone()).collect(),
+        body: serde_json::to_value(&runs).unwrap(),
+        surely_stored: false,
+    }
+}
+
+fn run_batch(cycle: usize, n: usize) -> RunBatch {
     RunBatch {
-        runs: (0..BATCH_RUNS)
+        runs: (0..BATCH)
             .map(|i| Run {
                 id: Some(format!("c{cycle}-b{n}-{i}")),
                 ts_ms: None,
@@ -66,7 +93,10 @@ fn batch(cycle: usize, n: usize) -> RunBatch {
 
 /// A batch whose answer was lost to a kill; it is retried on the next instance.
 struct InFlight {
-    batch: RunBatch,
+    path: &'static str,
+    body: serde_json::Value,
+    /// The client ids of the batch's records (runs, or samples: those start with `s-`).
+    ids: Vec<String>,
     /// The instance aborted after committing it: the retry must be all duplicates.
     surely_stored: bool,
 }
@@ -86,7 +116,8 @@ struct Seen {
 /// Retries `pending`, then posts new batches until `stop`, or until the instance dies: the batch
 /// in flight then is returned for the next instance. Asserts what every acknowledgement says.
 fn client(
-    url: &str,
+    base: &str,
+    base_ts: i64,
     cycle: usize,
     mut pending: Vec<InFlight>,
     stop: &AtomicBool,
@@ -100,29 +131,24 @@ fn client(
             Some(f) => (f, true),
             None => {
                 n += 1;
-                let batch = batch(cycle, n);
-                let f = InFlight {
-                    batch,
-                    surely_stored: false,
-                };
-                (f, false)
+                (batch(cycle, n, base_ts), false)
             }
         };
-        match http.post(url).send_json(&f.batch) {
+        match http.post(format!("{base}{}", f.path)).send_json(&f.body) {
             Ok(mut r) if r.status() == 200 => {
                 let ack: IngestAck = r.body_mut().read_json().unwrap();
                 let got = (ack.accepted, ack.duplicates);
                 if f.surely_stored {
-                    assert_eq!(got, (0, BATCH_RUNS), "a batch stored before the abort");
+                    assert_eq!(got, (0, BATCH), "a batch stored before the abort");
                     seen.retries_duplicate_known += 1;
-                } else if retry && got == (0, BATCH_RUNS) {
+                } else if retry && got == (0, BATCH) {
                     seen.retries_duplicate_found += 1;
                 } else {
-                    assert_eq!(got, (BATCH_RUNS, 0), "a batch is all new or all duplicates");
+                    assert_eq!(got, (BATCH, 0), "a batch is all new or all duplicates");
                     seen.retries_stored_now += usize::from(retry);
                 }
                 let mut a = acked.lock().unwrap();
-                a.extend(f.batch.runs.iter().filter_map(|r| r.id.clone()));
+                a.extend(f.ids.iter().cloned());
                 seen.acked_batches += 1;
             }
             Ok(r) => panic!("unexpected status {}", r.status()),
@@ -185,9 +211,16 @@ fn check_store(copy: &Path, acked: &[String], cycle: usize) -> usize {
         "cycle {cycle}: the next seq {:?} would reuse one of the log's",
         stats.last_seq
     );
+    let samples = super::common::stored_sample_ids(&store);
     let missing: Vec<&String> = acked
         .iter()
-        .filter(|id| !count.contains_key(id.as_str()))
+        .filter(|id| {
+            if id.starts_with("s-") {
+                !samples.contains_key(id.as_str())
+            } else {
+                !count.contains_key(id.as_str())
+            }
+        })
         .collect();
     assert!(
         missing.is_empty(),
@@ -195,13 +228,19 @@ fn check_store(copy: &Path, acked: &[String], cycle: usize) -> usize {
         missing.len(),
         missing.first()
     );
-    let twice: Vec<_> = count.iter().filter(|(_, c)| **c > 1).collect();
+    let twice: Vec<_> = count
+        .iter()
+        .map(|(id, c)| (*id, *c))
+        .chain(samples.iter().map(|(id, c)| (id.as_str(), *c)))
+        .filter(|(_, c)| *c > 1)
+        .collect();
     assert!(
         twice.is_empty(),
         "cycle {cycle}: {} records stored more than once, e.g. {:?}",
         twice.len(),
         twice.first()
     );
+    super::common::assert_windows_are_the_fold_of_the_samples(&store, &format!("cycle {cycle}"));
     store.shutdown();
     drop(store);
     std::fs::remove_file(copy).unwrap();
@@ -219,6 +258,8 @@ fn acknowledged_batches_survive_sigkill() {
         .unwrap_or(20261122);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    // Sample times: five days back, a minute-aligned start.
+    let base_ts = (kora_pipeline::clock::wall_ms() - 5 * 86_400_000).div_euclid(60_000) * 60_000;
     let mut in_flight: Vec<InFlight> = Vec::new();
     let mut total = Seen::default();
     let (mut random_kills, mut targeted_kills, mut checks) = (0, 0, 0);
@@ -233,12 +274,12 @@ fn acknowledged_batches_survive_sigkill() {
         } else {
             Server::start(dir.path())
         };
-        let url = server.url("/v1/runs");
+        let url = server.url("");
         let stop = Arc::new(AtomicBool::new(false));
         let handle = {
             let (stop, acked) = (stop.clone(), acked.clone());
             let pending = std::mem::take(&mut in_flight);
-            std::thread::spawn(move || client(&url, cycle, pending, &stop, &acked))
+            std::thread::spawn(move || client(&url, base_ts, cycle, pending, &stop, &acked))
         };
         let (mut pending, seen) = if targeted {
             // The instance aborts itself; the client's request in flight then fails.
@@ -289,7 +330,8 @@ fn acknowledged_batches_survive_sigkill() {
     // One last instance retries what was in flight, then stops cleanly.
     let server = Server::start(dir.path());
     let (left, seen) = client(
-        &server.url("/v1/runs"),
+        &server.url(""),
+        base_ts,
         CYCLES,
         std::mem::take(&mut in_flight),
         &AtomicBool::new(true),

@@ -1,6 +1,8 @@
 //! Disk full: the data directory on a small tmpfs, filled at 30 different points while a
 //! client ingests. Nothing unacknowledged is claimed, nothing acknowledged is lost, health says
-//! degraded, and writes work again, without a restart, once space is free.
+//! degraded, and writes work again, without a restart, once space is free. The client sends
+//! runs and samples; at the end the time windows are exactly those a fresh fold of the stored
+//! samples gives (a refused commit loses no window and writes none twice).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -83,6 +85,9 @@ fn disk_full_never_loses_an_acknowledged_record_and_recovers_without_a_restart()
     let server = Server::start(&data);
     let http = agent();
     let mut acked: Vec<String> = Vec::new();
+    let mut acked_samples: Vec<String> = Vec::new();
+    let base_ts = (kora_pipeline::clock::wall_ms() - 2 * 86_400_000).div_euclid(60_000) * 60_000;
+    let mut sample_batches = 0i64;
     let (mut refusals, mut worst_recovery) = (0, Duration::ZERO);
     for point in 0..FILL_POINTS {
         let filler = fill(&fs.0, 8 * 1024 * (point + 1));
@@ -90,12 +95,31 @@ fn disk_full_never_loses_an_acknowledged_record_and_recovers_without_a_restart()
         let mut refused = false;
         for b in 0..200 {
             let tag = format!("p{point}-b{b}");
-            let r = http
-                .post(server.url("/v1/runs"))
-                .send_json(runs(&tag, 50))
-                .unwrap();
+            let (path, body, ids) = if b % 2 == 1 {
+                // A retry after a refusal resends the same samples (same times): the timeline
+                // moves on only once a batch is stored.
+                let tag = format!("s-{tag}");
+                let body =
+                    super::common::samples_batch(&tag, base_ts + sample_batches * 15_000, 20);
+                (
+                    "/v1/samples",
+                    body,
+                    (0..20).map(|i| format!("{tag}-{i}")).collect::<Vec<_>>(),
+                )
+            } else {
+                (
+                    "/v1/runs",
+                    runs(&tag, 50),
+                    (0..50).map(|i| format!("{tag}-{i}")).collect(),
+                )
+            };
+            let r = http.post(server.url(path)).send_json(body).unwrap();
             match r.status().as_u16() {
-                200 => acked.extend((0..50).map(|i| format!("{tag}-{i}"))),
+                200 if path == "/v1/samples" => {
+                    sample_batches += 1;
+                    acked_samples.extend(ids)
+                }
+                200 => acked.extend(ids),
                 507 | 503 => {
                     refused = true;
                     break;
@@ -165,10 +189,22 @@ fn disk_full_never_loses_an_acknowledged_record_and_recovers_without_a_restart()
         })
         .collect();
     let missing = acked.iter().filter(|id| !stored.contains(*id)).count();
+    let samples = super::common::stored_sample_ids(&store);
+    let missing_samples = acked_samples
+        .iter()
+        .filter(|id| !samples.contains_key(*id))
+        .count();
+    let windows = super::common::assert_windows_are_the_fold_of_the_samples(&store, "disk full");
     println!(
-        "disk full: {FILL_POINTS} fill points, {refusals} refusals, {} records acknowledged, {missing} acknowledged missing, worst recovery {} ms after space came back",
+        "disk full: {FILL_POINTS} fill points, {refusals} refusals, {} runs and {} samples acknowledged, {missing} runs and {missing_samples} samples missing, {windows} time windows equal to a fresh fold of the stored samples, worst recovery {} ms after space came back",
         acked.len(),
+        acked_samples.len(),
         worst_recovery.as_millis()
     );
     assert_eq!(missing, 0);
+    assert_eq!(missing_samples, 0);
+    assert!(
+        windows > 10,
+        "the samples closed too few windows for the check to mean much"
+    );
 }

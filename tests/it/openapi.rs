@@ -11,8 +11,8 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
+use kora_pipeline::{Pipeline, PipelineOptions};
 use kora_server::{AppState, Config, HostPolicy};
-use kora_store::{Store, StoreOptions};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -98,11 +98,11 @@ fn app(dir: &Path) -> (axum::Router, String) {
 }
 
 fn app_with_state(dir: &Path) -> (axum::Router, String, AppState) {
-    let store = Store::open(&dir.join("t.redb"), StoreOptions::default()).unwrap();
+    let pipeline = Pipeline::open(&dir.join("t.redb"), PipelineOptions::default()).unwrap();
     let token = kora_server::token::Token::load_or_create(dir).unwrap();
     let bearer = format!("Bearer {}", token.expose());
     let state = AppState::new(
-        Arc::new(store),
+        Arc::new(pipeline),
         Config {
             token,
             data_dir: dir.to_owned(),
@@ -111,8 +111,7 @@ fn app_with_state(dir: &Path) -> (axum::Router, String, AppState) {
                 extra_names: vec![],
             },
         },
-    )
-    .unwrap();
+    );
     (kora_server::router(state.clone()), bearer, state)
 }
 
@@ -376,7 +375,7 @@ async fn schema_openapi_responses_conform() {
     let (router, bearer, state) = app_with_state(dir.path());
     let doc = checked_in();
     let mut covered: BTreeSet<(String, String, u16)> = BTreeSet::new();
-    let now = kora_server::now_ms();
+    let now = kora_pipeline::clock::wall_ms();
 
     let send = |method: &'static str,
                 uri: String,
@@ -448,7 +447,9 @@ async fn schema_openapi_responses_conform() {
     let recording = kora_probe::Recording::from_json(&fixture["recording"].to_string()).unwrap();
     let mut probe = kora_probe::Probe::from_recording(recording);
     let _ = probe.snapshot(now - 1000);
-    kora_server::analytics::ingest_snapshot(&state, probe.snapshot(now), now)
+    state
+        .pipeline
+        .ingest_snapshot(probe.snapshot(now))
         .await
         .unwrap();
 
@@ -497,7 +498,7 @@ async fn schema_openapi_responses_conform() {
         {"kind": "context_oom", "model_id": "slow-13b", "session_id": "s1"},
         {"kind": "session_ended", "session_id": "s1"},
     ]}));
-    state.analytics.catch_up(&state).await.unwrap();
+    state.pipeline.catch_up().await.unwrap();
 
     // The views, the feedback on two suggestions, the readiness report.
     let suggestions = call!("GET", "/v1/suggestions?limit=1000");
@@ -518,7 +519,7 @@ async fn schema_openapi_responses_conform() {
     call!("POST", "/v1/suggestions/none/feedback", json json!({"action": "dismissed"}));
     call!("PUT", "/v1/cloud/readiness", json json!({"plugin_installed": true,
           "network_available": true, "authenticated": true, "credits_available": false}));
-    state.analytics.catch_up(&state).await.unwrap();
+    state.pipeline.catch_up().await.unwrap();
     for uri in [
         "/v1/health",
         "/v1/profile",

@@ -70,13 +70,13 @@ use kora_model::{
     ContextOom, ContextRequest, Event, EventBatch, LoadOutcome, ModelLoad, ProfileConstants,
     Readiness, Run, RunBatch, Sample, SampleBatch, SessionEvent, Signal, Substrate, prompt_hash,
 };
-use kora_policy::{CloudTiers, Thresholds};
+use kora_pipeline::{Pipeline, PipelineOptions};
+use kora_policy::Thresholds;
 use kora_probe::recorded::{
     RecordedAnswer, RecordedDevice, RecordedGpuTick, RecordedHostTick, RecordedNvml, RecordedValue,
 };
 use kora_probe::{GpuError, GpuMemory, Probe, Recording};
 use kora_server::{AppState, Config, HostPolicy};
-use kora_store::{Store, StoreOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -1245,14 +1245,14 @@ impl Service {
             .enable_all()
             .build()
             .unwrap();
-        let store = Store::open(&dir.join(DB_FILE), StoreOptions::default())
+        let pipeline = Pipeline::open(&dir.join(DB_FILE), PipelineOptions::default())
             .unwrap_or_else(|e| panic!("the store does not open cleanly: {e}"));
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let port = listener.local_addr().unwrap().port();
-        let state = AppState::with_thresholds(
-            Arc::new(store),
+        let state = AppState::new(
+            Arc::new(pipeline),
             Config {
                 token: kora_server::token::Token::load_or_create(dir).unwrap(),
                 data_dir: dir.to_owned(),
@@ -1261,10 +1261,7 @@ impl Service {
                     extra_names: vec![],
                 },
             },
-            Thresholds::embedded(),
-            CloudTiers::embedded(),
-        )
-        .unwrap_or_else(|e| panic!("the service cannot rebuild its state from the log: {e}"));
+        );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = rt.spawn(kora_server::serve(listener, state.clone(), async move {
             let _ = stopped.await;
@@ -1328,18 +1325,14 @@ impl Service {
     fn tick(&self, probe: &mut Probe, ts: i64) {
         let snapshot = probe.snapshot(ts);
         self.rt
-            .block_on(kora_server::analytics::ingest_snapshot(
-                &self.state,
-                snapshot,
-                ts,
-            ))
+            .block_on(self.state.pipeline.ingest_snapshot(snapshot))
             .unwrap_or_else(|e| panic!("a probe tick was not recorded: {e:?}"));
     }
 
     /// Waits until the follower has folded everything in the log and appended its outputs.
     fn settle(&self) {
         self.rt
-            .block_on(self.state.analytics.catch_up(&self.state))
+            .block_on(self.state.pipeline.catch_up())
             .unwrap_or_else(|e| panic!("the follower could not catch up: {e:?}"));
     }
 
@@ -2633,7 +2626,7 @@ fn target_dir() -> PathBuf {
 #[test]
 fn simulator_machine_week_and_injected_limits() {
     let started = Instant::now();
-    let base = (kora_server::now_ms() - 8 * DAY).div_euclid(DAY) * DAY;
+    let base = (kora_pipeline::clock::wall_ms() - 8 * DAY).div_euclid(DAY) * DAY;
     let only = std::env::var("KORA_SIM_ONLY").ok();
     let wanted = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
     let machines = machines();

@@ -56,6 +56,24 @@ impl AppError {
     }
 }
 
+impl From<kora_pipeline::WriteFailure> for AppError {
+    fn from(e: kora_pipeline::WriteFailure) -> Self {
+        use kora_pipeline::WriteFailure;
+        match e {
+            WriteFailure::Unavailable {
+                message,
+                retry_after_s,
+            } => AppError::Unavailable {
+                message,
+                retry_after_s,
+            },
+            WriteFailure::Conflict { message, field } => AppError::Conflict { message, field },
+            WriteFailure::DiskFull(_) => AppError::DiskFull,
+            WriteFailure::Internal(m) => AppError::Internal(m),
+        }
+    }
+}
+
 impl From<kora_store::ReadError> for AppError {
     fn from(e: kora_store::ReadError) -> Self {
         match e {

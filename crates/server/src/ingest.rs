@@ -8,11 +8,11 @@ use kora_model::{
     EventBatch, IngestAck, MAX_BATCH_ITEMS, Record, RunBatch, Sample, SampleBatch, Validate,
     validate_batch,
 };
-use kora_store::{Appended, Batch, WriteError};
+use kora_store::{Appended, Batch};
 use serde::de::DeserializeOwned;
 
-use crate::AppState;
 use crate::error::AppError;
+use crate::state::{AppState, INGEST_BUDGET_BYTES};
 use crate::strict::Strict;
 
 /// The depth MessagePack decoding may nest to. The records are at most four levels deep; the
@@ -146,55 +146,6 @@ fn check_batch<T: Validate>(
     Ok(())
 }
 
-/// Appends a batch through the store's group commit and waits for durability.
-pub async fn append(state: &AppState, name: &str, batch: Batch) -> Result<Appended, AppError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    state
-        .store
-        .submit(crate::now_ms(), batch, move |r| {
-            let _ = tx.send(r);
-        })
-        .map_err(|e| write_error(state, name, e))?;
-    let result = rx
-        .await
-        .map_err(|_| AppError::Internal("the store writer stopped without an answer".into()))?;
-    match result {
-        Ok(a) => {
-            state.health.clear();
-            state.notify_appended();
-            Ok(a)
-        }
-        Err(e) => Err(write_error(state, name, e)),
-    }
-}
-
-fn write_error(state: &AppState, name: &str, e: WriteError) -> AppError {
-    match e {
-        WriteError::Busy => AppError::Unavailable {
-            message: "the write queue is full; retry shortly".into(),
-            retry_after_s: 1,
-        },
-        WriteError::ShuttingDown => AppError::Unavailable {
-            message: "the service is shutting down".into(),
-            retry_after_s: 5,
-        },
-        WriteError::IdConflict { index, id } => AppError::Conflict {
-            message: format!(
-                "id {id:?} was already stored with different content; a retry must resend the same record"
-            ),
-            field: format!("{name}[{index}].id"),
-        },
-        WriteError::DiskFull(detail) => {
-            state.health.set(format!("disk full: {detail}"));
-            AppError::DiskFull
-        }
-        other => {
-            state.health.set(other.to_string());
-            AppError::Internal(other.to_string())
-        }
-    }
-}
-
 /// The acknowledgement of a stored batch.
 pub fn ack_of(a: Appended) -> IngestAck {
     IngestAck {
@@ -207,6 +158,15 @@ pub fn ack_of(a: Appended) -> IngestAck {
 
 fn ack(a: Appended) -> axum::Json<IngestAck> {
     axum::Json(ack_of(a))
+}
+
+/// Stores a client's batch through the pipeline and answers once it is durable.
+async fn store(
+    state: &AppState,
+    name: &str,
+    batch: Batch,
+) -> Result<axum::Json<IngestAck>, AppError> {
+    Ok(ack(state.pipeline.ingest(name, batch).await?))
 }
 
 /// What an ingest endpoint takes: `POST /v1/samples`, `/v1/runs` or `/v1/events`.
@@ -295,19 +255,9 @@ pub async fn post_samples(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<IngestAck>, AppError> {
     let (enc, body) = body_of(&headers, body)?;
-    let now = crate::now_ms();
-    let samples = decode_samples(enc, &body, now)?;
-    let appended = append(&state, "samples", Batch::Samples(samples.clone())).await?;
-    // Only newly stored samples feed the time windows; a retried batch changes nothing.
-    let (samples, seqs): (Vec<Sample>, Vec<u64>) = samples
-        .into_iter()
-        .zip(appended.seqs.iter().copied())
-        .filter(|(_, seq)| appended.first_new_seq.is_some_and(|first| *seq >= first))
-        .unzip();
-    let closed = state.analytics.observe_samples(&samples, &seqs, now);
-    crate::analytics::append_windows(&state, closed).await?;
-    fault::after_commit();
-    Ok(ack(appended))
+    let samples = decode_samples(enc, &body, state.now_ms())?;
+    // The store closes the time windows these samples complete in the same transaction.
+    store(&state, "samples", Batch::Samples(samples)).await
 }
 
 pub async fn post_runs(
@@ -316,10 +266,8 @@ pub async fn post_runs(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<IngestAck>, AppError> {
     let (enc, body) = body_of(&headers, body)?;
-    let records = decode_runs(enc, &body, crate::now_ms())?;
-    let appended = append(&state, "runs", Batch::Records(records)).await?;
-    fault::after_commit();
-    Ok(ack(appended))
+    let records = decode_runs(enc, &body, state.now_ms())?;
+    store(&state, "runs", Batch::Records(records)).await
 }
 
 pub async fn post_events(
@@ -328,67 +276,12 @@ pub async fn post_events(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<IngestAck>, AppError> {
     let (enc, body) = body_of(&headers, body)?;
-    let records = decode_events(enc, &body, crate::now_ms())?;
-    let appended = append(&state, "events", Batch::Records(records)).await?;
-    fault::after_commit();
-    Ok(ack(appended))
-}
-
-/// A test-only fault point between commit and response, for the crash test (`tests/it/crash.rs`).
-///
-/// `KORA_TEST_ABORT_AFTER_COMMIT=N`, read once when the service starts ([`crate::serve`]), makes
-/// the process abort (`std::process::abort`, no cleanup) on the Nth client ingest batch
-/// (`/v1/samples`, `/v1/runs`, `/v1/events`) that the store acknowledged as durable, after the
-/// commit and before the HTTP response is written: the client never sees the acknowledgement
-/// of a batch that is stored, and must retry it. Unset (always, outside tests), it costs one
-/// atomic load per batch and does nothing.
-pub mod fault {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    /// The environment variable that arms the fault point.
-    pub const ABORT_AFTER_COMMIT_ENV: &str = "KORA_TEST_ABORT_AFTER_COMMIT";
-
-    static ABORT_AFTER: OnceLock<u64> = OnceLock::new();
-    static COMMITTED: AtomicU64 = AtomicU64::new(0);
-
-    /// Reads [`ABORT_AFTER_COMMIT_ENV`] once; later calls change nothing. An armed fault point is
-    /// logged as a warning; a value that is not a positive whole number is refused.
-    pub fn arm_from_env() -> std::io::Result<()> {
-        let Some(raw) = std::env::var_os(ABORT_AFTER_COMMIT_ENV) else {
-            return Ok(());
-        };
-        let n = raw
-            .to_str()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .filter(|n| *n > 0)
-            .ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("{ABORT_AFTER_COMMIT_ENV}={raw:?} is not a positive whole number"),
-                )
-            })?;
-        if ABORT_AFTER.set(n).is_ok() {
-            tracing::warn!(
-                "{ABORT_AFTER_COMMIT_ENV}={n}: TEST FAULT POINT ARMED, the process aborts after \
-                 committing ingest batch {n}, before answering it"
-            );
-        }
-        Ok(())
-    }
-
-    /// Called by the ingest handlers after the store acknowledged a batch, before answering.
-    pub(crate) fn after_commit() {
-        if let Some(n) = ABORT_AFTER.get()
-            && COMMITTED.fetch_add(1, Ordering::SeqCst) + 1 == *n
-        {
-            std::process::abort();
-        }
-    }
+    let records = decode_events(enc, &body, state.now_ms())?;
+    store(&state, "events", Batch::Records(records)).await
 }
 
 /// Admits a request to an ingest endpoint, or answers `503` at once (before its body is read)
-/// when the bodies in flight would exceed [`crate::INGEST_BUDGET_BYTES`].
+/// when the bodies in flight would exceed [`INGEST_BUDGET_BYTES`].
 pub async fn admit(
     State(state): State<AppState>,
     request: axum::extract::Request,
@@ -409,7 +302,7 @@ pub async fn admit(
         return Err(AppError::Unavailable {
             message: format!(
                 "the ingest requests in flight already hold {} MiB of bodies; retry shortly",
-                crate::INGEST_BUDGET_BYTES / (1024 * 1024)
+                INGEST_BUDGET_BYTES / (1024 * 1024)
             ),
             retry_after_s: 1,
         });

@@ -14,15 +14,13 @@ use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use kora_model::{
-    ConsentRecord, ExportRecord, LogEntry, MIN_TS_MS, ProductMetrics, Record, RecordKind,
-};
+use kora_model::{ConsentRecord, ExportRecord, MIN_TS_MS, ProductMetrics, Record, RecordKind};
+use kora_pipeline::ReadModels;
 use kora_store::{Batch, Store};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
-use crate::cloud::CloudRunIndex;
 use crate::error::AppError;
 
 /// The one consent scope there is: aggregated product metrics.
@@ -59,23 +57,6 @@ pub async fn require_token(
         .into_response(),
     }
 }
-
-fn read_kinds(store: &Store, kinds: &[RecordKind]) -> Result<Vec<LogEntry>, kora_store::ReadError> {
-    let mut out = Vec::new();
-    for k in kinds {
-        out.extend(store.scan_kind(*k, 0, usize::MAX)?);
-    }
-    out.sort_by_key(|e| e.seq);
-    Ok(out)
-}
-
-const METRIC_KINDS: [RecordKind; 5] = [
-    RecordKind::Suggestion,
-    RecordKind::Feedback,
-    RecordKind::Firing,
-    RecordKind::Suppression,
-    RecordKind::MitigationOutcome,
-];
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, kora_store::ReadError> + Send + 'static,
@@ -136,17 +117,11 @@ pub async fn product(
     q: Result<Query<RangeQuery>, QueryRejection>,
 ) -> Result<Json<ProductMetrics>, AppError> {
     let Query(q) = q.map_err(|e| AppError::bad_request("invalid_query", e.body_text()))?;
-    let (name, from, to) = resolve_range(&q, crate::now_ms())?;
-    let store = state.store.clone();
-    let cloud = state.cloud_runs.clone();
-    let m = blocking(move || {
-        let entries = read_kinds(&store, &METRIC_KINDS)?;
-        let mut m = kora_window::product_metrics(&entries, &name, from, to);
-        cloud.with(&store, |c| c.fill(&mut m, true))?;
-        Ok(m)
-    })
-    .await?;
-    Ok(Json(m))
+    let (name, from, to) = resolve_range(&q, state.now_ms())?;
+    // From the read models, brought up to every acknowledged record first: the cost does not
+    // grow with the log.
+    state.pipeline.settle().await;
+    Ok(Json(state.pipeline.product_metrics(&name, from, to, true)))
 }
 
 /// The consent state and its history.
@@ -183,7 +158,7 @@ fn consent_state(store: &Store) -> Result<ConsentState, kora_store::ReadError> {
 
 /// `GET /v1/consent`.
 pub async fn get_consent(State(state): State<AppState>) -> Result<Json<ConsentState>, AppError> {
-    let store = state.store.clone();
+    let store = state.pipeline.store().clone();
     Ok(Json(blocking(move || consent_state(&store)).await?))
 }
 
@@ -224,20 +199,18 @@ pub async fn put_consent(
         ));
     }
     let record = ConsentRecord {
-        ts_ms: crate::now_ms(),
+        ts_ms: state.now_ms(),
         scope: SCOPE.into(),
         enabled: change.enabled,
         actor,
         shown: CONSENT_TEXT.into(),
-        thresholds_version: state.analytics.thresholds().version().to_owned(),
+        thresholds_version: state.pipeline.thresholds().version().to_owned(),
     };
-    crate::ingest::append(
-        &state,
-        "consent",
-        Batch::Records(vec![Record::Consent(record)]),
-    )
-    .await?;
-    let store = state.store.clone();
+    state
+        .pipeline
+        .append("consent", Batch::Records(vec![Record::Consent(record)]))
+        .await?;
+    let store = state.pipeline.store().clone();
     Ok(Json(blocking(move || consent_state(&store)).await?))
 }
 
@@ -256,47 +229,51 @@ pub struct Bundle {
     pub all: ProductMetrics,
 }
 
-/// Builds the bundle from the log: the same log gives the same bytes. The cloud runs are
-/// counted without their models (`cloud_runs_by_model` is left out).
+/// Builds the bundle from the read models (the log folded up to now): the same log gives the
+/// same bytes. The cloud runs are counted without their models (`cloud_runs_by_model` is left
+/// out).
 fn build_bundle(
-    store: &Store,
-    cloud: &CloudRunIndex,
+    read: &ReadModels,
     thresholds_version: &str,
-) -> Result<(Bundle, Vec<u8>), kora_store::ReadError> {
-    let entries = read_kinds(store, &METRIC_KINDS)?;
-    let bundle = cloud.with(store, |cloud| {
-        let newest_cloud = cloud.newest();
-        let as_of_seq = entries
-            .last()
-            .map(|e| e.seq)
-            .into_iter()
-            .chain(newest_cloud.map(|c| c.0))
-            .max()
-            .unwrap_or(0);
-        let as_of_ms = entries
-            .iter()
-            .filter_map(|e| e.record.ts_ms())
-            .chain(newest_cloud.map(|c| c.1))
-            .max()
-            .unwrap_or(MIN_TS_MS);
-        let metrics = |range: &str, from: i64| {
-            let mut m = kora_window::product_metrics(&entries, range, from, as_of_ms + 1);
-            cloud.fill(&mut m, false);
-            m
-        };
-        Bundle {
-            format: BUNDLE_FORMAT,
-            scope: SCOPE,
-            thresholds_version: thresholds_version.to_owned(),
-            as_of_seq,
-            as_of_ms,
-            last_7d: metrics("7d", as_of_ms - 7 * DAY_MS),
-            all: metrics("all", MIN_TS_MS),
-        }
-    })?;
+) -> Result<(Bundle, Vec<u8>), AppError> {
+    let (newest_seq, newest_ts) = read.product.newest();
+    let newest_cloud = read.cloud.newest();
+    let as_of_seq = newest_seq
+        .into_iter()
+        .chain(newest_cloud.map(|c| c.0))
+        .max()
+        .unwrap_or(0);
+    let as_of_ms = newest_ts
+        .into_iter()
+        .chain(newest_cloud.map(|c| c.1))
+        .max()
+        .unwrap_or(MIN_TS_MS);
+    let metrics = |range: &str, from: i64| {
+        let mut m = read.product.metrics(range, from, as_of_ms + 1);
+        read.cloud.fill(&mut m, false);
+        m
+    };
+    let bundle = Bundle {
+        format: BUNDLE_FORMAT,
+        scope: SCOPE,
+        thresholds_version: thresholds_version.to_owned(),
+        as_of_seq,
+        as_of_ms,
+        last_7d: metrics("7d", as_of_ms - 7 * DAY_MS),
+        all: metrics("all", MIN_TS_MS),
+    };
     let bytes = serde_json::to_vec_pretty(&bundle)
-        .map_err(|e| kora_store::ReadError::Storage(format!("cannot encode the bundle: {e}")))?;
+        .map_err(|e| AppError::Internal(format!("cannot encode the bundle: {e}")))?;
     Ok((bundle, bytes))
+}
+
+/// The bundle an export would send now: the read models brought up to the log first.
+async fn bundle_now(state: &AppState) -> Result<(Bundle, Vec<u8>), AppError> {
+    state.pipeline.settle().await;
+    let version = state.pipeline.thresholds().version().to_owned();
+    state
+        .pipeline
+        .with_read(|read| build_bundle(read, &version))
 }
 
 fn last_export(store: &Store) -> Result<Option<ExportRecord>, kora_store::ReadError> {
@@ -342,14 +319,10 @@ pub struct ExportPreview {
 
 /// `GET /v1/export/preview`: works with or without consent.
 pub async fn preview(State(state): State<AppState>) -> Result<Json<ExportPreview>, AppError> {
-    let store = state.store.clone();
-    let cloud = state.cloud_runs.clone();
-    let version = state.analytics.thresholds().version().to_owned();
-    let (bundle, bytes, last, consent) = blocking(move || {
-        let (b, bytes) = build_bundle(&store, &cloud, &version)?;
-        Ok((b, bytes, last_export(&store)?, consent_state(&store)?))
-    })
-    .await?;
+    let (bundle, bytes) = bundle_now(&state).await?;
+    let store = state.pipeline.store().clone();
+    let (last, consent) =
+        blocking(move || Ok((last_export(&store)?, consent_state(&store)?))).await?;
     let digest = hex::encode(Sha256::digest(&bytes));
     let changed = match last {
         None => ChangedSinceLastExport {
@@ -454,14 +427,9 @@ pub async fn export(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ExportOutcome>, AppError> {
     let request: ExportRequest = crate::ingest::decode(&headers, body)?;
-    let store = state.store.clone();
-    let cloud = state.cloud_runs.clone();
-    let version = state.analytics.thresholds().version().to_owned();
-    let (bundle, bytes, consent) = blocking(move || {
-        let (b, bytes) = build_bundle(&store, &cloud, &version)?;
-        Ok((b, bytes, consent_state(&store)?))
-    })
-    .await?;
+    let (bundle, bytes) = bundle_now(&state).await?;
+    let store = state.pipeline.store().clone();
+    let consent = blocking(move || consent_state(&store)).await?;
     if !consent.export_enabled {
         return Err(AppError::Forbidden(
             "export is off: nothing leaves this machine until you opt in \
@@ -543,18 +511,16 @@ pub async fn export(
         }
     };
     let record = ExportRecord {
-        ts_ms: crate::now_ms(),
+        ts_ms: state.now_ms(),
         destination: destination.clone(),
         digest: digest.clone(),
         bytes: bytes.len() as u64,
         as_of_seq: Some(bundle.as_of_seq),
     };
-    crate::ingest::append(
-        &state,
-        "export",
-        Batch::Records(vec![Record::Export(record)]),
-    )
-    .await?;
+    state
+        .pipeline
+        .append("export", Batch::Records(vec![Record::Export(record)]))
+        .await?;
     Ok(Json(ExportOutcome::Exported(Exported {
         exported: true,
         destination,
@@ -718,24 +684,25 @@ pub async fn prometheus(State(state): State<AppState>) -> Result<Response, AppEr
         state: String,
     }
 
-    let store = state.store.clone();
-    let cloud = state.cloud_runs.clone();
-    let (entries, stats, (cloud_runs, cloud_tokens, cloud_by_model)) = blocking(move || {
-        let cloud = cloud.with(&store, |c| {
-            let by_model: Vec<(String, u64)> = c
-                .per_model_all_time(kora_model::MAX_CLOUD_MODELS)
-                .0
-                .into_iter()
-                .map(|(m, n)| (m.to_owned(), n))
-                .collect();
-            let all = c.summary(i64::MIN, i64::MAX);
-            (all.count, all.tokens, by_model)
-        })?;
-        Ok((read_kinds(&store, &METRIC_KINDS)?, store.stats()?, cloud))
-    })
-    .await?;
-    let m = kora_window::product_metrics(&entries, "all", MIN_TS_MS, i64::MAX);
-    let triggers = state.analytics.with_engine(|e| e.triggers());
+    // From the read models and the store's counts: the cost does not grow with the log.
+    state.pipeline.settle().await;
+    let store = state.pipeline.store().clone();
+    let stats = blocking(move || store.stats()).await?;
+    let (m, (cloud_runs, cloud_tokens, cloud_by_model)) = state.pipeline.with_read(|r| {
+        let c = &r.cloud;
+        let by_model: Vec<(String, u64)> = c
+            .per_model_all_time(kora_model::MAX_CLOUD_MODELS)
+            .0
+            .into_iter()
+            .map(|(m, n)| (m.to_owned(), n))
+            .collect();
+        let all = c.summary(i64::MIN, i64::MAX);
+        (
+            r.product.metrics("all", MIN_TS_MS, i64::MAX),
+            (all.count, all.tokens, by_model),
+        )
+    });
+    let triggers = state.pipeline.with_engine(|e| e.triggers());
 
     let mut registry = Registry::with_prefix("kora");
     let count = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);

@@ -44,7 +44,7 @@ fn no_snapshot() -> AppError {
 /// `GET /v1/profile`: the LocalCapabilityProfile and the hardware snapshot it came from.
 pub async fn profile(State(state): State<AppState>) -> Result<Json<ProfileRecord>, AppError> {
     state
-        .analytics
+        .pipeline
         .profile_now()
         .map(Json)
         .ok_or_else(no_snapshot)
@@ -83,11 +83,11 @@ pub async fn fit(
             field: Some("model_required_vram_mb".into()),
         });
     }
-    let hardware = state.analytics.hardware().ok_or_else(no_snapshot)?;
-    let thresholds = state.analytics.thresholds();
+    let hardware = state.pipeline.hardware().ok_or_else(no_snapshot)?;
+    let thresholds = state.pipeline.thresholds();
     Ok(Json(kora_probe::fit_check(
         &hardware,
-        &state.analytics.models(),
+        &state.pipeline.models(),
         vram,
         q.context_tokens,
         &thresholds.file().profile,
@@ -106,7 +106,7 @@ pub struct TriggersView {
 /// `GET /v1/triggers`: each category's state per scope, with its latest evidence.
 pub async fn triggers(State(state): State<AppState>) -> Json<TriggersView> {
     let (thresholds_version, triggers) = state
-        .analytics
+        .pipeline
         .with_engine(|e| (e.thresholds().version().to_owned(), e.triggers()));
     Json(TriggersView {
         thresholds_version,
@@ -129,7 +129,7 @@ pub struct ThresholdsView {
 
 /// `GET /v1/thresholds`: the active versioned set and the cloud tier table.
 pub async fn thresholds(State(state): State<AppState>) -> Json<ThresholdsView> {
-    state.analytics.with_engine(|e| {
+    state.pipeline.with_engine(|e| {
         Json(ThresholdsView {
             version: e.thresholds().version().to_owned(),
             fingerprint: e.thresholds().fingerprint(),
@@ -269,7 +269,7 @@ pub async fn suggestions(
             field: Some("category".into()),
         });
     }
-    let store = state.store.clone();
+    let store = state.pipeline.store().clone();
     let (suggestions, firings, feedback, outcomes, suppressions) =
         tokio::task::spawn_blocking(move || -> Result<_, kora_store::ReadError> {
             Ok((
@@ -340,20 +340,6 @@ pub async fn suggestions(
     }))
 }
 
-/// Finds a suggestion by id among the recent ones.
-fn find_suggestion(
-    store: &kora_store::Store,
-    id: &str,
-) -> Result<Option<kora_model::Suggestion>, kora_store::ReadError> {
-    Ok(store
-        .recent(None, Some(kora_model::RecordKind::Suggestion), LOOKBACK)?
-        .into_iter()
-        .find_map(|e| match e.record {
-            kora_model::Record::Suggestion(s) if s.suggestion_id == id => Some(s),
-            _ => None,
-        }))
-}
-
 /// `POST /v1/suggestions/{id}/feedback`: accept or dismiss a suggestion.
 pub async fn feedback(
     State(state): State<AppState>,
@@ -373,11 +359,13 @@ pub async fn feedback(
         ));
     }
     fb.suggestion_id = id.clone();
-    fb.validate(crate::now_ms())
+    fb.validate(state.now_ms())
         .map_err(|e| AppError::invalid(e.field, e.message))?;
-    let store = state.store.clone();
+    // Through the read models' id index, however old the suggestion.
+    state.pipeline.settle().await;
+    let pipeline = state.pipeline.clone();
     let lookup = id.clone();
-    let suggestion = tokio::task::spawn_blocking(move || find_suggestion(&store, &lookup))
+    let suggestion = tokio::task::spawn_blocking(move || pipeline.suggestion(&lookup))
         .await
         .map_err(|e| AppError::Internal(e.to_string()))??
         .ok_or_else(|| AppError::NotFound(format!("no suggestion {id:?}")))?;
@@ -390,12 +378,13 @@ pub async fn feedback(
             format!("{choice:?} is not an option of this suggestion; its options are {ids:?}"),
         ));
     }
-    let a = crate::ingest::append(
-        &state,
-        "feedback",
-        kora_store::Batch::Records(vec![kora_model::Record::Feedback(fb)]),
-    )
-    .await?;
+    let a = state
+        .pipeline
+        .append(
+            "feedback",
+            kora_store::Batch::Records(vec![kora_model::Record::Feedback(fb)]),
+        )
+        .await?;
     Ok(Json(crate::ingest::ack_of(a)))
 }
 
@@ -407,14 +396,15 @@ pub async fn readiness(
 ) -> Result<Json<kora_model::IngestAck>, AppError> {
     use kora_model::Validate;
     let r: kora_model::Readiness = crate::ingest::decode(&headers, body)?;
-    r.validate(crate::now_ms())
+    r.validate(state.now_ms())
         .map_err(|e| AppError::invalid(e.field, e.message))?;
-    let a = crate::ingest::append(
-        &state,
-        "readiness",
-        kora_store::Batch::Records(vec![kora_model::Record::Readiness(r)]),
-    )
-    .await?;
+    let a = state
+        .pipeline
+        .append(
+            "readiness",
+            kora_store::Batch::Records(vec![kora_model::Record::Readiness(r)]),
+        )
+        .await?;
     Ok(Json(crate::ingest::ack_of(a)))
 }
 
@@ -469,7 +459,7 @@ pub async fn windows(
             field: Some("kind".into()),
         });
     }
-    let store = state.store.clone();
+    let store = state.pipeline.store().clone();
     let windows = tokio::task::spawn_blocking(move || -> Result<_, kora_store::ReadError> {
         let mut out = Vec::new();
         let mut before = None;
@@ -571,10 +561,10 @@ pub async fn series(
     q: Result<Query<SeriesQuery>, QueryRejection>,
 ) -> Result<Json<SeriesView>, AppError> {
     let q = query(q)?;
-    let store = state.store.clone();
+    let store = state.pipeline.store().clone();
     // Every parameter is checked, whether or not `series` is given.
     // Any i64 may arrive: the arithmetic saturates, and a span that does not fit is refused.
-    let to = q.to_ms.unwrap_or_else(|| crate::now_ms().saturating_add(1));
+    let to = q.to_ms.unwrap_or_else(|| state.now_ms().saturating_add(1));
     let from = q.from_ms.unwrap_or(to.saturating_sub(3600 * 1000));
     let points = q.points.unwrap_or(200);
     if !(1..=2000).contains(&points) {

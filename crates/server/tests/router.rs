@@ -10,8 +10,8 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use kora_model::*;
 use kora_model::{HardwareSnapshot, ProfileRecord};
+use kora_pipeline::{Clock, Pipeline, PipelineOptions, SystemClock};
 use kora_server::{AppState, Config, HostPolicy};
-use kora_store::{Store, StoreOptions};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -25,9 +25,9 @@ struct App {
 
 fn app() -> App {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("t.redb"), StoreOptions::default()).unwrap();
+    let pipeline = Pipeline::open(&dir.path().join("t.redb"), PipelineOptions::default()).unwrap();
     let state = AppState::new(
-        Arc::new(store),
+        Arc::new(pipeline),
         Config {
             token: kora_server::token::Token::load_or_create(dir.path()).unwrap(),
             data_dir: dir.path().to_owned(),
@@ -36,8 +36,7 @@ fn app() -> App {
                 extra_names: vec![],
             },
         },
-    )
-    .unwrap();
+    );
     App {
         router: kora_server::router(state.clone()),
         state,
@@ -84,7 +83,7 @@ impl App {
 }
 
 fn now() -> i64 {
-    kora_server::now_ms()
+    SystemClock.now_ms()
 }
 
 fn run_json(run_id: &str) -> Value {
@@ -192,6 +191,61 @@ async fn samples_runs_and_events_are_acknowledged_with_their_seqs() {
         runs[0]["ts_ms"].as_i64().unwrap() > MIN_TS_MS,
         "the server stamps a time"
     );
+}
+
+/// Issue 13: a samples request cost two fsyncs (the samples, then the windows they closed, in
+/// a second transaction that a crash could lose). Now the windows are closed inside the
+/// samples' transaction: one commit, and the windows are in the log when the answer comes,
+/// before any follower runs.
+#[tokio::test]
+async fn a_samples_request_costs_one_commit_with_the_windows_it_closes() {
+    let app = app();
+    let t0 = (now() - 3_600_000).div_euclid(60_000) * 60_000;
+    let batch = |from: i64, n: i64| {
+        let samples: Vec<Value> = (0..n)
+            .map(|i| json!({"id": format!("w{from}-{i}"), "signal": "active_sessions", "value": (i % 3) as f64, "ts_ms": from + i * 5_000}))
+            .collect();
+        json!({ "samples": samples })
+    };
+    let store = app.state.pipeline.store().clone();
+    let (s, _) = app.post("/v1/samples", batch(t0, 12)).await;
+    assert_eq!(s, StatusCode::OK);
+    let windows = || {
+        store
+            .scan_kind(RecordKind::Window, 0, usize::MAX)
+            .unwrap()
+            .len()
+    };
+    assert_eq!(windows(), 0, "the first minute is still open");
+    let before = store.commits();
+    // Three more minutes: the first three close.
+    let (s, ack) = app.post("/v1/samples", batch(t0 + 60_000, 36)).await;
+    assert_eq!(s, StatusCode::OK, "{ack}");
+    assert_eq!(
+        store.commits() - before,
+        1,
+        "one durable commit for the samples and the windows they closed"
+    );
+    assert_eq!(
+        windows(),
+        3,
+        "the closed minutes are in the log with the answer"
+    );
+    let last_sample = ack["last_seq"].as_u64().unwrap();
+    let first_window = store.scan_kind(RecordKind::Window, 0, 1).unwrap()[0].seq;
+    assert!(
+        first_window > last_sample,
+        "the windows follow the samples that closed them"
+    );
+    // A retry stores nothing, closes nothing, and still costs one commit.
+    let before = store.commits();
+    let (s, ack) = app.post("/v1/samples", batch(t0 + 60_000, 36)).await;
+    assert_eq!(
+        (s, ack["accepted"].as_u64(), ack["duplicates"].as_u64()),
+        (StatusCode::OK, Some(0), Some(36))
+    );
+    assert!(store.commits() - before <= 1);
+    assert_eq!(windows(), 3);
 }
 
 #[tokio::test]
@@ -580,7 +634,9 @@ async fn profile_and_fit_answer_from_the_latest_snapshot() {
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
 
     let snapshot = recorded_snapshot("desktop_rtx4090.json");
-    kora_server::analytics::ingest_snapshot(&app.state, snapshot.clone(), now())
+    app.state
+        .pipeline
+        .ingest_snapshot(snapshot.clone())
         .await
         .unwrap();
     let (s, v) = app.get("/v1/profile").await;
@@ -621,9 +677,7 @@ async fn profile_and_fit_answer_from_the_latest_snapshot() {
     // A CPU-only machine says so, and sizes its largest model from RAM (its models run
     // from RAM), saying so.
     let cpu = recorded_snapshot("cpu_only_16c_64gb_busy.json");
-    kora_server::analytics::ingest_snapshot(&app.state, cpu, now())
-        .await
-        .unwrap();
+    app.state.pipeline.ingest_snapshot(cpu).await.unwrap();
     let (_, v) = app.get("/v1/profile").await;
     assert!(
         v["hardware"]["gpu_unavailable"]
@@ -656,7 +710,7 @@ async fn the_workloads_own_cpu_load_does_not_lower_concurrency() {
         .collect();
     let (s, v) = app.post("/v1/samples", json!({"samples": samples})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    app.state.analytics.catch_up(&app.state).await.unwrap();
+    app.state.pipeline.catch_up().await.unwrap();
     let (_, w) = app.get("/v1/windows?kind=time&metric=cpu_load_pct").await;
     assert!(
         w["windows"]
@@ -674,12 +728,10 @@ async fn the_workloads_own_cpu_load_does_not_lower_concurrency() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    app.state.analytics.catch_up(&app.state).await.unwrap();
+    app.state.pipeline.catch_up().await.unwrap();
     let busy = recorded_snapshot("cpu_only_16c_64gb_busy.json");
     assert_eq!(busy.cpu_load_pct, Some(95.0));
-    kora_server::analytics::ingest_snapshot(&app.state, busy, now())
-        .await
-        .unwrap();
+    app.state.pipeline.ingest_snapshot(busy).await.unwrap();
     let (_, v) = app.get("/v1/profile").await;
     assert_eq!(
         v["profile"]["max_recommended_concurrency"]["value"],
@@ -700,7 +752,7 @@ async fn a_failed_model_load_fires_and_suggests_through_the_log() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
-    app.state.analytics.catch_up(&app.state).await.unwrap();
+    app.state.pipeline.catch_up().await.unwrap();
     let (_, firings) = app.get("/v1/log?kind=firing").await;
     let firings = firings["entries"].as_array().unwrap().clone();
     assert_eq!(firings.len(), 1, "{firings:?}");
@@ -718,7 +770,7 @@ async fn a_failed_model_load_fires_and_suggests_through_the_log() {
     );
     // Catching up again derives nothing new.
     let before = app.counts().await;
-    app.state.analytics.catch_up(&app.state).await.unwrap();
+    app.state.pipeline.catch_up().await.unwrap();
     assert_eq!(app.counts().await, before);
 }
 
@@ -763,7 +815,7 @@ async fn populated(app: &App) -> Vec<String> {
     ids.push("secret-session-1".into());
     let (s, _) = app.post("/v1/runs", json!({ "runs": runs })).await;
     assert_eq!(s, StatusCode::OK);
-    app.state.analytics.catch_up(&app.state).await.unwrap();
+    app.state.pipeline.catch_up().await.unwrap();
     let (_, v) = app.get("/v1/suggestions").await;
     let id = v["suggestions"][0]["suggestion"]["suggestion_id"]
         .as_str()
@@ -776,7 +828,7 @@ async fn populated(app: &App) -> Vec<String> {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
-    app.state.analytics.catch_up(&app.state).await.unwrap();
+    app.state.pipeline.catch_up().await.unwrap();
     ids
 }
 
@@ -1664,9 +1716,9 @@ async fn foreign_origins_and_simple_content_types_are_refused_on_every_write() {
 #[tokio::test]
 async fn beyond_loopback_every_route_needs_the_token() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("t.redb"), StoreOptions::default()).unwrap();
+    let pipeline = Pipeline::open(&dir.path().join("t.redb"), PipelineOptions::default()).unwrap();
     let mut state = AppState::new(
-        Arc::new(store),
+        Arc::new(pipeline),
         Config {
             token: kora_server::token::Token::load_or_create(dir.path()).unwrap(),
             data_dir: dir.path().to_owned(),
@@ -1675,8 +1727,7 @@ async fn beyond_loopback_every_route_needs_the_token() {
                 extra_names: vec!["telemetry.lan".into()],
             },
         },
-    )
-    .unwrap();
+    );
     state.token_everywhere = true;
     let token = state.config.token.expose().to_owned();
     let router = kora_server::router(state);

@@ -180,6 +180,8 @@ pub struct Store {
     path: PathBuf,
     sender: Mutex<Option<SyncSender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Durable transactions committed since open.
+    commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -188,6 +190,12 @@ impl std::fmt::Debug for Store {
     }
 }
 impl Store {
+    /// How many durable transactions (fsyncs) the writer committed since the store was opened:
+    /// every batch shares one with the batches committed with it (group commit).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The file this store lives in.
     pub fn path(&self) -> &Path {
         &self.path

@@ -140,6 +140,7 @@ impl Store {
         let (series, heads) = load_series(&db).map_err(not_a_store)?;
         let db: DbSlot = Arc::new(std::sync::RwLock::new(Some(Arc::new(db))));
         let (sender, receiver) = sync_channel(options.queue_batches.max(1));
+        let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let writer = Writer {
             db: db.clone(),
             path: path.to_owned(),
@@ -149,6 +150,7 @@ impl Store {
             series,
             heads,
             deriver,
+            commits: commits.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("kora-store-writer".into())
@@ -163,6 +165,7 @@ impl Store {
             path: path.to_owned(),
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(handle)),
+            commits,
         };
         // Warm the counts answered while the file is being reopened after a failure.
         let _ = store.stats();

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 
 use kora_model::{Record, Sample, Signal};
@@ -65,6 +66,8 @@ pub(crate) struct Writer {
     pub(crate) heads: HashMap<u32, HeadState>,
     /// Sees each batch's new samples inside the transaction ([`crate::Store::open_with_deriver`]).
     pub(crate) deriver: Option<Box<dyn SampleDeriver>>,
+    /// Durable transactions committed since open ([`crate::Store::commits`]).
+    pub(crate) commits: Arc<AtomicU64>,
 }
 
 /// The samples of one group commit, gathered per series and written when the group ends.
@@ -145,6 +148,7 @@ impl Writer {
         })();
         match result {
             Ok(()) => {
+                self.commits.fetch_add(1, Ordering::Relaxed);
                 // Only now is the group's view of the series store the stored one.
                 self.series.extend(pending.new_series);
                 self.heads.extend(heads);

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use kora_model::{LogEntry, MAX_CLOUD_MODELS, ModelCloudRuns, ProductMetrics, Record, Substrate};
 
 /// One cloud run, as [`CloudRuns`] keeps it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Row {
     seq: u64,
     ts_ms: i64,
@@ -22,7 +22,7 @@ struct Row {
 }
 
 /// The cloud runs of the log, in seq order.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CloudRuns {
     /// One past the highest seq pushed (any kind); 0 before the first.
     next_seq: u64,

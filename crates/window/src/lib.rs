@@ -35,8 +35,9 @@
 //!
 //! # Product metrics and cloud runs
 //!
-//! [`product_metrics`] computes the specification's Section 8 metrics over a range from the
-//! derived records of the log. [`CloudRuns`] folds the log's runs into one small row per run
+//! [`ProductIndex`] folds the derived records of the log into the specification's Section 8
+//! metrics, answered over any range from small rows and running totals ([`product_metrics`]
+//! folds a slice of entries the same way). [`CloudRuns`] folds the log's runs into one small row per run
 //! that executed on Krako Cloud, so that the metrics can count them (per model too) and the
 //! service can list them without reading every run again: cloud execution is never hidden.
 
@@ -47,12 +48,7 @@ mod runs;
 mod time;
 
 pub use cloud::{CloudRunSummary, CloudRuns};
-pub use metrics::product_metrics;
+pub use metrics::{ProductIndex, product_metrics};
 pub use quantile::{Digest, SCALE, SIGNIFICANT_DIGITS, Summary, quantile, summarize};
-pub use runs::{RunBlock, RunPoint, RunWindows};
-pub use time::{PushOutcome, TimeWindows, scope_of_series};
-
-/// The window kind of a block of runs in a `window` record.
-pub const WINDOW_KIND_RUNS: &str = "runs";
-/// The window kind of an epoch-aligned time window in a `window` record.
-pub const WINDOW_KIND_TIME: &str = "time";
+pub use runs::{RunBlock, RunPoint, RunWindows, WINDOW_KIND_RUNS};
+pub use time::{PushOutcome, TimeWindows, WINDOW_KIND_TIME, scope_of_series};

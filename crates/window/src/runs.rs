@@ -5,8 +5,10 @@ use std::collections::{BTreeMap, VecDeque};
 use kora_model::{Run, WindowRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::WINDOW_KIND_RUNS;
 use crate::quantile::{Summary, summarize};
+
+/// The window kind of a block of runs in a `window` record.
+pub const WINDOW_KIND_RUNS: &str = "runs";
 
 /// The per-run values the windows keep of one run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use kora_model::WindowRecord;
 use serde::{Deserialize, Serialize};
 
-use crate::WINDOW_KIND_TIME;
 use crate::quantile::Digest;
+
+/// The window kind of an epoch-aligned time window in a `window` record.
+pub const WINDOW_KIND_TIME: &str = "time";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct OpenWindow {
@@ -65,6 +67,10 @@ impl TimeWindows {
 
     pub fn window_ms(&self) -> i64 {
         self.window_ms
+    }
+
+    pub fn grace_ms(&self) -> i64 {
+        self.grace_ms
     }
 
     pub fn watermark(&self) -> Option<i64> {

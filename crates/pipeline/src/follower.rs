@@ -1,33 +1,82 @@
-//! What the service derives from the log while it runs: time windows from samples, the
-//! capability profile, and the policy engine's firings and suggestions.
+//! The follower: folds the log through the policy engine, in seq order, and appends the
+//! engine's outputs together with a cursor (the seq of the last input they answer) in one
+//! transaction. After a crash the follower refolds the inputs up to the cursor silently and
+//! answers the rest: no output is lost or written twice.
 //!
-//! The engine folds the log in seq order. Its outputs are appended together with a cursor (the
-//! seq of the last input they answer) in one transaction, so after a crash the service refolds
-//! the inputs up to the cursor silently and answers the rest: no output is lost or written
-//! twice. Time windows are closed from samples (the probe's and the clients') and appended to
-//! the log as `window` records, which the engine then folds like any other input; replay from
-//! the log alone is therefore exact.
+//! The same fold keeps the model catalog (for the capability profile) and the read models the
+//! read endpoints answer from ([`ReadModels`]), and writes a checkpoint of all of it every
+//! [`CHECKPOINT_EVERY`] entries, so that a restart resumes from the newest checkpoint instead
+//! of folding the whole log.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use kora_model::{
-    HardwareSnapshot, LocalCapabilityProfile, LogEntry, ProfileRecord, Record, RecordKind, Sample,
-    WindowRecord,
+    HardwareSnapshot, LocalCapabilityProfile, LogEntry, ProfileRecord, Record, RecordKind,
 };
 use kora_policy::{CloudTiers, Engine, Thresholds};
-use kora_probe::{ModelCatalog, Probe, compute_profile, snapshot_to_samples};
+use kora_probe::ModelCatalog;
 use kora_store::{Batch, ReadError, Store};
-use kora_window::TimeWindows;
+use kora_window::{CloudRuns, ProductIndex};
 
-use crate::AppState;
-use crate::error::AppError;
+use crate::clock::Clock;
+use crate::profile::{materially_changed, profile_of};
+use crate::write::{WriteFailure, Writer};
 
 /// How many log entries the follower reads at a time.
 const PAGE: usize = 1_000;
 
 /// How many log entries the follower folds between two checkpoints of its state.
 pub const CHECKPOINT_EVERY: u64 = 20_000;
+
+/// What the read endpoints answer from, folded with the log: the Section 8 metrics and the
+/// suggestion id index ([`ProductIndex`]), and the cloud runs ([`CloudRuns`]). Each costs a
+/// small row per suggestion, firing, suppression, outcome or cloud run; none per local run.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReadModels {
+    pub product: ProductIndex,
+    pub cloud: CloudRuns,
+}
+
+impl ReadModels {
+    fn push(&mut self, entry: &LogEntry) {
+        self.product.push(entry);
+        self.cloud.push(entry);
+    }
+
+    /// The read models of the log's entries up to `up_to` (for a checkpoint written before
+    /// they were checkpointed): only the kinds they keep are read.
+    fn of_prefix(store: &Store, up_to: u64) -> Result<ReadModels, ReadError> {
+        let mut entries = Vec::new();
+        for kind in [
+            RecordKind::Suggestion,
+            RecordKind::Feedback,
+            RecordKind::Firing,
+            RecordKind::Suppression,
+            RecordKind::MitigationOutcome,
+            RecordKind::Run,
+        ] {
+            let mut from = 0;
+            loop {
+                let page = store.scan_kind(kind, from, PAGE)?;
+                let Some(last) = page.last().map(|e| e.seq) else {
+                    break;
+                };
+                from = last + 1;
+                entries.extend(page.into_iter().filter(|e| e.seq <= up_to));
+                if last >= up_to {
+                    break;
+                }
+            }
+        }
+        entries.sort_by_key(|e| e.seq);
+        let mut read = ReadModels::default();
+        for e in &entries {
+            read.push(e);
+        }
+        Ok(read)
+    }
+}
 
 /// What a checkpoint record holds (MessagePack with field names, in
 /// [`kora_model::CheckpointRecord::state`]): the follower's state after folding the log up to
@@ -36,7 +85,9 @@ pub const CHECKPOINT_EVERY: u64 = 20_000;
 ///
 /// Checkpoints written before thresholds 1.1.0 also hold a `cpu_load_p95` (the profile no
 /// longer reads the CPU load); unknown fields are ignored, and such checkpoints belong to
-/// thresholds 1.0.0, so they are skipped by version anyway.
+/// thresholds 1.0.0, so they are skipped by version anyway. Checkpoints written before the
+/// read models existed have no `read`: the read models are then folded from the log's
+/// suggestions, feedback, firings, suppressions, outcomes and runs once, at start.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct FollowerState {
     engine: kora_policy::EngineState,
@@ -44,6 +95,8 @@ struct FollowerState {
     recorded_profile: Option<LocalCapabilityProfile>,
     #[serde(default)]
     fingerprints: BTreeMap<String, String>,
+    #[serde(default)]
+    read: Option<ReadModels>,
 }
 
 /// Why the derived state could not be rebuilt at start.
@@ -64,18 +117,28 @@ pub enum RebuildError {
     },
 }
 
-/// Derived state, rebuilt from the log at start.
+/// Why a catch-up pass stopped; the next pass starts again from the last folded entry.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error("cannot read the log: {0}")]
+    Read(#[from] ReadError),
+    #[error("cannot append the derived records: {0}")]
+    Write(#[from] WriteFailure),
+    #[error("the read task failed: {0}")]
+    Task(String),
+}
+
+/// The follower's state, rebuilt from the log at start.
 #[derive(Debug)]
-pub struct Analytics {
+pub struct Follower {
     inner: Mutex<Inner>,
     /// Serialises catch-up passes, so that outputs are appended in input order.
-    follow: tokio::sync::Mutex<()>,
+    pass: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug)]
 struct Inner {
     engine: Engine,
-    windows: TimeWindows,
     catalog: ModelCatalog,
     hardware: Option<HardwareSnapshot>,
     /// The last profile written to the log.
@@ -87,29 +150,20 @@ struct Inner {
     /// The thresholds fingerprint of each version the log's decisions were made with (the
     /// first seen).
     fingerprints: BTreeMap<String, String>,
+    read: ReadModels,
 }
 
-impl Analytics {
-    /// Rebuilds the derived state from `store`: folds the log (outputs up to the engine cursor
-    /// are already in the log and are dropped) and reopens the time windows of recent samples.
+impl Follower {
+    /// Rebuilds the follower's state from `store`: folds the log up to the engine cursor (the
+    /// outputs of those entries are already in the log and are dropped), resuming from the
+    /// newest usable checkpoint when `checkpoints`.
     pub fn rebuild(
         store: &Store,
         thresholds: Thresholds,
         tiers: CloudTiers,
-    ) -> Result<Analytics, RebuildError> {
-        Analytics::rebuild_from(store, thresholds, tiers, true)
-    }
-
-    /// [`Analytics::rebuild`], resuming from the newest usable checkpoint when `checkpoints`.
-    fn rebuild_from(
-        store: &Store,
-        thresholds: Thresholds,
-        tiers: CloudTiers,
         checkpoints: bool,
-    ) -> Result<Analytics, RebuildError> {
+    ) -> Result<Follower, RebuildError> {
         let cursor = store.engine_cursor()?;
-        let window_ms = thresholds.window_ms();
-        let grace_ms = thresholds.grace_ms();
         let resume = if checkpoints {
             latest_checkpoint(store, &thresholds, cursor)?
         } else {
@@ -117,13 +171,13 @@ impl Analytics {
         };
         let mut inner = Inner {
             engine: Engine::new(thresholds.clone(), tiers.clone()),
-            windows: TimeWindows::new(window_ms, grace_ms),
             catalog: ModelCatalog::new(),
             hardware: None,
             recorded_profile: None,
             folded: 0,
             checkpointed: 0,
             fingerprints: BTreeMap::new(),
+            read: ReadModels::default(),
         };
         let mut from = 0;
         if let Some((up_to, state)) = resume {
@@ -131,6 +185,10 @@ impl Analytics {
             inner.catalog = state.catalog;
             inner.recorded_profile = state.recorded_profile;
             inner.fingerprints = state.fingerprints;
+            inner.read = match state.read {
+                Some(read) => read,
+                None => ReadModels::of_prefix(store, up_to)?,
+            };
             inner.folded = up_to;
             inner.checkpointed = up_to;
             from = up_to + 1;
@@ -161,10 +219,9 @@ impl Analytics {
                 now,
             });
         }
-        inner.reopen_windows(store)?;
-        Ok(Analytics {
+        Ok(Follower {
             inner: Mutex::new(inner),
-            follow: tokio::sync::Mutex::new(()),
+            pass: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -179,13 +236,18 @@ impl Analytics {
         self.lock().engine.thresholds().clone()
     }
 
+    /// The last log seq folded.
+    pub fn folded(&self) -> u64 {
+        self.lock().folded
+    }
+
     /// The latest hardware snapshot and the profile computed from it now.
     pub fn profile_now(&self) -> Option<ProfileRecord> {
         let inner = self.lock();
         let hardware = inner.hardware.clone()?;
         Some(ProfileRecord {
             ts_ms: hardware.ts_ms,
-            profile: inner.profile_for(&hardware),
+            profile: profile_of(inner.engine.thresholds(), &inner.catalog, &hardware),
             hardware,
         })
     }
@@ -200,26 +262,10 @@ impl Analytics {
         f(&self.lock().engine)
     }
 
-    /// Feeds durable samples into the time windows; returns the windows that closed.
-    pub fn observe_samples(
-        &self,
-        samples: &[Sample],
-        seqs: &[u64],
-        now_ms: i64,
-    ) -> Vec<WindowRecord> {
-        let mut inner = self.lock();
-        let mut closed = Vec::new();
-        for (sample, seq) in samples.iter().zip(seqs) {
-            let Some(value) = sample.value else { continue };
-            let ts = sample.ts_ms.unwrap_or(now_ms);
-            closed.extend(
-                inner
-                    .windows
-                    .push(&sample.series_key(), *seq, ts, value)
-                    .closed,
-            );
-        }
-        closed
+    /// Runs `f` over the read models under the lock. They hold the log up to
+    /// [`Follower::folded`].
+    pub fn with_read<T>(&self, f: impl FnOnce(&ReadModels) -> T) -> T {
+        f(&self.lock().read)
     }
 
     /// The models the runtime reported (loads and context requests), folded from the log.
@@ -232,7 +278,7 @@ impl Analytics {
     pub fn observe_hardware(&self, snapshot: HardwareSnapshot) -> Option<ProfileRecord> {
         let mut inner = self.lock();
         inner.hardware = Some(snapshot.clone());
-        let profile = inner.profile_for(&snapshot);
+        let profile = profile_of(inner.engine.thresholds(), &inner.catalog, &snapshot);
         if inner
             .recorded_profile
             .as_ref()
@@ -248,16 +294,16 @@ impl Analytics {
         })
     }
 
-    /// Folds every log entry not folded yet and appends the outputs. Safe to call from many
-    /// tasks: passes run one at a time.
-    pub async fn catch_up(&self, state: &AppState) -> Result<(), AppError> {
-        let _pass = self.follow.lock().await;
+    /// Folds every log entry not folded yet and appends the outputs with their cursor. Safe to
+    /// call from many tasks: passes run one at a time. Returns once the whole log is folded.
+    pub async fn catch_up(&self, writer: &Writer) -> Result<(), FollowError> {
+        let _pass = self.pass.lock().await;
         loop {
             let from = self.lock().folded + 1;
-            let store = state.store.clone();
+            let store = writer.store().clone();
             let page = tokio::task::spawn_blocking(move || store.scan(from, PAGE))
                 .await
-                .map_err(|e| AppError::Internal(e.to_string()))??;
+                .map_err(|e| FollowError::Task(e.to_string()))??;
             let Some(last) = page.last().map(|e| e.seq) else {
                 return Ok(());
             };
@@ -272,7 +318,7 @@ impl Analytics {
                     outputs.push(Record::Profile(profile));
                 }
                 if inner.folded - inner.checkpointed >= CHECKPOINT_EVERY {
-                    match inner.checkpoint(crate::now_ms()) {
+                    match inner.checkpoint(writer.clock().as_ref()) {
                         Ok(c) => {
                             checkpoint = Some(inner.folded);
                             outputs.push(c);
@@ -282,15 +328,15 @@ impl Analytics {
                 }
             }
             if !outputs.is_empty() {
-                crate::ingest::append(
-                    state,
-                    "derived",
-                    Batch::Derived {
-                        records: outputs,
-                        cursor: last,
-                    },
-                )
-                .await?;
+                writer
+                    .append(
+                        "derived",
+                        Batch::Derived {
+                            records: outputs,
+                            cursor: last,
+                        },
+                    )
+                    .await?;
                 if let Some(up_to) = checkpoint {
                     let mut inner = self.lock();
                     inner.checkpointed = inner.checkpointed.max(up_to);
@@ -346,15 +392,16 @@ fn latest_checkpoint(
 
 impl Inner {
     /// A checkpoint record of the state after folding up to `self.folded`.
-    fn checkpoint(&self, now_ms: i64) -> Result<Record, rmp_serde::encode::Error> {
+    fn checkpoint(&self, clock: &dyn Clock) -> Result<Record, rmp_serde::encode::Error> {
         let state = FollowerState {
             engine: self.engine.state().clone(),
             catalog: self.catalog.clone(),
             recorded_profile: self.recorded_profile.clone(),
             fingerprints: self.fingerprints.clone(),
+            read: Some(self.read.clone()),
         };
         Ok(Record::Checkpoint(kora_model::CheckpointRecord {
-            ts_ms: now_ms,
+            ts_ms: clock.now_ms(),
             up_to_seq: self.folded,
             thresholds_version: self.engine.thresholds().version().to_owned(),
             thresholds_fingerprint: Some(self.engine.thresholds().fingerprint()),
@@ -384,6 +431,7 @@ impl Inner {
     fn fold(&mut self, entry: &LogEntry) -> Vec<Record> {
         self.folded = self.folded.max(entry.seq);
         self.note_thresholds(&entry.record);
+        self.read.push(entry);
         match &entry.record {
             Record::Profile(p) => self.recorded_profile = Some(p.profile.clone()),
             record => {
@@ -396,22 +444,14 @@ impl Inner {
         self.engine.step(entry)
     }
 
-    fn profile_for(&self, hardware: &HardwareSnapshot) -> LocalCapabilityProfile {
-        let t = self.engine.thresholds();
-        compute_profile(hardware, &self.catalog, &t.file().profile, t.version())
-    }
-
     /// After new model records: the profile to record, if it differs from the recorded one.
     fn profile_if_models_changed(&mut self) -> Option<ProfileRecord> {
         let hardware = self.hardware.clone()?;
-        let profile = self.profile_for(&hardware);
-        if self.recorded_profile.as_ref() == Some(&profile) {
-            return None;
-        }
+        let profile = profile_of(self.engine.thresholds(), &self.catalog, &hardware);
         if self
             .recorded_profile
             .as_ref()
-            .is_some_and(|old| !materially_changed(old, &profile))
+            .is_some_and(|old| old == &profile || !materially_changed(old, &profile))
         {
             return None;
         }
@@ -422,227 +462,6 @@ impl Inner {
             hardware,
         })
     }
-
-    /// Reopens the time windows: samples after the newest closed window of their series are
-    /// fed again, so a window open at a crash or a stop is closed once, with all its samples.
-    fn reopen_windows(&mut self, store: &Store) -> Result<(), ReadError> {
-        let mut closed_until: std::collections::BTreeMap<String, i64> = Default::default();
-        let mut before = None;
-        // The newest closed window of each series, from the most recent window records.
-        for _ in 0..20 {
-            let page = store.recent(before, Some(RecordKind::Window), PAGE)?;
-            let Some(last) = page.last() else { break };
-            before = Some(last.seq);
-            for e in &page {
-                if let Record::Window(w) = &e.record
-                    && w.window_kind == kora_window::WINDOW_KIND_TIME
-                {
-                    closed_until.entry(w.metric.clone()).or_insert(w.end_ms);
-                }
-            }
-        }
-        let horizon = crate::now_ms() - 24 * 3600 * 1000;
-        for series in store.series()? {
-            let from = closed_until.get(&series).copied().unwrap_or(horizon);
-            // Streamed a chunk at a time, in no particular order: the windows still open at
-            // the end are the same whatever the order (a sample is late only for a window that
-            // closed, and the watermark ends at the newest sample either way); what closes
-            // here is dropped, as before.
-            store.each_sample(&series, from, i64::MAX, |seq, ts, value| {
-                if let Some(v) = value {
-                    // Windows that close here were already closed before the restart only if
-                    // they end at or before `from`, and those samples were not fed.
-                    let _ = self.windows.push(&series, seq, ts, v);
-                }
-            })?;
-        }
-        Ok(())
-    }
-}
-
-/// Whether a profile differs enough from the recorded one to record it again: a field became
-/// known or unknown, or a recommendation moved by 5% or more. Free VRAM moves a little with
-/// every sample; a record per tick would drown the log.
-///
-/// The `from` strings are not compared: they embed this second's free memory, so comparing
-/// them recorded a profile on almost every pass (about 9,000 a machine-week at a 60 s probe,
-/// found by the machine-day simulator).
-fn materially_changed(old: &LocalCapabilityProfile, new: &LocalCapabilityProfile) -> bool {
-    let moved = |a: &kora_model::Derived, b: &kora_model::Derived| match (a.value, b.value) {
-        (Some(x), Some(y)) => {
-            let base = x.abs().max(1.0);
-            (x - y).abs() / base >= 0.05
-        }
-        (None, None) => a.unknown != b.unknown,
-        _ => true,
-    };
-    let model_changed = |a: &kora_model::ModelProfile, b: &kora_model::ModelProfile| {
-        a.model_required_vram_mb != b.model_required_vram_mb
-            || a.params_b != b.params_b
-            || a.quantization != b.quantization
-            || a.kv_cache_bytes_per_token != b.kv_cache_bytes_per_token
-            || moved(&a.supported_context_tokens, &b.supported_context_tokens)
-    };
-    old.models.len() != new.models.len()
-        || old
-            .models
-            .iter()
-            .zip(&new.models)
-            .any(|((ka, a), (kb, b))| ka != kb || model_changed(a, b))
-        || moved(
-            &old.max_recommended_model_vram_mb,
-            &new.max_recommended_model_vram_mb,
-        )
-        || moved(
-            &old.max_recommended_context_tokens,
-            &new.max_recommended_context_tokens,
-        )
-        || moved(
-            &old.max_recommended_concurrency,
-            &new.max_recommended_concurrency,
-        )
-        || old.thresholds_version != new.thresholds_version
-}
-
-/// Appends closed windows to the log (they are inputs of the engine).
-pub async fn append_windows(state: &AppState, windows: Vec<WindowRecord>) -> Result<(), AppError> {
-    if windows.is_empty() {
-        return Ok(());
-    }
-    let records = windows.into_iter().map(Record::Window).collect();
-    crate::ingest::append(state, "windows", Batch::Records(records)).await?;
-    Ok(())
-}
-
-/// Follows the log until the process ends: wakes on every durable append, and every second.
-pub async fn follow(state: AppState) {
-    loop {
-        tokio::select! {
-            () = state.appended.notified() => {},
-            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {},
-        }
-        if let Err(e) = state.analytics.catch_up(&state).await {
-            tracing::warn!(error = ?e, "the engine could not catch up with the log; retrying");
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        }
-    }
-}
-
-/// Samples the hardware every `interval` and ingests the readings like a client would.
-///
-/// The first snapshot is taken at once; the later ones on the interval's boundaries (multiples
-/// of `interval` since the epoch), and every snapshot is stamped with its tick: the time
-/// rounded to the interval. Stamps a few milliseconds late on every tick would cost the series
-/// store about twice the bytes a sample (pco encodes a constant step in almost nothing).
-///
-/// Once an hour (and at the first tick) it also applies `retention` to the stored samples.
-pub async fn sample(
-    state: AppState,
-    probe: Probe,
-    interval: std::time::Duration,
-    retention: kora_store::Retention,
-) {
-    let probe = Arc::new(Mutex::new(probe));
-    let period_ms = i64::try_from(interval.as_millis())
-        .unwrap_or(i64::MAX)
-        .max(1);
-    let now = crate::now_ms();
-    let to_boundary = u64::try_from(period_ms - now.rem_euclid(period_ms)).unwrap_or(0);
-    let mut ticker = tokio::time::interval_at(
-        tokio::time::Instant::now() + std::time::Duration::from_millis(to_boundary),
-        interval,
-    );
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut first = true;
-    let mut compacted_at: Option<tokio::time::Instant> = None;
-    loop {
-        if !std::mem::take(&mut first) {
-            ticker.tick().await;
-        }
-        if compacted_at.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(3600)) {
-            compacted_at = Some(tokio::time::Instant::now());
-            compact(&state, retention).await;
-        }
-        let now = tick_of(crate::now_ms(), period_ms);
-        let p = probe.clone();
-        let snapshot = match tokio::task::spawn_blocking(move || {
-            p.lock().unwrap_or_else(|e| e.into_inner()).snapshot(now)
-        })
-        .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "the hardware probe failed");
-                continue;
-            }
-        };
-        match ingest_snapshot(&state, snapshot, now).await {
-            Ok(()) => {}
-            // Shutting down, or a full queue: the next tick samples again.
-            Err(e @ AppError::Unavailable { .. }) => {
-                tracing::debug!(error = ?e, "hardware snapshot not recorded")
-            }
-            Err(e) => tracing::warn!(error = ?e, "could not record a hardware snapshot"),
-        }
-    }
-}
-
-/// Applies the sample retention, a bounded step at a time so writers never wait long.
-async fn compact(state: &AppState, retention: kora_store::Retention) {
-    let store = state.store.clone();
-    let done = tokio::task::spawn_blocking(move || {
-        let mut total = kora_store::Compacted::default();
-        loop {
-            let c = store.compact(crate::now_ms(), &retention)?;
-            total.chunks_rolled_up += c.chunks_rolled_up;
-            total.samples_rolled_up += c.samples_rolled_up;
-            total.rollups_dropped += c.rollups_dropped;
-            if !c.more {
-                return Ok::<_, kora_store::WriteError>(total);
-            }
-        }
-    })
-    .await;
-    match done {
-        Ok(Ok(c)) if c != kora_store::Compacted::default() => tracing::info!(
-            chunks = c.chunks_rolled_up,
-            samples = c.samples_rolled_up,
-            rollups_dropped = c.rollups_dropped,
-            "old samples rolled up"
-        ),
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "sample retention failed; retrying in an hour"),
-        Err(e) => tracing::error!(error = %e, "sample retention panicked"),
-    }
-}
-
-/// `now_ms` rounded to the nearest multiple of `period_ms`.
-fn tick_of(now_ms: i64, period_ms: i64) -> i64 {
-    let period = period_ms.max(1);
-    (now_ms + period / 2).div_euclid(period) * period
-}
-
-/// Records one snapshot: its samples, the windows they close, and the profile if it changed.
-pub async fn ingest_snapshot(
-    state: &AppState,
-    snapshot: HardwareSnapshot,
-    now_ms: i64,
-) -> Result<(), AppError> {
-    let samples = snapshot_to_samples(&snapshot);
-    if !samples.is_empty() {
-        let a = crate::ingest::append(state, "samples", Batch::Samples(samples.clone())).await?;
-        let closed = state.analytics.observe_samples(&samples, &a.seqs, now_ms);
-        append_windows(state, closed).await?;
-    }
-    if let Some(profile) = state.analytics.observe_hardware(snapshot) {
-        crate::ingest::append(
-            state,
-            "profile",
-            Batch::Records(vec![Record::Profile(profile)]),
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -686,7 +505,11 @@ mod tests {
             outputs.extend(inner.fold(&entry));
         }
         if checkpoint {
-            outputs.push(inner.checkpoint(1_900_000_000_000).unwrap());
+            outputs.push(
+                inner
+                    .checkpoint(&crate::ManualClock::new(1_900_000_000_000))
+                    .unwrap(),
+            );
             inner.checkpointed = inner.folded;
         }
         store
@@ -705,7 +528,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("c.redb"), Default::default()).unwrap();
         let rebuild = |checkpoints| {
-            Analytics::rebuild_from(
+            Follower::rebuild(
                 &store,
                 Thresholds::embedded(),
                 CloudTiers::embedded(),
@@ -764,12 +587,20 @@ mod tests {
         assert_eq!(resumed.engine.state(), inner.engine.state());
         assert_eq!(resumed.catalog, full.catalog);
         assert_eq!(resumed.recorded_profile, full.recorded_profile);
+        assert_eq!(
+            resumed.read, full.read,
+            "the read models resumed from the checkpoint are those of a full fold"
+        );
+        assert!(
+            resumed.read.product.rows() > 0,
+            "the log's decisions are in the read models"
+        );
 
         // Other thresholds: the checkpoint is not theirs, so the whole log is folded.
         let mut file = Thresholds::embedded().file().clone();
         file.version = "1.9.0".into();
         file.windows.runs_per_block = 20;
-        let other = Analytics::rebuild_from(
+        let other = Follower::rebuild(
             &store,
             Thresholds::from_file(file).unwrap(),
             CloudTiers::embedded(),
@@ -799,7 +630,7 @@ mod tests {
         store
             .append(1_900_000_000_000, Batch::Records(runs))
             .unwrap();
-        let mut inner = Analytics::rebuild_from(&store, custom(10), CloudTiers::embedded(), true)
+        let mut inner = Follower::rebuild(&store, custom(10), CloudTiers::embedded(), true)
             .unwrap()
             .inner
             .into_inner()
@@ -807,7 +638,7 @@ mod tests {
         follow(&store, &mut inner, true);
 
         // The same content starts, from its checkpoint, and has seen the decisions.
-        let same = Analytics::rebuild_from(&store, custom(10), CloudTiers::embedded(), true)
+        let same = Follower::rebuild(&store, custom(10), CloudTiers::embedded(), true)
             .unwrap()
             .inner
             .into_inner()
@@ -820,7 +651,7 @@ mod tests {
         );
 
         // Other content under the same version is refused, naming the version.
-        let err = Analytics::rebuild_from(&store, custom(20), CloudTiers::embedded(), true)
+        let err = Follower::rebuild(&store, custom(20), CloudTiers::embedded(), true)
             .err()
             .unwrap();
         assert!(
@@ -829,13 +660,5 @@ mod tests {
         );
         assert!(err.to_string().contains("1.9.0"), "{err}");
         assert!(err.to_string().contains("new MINOR version"), "{err}");
-    }
-
-    #[test]
-    fn snapshots_are_stamped_with_their_tick() {
-        assert_eq!(super::tick_of(1_700_000_004_998, 5000), 1_700_000_005_000);
-        assert_eq!(super::tick_of(1_700_000_005_003, 5000), 1_700_000_005_000);
-        assert_eq!(super::tick_of(1_700_000_002_499, 5000), 1_700_000_000_000);
-        assert_eq!(super::tick_of(1_700_000_000_123, 1), 1_700_000_000_123);
     }
 }

@@ -1,0 +1,253 @@
+//! The kora-telemetry service without HTTP: everything between the store and the handlers.
+//!
+//! A [`Pipeline`] owns the store handle and:
+//! - appends every batch through the store's group commit ([`Writer`]), reporting storage
+//!   health ([`HealthFlag`]);
+//! - closes time windows inside the transaction that stores the samples that close them
+//!   ([`WindowDeriver`], the store's sample deriver), so no window is ever lost;
+//! - follows the log ([`Follower`]): folds it through the policy engine in seq order and
+//!   appends the engine's outputs with their cursor in one transaction, checkpointing its
+//!   state, and keeps the read models the read endpoints answer from ([`ReadModels`]);
+//! - samples the hardware and applies the retention on a schedule ([`sampler`]).
+//!
+//! Time comes from the injected [`Clock`]; the crash tests' fault points are injected
+//! [`Faults`]. The server crate keeps HTTP alone and calls this crate; this crate never
+//! depends on axum or the server.
+//!
+//! Module dependencies run one way: `clock`, `faults`, `health` <- `write` <- `profile` <-
+//! `follower` <- `sampler`; `windows` stands alone; this file ties them together and no module
+//! uses it.
+
+pub mod clock;
+pub mod faults;
+pub mod follower;
+pub mod health;
+pub mod profile;
+pub mod sampler;
+pub mod windows;
+pub mod write;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kora_model::{HardwareSnapshot, ProductMetrics, ProfileRecord, Record, Suggestion};
+use kora_policy::{CloudTiers, Engine, Thresholds};
+use kora_probe::{ModelCatalog, Probe};
+use kora_store::{Appended, Batch, ReadError, Retention, Store, StoreOptions};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use faults::Faults;
+pub use follower::{CHECKPOINT_EVERY, FollowError, Follower, ReadModels, RebuildError};
+pub use health::HealthFlag;
+pub use windows::WindowDeriver;
+pub use write::{WriteFailure, Writer};
+
+/// How a pipeline is built.
+#[derive(Debug)]
+pub struct PipelineOptions {
+    pub store: StoreOptions,
+    pub thresholds: Thresholds,
+    pub tiers: CloudTiers,
+    pub clock: Arc<dyn Clock>,
+    pub faults: Faults,
+    /// Resume the follower from the newest usable checkpoint (else fold the whole log).
+    pub checkpoints: bool,
+}
+
+impl Default for PipelineOptions {
+    /// The embedded thresholds and tiers, the system clock, no faults, checkpoints used.
+    fn default() -> Self {
+        PipelineOptions {
+            store: StoreOptions::default(),
+            thresholds: Thresholds::embedded(),
+            tiers: CloudTiers::embedded(),
+            clock: Arc::new(SystemClock),
+            faults: Faults::none(),
+            checkpoints: true,
+        }
+    }
+}
+
+/// Why a pipeline could not be opened; the store file is left as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] kora_store::OpenError),
+    #[error("cannot rebuild the derived state from the log: {0}")]
+    Rebuild(#[from] RebuildError),
+}
+
+/// The service without HTTP. Share it behind an `Arc`.
+#[derive(Debug)]
+pub struct Pipeline {
+    writer: Writer,
+    follower: Follower,
+    faults: Faults,
+    started_ms: i64,
+}
+
+impl Pipeline {
+    /// Opens (or creates) the store at `path` with the time-window deriver, and rebuilds the
+    /// follower's state from its log.
+    pub fn open(path: &Path, options: PipelineOptions) -> Result<Pipeline, OpenError> {
+        let PipelineOptions {
+            store,
+            thresholds,
+            tiers,
+            clock,
+            faults,
+            checkpoints,
+        } = options;
+        let windows = thresholds.clone();
+        let store = Store::open_with_deriver(path, store, move |saved| {
+            Box::new(WindowDeriver::resume(&windows, saved))
+        })?;
+        let follower = Follower::rebuild(&store, thresholds, tiers, checkpoints)?;
+        let started_ms = clock.now_ms();
+        Ok(Pipeline {
+            writer: Writer::new(Arc::new(store), clock),
+            follower,
+            faults,
+            started_ms,
+        })
+    }
+
+    /// Now, by the pipeline's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.writer.clock().now_ms()
+    }
+
+    /// Whole seconds since the pipeline was opened, by its clock.
+    pub fn uptime_s(&self) -> u64 {
+        u64::try_from((self.now_ms() - self.started_ms) / 1000).unwrap_or(0)
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        self.writer.store()
+    }
+
+    pub fn health(&self) -> &HealthFlag {
+        self.writer.health()
+    }
+
+    pub fn follower(&self) -> &Follower {
+        &self.follower
+    }
+
+    /// Appends a batch the service itself makes (feedback, readiness, consent, export) and
+    /// waits until it is durable.
+    pub async fn append(&self, name: &str, batch: Batch) -> Result<Appended, WriteFailure> {
+        self.writer.append(name, batch).await
+    }
+
+    /// Appends a client's ingest batch and waits until it is durable; the crash tests' fault
+    /// point fires here, after the commit and before the answer.
+    pub async fn ingest(&self, name: &str, batch: Batch) -> Result<Appended, WriteFailure> {
+        let appended = self.writer.append(name, batch).await?;
+        self.faults.after_commit();
+        Ok(appended)
+    }
+
+    /// Folds every log entry not folded yet and appends the outputs.
+    pub async fn catch_up(&self) -> Result<(), FollowError> {
+        self.follower.catch_up(&self.writer).await
+    }
+
+    /// Brings the follower (and so the engine's state and the read models) up to every record
+    /// acknowledged so far, before a read that must see them. On a running service the
+    /// follower is usually there already and this costs one empty read; a failure is logged
+    /// and the read answers from what is folded.
+    pub async fn settle(&self) {
+        if let Err(e) = self.catch_up().await {
+            tracing::warn!(error = %e, "the engine could not catch up with the log before a read");
+        }
+    }
+
+    /// Follows the log until the task is dropped: wakes on every durable append, and every
+    /// second.
+    pub async fn follow(&self) {
+        loop {
+            tokio::select! {
+                () = self.writer.appended() => {},
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {},
+            }
+            if let Err(e) = self.catch_up().await {
+                tracing::warn!(error = %e, "the engine could not catch up with the log; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    /// Samples the hardware every `interval` until the task is dropped (see [`sampler::run`]).
+    pub async fn sample(&self, probe: Probe, interval: std::time::Duration, retention: Retention) {
+        sampler::run(&self.writer, &self.follower, probe, interval, retention).await
+    }
+
+    /// Records one hardware snapshot (the sampler's one-tick path).
+    pub async fn ingest_snapshot(&self, snapshot: HardwareSnapshot) -> Result<(), WriteFailure> {
+        sampler::ingest_snapshot(&self.writer, &self.follower, snapshot).await
+    }
+
+    /// The thresholds in force.
+    pub fn thresholds(&self) -> Thresholds {
+        self.follower.thresholds()
+    }
+
+    /// The latest hardware snapshot and the profile computed from it now.
+    pub fn profile_now(&self) -> Option<ProfileRecord> {
+        self.follower.profile_now()
+    }
+
+    /// The latest hardware snapshot.
+    pub fn hardware(&self) -> Option<HardwareSnapshot> {
+        self.follower.hardware()
+    }
+
+    /// The models the log reported.
+    pub fn models(&self) -> ModelCatalog {
+        self.follower.models()
+    }
+
+    /// Runs `f` over the engine.
+    pub fn with_engine<T>(&self, f: impl FnOnce(&Engine) -> T) -> T {
+        self.follower.with_engine(f)
+    }
+
+    /// Runs `f` over the read models.
+    pub fn with_read<T>(&self, f: impl FnOnce(&ReadModels) -> T) -> T {
+        self.follower.with_read(f)
+    }
+
+    /// The Section 8 metrics over `from_ms <= ts < to_ms`, named `range`, with the cloud runs
+    /// of the range (per model when `per_model`), from the read models: the cost does not grow
+    /// with the log.
+    pub fn product_metrics(
+        &self,
+        range: &str,
+        from_ms: i64,
+        to_ms: i64,
+        per_model: bool,
+    ) -> ProductMetrics {
+        self.follower.with_read(|r| {
+            let mut m = r.product.metrics(range, from_ms, to_ms);
+            r.cloud.fill(&mut m, per_model);
+            m
+        })
+    }
+
+    /// The suggestion with this id, found through the read models' id index, however old.
+    /// Blocking (it reads the store).
+    pub fn suggestion(&self, id: &str) -> Result<Option<Suggestion>, ReadError> {
+        let Some(seq) = self.follower.with_read(|r| r.product.suggestion_seq(id)) else {
+            return Ok(None);
+        };
+        Ok(self
+            .store()
+            .scan(seq, 1)?
+            .into_iter()
+            .find_map(|e| match e.record {
+                Record::Suggestion(s) if e.seq == seq && s.suggestion_id == id => Some(s),
+                _ => None,
+            }))
+    }
+}

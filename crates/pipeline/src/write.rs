@@ -1,0 +1,113 @@
+//! The one way records reach the log: the store's group commit, awaited, with the storage
+//! health it reports and a wake-up for the follower after every durable append.
+
+use std::sync::Arc;
+
+use kora_store::{Appended, Batch, Store, WriteError};
+
+use crate::clock::Clock;
+use crate::health::HealthFlag;
+
+/// Why a batch was not stored. Nothing of the batch is stored in every case.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteFailure {
+    /// The write queue is full or the service is stopping: retry after `retry_after_s`.
+    #[error("{message}")]
+    Unavailable { message: String, retry_after_s: u32 },
+    /// A client id was stored before with other content; `field` names the record.
+    #[error("{message}")]
+    Conflict { message: String, field: String },
+    /// The disk holding the store is full.
+    #[error("the disk is full: {0}")]
+    DiskFull(String),
+    /// Anything else (logged; the health flag says what).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Appends batches through the store's group commit.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    store: Arc<Store>,
+    clock: Arc<dyn Clock>,
+    health: Arc<HealthFlag>,
+    appended: Arc<tokio::sync::Notify>,
+}
+
+impl Writer {
+    pub fn new(store: Arc<Store>, clock: Arc<dyn Clock>) -> Writer {
+        Writer {
+            store,
+            clock,
+            health: Arc::default(),
+            appended: Arc::default(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn health(&self) -> &HealthFlag {
+        &self.health
+    }
+
+    /// Resolves at the next durable append (or at once if one happened since the last wait).
+    pub async fn appended(&self) {
+        self.appended.notified().await;
+    }
+
+    /// Appends `batch` (its items named `name` in errors, e.g. `runs[3].id`) and waits until
+    /// it is durable.
+    pub async fn append(&self, name: &str, batch: Batch) -> Result<Appended, WriteFailure> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.store
+            .submit(self.clock.now_ms(), batch, move |r| {
+                let _ = tx.send(r);
+            })
+            .map_err(|e| self.failure(name, e))?;
+        let result = rx.await.map_err(|_| {
+            WriteFailure::Internal("the store writer stopped without an answer".into())
+        })?;
+        match result {
+            Ok(a) => {
+                self.health.clear();
+                self.appended.notify_one();
+                Ok(a)
+            }
+            Err(e) => Err(self.failure(name, e)),
+        }
+    }
+
+    fn failure(&self, name: &str, e: WriteError) -> WriteFailure {
+        match e {
+            WriteError::Busy => WriteFailure::Unavailable {
+                message: "the write queue is full; retry shortly".into(),
+                retry_after_s: 1,
+            },
+            WriteError::ShuttingDown => WriteFailure::Unavailable {
+                message: "the service is shutting down".into(),
+                retry_after_s: 5,
+            },
+            WriteError::IdConflict { index, id } => WriteFailure::Conflict {
+                message: format!(
+                    "id {id:?} was already stored with different content; a retry must resend the same record"
+                ),
+                field: format!("{name}[{index}].id"),
+            },
+            WriteError::DiskFull(detail) => {
+                self.health
+                    .set(self.clock.now_ms(), format!("disk full: {detail}"));
+                WriteFailure::DiskFull(detail)
+            }
+            other => {
+                self.health.set(self.clock.now_ms(), other.to_string());
+                WriteFailure::Internal(other.to_string())
+            }
+        }
+    }
+}
