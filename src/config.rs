@@ -612,6 +612,19 @@ mod tests {
         else {
             panic!("not an object");
         };
+        let layered = Layered {
+            data_dir: DataDir {
+                path: PathBuf::from("/nonexistent"),
+                source: Source::Default,
+            },
+            file: PathBuf::from("/nonexistent").join(CONFIG_FILE),
+            file_read: false,
+            settings: Settings::default(),
+            sources: BTreeMap::new(),
+        };
+        let config = layered.validate().unwrap();
+        assert_eq!(config.probe_interval, Duration::from_secs(5));
+        assert_eq!(config.retention.rollup_step_ms, 3_600_000);
         let d = Settings::default();
         for h in [
             d.probe_interval,
@@ -634,6 +647,36 @@ mod tests {
                 if s.key == "hosts" { "host" } else { s.key }
             });
         }
+    }
+
+    #[test]
+    fn the_readme_example_is_a_valid_config_toml() {
+        let readme = include_str!("../README.md");
+        let example = readme
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("README.md has a ```toml block");
+        let settings: Settings = Figment::from(Toml::string(example)).extract().unwrap();
+        assert_eq!(settings.hosts, ["kora.local"]);
+        let defaults = Settings::default();
+        assert_eq!(
+            (settings.listen, &settings.probe_interval, &settings.log),
+            (defaults.listen, &defaults.probe_interval, &defaults.log),
+            "the README shows the defaults"
+        );
+        assert_eq!(
+            (
+                &settings.retain_raw,
+                &settings.retain_rollups,
+                &settings.rollup_step
+            ),
+            (
+                &defaults.retain_raw,
+                &defaults.retain_rollups,
+                &defaults.rollup_step
+            ),
+        );
     }
 
     #[test]
