@@ -20,7 +20,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use kora_model::{
+    Category, ContextRequest, Event, EventBatch, Feedback, FeedbackAction, LoadOutcome, ModelLoad,
+    Readiness, Run, RunBatch, Sample, SampleBatch, SessionEvent, Signal, Stage, StageKind,
+    Substrate,
+};
+use kora_policy::TriggerState;
+
+use crate::client::Client;
 
 /// What `demo` was asked to do.
 #[derive(Debug)]
@@ -196,8 +203,7 @@ const HUGE: ModelSpec = ModelSpec {
 /// The workload's state.
 #[derive(Debug)]
 struct Workload {
-    http: ureq::Agent,
-    base: String,
+    client: Client,
     rng: Rng,
     run_no: u64,
     /// Live runs of the slow model so far: its generation time grows with them.
@@ -207,57 +213,83 @@ struct Workload {
     dismissed_context: bool,
 }
 
+fn session_event(session_id: &str, ts_ms: i64) -> SessionEvent {
+    SessionEvent {
+        id: None,
+        ts_ms: Some(ts_ms),
+        session_id: session_id.to_owned(),
+    }
+}
+
+fn sample(signal: Signal, value: f64, ts_ms: i64) -> Sample {
+    Sample {
+        id: None,
+        ts_ms: Some(ts_ms),
+        signal,
+        value: Some(value),
+        unavailable: None,
+        device: None,
+        model_id: None,
+        session_id: None,
+    }
+}
+
+fn stage(name: &str, kind: StageKind, ms: f64) -> Stage {
+    Stage {
+        name: name.to_owned(),
+        kind,
+        ms,
+    }
+}
+
+/// A model load of `m` at `ts_ms`.
+fn model_load(m: &ModelSpec, outcome: LoadOutcome, session: &str, ts_ms: i64) -> Event {
+    Event::ModelLoad(ModelLoad {
+        id: None,
+        ts_ms: Some(ts_ms),
+        model_id: m.id.to_owned(),
+        model_required_vram_mb: m.vram_mb,
+        vram_reclaimable_mb_est: None,
+        outcome,
+        quantization: Some(m.quantization.to_owned()),
+        params_b: Some(m.params_b),
+        kv_cache_bytes_per_token: None,
+        session_id: Some(session.to_owned()),
+    })
+}
+
 impl Workload {
-    fn post(&self, path: &str, body: &Value) -> Result<Value> {
-        self.send("POST", path, body)
+    fn events(&self, events: Vec<Event>) -> Result<()> {
+        self.client
+            .events(&EventBatch { events })
+            .context("POST /v1/events")?;
+        Ok(())
     }
 
-    fn send(&self, method: &str, path: &str, body: &Value) -> Result<Value> {
-        let url = format!("{}{path}", self.base);
-        let response = match method {
-            "PUT" => self.http.put(&url).send_json(body),
-            _ => self.http.post(&url).send_json(body),
-        };
-        let mut response = response.with_context(|| format!("{method} {path} failed"))?;
-        let status = response.status();
-        let value: Value = response
-            .body_mut()
-            .read_json()
-            .with_context(|| format!("{method} {path}: the answer is not JSON"))?;
-        if !status.is_success() {
-            bail!("{method} {path} answered {status}: {value}");
-        }
-        Ok(value)
+    fn runs(&self, runs: Vec<Run>) -> Result<()> {
+        self.client
+            .runs(&RunBatch { runs })
+            .context("POST /v1/runs")?;
+        Ok(())
     }
 
-    fn get(&self, path: &str) -> Result<Value> {
-        let url = format!("{}{path}", self.base);
-        let mut response = self
-            .http
-            .get(&url)
-            .call()
-            .with_context(|| format!("GET {path} failed"))?;
-        response
-            .body_mut()
-            .read_json()
-            .with_context(|| format!("GET {path}: the answer is not JSON"))
+    fn samples(&self, samples: Vec<Sample>) -> Result<()> {
+        self.client
+            .samples(&SampleBatch { samples })
+            .context("POST /v1/samples")?;
+        Ok(())
     }
 
-    fn events(&self, events: Vec<Value>) -> Result<()> {
-        self.post("/v1/events", &json!({ "events": events }))
-            .map(|_| ())
-    }
-
-    fn start_session(&mut self, ts_ms: i64) -> Value {
+    fn start_session(&mut self, ts_ms: i64) -> Event {
         self.session_no += 1;
         let id = format!("studio-session-{}", self.session_no);
         self.sessions.push(id.clone());
-        json!({"kind": "session_started", "session_id": id, "ts_ms": ts_ms})
+        Event::SessionStarted(session_event(&id, ts_ms))
     }
 
     /// One run of `m` at `ts_ms`; `slowdown` multiplies generation time, `retrieval_spike`
     /// makes the retrieval stage the tail.
-    fn run(&mut self, m: &ModelSpec, ts_ms: i64, slowdown: f64, retrieval_spike: bool) -> Value {
+    fn run(&mut self, m: &ModelSpec, ts_ms: i64, slowdown: f64, retrieval_spike: bool) -> Run {
         self.run_no += 1;
         let n = self.run_no;
         let session = self
@@ -277,31 +309,41 @@ impl Workload {
         let queue = self.rng.range(0.0, 200.0).round();
         let tokens_in = 900 + (self.rng.range(0.0, 2_000.0) as u64);
         let tokens_out = m.tokens_out + (self.rng.range(0.0, 120.0) as u64);
-        json!({
-            "id": format!("demo-run-{n}"),
-            "run_id": format!("run-{n}"),
-            "session_id": session,
-            "model_id": m.id,
-            "substrate": "local",
-            "prompt_hash": kora_model::prompt_hash(&format!("demo prompt {n}")),
-            "context_tokens": 4096,
-            "tokens_in": tokens_in,
-            "tokens_out": tokens_out,
-            "model_latency_ms": generation,
-            "total_latency_ms": generation + deterministic + queue,
-            "deterministic_stage_ms": deterministic,
-            "model_stage_ms": generation,
-            "queue_wait_ms": queue,
-            "validation_retry_count": u64::from(self.rng.next() < 0.15),
-            "budget_breach_count": 0,
-            "ts_ms": ts_ms,
-            "stages": [
-                {"name": "retrieval", "kind": "deterministic", "ms": retrieval.round()},
-                {"name": "prompt_assembly", "kind": "deterministic", "ms": assembly.round()},
-                {"name": "generation", "kind": "model", "ms": generation},
-                {"name": "output_validation", "kind": "deterministic", "ms": validation.round()}
-            ]
-        })
+        Run {
+            id: Some(format!("demo-run-{n}")),
+            ts_ms: Some(ts_ms),
+            run_id: format!("run-{n}"),
+            session_id: session,
+            model_id: m.id.to_owned(),
+            substrate: Substrate::Local,
+            prompt_hash: kora_model::prompt_hash(&format!("demo prompt {n}")),
+            context_tokens: 4096,
+            tokens_in: Some(tokens_in),
+            tokens_out: Some(tokens_out),
+            total_tokens: None,
+            model_latency_ms: generation,
+            total_latency_ms: generation + deterministic + queue,
+            deterministic_stage_ms: deterministic,
+            model_stage_ms: generation,
+            validation_retry_count: u32::from(self.rng.next() < 0.15),
+            budget_breach_count: 0,
+            queue_wait_ms: Some(queue),
+            prompt_tokens_sent: None,
+            stages: Some(vec![
+                stage("retrieval", StageKind::Deterministic, retrieval.round()),
+                stage(
+                    "prompt_assembly",
+                    StageKind::Deterministic,
+                    assembly.round(),
+                ),
+                stage("generation", StageKind::Model, generation),
+                stage(
+                    "output_validation",
+                    StageKind::Deterministic,
+                    validation.round(),
+                ),
+            ]),
+        }
     }
 
     /// A few minutes of history, backdated: sessions, loads, a context request beyond the
@@ -309,26 +351,31 @@ impl Workload {
     /// signals with a queue that grows past its limit in the last three minutes.
     fn backfill(&mut self, now: i64) -> Result<()> {
         let start = now - 12 * MINUTE_MS;
-        let mut events: Vec<Value> = (0..3).map(|i| self.start_session(start + i)).collect();
+        let mut events: Vec<Event> = (0..3).map(|i| self.start_session(start + i)).collect();
         for (i, m) in [FAST, RAG, SLOW].iter().enumerate() {
-            events.push(json!({
-                "kind": "model_load", "model_id": m.id, "model_required_vram_mb": m.vram_mb,
-                "outcome": "ok", "quantization": m.quantization, "params_b": m.params_b,
-                "session_id": "studio-session-1", "ts_ms": start + 1_000 + i as i64
-            }));
+            events.push(model_load(
+                m,
+                LoadOutcome::Ok,
+                "studio-session-1",
+                start + 1_000 + i as i64,
+            ));
         }
         // A 70B model that does not fit: the load fails.
-        events.push(json!({
-            "kind": "model_load", "model_id": HUGE.id, "model_required_vram_mb": HUGE.vram_mb,
-            "outcome": "failed", "quantization": HUGE.quantization, "params_b": HUGE.params_b,
-            "session_id": "studio-session-2", "ts_ms": start + 2 * MINUTE_MS
-        }));
+        events.push(model_load(
+            &HUGE,
+            LoadOutcome::Failed,
+            "studio-session-2",
+            start + 2 * MINUTE_MS,
+        ));
         // A 64k-token request to a model the machine supports at 8k.
-        events.push(json!({
-            "kind": "context_request", "model_id": FAST.id, "requested_context_tokens": 65_536,
-            "local_supported_context_tokens": 8_192, "session_id": "studio-session-3",
-            "prompt_hash": kora_model::prompt_hash("summarize the whole repository"),
-            "ts_ms": start + 3 * MINUTE_MS
+        events.push(Event::ContextRequest(ContextRequest {
+            id: None,
+            ts_ms: Some(start + 3 * MINUTE_MS),
+            model_id: FAST.id.to_owned(),
+            requested_context_tokens: 65_536,
+            local_supported_context_tokens: Some(8_192),
+            session_id: Some("studio-session-3".into()),
+            prompt_hash: Some(kora_model::prompt_hash("summarize the whole repository")),
         }));
         self.events(events)?;
 
@@ -340,7 +387,7 @@ impl Workload {
             runs.push(self.run(&RAG, ts + 1, 1.0, i % 10 == 7));
             runs.push(self.run(&SLOW, ts + 2, 1.0, false));
         }
-        self.post("/v1/runs", &json!({ "runs": runs }))?;
+        self.runs(runs)?;
 
         // One reading per minute window, oldest first: sessions rise, the queue grows.
         let mut samples = Vec::new();
@@ -352,18 +399,21 @@ impl Workload {
             } else {
                 80.0 + 90.0 * minute as f64
             };
-            samples.push(json!({"signal": "active_sessions", "value": sessions, "ts_ms": ts}));
-            samples.push(json!({"signal": "queue_wait_ms", "value": queue, "ts_ms": ts}));
+            samples.push(sample(Signal::ActiveSessions, sessions, ts));
+            samples.push(sample(Signal::QueueWaitMs, queue, ts));
         }
-        self.post("/v1/samples", &json!({ "samples": samples }))?;
+        self.samples(samples)?;
 
         // The KrakoBackend plugin is installed but not logged in: the cloud option will say so.
-        self.send(
-            "PUT",
-            "/v1/cloud/readiness",
-            &json!({"plugin_installed": true, "network_available": true,
-                    "authenticated": false, "credits_available": true}),
-        )?;
+        self.client
+            .readiness(&Readiness {
+                ts_ms: None,
+                plugin_installed: true,
+                network_available: true,
+                authenticated: false,
+                credits_available: true,
+            })
+            .context("PUT /v1/cloud/readiness")?;
         Ok(())
     }
 
@@ -375,7 +425,7 @@ impl Workload {
             // Sessions come and go; a few stay.
             if self.sessions.len() > 3 {
                 let ended = self.sessions.remove(0);
-                events.push(json!({"kind": "session_ended", "session_id": ended, "ts_ms": now}));
+                events.push(Event::SessionEnded(session_event(&ended, now)));
             }
             events.push(self.start_session(now));
         }
@@ -393,21 +443,18 @@ impl Workload {
             let mut r = self.run(&RAG, now, 1.0, spike);
             if tick == 13 {
                 // A run that overran its token budget: the reliability trigger fires.
-                r["budget_breach_count"] = json!(1);
-                r["validation_retry_count"] = json!(3);
+                r.budget_breach_count = 1;
+                r.validation_retry_count = 3;
             }
             runs.push(r);
         }
-        self.post("/v1/runs", &json!({ "runs": runs }))?;
+        self.runs(runs)?;
         let sessions = self.sessions.len() as f64;
         let queue = self.rng.range(900.0, 1_700.0).round();
-        self.post(
-            "/v1/samples",
-            &json!({"samples": [
-                {"signal": "active_sessions", "value": sessions, "ts_ms": now},
-                {"signal": "queue_wait_ms", "value": queue, "ts_ms": now}
-            ]}),
-        )?;
+        self.samples(vec![
+            sample(Signal::ActiveSessions, sessions, now),
+            sample(Signal::QueueWaitMs, queue, now),
+        ])?;
         if !self.dismissed_context {
             self.dismiss_context_suggestion()?;
         }
@@ -417,12 +464,24 @@ impl Workload {
     /// The simulated user dismisses the context suggestion, so that the trail and the dismiss
     /// rate show something; every other suggestion is left for the person at the dashboard.
     fn dismiss_context_suggestion(&mut self) -> Result<()> {
-        let v = self.get("/v1/suggestions?category=context&limit=1")?;
-        if let Some(id) = v["suggestions"][0]["suggestion"]["suggestion_id"].as_str() {
-            self.post(
-                &format!("/v1/suggestions/{id}/feedback"),
-                &json!({"action": "dismissed"}),
-            )?;
+        let view = self
+            .client
+            .suggestions(Some(Category::Context), Some(1))
+            .context("GET /v1/suggestions")?;
+        if let Some(s) = view.suggestions.first() {
+            let id = &s.suggestion.suggestion_id;
+            self.client
+                .feedback(
+                    id,
+                    &Feedback {
+                        ts_ms: None,
+                        suggestion_id: id.clone(),
+                        action: FeedbackAction::Dismissed,
+                        choice: None,
+                        insist_same_tier: None,
+                    },
+                )
+                .context("POST /v1/suggestions/{id}/feedback")?;
             self.dismissed_context = true;
             println!("  (the simulated user dismissed the context suggestion {id})");
         }
@@ -430,18 +489,20 @@ impl Workload {
     }
 
     fn latency_state(&self) -> String {
-        self.get("/v1/triggers")
+        self.client
+            .triggers()
             .ok()
             .and_then(|t| {
-                t["triggers"].as_array().and_then(|ts| {
-                    ts.iter()
-                        .find(|x| x["category"] == "latency" && x["scope"] == SLOW.id)
-                        .map(|x| match x["state"].as_str() {
-                            Some("pending") => format!("pending {} of {}", x["k"], x["w"]),
-                            Some(s) => s.to_owned(),
-                            None => "?".into(),
-                        })
-                })
+                t.triggers
+                    .into_iter()
+                    .find(|x| x.category == Category::Latency && x.scope == SLOW.id)
+                    .map(|x| match x.state {
+                        TriggerState::Pending { k, w } => format!("pending {k} of {w}"),
+                        TriggerState::Idle => "idle".into(),
+                        TriggerState::Firing => "firing".into(),
+                        TriggerState::Resolved { .. } => "resolved".into(),
+                        TriggerState::InsufficientEvidence { .. } => "insufficient_evidence".into(),
+                    })
             })
             .unwrap_or_else(|| "idle".into())
     }
@@ -470,14 +531,8 @@ pub fn run(options: DemoOptions) -> Result<()> {
         });
     }
     let service = Service::start(options.listen, options.keep_data)?;
-    let http: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
     let mut w = Workload {
-        http,
-        base: service.base.clone(),
+        client: Client::new(service.base.clone(), Duration::from_secs(10)),
         rng: Rng(0x9E37_79B9_7F4A_7C15),
         run_no: 0,
         slow_live: 0,

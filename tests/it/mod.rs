@@ -1,5 +1,6 @@
 mod admission;
 mod browser;
+mod cli;
 pub mod common;
 mod corruption;
 mod crash;

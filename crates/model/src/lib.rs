@@ -12,6 +12,7 @@ pub mod derived;
 pub mod profile;
 pub mod prompt;
 pub mod record;
+pub mod service;
 pub mod signal;
 pub mod thresholds;
 pub mod validate;

@@ -1,7 +1,7 @@
 //! The capability profile as the service records it: computed from the latest hardware
 //! snapshot and the models the log reported, recorded again only when a value moves.
 
-use kora_model::{HardwareSnapshot, LocalCapabilityProfile, ProfileRecord, RecordKind};
+use kora_model::{HardwareSnapshot, LocalCapabilityProfile, RecordKind};
 use kora_policy::Thresholds;
 use kora_probe::{ModelCatalog, compute_profile};
 use kora_store::{ReadError, Store};
@@ -21,7 +21,7 @@ pub fn profile_of(
 }
 
 /// The models a store's log reported (loads and context requests), folded as the follower
-/// folds them; an empty catalog for `None`.
+/// folds them; an empty catalog for `None`. The CLI's offline `profile` and `fit` use it.
 pub fn catalog_of(store: Option<&Store>) -> Result<ModelCatalog, ReadError> {
     let mut catalog = ModelCatalog::new();
     let Some(store) = store else {
@@ -37,21 +37,6 @@ pub fn catalog_of(store: Option<&Store>) -> Result<ModelCatalog, ReadError> {
         catalog.observe_record(&e.record);
     }
     Ok(catalog)
-}
-
-/// The profile record of `hardware` for the models of `store`'s log (the CLI's `profile`
-/// when no service runs): the same computation as the service's `GET /v1/profile`.
-pub fn offline_profile(
-    store: Option<&Store>,
-    thresholds: &Thresholds,
-    hardware: HardwareSnapshot,
-) -> Result<ProfileRecord, ReadError> {
-    let catalog = catalog_of(store)?;
-    Ok(ProfileRecord {
-        ts_ms: hardware.ts_ms,
-        profile: profile_of(thresholds, &catalog, &hardware),
-        hardware,
-    })
 }
 
 /// Whether a profile differs enough from the recorded one to record it again: a field became
