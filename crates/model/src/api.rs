@@ -7,6 +7,14 @@ use crate::record::{Event, LogEntry, Run, Sample};
 #[cfg(feature = "schema")]
 use schemars::JsonSchema;
 
+mod error_code;
+mod privacy;
+mod views;
+
+pub use error_code::ErrorCode;
+pub use privacy::*;
+pub use views::*;
+
 /// The most items one ingest batch may hold.
 pub const MAX_BATCH_ITEMS: usize = 10_000;
 /// The largest request body the service buffers (bytes).
@@ -89,6 +97,28 @@ pub struct Health {
     pub series: u64,
     /// The newest seq assigned; absent for an empty store.
     pub last_seq: Option<u64>,
+}
+
+/// The query of `GET /v1/log`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// Only records with a seq below this: the previous page's `next_before`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
+    /// How many records, newest first (1 to 1000, default 50).
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1000)))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Only records of this kind.
+    #[cfg_attr(feature = "schema", schemars(with = "Option<crate::RecordKind>"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Only runs that executed there (`kind` is then `run`, given or not).
+    #[cfg_attr(feature = "schema", schemars(with = "Option<crate::Substrate>"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub substrate: Option<String>,
 }
 
 /// `GET /v1/log`: log entries, newest first.

@@ -7,10 +7,14 @@
 //! is no endpoint that does.
 
 pub mod analytics;
+pub mod auth;
 pub mod cloud;
+pub mod consent;
 pub mod dashboard;
 pub mod error;
+pub mod export;
 pub mod ingest;
+pub mod metrics;
 #[cfg(feature = "schema")]
 pub mod openapi;
 pub mod privacy;
@@ -28,12 +32,11 @@ use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::handler::Handler;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use kora_model::{Health, LogPage, MAX_BODY_BYTES, RecordKind, Substrate};
+use kora_model::{ErrorCode, Health, LogPage, LogQuery, MAX_BODY_BYTES, RecordKind, Substrate};
 use kora_policy::{CloudTiers, Thresholds};
 use kora_store::Store;
 
 use crate::analytics::Analytics;
-use serde::Deserialize;
 use tokio::net::TcpListener;
 
 pub use error::AppError;
@@ -167,22 +170,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/cloud/readiness", axum::routing::put(views::readiness))
         .route("/v1/windows", get(views::windows))
         .route("/v1/series", get(views::series))
-        .route("/v1/metrics/product", get(privacy::product))
+        .route("/v1/metrics/product", get(metrics::product))
         .route(
             "/v1/consent",
-            get(privacy::get_consent).put(privacy::put_consent.layer(
-                axum::middleware::from_fn_with_state(state.clone(), privacy::require_token),
+            get(consent::get_consent).put(consent::put_consent.layer(
+                axum::middleware::from_fn_with_state(state.clone(), auth::require_token),
             )),
         )
-        .route("/v1/export/preview", get(privacy::preview))
+        .route("/v1/export/preview", get(export::preview))
         .route(
             "/v1/export",
-            post(privacy::export.layer(axum::middleware::from_fn_with_state(
+            post(export::export.layer(axum::middleware::from_fn_with_state(
                 state.clone(),
-                privacy::require_token,
+                auth::require_token,
             ))),
         )
-        .route("/metrics", get(privacy::prometheus))
+        .route("/metrics", get(metrics::prometheus))
         .route(
             "/v1/samples",
             post(ingest::post_samples).layer(admit.clone()),
@@ -269,24 +272,6 @@ async fn health(State(state): State<AppState>) -> Result<Json<Health>, AppError>
     }))
 }
 
-/// The query of `GET /v1/log`.
-#[derive(Debug, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
-pub struct LogQuery {
-    /// Only records with a seq below this: the previous page's `next_before`.
-    before: Option<u64>,
-    /// How many records, newest first (1 to 1000, default 50).
-    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1000)))]
-    limit: Option<usize>,
-    /// Only records of this kind.
-    #[cfg_attr(feature = "schema", schemars(with = "Option<RecordKind>"))]
-    kind: Option<String>,
-    /// Only runs that executed there (`kind` is then `run`, given or not).
-    #[cfg_attr(feature = "schema", schemars(with = "Option<kora_model::Substrate>"))]
-    substrate: Option<String>,
-}
-
 /// How many runs `GET /v1/log?substrate=local` examines for one page at most; a page that
 /// stops there has `next_before` set, to go on from.
 const MAX_SUBSTRATE_SCAN: usize = 50 * kora_model::MAX_LOG_PAGE;
@@ -295,12 +280,13 @@ async fn log(
     State(state): State<AppState>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<LogPage>, AppError> {
-    let Query(q) = query.map_err(|e| AppError::bad_request("invalid_query", e.body_text()))?;
+    let Query(q) =
+        query.map_err(|e| AppError::bad_request(ErrorCode::InvalidQuery, e.body_text()))?;
     let limit = views::page_limit(q.limit, 50)?;
     let kind = match q.kind.as_deref() {
         None => None,
         Some(k) => Some(RecordKind::parse(k).ok_or_else(|| AppError::Invalid {
-            code: "invalid_query",
+            code: ErrorCode::InvalidQuery,
             message: format!("unknown record kind {k:?}"),
             field: Some("kind".into()),
         })?),
@@ -309,7 +295,7 @@ async fn log(
         None => None,
         Some(s) => {
             let invalid = |message: String| AppError::Invalid {
-                code: "invalid_query",
+                code: ErrorCode::InvalidQuery,
                 message,
                 field: Some("substrate".into()),
             };
