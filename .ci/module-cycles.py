@@ -44,6 +44,15 @@ def exports(text, me, known):
                 out[n] = base
     return out
 
+def definitions(mods):
+    """item name -> the module defining it (names defined in one module only)."""
+    seen = {}
+    for path, me in mods.items():
+        text = strip(open(path).read())
+        for m in re.finditer(r'^\s*pub(?:\([^)]*\))?\s+(?:struct|enum|const|fn|type|trait|static|mod)\s+(\w+)', text, re.M):
+            seen.setdefault(m.group(1), set()).add(me)
+    return {n: next(iter(ms)) for n, ms in seen.items() if len(ms) == 1}
+
 def refs(text, me, known, root_exports):
     found = set()
     # crate::a::b, use crate::{a::x, b}
@@ -106,7 +115,9 @@ for crate in sorted(os.listdir('crates')):
     known = set(mods.values())
     graph = {}
     root = [p for p, m in mods.items() if m == ()]
-    root_exports = exports(strip(open(root[0]).read()), (), known) if root else {}
+    # `crate::X` names X's defining module (through the root's re-exports, globs included).
+    root_exports = definitions(mods)
+    root_exports.update(exports(strip(open(root[0]).read()), (), known) if root else {})
     for path, me in mods.items():
         graph[me] = refs(strip(open(path).read()), me, known, root_exports)
     for comp in cycles(graph):

@@ -10,12 +10,13 @@ use kora_model::{
     ApiError, Category, EventBatch, Feedback, FitVerdict, Health, IngestAck, LogPage,
     ProductMetrics, ProfileRecord, Readiness, RunBatch, SampleBatch,
 };
-use kora_server::privacy::ConsentState;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use pending::{ConsentChange, ExportOutcome, ExportPreview, ExportRequest};
-pub use pending::{SuggestionsView, TriggersView};
+pub use kora_model::{
+    ConsentChange, ConsentState, ExportOutcome, ExportPreview, ExportRequest, SuggestionsView,
+};
+pub use kora_server::views::TriggersView;
 
 /// The largest answer the client reads (bytes).
 const MAX_ANSWER_BYTES: u64 = 64 * 1024 * 1024;
@@ -300,137 +301,6 @@ fn path_segment(s: &str) -> String {
         }
     }
     out
-}
-
-/// Local mirrors of API types that the server crate defines without the derive this client
-/// needs (`Deserialize` on answers, `Serialize` on request bodies). Each has the real type's
-/// name and field names, so that replacing it by the real type is a change of the `pub use`
-/// above once the derive is there.
-mod pending {
-    use std::collections::BTreeMap;
-
-    use kora_model::{ExportRecord, ProductMetrics, Suggestion};
-    use kora_policy::TriggerStatus;
-    use serde::{Deserialize, Serialize};
-
-    /// Mirrors `kora_server::privacy::ConsentChange` (needs `Serialize`).
-    #[derive(Debug, Clone, Serialize)]
-    pub struct ConsentChange {
-        pub enabled: bool,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub scope: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub actor: Option<String>,
-    }
-
-    /// Mirrors `kora_server::privacy::ExportRequest` (needs `Serialize`).
-    #[derive(Debug, Clone, Serialize)]
-    #[serde(tag = "to", rename_all = "snake_case")]
-    pub enum ExportRequest {
-        File { path: String },
-        Otlp { endpoint: String, dry_run: bool },
-    }
-
-    /// Mirrors `kora_server::privacy::Bundle` (needs `Deserialize`; its `format` and `scope`
-    /// are `&'static str` there).
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    pub struct Bundle {
-        pub format: String,
-        pub scope: String,
-        pub thresholds_version: String,
-        pub as_of_seq: u64,
-        pub as_of_ms: i64,
-        pub last_7d: ProductMetrics,
-        pub all: ProductMetrics,
-    }
-
-    /// Mirrors `kora_server::privacy::ChangedSinceLastExport` (needs `Deserialize`).
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    pub struct ChangedSinceLastExport {
-        pub last_export: Option<ExportRecord>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub summary: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub same_as_last: Option<bool>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub log_advanced_since: Option<bool>,
-    }
-
-    /// Mirrors `kora_server::privacy::ExportPreview` (needs `Deserialize`).
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    pub struct ExportPreview {
-        pub export_enabled: bool,
-        pub sha256: String,
-        pub bytes: String,
-        pub bundle: Bundle,
-        pub changed_since_last_export: ChangedSinceLastExport,
-    }
-
-    /// Mirrors `kora_server::privacy::OtlpMetric` (needs `Deserialize`).
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    pub struct OtlpMetric {
-        pub name: String,
-        pub attributes: BTreeMap<String, String>,
-        pub value: f64,
-    }
-
-    /// Mirrors `kora_server::privacy::WouldSend` (needs `Deserialize`).
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    pub struct WouldSend {
-        pub endpoint: String,
-        pub content_type: String,
-        pub bytes: u64,
-        pub metrics: Vec<OtlpMetric>,
-    }
-
-    /// Mirrors `kora_server::privacy::ExportDryRun` (needs `Deserialize`).
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    pub struct ExportDryRun {
-        pub dry_run: bool,
-        pub sent: bool,
-        pub would_send: WouldSend,
-        pub bundle: Bundle,
-    }
-
-    /// Mirrors `kora_server::privacy::Exported` (needs `Deserialize`).
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    pub struct Exported {
-        pub exported: bool,
-        pub destination: String,
-        pub sha256: String,
-        pub bytes: u64,
-    }
-
-    /// Mirrors `kora_server::privacy::ExportOutcome` (needs `Deserialize`).
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    #[serde(untagged)]
-    pub enum ExportOutcome {
-        Exported(Exported),
-        DryRun(Box<ExportDryRun>),
-    }
-
-    /// Mirrors `kora_server::views::TriggersView` (needs `Deserialize`).
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    pub struct TriggersView {
-        pub thresholds_version: String,
-        pub triggers: Vec<TriggerStatus>,
-    }
-
-    /// Mirrors `kora_server::views::SuggestionView`, less `ladder`, `firing`, `feedback` and
-    /// `outcome`, which the command line does not read (needs `Deserialize`, and `LadderStep`
-    /// with it).
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    pub struct SuggestionView {
-        pub seq: u64,
-        pub suggestion: Suggestion,
-    }
-
-    /// Mirrors `kora_server::views::SuggestionsView`, less `suppressions` (needs
-    /// `Deserialize`, and `SuppressionView` with it).
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    pub struct SuggestionsView {
-        pub suggestions: Vec<SuggestionView>,
-    }
 }
 
 #[cfg(test)]

@@ -5,10 +5,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use kora_model::{FitVerdict, ProfileRecord};
-use kora_policy::Thresholds;
-use kora_probe::{ModelCatalog, Probe};
 use kora_pipeline::clock::wall_ms;
 use kora_pipeline::profile::profile_of;
+use kora_policy::Thresholds;
+use kora_probe::{ModelCatalog, Probe};
 use kora_store::{Store, StoreOptions};
 
 use crate::client::Client;

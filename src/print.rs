@@ -1,8 +1,8 @@
 //! What the commands print: the log table, the product metrics and the consent state. (The
 //! capability profile and the fit check are rendered by `report`.)
 
+use kora_model::ConsentState;
 use kora_model::{LogEntry, ProductMetrics, Rate, Record};
-use kora_server::privacy::ConsentState;
 
 /// A record time as RFC 3339 (UTC, milliseconds), or `-`.
 fn time(ts_ms: Option<i64>) -> String {

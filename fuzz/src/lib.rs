@@ -53,6 +53,7 @@ pub fn refusal(e: AppError) -> Refusal {
             message,
             field,
         } => {
+            let code = code.as_str();
             assert!(
                 code == "invalid_body" || code == "invalid_record",
                 "unexpected 400 code {code:?}: {message}"

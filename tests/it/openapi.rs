@@ -2,7 +2,9 @@
 //! types (`kora_server::openapi::document`). These tests keep it true: the checked-in file is the
 //! generator's output (regenerate with `KORA_UPDATE_SCHEMAS=1 cargo test schema`), it documents
 //! exactly the routes the router serves and the methods each takes (probed on the real router),
-//! and the examples of http-api.md and of the document validate against its schemas.
+//! and the examples of http-api.md and of the document validate against its schemas. Every
+//! `kora_model::ErrorCode` is in http-api.md's error table and the document's error responses,
+//! and the answers of the real router parse as their `kora_model` types.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -90,6 +92,122 @@ fn schema_openapi_paths_are_the_routes_in_the_source() {
         "schema/openapi.json and the router disagree on the paths (left: documented, right: \
          routed in crates/server/src); document a new route in crates/server/src/openapi.rs"
     );
+}
+
+/// http-api.md's `/v1/health` answer is one this build gives: a `Health`, with this build's
+/// version and store format.
+#[test]
+fn schema_http_api_md_health_example_is_this_build() {
+    let markdown = std::fs::read_to_string(root().join("http-api.md")).unwrap();
+    let answer = curls(&markdown)
+        .into_iter()
+        .find(|c| c.path == "/v1/health")
+        .and_then(|c| c.answer)
+        .expect("http-api.md shows GET /v1/health with its answer");
+    let health: kora_model::Health = serde_json::from_str(&answer).unwrap();
+    assert_eq!(health.store_format_version, kora_store::FORMAT_VERSION);
+    assert_eq!(health.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(health.status, "ok");
+}
+
+/// The `(status, code)` rows of http-api.md's error table.
+fn error_table(markdown: &str) -> Vec<(u16, String)> {
+    let section = markdown
+        .split("\n## Errors\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("http-api.md has an `## Errors` section");
+    section
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let status = cells.get(1)?.parse().ok()?;
+            let code = cells.get(2)?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((status, code.to_owned()))
+        })
+        .collect()
+}
+
+/// Every `ErrorCode` is in http-api.md's error table and among the error responses of
+/// schema/openapi.json, with its status; neither lists a code the service does not have.
+#[test]
+fn schema_error_codes_are_documented_in_http_api_md_and_openapi() {
+    use kora_model::ErrorCode;
+    let markdown = std::fs::read_to_string(root().join("http-api.md")).unwrap();
+    let table = error_table(&markdown);
+    assert!(table.len() >= ErrorCode::ALL.len(), "{table:?}");
+    for (status, code) in &table {
+        let known = ErrorCode::parse(code)
+            .unwrap_or_else(|| panic!("http-api.md lists `{code}`, which is no ErrorCode"));
+        assert_eq!(
+            known.status(),
+            *status,
+            "http-api.md: the status of `{code}`"
+        );
+    }
+    for &code in ErrorCode::ALL {
+        assert!(
+            table.contains(&(code.status(), code.as_str().to_owned())),
+            "http-api.md's error table lacks {} `{code}`",
+            code.status()
+        );
+    }
+
+    let doc = checked_in();
+    // Component name -> the codes its body may carry.
+    let components: BTreeMap<&str, Vec<&str>> = doc["components"]["responses"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, response)| {
+            let codes = response["content"]["application/json"]["schema"]["allOf"][1]["properties"]
+                ["error"]["enum"]
+                .as_array()
+                .unwrap_or_else(|| panic!("the response {name} has no `error` enum"))
+                .iter()
+                .map(|c| c.as_str().unwrap())
+                .collect();
+            (name.as_str(), codes)
+        })
+        .collect();
+    for &code in ErrorCode::ALL {
+        let holders: Vec<&str> = components
+            .iter()
+            .filter(|(_, codes)| codes.contains(&code.as_str()))
+            .map(|(name, _)| *name)
+            .collect();
+        assert_eq!(holders.len(), 1, "`{code}` is in the responses {holders:?}");
+    }
+    for codes in components.values() {
+        for c in codes {
+            assert!(ErrorCode::parse(c).is_some(), "openapi.json lists `{c}`");
+        }
+    }
+    // Each operation's error status refers to the response of the codes with that status.
+    let mut referenced = 0;
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            for (status, response) in op["responses"].as_object().unwrap() {
+                let Some(name) = response["$ref"]
+                    .as_str()
+                    .and_then(|r| r.strip_prefix("#/components/responses/"))
+                else {
+                    continue;
+                };
+                for c in &components[name] {
+                    let code = ErrorCode::parse(c).unwrap();
+                    assert_eq!(
+                        code.status().to_string(),
+                        *status,
+                        "{} {name}",
+                        op["operationId"]
+                    );
+                }
+                referenced += 1;
+            }
+        }
+    }
+    assert!(referenced > 50, "{referenced} error responses referenced");
 }
 
 fn app(dir: &Path) -> (axum::Router, String) {
@@ -355,6 +473,40 @@ fn schema_openapi_examples_validate() {
     assert!(examples >= 18, "{examples} examples");
 }
 
+/// A 200 answer of `operation` parsed as its `kora_model` type and encoded again, as a client
+/// of the contract would see it; `None` for the answers that have no such type (text, and the
+/// two views that hold policy types).
+fn reencoded(operation: &str, bytes: &[u8]) -> Option<Vec<u8>> {
+    fn again<T: serde::de::DeserializeOwned + serde::Serialize>(bytes: &[u8]) -> Vec<u8> {
+        let typed: T = serde_json::from_slice(bytes).unwrap_or_else(|e| {
+            panic!(
+                "{} does not parse {}: {e}",
+                std::any::type_name::<T>(),
+                String::from_utf8_lossy(bytes)
+            )
+        });
+        serde_json::to_vec(&typed).unwrap()
+    }
+    use kora_model::*;
+    Some(match operation {
+        "getHealth" => again::<Health>(bytes),
+        "getLog" => again::<LogPage>(bytes),
+        "getProfile" => again::<ProfileRecord>(bytes),
+        "getFit" => again::<FitVerdict>(bytes),
+        "getSuggestions" => again::<SuggestionsView>(bytes),
+        "getWindows" => again::<WindowsView>(bytes),
+        "getSeries" => again::<SeriesView>(bytes),
+        "getProductMetrics" => again::<ProductMetrics>(bytes),
+        "getConsent" | "putConsent" => again::<ConsentState>(bytes),
+        "getExportPreview" => again::<ExportPreview>(bytes),
+        "postExport" => again::<ExportOutcome>(bytes),
+        "postSamples" | "postRuns" | "postEvents" | "postFeedback" | "putReadiness" => {
+            again::<IngestAck>(bytes)
+        }
+        _ => return None,
+    })
+}
+
 /// Resolves a local `$ref` (`#/components/...`) of the document.
 fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
     match v["$ref"].as_str() {
@@ -614,6 +766,7 @@ async fn schema_openapi_responses_conform() {
     );
 
     let mut failures = Vec::new();
+    let mut typed = BTreeSet::new();
     for (method, uri, status, headers, bytes) in &answers {
         let path = uri.split('?').next().unwrap();
         let op = operation(&doc, method, path);
@@ -650,6 +803,19 @@ async fn schema_openapi_responses_conform() {
             (Some(ct), Some(content)) => match content.get(ct.as_str()) {
                 None => failures.push(format!("{method} {uri}: {status} {ct} is not documented")),
                 Some(media) if ct == "application/json" => {
+                    if *status == 200
+                        && let Some(again) = reencoded(&op_id, bytes)
+                    {
+                        typed.insert(op_id.clone());
+                        if again != bytes.as_ref() {
+                            failures.push(format!(
+                                "{method} {uri}: the kora_model type of the answer re-encodes \
+                                 it as {}, not as {}",
+                                String::from_utf8_lossy(&again),
+                                String::from_utf8_lossy(bytes)
+                            ));
+                        }
+                    }
                     let body: Value = serde_json::from_slice(bytes).unwrap();
                     let v = validator(&doc, &media["schema"]);
                     for e in v.iter_errors(&body) {
@@ -668,6 +834,11 @@ async fn schema_openapi_responses_conform() {
         covered.insert((op_id, method.to_string(), *status));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(
+        typed.len(),
+        17,
+        "the answers parsed with their kora_model type: {typed:?}"
+    );
 
     // Every operation was seen succeeding, and the error statuses were met.
     let succeeded: BTreeSet<&str> = covered

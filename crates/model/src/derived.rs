@@ -5,8 +5,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::Category;
-
 #[cfg(feature = "schema")]
 use schemars::JsonSchema;
 
@@ -233,4 +231,36 @@ pub struct MitigationOutcome {
     /// store records carried it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thresholds_fingerprint: Option<String>,
+}
+
+/// The five trigger categories of the specification (Section 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    ModelFit,
+    Context,
+    Latency,
+    Concurrency,
+    Reliability,
+}
+
+impl Category {
+    pub const ALL: [Category; 5] = [
+        Category::ModelFit,
+        Category::Context,
+        Category::Latency,
+        Category::Concurrency,
+        Category::Reliability,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::ModelFit => "model_fit",
+            Category::Context => "context",
+            Category::Latency => "latency",
+            Category::Concurrency => "concurrency",
+            Category::Reliability => "reliability",
+        }
+    }
 }

@@ -23,11 +23,11 @@ use schemars::JsonSchema;
 pub struct Sample {
     /// Client-chosen idempotency key (at most 256 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub id: Option<String>,
     /// Milliseconds since the Unix epoch; stamped by the server when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(range(min = crate::MIN_TS_MS)))]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::limits::MIN_TS_MS)))]
     pub ts_ms: Option<i64>,
     pub signal: Signal,
     /// The reading: finite and non-negative; whole for counts; at most 100 for percentages.
@@ -36,16 +36,16 @@ pub struct Sample {
     pub value: Option<f64>,
     /// Why no reading could be taken (for example "no NVIDIA GPU (driver not loaded)").
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub unavailable: Option<String>,
     /// The GPU index a per-device reading came from; absent for host-wide readings and totals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub model_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub session_id: Option<String>,
 }
 
@@ -73,7 +73,7 @@ pub enum StageKind {
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Stage {
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub name: String,
     pub kind: StageKind,
     #[cfg_attr(feature = "schema", schemars(range(min = 0.0)))]
@@ -87,20 +87,23 @@ pub struct Stage {
 #[serde(deny_unknown_fields)]
 pub struct Run {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(range(min = crate::MIN_TS_MS)))]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::limits::MIN_TS_MS)))]
     pub ts_ms: Option<i64>,
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub run_id: String,
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub session_id: String,
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub model_id: String,
     pub substrate: Substrate,
     /// SHA-256 of the normalized prompt, 64 lowercase hex digits.
-    #[cfg_attr(feature = "schema", schemars(pattern(crate::PROMPT_HASH_PATTERN)))]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(pattern(crate::limits::PROMPT_HASH_PATTERN))
+    )]
     pub prompt_hash: String,
     pub context_tokens: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,7 +131,7 @@ pub struct Run {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_tokens_sent: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(length(max = crate::MAX_STAGES)))]
+    #[cfg_attr(feature = "schema", schemars(length(max = crate::limits::MAX_STAGES)))]
     pub stages: Option<Vec<Stage>>,
 }
 
@@ -146,12 +149,12 @@ pub enum LoadOutcome {
 #[serde(deny_unknown_fields)]
 pub struct ModelLoad {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(range(min = crate::MIN_TS_MS)))]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::limits::MIN_TS_MS)))]
     pub ts_ms: Option<i64>,
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub model_id: String,
     #[cfg_attr(feature = "schema", schemars(range(min = 0.0)))]
     pub model_required_vram_mb: f64,
@@ -160,7 +163,7 @@ pub struct ModelLoad {
     pub vram_reclaimable_mb_est: Option<f64>,
     pub outcome: LoadOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub quantization: Option<String>,
     /// Parameters, in billions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,7 +174,7 @@ pub struct ModelLoad {
     #[cfg_attr(feature = "schema", schemars(range(min = 0.0)))]
     pub kv_cache_bytes_per_token: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub session_id: Option<String>,
 }
 
@@ -180,21 +183,24 @@ pub struct ModelLoad {
 #[serde(deny_unknown_fields)]
 pub struct ContextRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(range(min = crate::MIN_TS_MS)))]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::limits::MIN_TS_MS)))]
     pub ts_ms: Option<i64>,
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub model_id: String,
     pub requested_context_tokens: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_supported_context_tokens: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub session_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(pattern(crate::PROMPT_HASH_PATTERN)))]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(pattern(crate::limits::PROMPT_HASH_PATTERN))
+    )]
     pub prompt_hash: Option<String>,
 }
 
@@ -203,14 +209,14 @@ pub struct ContextRequest {
 #[serde(deny_unknown_fields)]
 pub struct ContextOom {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(range(min = crate::MIN_TS_MS)))]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::limits::MIN_TS_MS)))]
     pub ts_ms: Option<i64>,
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub model_id: String,
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub session_id: String,
 }
 
@@ -220,12 +226,12 @@ pub struct ContextOom {
 #[serde(deny_unknown_fields)]
 pub struct SessionEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(range(min = crate::MIN_TS_MS)))]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::limits::MIN_TS_MS)))]
     pub ts_ms: Option<i64>,
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub session_id: String,
 }
 
@@ -247,7 +253,7 @@ pub enum Event {
 #[serde(deny_unknown_fields)]
 pub struct Readiness {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(range(min = crate::MIN_TS_MS)))]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::limits::MIN_TS_MS)))]
     pub ts_ms: Option<i64>,
     pub plugin_installed: bool,
     pub network_available: bool,
@@ -269,7 +275,7 @@ pub enum FeedbackAction {
 #[serde(deny_unknown_fields)]
 pub struct Feedback {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(range(min = crate::MIN_TS_MS)))]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::limits::MIN_TS_MS)))]
     pub ts_ms: Option<i64>,
     /// Set by the server from the path of `POST /v1/suggestions/{id}/feedback`.
     #[serde(default)]
@@ -277,43 +283,11 @@ pub struct Feedback {
     pub action: FeedbackAction,
     /// The option taken: a mitigation id or `cloud`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::MAX_ID_LEN), pattern(crate::TEXT_PATTERN)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = crate::limits::MAX_ID_LEN), pattern(crate::limits::TEXT_PATTERN)))]
     pub choice: Option<String>,
     /// The user needs the same tier (same model, full context): the next step may be Krako Cloud.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insist_same_tier: Option<bool>,
-}
-
-/// The five trigger categories of the specification (Section 4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(JsonSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum Category {
-    ModelFit,
-    Context,
-    Latency,
-    Concurrency,
-    Reliability,
-}
-
-impl Category {
-    pub const ALL: [Category; 5] = [
-        Category::ModelFit,
-        Category::Context,
-        Category::Latency,
-        Category::Concurrency,
-        Category::Reliability,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Category::ModelFit => "model_fit",
-            Category::Context => "context",
-            Category::Latency => "latency",
-            Category::Concurrency => "concurrency",
-            Category::Reliability => "reliability",
-        }
-    }
 }
 
 /// A closed window of one metric: a block of runs of one model, or a time window of a signal.

@@ -4,11 +4,11 @@
 //! what a type cannot say: finite values, non-negative durations, timestamps between
 //! 2000-01-01 and 5 minutes ahead of the server, token arithmetic, bounded strings.
 
+use crate::limits::{MAX_FUTURE_MS, MAX_ID_LEN, MAX_STAGES, MIN_TS_MS};
 use crate::prompt::is_prompt_hash;
 use crate::record::{
     ContextOom, ContextRequest, Event, Feedback, ModelLoad, Readiness, Run, Sample, SessionEvent,
 };
-use crate::{MAX_FUTURE_MS, MAX_ID_LEN, MAX_STAGES, MIN_TS_MS};
 
 /// A validation failure: the offending field (a path such as `samples[3].value`) and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

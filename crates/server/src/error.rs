@@ -3,14 +3,14 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kora_model::ApiError;
+use kora_model::{ApiError, ErrorCode};
 
 /// What a request can fail with.
 #[derive(Debug)]
 pub enum AppError {
-    /// 400: the request is malformed or a record is invalid.
+    /// 400 (`code`'s status): the request is malformed or a record is invalid.
     Invalid {
-        code: &'static str,
+        code: ErrorCode,
         message: String,
         field: Option<String>,
     },
@@ -41,17 +41,35 @@ pub enum AppError {
 impl AppError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         AppError::Invalid {
-            code: "invalid_record",
+            code: ErrorCode::InvalidRecord,
             message: message.into(),
             field: Some(field.into()),
         }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         AppError::Invalid {
             code,
             message: message.into(),
             field: None,
+        }
+    }
+
+    /// The code this error is answered with; its status is [`ErrorCode::status`].
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AppError::Invalid { code, .. } => *code,
+            AppError::Unauthorized(_) => ErrorCode::Unauthorized,
+            AppError::Forbidden(_) => ErrorCode::Forbidden,
+            AppError::BadGateway(_) => ErrorCode::BadGateway,
+            AppError::NotFound(_) => ErrorCode::NotFound,
+            AppError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            AppError::Conflict { .. } => ErrorCode::IdConflict,
+            AppError::TooLarge(_) => ErrorCode::TooLarge,
+            AppError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            AppError::Unavailable { .. } => ErrorCode::Unavailable,
+            AppError::DiskFull => ErrorCode::DiskFull,
+            AppError::Internal(_) => ErrorCode::Internal,
         }
     }
 }
@@ -86,53 +104,34 @@ impl From<kora_store::ReadError> for AppError {
     }
 }
 
+/// Runs a store read on the blocking pool; its failure (or the task's) is an [`AppError`].
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, kora_store::ReadError> + Send + 'static,
+) -> Result<T, AppError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))?
+        .map_err(AppError::from)
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let (status, error, message, field, retry) = match self {
-            AppError::Invalid {
-                code,
-                message,
-                field,
-            } => (StatusCode::BAD_REQUEST, code, message, field, None),
-            AppError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m, None, None),
-            AppError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m, None, None),
-            AppError::BadGateway(m) => (StatusCode::BAD_GATEWAY, "bad_gateway", m, None, None),
-            AppError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m, None, None),
-            AppError::MethodNotAllowed(m) => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                m,
-                None,
-                None,
-            ),
-            AppError::Conflict { message, field } => (
-                StatusCode::CONFLICT,
-                "id_conflict",
-                message,
-                Some(field),
-                None,
-            ),
-            AppError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m, None, None),
-            AppError::UnsupportedMediaType(m) => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                m,
-                None,
-                None,
-            ),
+        let code = self.code();
+        let (message, field, retry) = match self {
+            AppError::Invalid { message, field, .. } => (message, field, None),
+            AppError::Unauthorized(m)
+            | AppError::Forbidden(m)
+            | AppError::BadGateway(m)
+            | AppError::NotFound(m)
+            | AppError::MethodNotAllowed(m)
+            | AppError::TooLarge(m)
+            | AppError::UnsupportedMediaType(m) => (m, None, None),
+            AppError::Conflict { message, field } => (message, Some(field), None),
             AppError::Unavailable {
                 message,
                 retry_after_s,
-            } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                message,
-                None,
-                Some(retry_after_s),
-            ),
+            } => (message, None, Some(retry_after_s)),
             AppError::DiskFull => (
-                StatusCode::INSUFFICIENT_STORAGE,
-                "disk_full",
                 "the disk holding the data directory is full; nothing of this request was stored"
                     .to_owned(),
                 None,
@@ -140,20 +139,16 @@ impl IntoResponse for AppError {
             ),
             AppError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error; see the service log".to_owned(),
-                    None,
-                    None,
-                )
+                ("internal error; see the service log".to_owned(), None, None)
             }
         };
         let body = ApiError {
-            error: error.to_owned(),
+            error: code.as_str().to_owned(),
             message,
             field,
         };
+        let status =
+            StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, axum::Json(body)).into_response();
         if let Some(s) = retry {
             response
@@ -161,5 +156,46 @@ impl IntoResponse for AppError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant is answered with the status its code names.
+    #[test]
+    fn the_status_is_the_codes() {
+        let errors = [
+            AppError::invalid("f", "m"),
+            AppError::bad_request(ErrorCode::InvalidQuery, "m"),
+            AppError::bad_request(ErrorCode::InvalidBody, "m"),
+            AppError::Unauthorized("m".into()),
+            AppError::Forbidden("m".into()),
+            AppError::BadGateway("m".into()),
+            AppError::NotFound("m".into()),
+            AppError::MethodNotAllowed("m".into()),
+            AppError::Conflict {
+                message: "m".into(),
+                field: "f".into(),
+            },
+            AppError::TooLarge("m".into()),
+            AppError::UnsupportedMediaType("m".into()),
+            AppError::Unavailable {
+                message: "m".into(),
+                retry_after_s: 1,
+            },
+            AppError::DiskFull,
+            AppError::Internal("m".into()),
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for e in errors {
+            let code = e.code();
+            seen.insert(code);
+            let response = e.into_response();
+            assert_eq!(response.status().as_u16(), code.status(), "{code}");
+        }
+        // Every code is answered by one of them.
+        assert_eq!(seen.len(), ErrorCode::ALL.len(), "{seen:?}");
     }
 }

@@ -5,8 +5,8 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, header};
 use kora_model::{
-    EventBatch, IngestAck, MAX_BATCH_ITEMS, Record, RunBatch, Sample, SampleBatch, Validate,
-    validate_batch,
+    ErrorCode, EventBatch, IngestAck, MAX_BATCH_ITEMS, Record, RunBatch, Sample, SampleBatch,
+    Validate, validate_batch,
 };
 use kora_store::{Appended, Batch};
 use serde::de::DeserializeOwned;
@@ -98,7 +98,7 @@ pub fn decode_body<T: DeserializeOwned>(enc: Encoding, body: &[u8]) -> Result<T,
 fn invalid_body(field: String, message: String) -> AppError {
     let field = (!field.is_empty() && field != ".").then_some(field);
     AppError::Invalid {
-        code: "invalid_body",
+        code: ErrorCode::InvalidBody,
         message,
         field,
     }
@@ -111,7 +111,7 @@ fn body_error(e: BytesRejection) -> AppError {
             kora_model::MAX_BODY_BYTES
         ))
     } else {
-        AppError::bad_request("invalid_body", e.body_text())
+        AppError::bad_request(ErrorCode::InvalidBody, e.body_text())
     }
 }
 

@@ -11,10 +11,15 @@
 //! Origin checks of [`security`] before routing. Handlers never route anything to a cloud: there
 //! is no endpoint that does.
 
+pub mod auth;
+pub mod consent;
 pub mod dashboard;
 pub mod error;
+pub mod export;
+pub mod hosts;
 pub mod ingest;
 pub mod log;
+pub mod metrics;
 #[cfg(feature = "schema")]
 pub mod openapi;
 pub mod privacy;
@@ -30,9 +35,8 @@ use std::future::Future;
 use tokio::net::TcpListener;
 
 pub use error::AppError;
-pub use log::LogQuery;
+pub use hosts::HostPolicy;
 pub use routes::router;
-pub use security::HostPolicy;
 pub use state::{AppState, Config, INGEST_BUDGET_BYTES};
 
 /// Serves `state` on `listener` until `shutdown` resolves, with the pipeline's follower

@@ -2,8 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Query, State};
-use kora_model::{Health, LogPage, RecordKind, Substrate};
-use serde::Deserialize;
+use kora_model::{ErrorCode, Health, LogPage, LogQuery, RecordKind, Substrate};
 
 use crate::error::AppError;
 use crate::state::AppState;
@@ -31,24 +30,6 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, AppEr
     }))
 }
 
-/// The query of `GET /v1/log`.
-#[derive(Debug, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
-pub struct LogQuery {
-    /// Only records with a seq below this: the previous page's `next_before`.
-    before: Option<u64>,
-    /// How many records, newest first (1 to 1000, default 50).
-    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1000)))]
-    limit: Option<usize>,
-    /// Only records of this kind.
-    #[cfg_attr(feature = "schema", schemars(with = "Option<RecordKind>"))]
-    kind: Option<String>,
-    /// Only runs that executed there (`kind` is then `run`, given or not).
-    #[cfg_attr(feature = "schema", schemars(with = "Option<kora_model::Substrate>"))]
-    substrate: Option<String>,
-}
-
 /// How many runs `GET /v1/log?substrate=local` examines for one page at most; a page that
 /// stops there has `next_before` set, to go on from.
 const MAX_SUBSTRATE_SCAN: usize = 50 * kora_model::MAX_LOG_PAGE;
@@ -58,12 +39,13 @@ pub async fn log(
     State(state): State<AppState>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<LogPage>, AppError> {
-    let Query(q) = query.map_err(|e| AppError::bad_request("invalid_query", e.body_text()))?;
+    let Query(q) =
+        query.map_err(|e| AppError::bad_request(ErrorCode::InvalidQuery, e.body_text()))?;
     let limit = views::page_limit(q.limit, 50)?;
     let kind = match q.kind.as_deref() {
         None => None,
         Some(k) => Some(RecordKind::parse(k).ok_or_else(|| AppError::Invalid {
-            code: "invalid_query",
+            code: ErrorCode::InvalidQuery,
             message: format!("unknown record kind {k:?}"),
             field: Some("kind".into()),
         })?),
@@ -72,7 +54,7 @@ pub async fn log(
         None => None,
         Some(s) => {
             let invalid = |message: String| AppError::Invalid {
-                code: "invalid_query",
+                code: ErrorCode::InvalidQuery,
                 message,
                 field: Some("substrate".into()),
             };

@@ -11,12 +11,13 @@ use schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
 
 use kora_model::{
-    ApiError, EventBatch, Feedback, FitVerdict, Health, IngestAck, LogPage, ProductMetrics,
-    ProfileRecord, Readiness, RunBatch, SampleBatch,
+    ApiError, ConsentChange, ConsentState, ErrorCode, EventBatch, ExportOutcome, ExportPreview,
+    ExportRequest, Feedback, FitQuery, FitVerdict, Health, IngestAck, LogPage, LogQuery,
+    ProductMetrics, ProfileRecord, RangeQuery, Readiness, RunBatch, SampleBatch, SeriesQuery,
+    SeriesView, SuggestionsQuery, SuggestionsView, WindowsQuery, WindowsView,
 };
 
-use crate::privacy::{ConsentChange, ConsentState, ExportOutcome, ExportPreview, ExportRequest};
-use crate::views::{SuggestionsView, ThresholdsView, TriggersView, WindowsView};
+use crate::views::{ThresholdsView, TriggersView};
 
 /// Where the components live, as a JSON pointer.
 const COMPONENTS: &str = "/components/schemas";
@@ -27,81 +28,69 @@ const INPUT_SUFFIX: &str = "Input";
 /// The media types a request body may have: every body is decoded by the same code.
 const BODY_TYPES: [&str; 2] = ["application/json", "application/msgpack"];
 
-/// Every error status, the response component describing it, and the `error` codes it carries.
-const ERRORS: &[(u16, &str, &[&str], &str)] = &[
-    (
-        400,
-        "BadRequest",
-        &["invalid_body", "invalid_record", "invalid_query"],
-        "The body does not decode (`invalid_body`), an item breaks a rule (`invalid_record`) or a \
-         query parameter is wrong (`invalid_query`); `field` names the offending field when known.",
-    ),
-    (
-        401,
-        "Unauthorized",
-        &["unauthorized"],
-        "The per-install token is missing or wrong (`Authorization: Bearer <token>`, the file \
-         `token` in the data directory). Needed by the token routes; by every route only when \
-         the service listens beyond loopback (`serve --allow-non-loopback`).",
-    ),
-    (
-        403,
-        "Forbidden",
-        &["forbidden"],
-        "The request failed the trust boundary: a Host that is not this service, or a write \
-         from a foreign Origin or `Sec-Fetch-Site: cross-site`. `POST /v1/export` also while \
-         export is off.",
-    ),
-    (404, "NotFound", &["not_found"], "No such resource."),
-    (
-        409,
-        "Conflict",
-        &["id_conflict"],
-        "An item's `id` was stored before with other content; `field` names it. Nothing of the \
-         batch was stored.",
-    ),
-    (
-        413,
-        "TooLarge",
-        &["too_large"],
-        "The body is over 8 MiB or the batch has more than 10,000 items.",
-    ),
-    (
-        415,
-        "UnsupportedMediaType",
-        &["unsupported_media_type"],
-        "`Content-Type` is missing or is not `application/json` or MessagePack \
-         (`application/msgpack`, `application/x-msgpack`, `application/vnd.msgpack`).",
-    ),
-    (
-        500,
-        "Internal",
-        &["internal"],
-        "An internal failure; the detail is in the service log, never in the response.",
-    ),
-    (
-        502,
-        "BadGateway",
-        &["bad_gateway"],
-        "The OTLP collector could not be reached or answered non-2xx; nothing was recorded as \
-         exported.",
-    ),
-    (
-        503,
-        "Unavailable",
-        &["unavailable"],
-        "Nothing was done; retry after `Retry-After` seconds: the write queue is full, the \
-         service is shutting down, the store file is being reopened after a storage failure, \
-         or (profile, fit) the probe has not taken its first reading yet.",
-    ),
-    (
-        507,
-        "DiskFull",
-        &["disk_full"],
-        "The disk holding the data directory is full; nothing was stored. Retry after \
-         `Retry-After` seconds.",
-    ),
-];
+/// One error status: the response component describing it, and the `error` codes it carries.
+struct ErrorStatus {
+    status: u16,
+    /// The component's name: its code's (`NotFound`), or for a status with several codes, the
+    /// status's reason phrase (`BadRequest`).
+    name: String,
+    codes: Vec<ErrorCode>,
+}
+
+/// Every error status the service answers, from [`ErrorCode::ALL`], in status order.
+fn error_statuses() -> Vec<ErrorStatus> {
+    let mut out: Vec<ErrorStatus> = Vec::new();
+    for &code in ErrorCode::ALL {
+        match out.iter_mut().find(|e| e.status == code.status()) {
+            Some(e) => e.codes.push(code),
+            None => out.push(ErrorStatus {
+                status: code.status(),
+                name: String::new(),
+                codes: vec![code],
+            }),
+        }
+    }
+    out.sort_by_key(|e| e.status);
+    for e in &mut out {
+        e.name = match e.codes.as_slice() {
+            [one] => pascal_case(one.as_str()),
+            _ => axum::http::StatusCode::from_u16(e.status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .map_or_else(|| format!("Error{}", e.status), pascal_case),
+        };
+    }
+    out
+}
+
+/// `not_found` and `Not Found` are `NotFound`.
+fn pascal_case(words: &str) -> String {
+    words
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let mut chars = w.chars();
+            chars
+                .next()
+                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+impl ErrorStatus {
+    /// Each code's description; prefixed by the code when the status has several.
+    fn description(&self) -> String {
+        match self.codes.as_slice() {
+            [one] => one.description().to_owned(),
+            several => several
+                .iter()
+                .map(|c| format!("`{}`: {}", c.as_str(), c.description()))
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+}
 
 /// Statuses every operation can answer: the trust boundary, the token beyond loopback, a panic.
 const ALWAYS: &[u16] = &[401, 403, 500];
@@ -374,8 +363,6 @@ fn example_events() -> Value {
 
 /// Every operation the router serves.
 fn operations(s: &mut Schemas) -> Vec<Op> {
-    use crate::privacy::RangeQuery;
-    use crate::views::{FitQuery, SeriesQuery, SeriesView, SuggestionsQuery, WindowsQuery};
     let ack = |s: &mut Schemas, what: &str| {
         json_response(
             &format!("{what} stored durably (fsync'd): what was new, what was a retry."),
@@ -440,7 +427,7 @@ fn operations(s: &mut Schemas) -> Vec<Op> {
             )
         },
         Op {
-            query: Some(Schemas::query::<crate::LogQuery>()),
+            query: Some(Schemas::query::<LogQuery>()),
             ok: (
                 200,
                 json_response("A page of log records.", s.response::<LogPage>()),
@@ -807,9 +794,12 @@ fn rename_refs(v: &mut Value, names: &[String]) {
 }
 
 fn error_responses() -> Map<String, Value> {
-    ERRORS
-        .iter()
-        .map(|(status, name, codes, description)| {
+    error_statuses()
+        .into_iter()
+        .map(|e| {
+            let codes: Vec<&str> = e.codes.iter().map(|c| c.as_str()).collect();
+            let description = e.description();
+            let status = e.status;
             let mut headers = security_headers();
             if matches!(status, 503 | 507)
                 && let Value::Object(h) = &mut headers
@@ -830,7 +820,7 @@ fn error_responses() -> Map<String, Value> {
                 ],
             });
             (
-                (*name).to_owned(),
+                e.name,
                 json!({
                     "description": description,
                     "headers": headers,
@@ -885,9 +875,9 @@ pub fn document() -> Value {
         .collect();
     let schemas = merge_components(input, output, &mut request_schemas);
 
-    let error_names: std::collections::BTreeMap<u16, &str> = ERRORS
-        .iter()
-        .map(|(status, name, ..)| (*status, *name))
+    let error_names: std::collections::BTreeMap<u16, String> = error_statuses()
+        .into_iter()
+        .map(|e| (e.status, e.name))
         .collect();
     let mut paths = Map::new();
     for op in ops {

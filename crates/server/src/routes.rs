@@ -8,7 +8,7 @@ use kora_model::MAX_BODY_BYTES;
 
 use crate::error::AppError;
 use crate::state::AppState;
-use crate::{dashboard, ingest, log, privacy, security, views};
+use crate::{auth, consent, dashboard, export, ingest, log, metrics, security, views};
 
 /// The whole application.
 pub fn router(state: AppState) -> Router {
@@ -25,22 +25,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/cloud/readiness", axum::routing::put(views::readiness))
         .route("/v1/windows", get(views::windows))
         .route("/v1/series", get(views::series))
-        .route("/v1/metrics/product", get(privacy::product))
+        .route("/v1/metrics/product", get(metrics::product))
         .route(
             "/v1/consent",
-            get(privacy::get_consent).put(privacy::put_consent.layer(
-                axum::middleware::from_fn_with_state(state.clone(), privacy::require_token),
+            get(consent::get_consent).put(consent::put_consent.layer(
+                axum::middleware::from_fn_with_state(state.clone(), auth::require_token),
             )),
         )
-        .route("/v1/export/preview", get(privacy::preview))
+        .route("/v1/export/preview", get(export::preview))
         .route(
             "/v1/export",
-            post(privacy::export.layer(axum::middleware::from_fn_with_state(
+            post(export::export.layer(axum::middleware::from_fn_with_state(
                 state.clone(),
-                privacy::require_token,
+                auth::require_token,
             ))),
         )
-        .route("/metrics", get(privacy::prometheus))
+        .route("/metrics", get(metrics::prometheus))
         .route(
             "/v1/samples",
             post(ingest::post_samples).layer(admit.clone()),

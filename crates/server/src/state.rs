@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use kora_pipeline::Pipeline;
 
-use crate::security::HostPolicy;
+use crate::hosts::HostPolicy;
 use crate::token::Token;
 
 /// Settings the handlers need.

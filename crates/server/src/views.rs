@@ -4,8 +4,9 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use kora_model::{
-    Feedback, Firing, FitVerdict, MitigationOutcome, ProfileRecord, Suggestion, Suppression,
-    WindowRecord,
+    ErrorCode, FitQuery, FitVerdict, LadderStep, ProfileRecord, SeriesData, SeriesList,
+    SeriesPoint, SeriesQuery, SeriesView, Suggestion, SuggestionView, SuggestionsQuery,
+    SuggestionsView, SuppressionView, WindowView, WindowsQuery, WindowsView,
 };
 use kora_policy::{CloudTiers, Thresholds, TriggerStatus};
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,7 @@ use crate::error::AppError;
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, AppError> {
     q.map(|Query(t)| t)
-        .map_err(|e| AppError::bad_request("invalid_query", e.body_text()))
+        .map_err(|e| AppError::bad_request(ErrorCode::InvalidQuery, e.body_text()))
 }
 
 /// A page size: `default` when absent, else 1 to `MAX_LOG_PAGE`.
@@ -23,7 +24,7 @@ pub fn page_limit(limit: Option<usize>, default: usize) -> Result<usize, AppErro
     let limit = limit.unwrap_or(default);
     if limit == 0 || limit > kora_model::MAX_LOG_PAGE {
         return Err(AppError::Invalid {
-            code: "invalid_query",
+            code: ErrorCode::InvalidQuery,
             message: format!(
                 "limit must be 1 to {}, got {limit}",
                 kora_model::MAX_LOG_PAGE
@@ -50,18 +51,6 @@ pub async fn profile(State(state): State<AppState>) -> Result<Json<ProfileRecord
         .ok_or_else(no_snapshot)
 }
 
-/// The query of `GET /v1/fit`.
-#[derive(Debug, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
-pub struct FitQuery {
-    /// MB of VRAM the model needs (a finite number >= 0).
-    #[cfg_attr(feature = "schema", schemars(required, range(min = 0)))]
-    model_required_vram_mb: Option<f64>,
-    /// The context the model would be loaded with, in tokens.
-    context_tokens: Option<u64>,
-}
-
 /// `GET /v1/fit`: whether a model (and a context) fits this machine now, with the arithmetic;
 /// memory the runtime's own loaded models hold is reclaimable, as in the profile.
 pub async fn fit(
@@ -71,14 +60,14 @@ pub async fn fit(
     let q = query(q)?;
     let Some(vram) = q.model_required_vram_mb else {
         return Err(AppError::Invalid {
-            code: "invalid_query",
+            code: ErrorCode::InvalidQuery,
             message: "model_required_vram_mb is required (MB of VRAM the model needs)".into(),
             field: Some("model_required_vram_mb".into()),
         });
     };
     if !vram.is_finite() || vram < 0.0 {
         return Err(AppError::Invalid {
-            code: "invalid_query",
+            code: ErrorCode::InvalidQuery,
             message: format!("must be a finite number >= 0, got {vram}"),
             field: Some("model_required_vram_mb".into()),
         });
@@ -95,7 +84,7 @@ pub async fn fit(
 }
 
 /// The answer of `GET /v1/triggers`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TriggersView {
     pub thresholds_version: String,
@@ -139,57 +128,6 @@ pub async fn thresholds(State(state): State<AppState>) -> Json<ThresholdsView> {
     })
 }
 
-/// The query of `GET /v1/suggestions`.
-#[derive(Debug, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
-pub struct SuggestionsQuery {
-    /// How many suggestions, newest first (1 to 1000, default 50).
-    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1000)))]
-    limit: Option<usize>,
-    /// Only this trigger category.
-    #[cfg_attr(feature = "schema", schemars(with = "Option<kora_model::Category>"))]
-    category: Option<String>,
-    /// Only this scope (a model id, or `host`).
-    scope: Option<String>,
-}
-
-/// A suggestion with the firing it answers, the feedback it got and the outcome of an accepted
-/// mitigation.
-#[derive(Debug, Serialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct SuggestionView {
-    pub seq: u64,
-    pub suggestion: Suggestion,
-    /// The four steps of the mitigation ladder, named as they apply to this suggestion's
-    /// category: a step the suggestion offers is named by the option it offers (for
-    /// reliability, step 1 is `stronger_local_model`, never "a smaller or quantized model").
-    pub ladder: Vec<LadderStep>,
-    /// The firing it answers, when it is among the recent ones.
-    pub firing: Option<Firing>,
-    pub feedback: Vec<Feedback>,
-    pub outcome: Option<MitigationOutcome>,
-}
-
-/// One step of the mitigation ladder, as it applies to one suggestion.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct LadderStep {
-    /// 1 to 4 (4 is Krako Cloud).
-    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 4)))]
-    pub step: u8,
-    /// The option that stands for this step here: the one the suggestion offers at this step,
-    /// else the category's own option for it, else the specification's generic one
-    /// (`smaller_model`, `deterministic_filtering`, `lower_context`, `cloud`).
-    pub option_id: String,
-    /// What the step asks the user to try, in the words of the suggestion's message.
-    pub label: String,
-    /// Whether the category's ladder has this step (Krako Cloud: always).
-    pub applies: bool,
-    /// Whether this suggestion offers an option at this step.
-    pub offered: bool,
-}
-
 /// The ladder of a suggestion: each step named by the option offered at it, or by the option
 /// the category uses for it, or generically when the category skips it.
 pub fn ladder_of(s: &Suggestion) -> Vec<LadderStep> {
@@ -230,24 +168,6 @@ pub fn ladder_of(s: &Suggestion) -> Vec<LadderStep> {
         .collect()
 }
 
-/// A candidate suggestion held back by a cooldown rule.
-#[derive(Debug, Serialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct SuppressionView {
-    pub seq: u64,
-    pub suppression: Suppression,
-}
-
-/// The answer of `GET /v1/suggestions`.
-#[derive(Debug, Serialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct SuggestionsView {
-    /// Newest first.
-    pub suggestions: Vec<SuggestionView>,
-    /// The 200 most recent suppressions, newest first.
-    pub suppressions: Vec<SuppressionView>,
-}
-
 /// How far back the suggestion view looks for the records a suggestion refers to.
 const LOOKBACK: usize = 10_000;
 
@@ -264,7 +184,7 @@ pub async fn suggestions(
         && !kora_model::Category::ALL.iter().any(|k| k.as_str() == c)
     {
         return Err(AppError::Invalid {
-            code: "invalid_query",
+            code: ErrorCode::InvalidQuery,
             message: format!("unknown category {c:?}"),
             field: Some("category".into()),
         });
@@ -408,39 +328,6 @@ pub async fn readiness(
     Ok(Json(crate::ingest::ack_of(a)))
 }
 
-/// The query of `GET /v1/windows`.
-#[derive(Debug, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
-pub struct WindowsQuery {
-    /// Only this metric, e.g. `model_latency_ms` or `cpu_load_pct`.
-    metric: Option<String>,
-    /// Only this scope (a model id, `host`, or a series key).
-    scope: Option<String>,
-    /// `time` (60 s windows of a series) or `runs` (blocks of 10 runs of a model).
-    #[cfg_attr(feature = "schema", schemars(extend("enum" = ["time", "runs"])))]
-    kind: Option<String>,
-    /// How many windows, newest first (1 to 1000, default 100).
-    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1000)))]
-    limit: Option<usize>,
-}
-
-/// A closed window and its seq.
-#[derive(Debug, Serialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct WindowView {
-    pub seq: u64,
-    pub window: WindowRecord,
-}
-
-/// The answer of `GET /v1/windows`.
-#[derive(Debug, Serialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct WindowsView {
-    /// Newest first.
-    pub windows: Vec<WindowView>,
-}
-
 /// `GET /v1/windows`: closed windows (run blocks and time windows), newest first.
 pub async fn windows(
     State(state): State<AppState>,
@@ -454,7 +341,7 @@ pub async fn windows(
         && k != "runs"
     {
         return Err(AppError::Invalid {
-            code: "invalid_query",
+            code: ErrorCode::InvalidQuery,
             message: format!("kind must be `time` or `runs`, got {k:?}"),
             field: Some("kind".into()),
         });
@@ -494,66 +381,6 @@ pub async fn windows(
     Ok(Json(WindowsView { windows }))
 }
 
-/// The query of `GET /v1/series`.
-#[derive(Debug, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
-pub struct SeriesQuery {
-    /// The series key (from the list this endpoint answers without it), e.g. `cpu_load_pct`
-    /// or `gpu_vram_free_mb@gpu0`.
-    series: Option<String>,
-    /// The range start (ms); default: one hour before `to_ms`. Before `to_ms`, at most 31 days
-    /// earlier.
-    from_ms: Option<i64>,
-    /// The range end (ms, exclusive); default: now.
-    to_ms: Option<i64>,
-    /// The most buckets (1 to 2000, default 200).
-    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 2000)))]
-    points: Option<usize>,
-}
-
-/// The answer of `GET /v1/series` without `series`: the series keys.
-#[derive(Debug, Serialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct SeriesList {
-    pub series: Vec<String>,
-}
-
-/// One bucket of a downsampled series.
-#[derive(Debug, Serialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct SeriesPoint {
-    /// The bucket's start (ms).
-    pub t: i64,
-    pub min: f64,
-    pub max: f64,
-    pub mean: f64,
-    /// Readings in the bucket.
-    pub n: u64,
-}
-
-/// The answer of `GET /v1/series?series=...`: one series, downsampled.
-#[derive(Debug, Serialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct SeriesData {
-    pub series: String,
-    pub from_ms: i64,
-    pub to_ms: i64,
-    /// Buckets with at least one reading, oldest first.
-    pub points: Vec<SeriesPoint>,
-    /// Readings in the range that could not be taken (never drawn as 0).
-    pub unavailable_samples: u64,
-}
-
-/// The answer of `GET /v1/series`: the list of series, or one series.
-#[derive(Debug, Serialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(untagged)]
-pub enum SeriesView {
-    List(SeriesList),
-    Data(SeriesData),
-}
-
 /// `GET /v1/series`: one series downsampled to at most `points` buckets (min, max, mean), or
 /// the list of series when `series` is absent.
 pub async fn series(
@@ -569,7 +396,7 @@ pub async fn series(
     let points = q.points.unwrap_or(200);
     if !(1..=2000).contains(&points) {
         return Err(AppError::Invalid {
-            code: "invalid_query",
+            code: ErrorCode::InvalidQuery,
             message: format!("points must be 1 to 2000, got {points}"),
             field: Some("points".into()),
         });
@@ -580,7 +407,7 @@ pub async fn series(
             .is_none_or(|span| span > 31 * 24 * 3600 * 1000)
     {
         return Err(AppError::Invalid {
-            code: "invalid_query",
+            code: ErrorCode::InvalidQuery,
             message: "from_ms must be before to_ms, at most 31 days apart".into(),
             field: Some("from_ms".into()),
         });
