@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use kora_model::{IngestAck, Sample, SampleBatch, Signal};
-use kora_server::{AppState, Config, HostPolicy};
 
 const BATCH: usize = 1_000;
 const CLIENTS: usize = 4;
@@ -83,11 +82,6 @@ fn post_all(url: &str, bodies: &[Vec<u8>], clients: usize) {
 /// Serves a fresh store in-process and posts the bodies from `clients` threads: samples/s of
 /// each run, and the store's durable commits per request over the timed runs.
 fn through_serve(bodies: &[Vec<u8>], clients: usize) -> (Vec<f64>, f64) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let dir = tempdir();
     let pipeline = Arc::new(
         kora_pipeline::Pipeline::open(
@@ -96,26 +90,8 @@ fn through_serve(bodies: &[Vec<u8>], clients: usize) -> (Vec<f64>, f64) {
         )
         .unwrap(),
     );
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let state = AppState::new(
-        pipeline.clone(),
-        Config {
-            token: kora_server::token::Token::load_or_create(dir.path()).unwrap(),
-            data_dir: dir.path().to_owned(),
-            hosts: HostPolicy {
-                port,
-                extra_names: vec![],
-            },
-        },
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(kora_server::serve(listener, state, async move {
-        let _ = stopped.await;
-    }));
-    let url = format!("http://127.0.0.1:{port}/v1/samples");
+    let service = InProcess::start(pipeline.clone(), dir.path());
+    let url = format!("{}/v1/samples", service.base);
     post_timed(&url, &bodies[..WARMUP], clients);
     let commits_before = pipeline.store().commits();
     let mut http = Vec::new();
@@ -126,8 +102,7 @@ fn through_serve(bodies: &[Vec<u8>], clients: usize) -> (Vec<f64>, f64) {
     // The follower's own commits (its outputs) are counted too: every commit the requests
     // caused, whoever made it.
     let commits = pipeline.store().commits() - commits_before;
-    let _ = stop.send(());
-    rt.block_on(server).unwrap().unwrap();
+    service.stop();
     (http, commits as f64 / (REPS * PER_RUN) as f64)
 }
 

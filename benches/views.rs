@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use kora_model::Record;
-use kora_server::{AppState, Config, HostPolicy};
 use kora_store::{Batch, Store, StoreOptions};
 use serde_json::json;
 
@@ -124,40 +123,16 @@ fn measure(n: usize) -> Vec<(Duration, Duration)> {
         fill(&store, n, now);
         store.shutdown();
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let pipeline = Arc::new(kora_pipeline::Pipeline::open(&path, Default::default()).unwrap());
-    rt.block_on(pipeline.catch_up()).unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let state = AppState::new(
-        pipeline,
-        Config {
-            token: kora_server::token::Token::load_or_create(dir.path()).unwrap(),
-            data_dir: dir.path().to_owned(),
-            hosts: HostPolicy {
-                port,
-                extra_names: vec![],
-            },
-        },
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(kora_server::serve(listener, state, async move {
-        let _ = stopped.await;
-    }));
-    let base = format!("http://127.0.0.1:{port}");
+    let service = InProcess::start(pipeline.clone(), dir.path());
+    service.rt.block_on(pipeline.catch_up()).unwrap();
+    let base = service.base.clone();
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
     let out = PATHS.iter().map(|p| time_get(&agent, &base, p)).collect();
-    let _ = stop.send(());
-    rt.block_on(server).unwrap().unwrap();
+    service.stop();
     out
 }
 

@@ -470,3 +470,55 @@ pub fn stored_samples(base: &str) -> u64 {
         .unwrap();
     health["samples"].as_u64().unwrap()
 }
+
+/// The real service (`kora_server::serve` over a pipeline) started in-process on
+/// 127.0.0.1:0, on its own runtime.
+pub struct InProcess {
+    pub rt: tokio::runtime::Runtime,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl InProcess {
+    /// Serves `pipeline` (its data directory `dir` holds the token).
+    pub fn start(pipeline: std::sync::Arc<kora_pipeline::Pipeline>, dir: &Path) -> InProcess {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = kora_server::AppState::new(
+            pipeline,
+            kora_server::Config {
+                token: kora_server::token::Token::load_or_create(dir).unwrap(),
+                data_dir: dir.to_owned(),
+                hosts: kora_server::HostPolicy {
+                    port,
+                    extra_names: vec![],
+                },
+            },
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = rt.spawn(kora_server::serve(listener, state, async move {
+            let _ = stopped.await;
+        }));
+        InProcess {
+            rt,
+            base: format!("http://127.0.0.1:{port}"),
+            stop,
+            server,
+        }
+    }
+
+    /// Stops the service gracefully (every queued commit done).
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        self.rt.block_on(self.server).unwrap().unwrap();
+    }
+}

@@ -10,7 +10,7 @@
 //!   model takes its VRAM, or its RAM on the CPU-only box; generating keeps the CPU busy, 95 %
 //!   on the CPU-only box) as recorded NVML answers (bytes) and host readings, replayed through
 //!   `kora_probe::Probe::from_recording` and ingested with
-//!   `kora_server::analytics::ingest_snapshot`, the probe sampler's one-tick path. The probe
+//!   `Pipeline::ingest_snapshot`, the probe sampler's one-tick path. The probe
 //!   replays one recorded tick per snapshot and keeps only log bookkeeping between them, so one
 //!   probe per service lifetime and day replays that day's ticks (a restarted service gets a
 //!   fresh probe, whose first CPU reading is unavailable, as sysinfo's is);

@@ -94,6 +94,7 @@ pub struct TriggersView {
 
 /// `GET /v1/triggers`: each category's state per scope, with its latest evidence.
 pub async fn triggers(State(state): State<AppState>) -> Json<TriggersView> {
+    state.pipeline.settle().await;
     let (thresholds_version, triggers) = state
         .pipeline
         .with_engine(|e| (e.thresholds().version().to_owned(), e.triggers()));
@@ -189,6 +190,8 @@ pub async fn suggestions(
             field: Some("category".into()),
         });
     }
+    // The engine's outputs for every acknowledged record are in the log first.
+    state.pipeline.settle().await;
     let store = state.pipeline.store().clone();
     let (suggestions, firings, feedback, outcomes, suppressions) =
         tokio::task::spawn_blocking(move || -> Result<_, kora_store::ReadError> {

@@ -203,17 +203,7 @@ impl ProductIndex {
         } else {
             in_range(&self.suppressions, from_ms, to_ms).count() as u64
         };
-        let mut top: Vec<CategoryCount> = Category::ALL
-            .into_iter()
-            .filter_map(|c| {
-                firings.get(&c).map(|&n| CategoryCount {
-                    category: c,
-                    firings: n,
-                })
-            })
-            .collect();
-        // Stable: ties keep the specification's order.
-        top.sort_by_key(|c| std::cmp::Reverse(c.firings));
+        let top = top_categories(&firings);
         ProductMetrics {
             range: range.to_owned(),
             from_ms,
@@ -233,6 +223,21 @@ impl ProductIndex {
             cloud_runs_by_model: None,
         }
     }
+}
+
+/// Firings per category, most first; ties keep the specification's order (a stable sort).
+fn top_categories(firings: &BTreeMap<Category, u64>) -> Vec<CategoryCount> {
+    let mut top: Vec<CategoryCount> = Category::ALL
+        .into_iter()
+        .filter_map(|c| {
+            firings.get(&c).map(|&n| CategoryCount {
+                category: c,
+                firings: n,
+            })
+        })
+        .collect();
+    top.sort_by_key(|c| std::cmp::Reverse(c.firings));
+    top
 }
 
 /// Whether every row of `map` lies in `from_ms <= ts < to_ms`.
@@ -446,16 +451,7 @@ mod tests {
                 .filter(|id| first_answer.get(*id) == Some(&action))
                 .count() as u64
         };
-        let mut top: Vec<CategoryCount> = Category::ALL
-            .into_iter()
-            .filter_map(|c| {
-                firings.get(&c).map(|&n| CategoryCount {
-                    category: c,
-                    firings: n,
-                })
-            })
-            .collect();
-        top.sort_by_key(|c| std::cmp::Reverse(c.firings));
+        let top = top_categories(&firings);
         ProductMetrics {
             range: "r".into(),
             from_ms,
