@@ -248,6 +248,66 @@ async fn a_samples_request_costs_one_commit_with_the_windows_it_closes() {
     assert_eq!(windows(), 3);
 }
 
+/// Issue 13: the handlers read time only from the pipeline's clock, so a test can move it. A
+/// record stamped by the server gets the clock's time; "more than 5 minutes ahead" and the
+/// metrics' `24h` range are relative to it; the uptime is the clock's.
+#[tokio::test]
+async fn the_service_reads_time_only_from_its_clock() {
+    const T: i64 = 1_900_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(kora_pipeline::ManualClock::new(T));
+    let pipeline = Pipeline::open(
+        &dir.path().join("t.redb"),
+        PipelineOptions {
+            clock: clock.clone(),
+            ..PipelineOptions::default()
+        },
+    )
+    .unwrap();
+    let state = AppState::new(
+        Arc::new(pipeline),
+        Config {
+            token: kora_server::token::Token::load_or_create(dir.path()).unwrap(),
+            data_dir: dir.path().to_owned(),
+            hosts: HostPolicy {
+                port: 7433,
+                extra_names: vec![],
+            },
+        },
+    );
+    let app = App {
+        router: kora_server::router(state.clone()),
+        state,
+        _dir: dir,
+    };
+    // Stamped with the clock's time.
+    let (s, ack) = app
+        .post("/v1/runs", json!({"runs": [run_json("r1")]}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{ack}");
+    let (_, log) = app.get("/v1/log?kind=run").await;
+    assert_eq!(log["entries"][0]["ts_ms"], T, "{log}");
+    // Four minutes ahead of the clock is accepted, six is refused, naming the field.
+    let mut ahead = run_json("r2");
+    ahead["ts_ms"] = json!(T + 4 * 60_000);
+    assert_eq!(
+        app.post("/v1/runs", json!({"runs": [ahead]})).await.0,
+        StatusCode::OK
+    );
+    let mut far = run_json("r3");
+    far["ts_ms"] = json!(T + 6 * 60_000);
+    rejects(&app, "/v1/runs", json!({"runs": [far]}), "runs[0].ts_ms").await;
+    // The 24 h range ends at the clock's now.
+    let (_, m) = app.get("/v1/metrics/product").await;
+    assert_eq!(m["to_ms"], T + 1, "{m}");
+    // A day later, by the clock alone.
+    clock.advance(86_400_000);
+    let (_, m) = app.get("/v1/metrics/product").await;
+    assert_eq!(m["from_ms"], T, "{m}");
+    let (_, h) = app.get("/v1/health").await;
+    assert_eq!(h["uptime_s"], 86_400, "{h}");
+}
+
 #[tokio::test]
 async fn messagepack_bodies_are_accepted_and_equal_json() {
     let app = app();
