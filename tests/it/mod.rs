@@ -8,5 +8,6 @@ mod diskfull;
 mod e2e;
 mod engine;
 mod openapi;
+mod prometheus;
 mod schema;
 mod simulator;

@@ -17,7 +17,7 @@ use kora_model::{
 use kora_policy::{CloudTiers, Engine, Thresholds};
 use kora_probe::ModelCatalog;
 use kora_store::{Batch, ReadError, Store};
-use kora_window::{CloudRuns, ProductIndex};
+use kora_window::{CloudRuns, ProductIndex, RunMetrics};
 
 use crate::clock::Clock;
 use crate::profile::{materially_changed, profile_of};
@@ -36,12 +36,18 @@ pub const CHECKPOINT_EVERY: u64 = 20_000;
 pub struct ReadModels {
     pub product: ProductIndex,
     pub cloud: CloudRuns,
+    /// Per-model run histograms and token counters for `GET /metrics` (a small row per model
+    /// label, at most [`kora_window::MAX_MODEL_LABELS`] + 1, per substrate). Checkpoints
+    /// written before it existed decode with an empty one, which counts the runs after them.
+    #[serde(default)]
+    pub runs: RunMetrics,
 }
 
 impl ReadModels {
     fn push(&mut self, entry: &LogEntry) {
         self.product.push(entry);
         self.cloud.push(entry);
+        self.runs.push(entry);
     }
 
     /// The read models of the log's entries up to `up_to` (for a checkpoint written before

@@ -675,14 +675,7 @@ async fn foreign_hosts_and_origins_are_refused_before_routing() {
 }
 
 fn recorded_snapshot(name: &str) -> HardwareSnapshot {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../probe/tests/fixtures")
-        .join(name);
-    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let recording = kora_probe::Recording::from_json(&fixture["recording"].to_string()).unwrap();
-    let mut probe = kora_probe::Probe::from_recording(recording);
-    let _ = probe.snapshot(now() - 1000);
-    probe.snapshot(now())
+    snapshot_at(name, 2)
 }
 
 #[tokio::test]
@@ -1332,45 +1325,359 @@ async fn export_pushes_otlp_to_a_collector_on_loopback() {
     );
 }
 
+/// The value of the sample `name` whose labels include `labels` (a counter, gauge or untyped
+/// sample; see [`counter`] on OpenMetrics counters).
+fn value_of(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name} is not a single value: {other:?}"),
+        })
+}
+
+/// The cumulative buckets `(le, count)` of the histogram `name` with `labels`.
+fn buckets_of(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Vec<(f64, f64)> {
+    let s = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .unwrap_or_else(|| panic!("no histogram {name} {labels:?}"));
+    match &s.value {
+        prometheus_parse::Value::Histogram(h) => h.iter().map(|b| (b.less_than, b.count)).collect(),
+        other => panic!("{name} is not a histogram: {other:?}"),
+    }
+}
+
+/// The values of `label` across the samples of `name`.
+fn label_values<'a>(
+    scrape: &'a prometheus_parse::Scrape,
+    name: &str,
+    label: &str,
+) -> std::collections::BTreeSet<&'a str> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter_map(|s| s.labels.get(label))
+        .collect()
+}
+
+/// The probe's reading at tick `tick` (from 1) of a recorded fixture.
+fn snapshot_at(name: &str, tick: usize) -> HardwareSnapshot {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../probe/tests/fixtures")
+        .join(name);
+    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let recording = kora_probe::Recording::from_json(&fixture["recording"].to_string()).unwrap();
+    let mut probe = kora_probe::Probe::from_recording(recording);
+    let t = now();
+    (1..=tick)
+        .map(|i| probe.snapshot(t - 1000 * (tick - i) as i64))
+        .last()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn prometheus_exposition_parses() {
     let app = app();
     populated(&app).await;
-    let req = Request::get("/metrics")
-        .header("host", HOST)
-        .body(Body::empty())
-        .unwrap();
-    let resp = app.router.clone().oneshot(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let text = String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
-    let find = |name: &str| {
-        scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == name)
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-    };
-    assert!(
-        matches!(find("kora_upgrade_suggestions").value, prometheus_parse::Value::Gauge(v) if v == 1.0)
+    let (text, scrape) = scrape(&app).await;
+    // Counts that only grow are counters (OpenMetrics: `# TYPE x counter`, sample `x_total`).
+    for family in [
+        "kora_upgrade_suggestions",
+        "kora_suggestions_dismissed",
+        "kora_trigger_firings",
+        "kora_run_tokens_in",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} counter\n")),
+            "{family}: {text}"
+        );
+    }
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert_eq!(
+        counter(&scrape, "kora_upgrade_suggestions_total", None),
+        Some(1.0)
     );
-    let reliability = scrape
+    assert_eq!(
+        counter(&scrape, "kora_suggestions_dismissed_total", None),
+        Some(1.0)
+    );
+    let reliability = value_of(
+        &scrape,
+        "kora_trigger_firings_total",
+        &[("category", "reliability")],
+    );
+    assert!(reliability >= Some(1.0), "{text}");
+    assert_eq!(
+        value_of(
+            &scrape,
+            "kora_trigger_firings_total",
+            &[("category", "model_fit")]
+        ),
+        Some(0.0)
+    );
+    // The store's size stays a gauge.
+    assert!(text.contains("# TYPE kora_log_records gauge\n"), "{text}");
+    // No probe reading yet: no hardware or profile family, rather than zeros.
+    for absent in [
+        "kora_ram_free_bytes",
+        "kora_gpu_vram_free_bytes",
+        "kora_profile_",
+    ] {
+        assert!(!text.contains(absent), "{absent} without a reading: {text}");
+    }
+}
+
+#[tokio::test]
+async fn prometheus_has_per_model_run_histograms_and_token_counters() {
+    let app = app();
+    populated(&app).await;
+    let mut cloud = run_json("cloud-1");
+    cloud["substrate"] = json!("cloud");
+    cloud["model_latency_ms"] = json!(40.0);
+    cloud["total_latency_ms"] = json!(45.0);
+    cloud["queue_wait_ms"] = json!(7.0);
+    let (s, v) = app.post("/v1/runs", json!({ "runs": [cloud] })).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (text, scrape) = scrape(&app).await;
+    assert!(
+        text.contains("# TYPE kora_run_model_latency_seconds histogram\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# UNIT kora_run_model_latency_seconds seconds\n"),
+        "{text}"
+    );
+    // The ten local runs of populated(): 2100.5 ms of model latency, 2600 ms in all.
+    let local = [("model", "llama-3-8b-q4"), ("substrate", "local")];
+    let b = buckets_of(&scrape, "kora_run_model_latency_seconds", &local);
+    assert_eq!(
+        b.len(),
+        kora_window::LATENCY_BUCKETS_S.len() + 1,
+        "every bound and +Inf: {b:?}"
+    );
+    for (le, n) in &b {
+        assert_eq!(*n, if *le < 2.1005 { 0.0 } else { 10.0 }, "le {le}: {b:?}");
+    }
+    assert_eq!(
+        value_of(&scrape, "kora_run_model_latency_seconds_count", &local),
+        Some(10.0)
+    );
+    let sum = value_of(&scrape, "kora_run_model_latency_seconds_sum", &local).unwrap();
+    assert!((sum - 21.005).abs() < 1e-9, "{sum}");
+    let total = buckets_of(&scrape, "kora_run_total_latency_seconds", &local);
+    assert_eq!(total.iter().find(|(le, _)| *le == 2.0).unwrap().1, 0.0);
+    assert_eq!(total.iter().find(|(le, _)| *le == 3.0).unwrap().1, 10.0);
+    assert_eq!(
+        value_of(&scrape, "kora_run_tokens_in_total", &local),
+        Some(15_000.0)
+    );
+    assert_eq!(
+        value_of(&scrape, "kora_run_tokens_out_total", &local),
+        Some(3_000.0)
+    );
+    assert_eq!(
+        value_of(&scrape, "kora_run_budget_breaches_total", &local),
+        Some(10.0)
+    );
+    // The cloud run: its own series, never hidden, and the only queue wait.
+    let cloud = [("model", "llama-3-8b-q4"), ("substrate", "cloud")];
+    let b = buckets_of(&scrape, "kora_run_model_latency_seconds", &cloud);
+    assert_eq!(b[0], (0.05, 1.0), "{b:?}");
+    let q = buckets_of(&scrape, "kora_run_queue_wait_seconds", &cloud);
+    assert_eq!(
+        q.iter().find(|(le, _)| *le == 0.01).unwrap().1,
+        1.0,
+        "{q:?}"
+    );
+    assert_eq!(
+        q.iter().find(|(le, _)| *le == 0.005).unwrap().1,
+        0.0,
+        "{q:?}"
+    );
+    assert!(
+        !text.contains(
+            "kora_run_queue_wait_seconds_count{model=\"llama-3-8b-q4\",substrate=\"local\"}"
+        ),
+        "runs without a queue wait have no queue-wait series: {text}"
+    );
+    assert_eq!(
+        value_of(&scrape, "kora_run_tokens_in_total", &cloud),
+        Some(1_500.0)
+    );
+}
+
+#[tokio::test]
+async fn prometheus_shows_each_trigger_state_as_alerts_does() {
+    let app = app();
+    populated(&app).await;
+    let (_, scrape) = scrape(&app).await;
+    let (_, v) = app.get("/v1/triggers").await;
+    let triggers = v["triggers"].as_array().unwrap();
+    assert!(triggers.len() >= 5, "{v}");
+    for t in triggers {
+        let labels = [
+            ("category", t["category"].as_str().unwrap()),
+            ("scope", t["scope"].as_str().unwrap()),
+            ("state", t["state"].as_str().unwrap()),
+        ];
+        assert_eq!(
+            value_of(&scrape, "kora_trigger_state", &labels),
+            Some(1.0),
+            "{labels:?}"
+        );
+    }
+    let series = scrape
         .samples
         .iter()
-        .find(|s| {
-            s.metric == "kora_trigger_firings" && s.labels.get("category") == Some("reliability")
-        })
+        .filter(|s| s.metric == "kora_trigger_state")
+        .count();
+    assert_eq!(series, triggers.len(), "one series per category and scope");
+    assert!(
+        triggers
+            .iter()
+            .any(|t| t["category"] == "reliability" && t["state"] == "firing"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn prometheus_shows_the_probe_readings_and_the_profile_and_omits_what_is_unavailable() {
+    let app = app();
+    // Two GPUs; at the third tick gpu1 is lost.
+    let snapshot = snapshot_at("two_gpus.json", 3);
+    assert!(snapshot.gpus[1].vram_free_mb.is_none(), "{snapshot:?}");
+    app.state
+        .pipeline
+        .ingest_snapshot(snapshot.clone())
+        .await
         .unwrap();
-    assert!(matches!(reliability.value, prometheus_parse::Value::Gauge(v) if v >= 1.0));
+    let (text, scrape) = scrape(&app).await;
+    let mb = 1_048_576.0;
+    let gpu0 = &snapshot.gpus[0];
+    assert_eq!(
+        value_of(&scrape, "kora_gpu_vram_total_bytes", &[("gpu", "0")]),
+        Some(gpu0.vram_total_mb.unwrap() * mb)
+    );
+    assert_eq!(
+        value_of(&scrape, "kora_gpu_vram_free_bytes", &[("gpu", "0")]),
+        Some(gpu0.vram_free_mb.unwrap() * mb)
+    );
+    assert_eq!(
+        value_of(&scrape, "kora_gpu_vram_free_bytes", &[("gpu", "1")]),
+        None,
+        "a lost GPU has no reading, not 0: {text}"
+    );
+    assert_eq!(
+        value_of(&scrape, "kora_ram_total_bytes", &[]),
+        Some(snapshot.ram_total_mb.unwrap() * mb)
+    );
+    assert_eq!(
+        value_of(&scrape, "kora_ram_free_bytes", &[]),
+        Some(snapshot.ram_free_mb.unwrap() * mb)
+    );
+    assert_eq!(value_of(&scrape, "kora_cpu_cores", &[]), Some(32.0));
+    assert_eq!(value_of(&scrape, "kora_cpu_load_ratio", &[]), Some(0.12));
+    assert_eq!(
+        value_of(&scrape, "kora_hardware_reading_timestamp_seconds", &[]),
+        Some(snapshot.ts_ms as f64 / 1000.0)
+    );
+    let (_, p) = app.get("/v1/profile").await;
+    let profile = &p["profile"];
+    assert_eq!(
+        value_of(&scrape, "kora_profile_max_model_vram_bytes", &[]),
+        Some(
+            profile["max_recommended_model_vram_mb"]["value"]
+                .as_f64()
+                .unwrap()
+                * mb
+        ),
+        "{p}"
+    );
+    assert_eq!(
+        value_of(&scrape, "kora_profile_max_context_tokens", &[]),
+        profile["max_recommended_context_tokens"]["value"].as_f64(),
+        "{p}"
+    );
+    assert_eq!(
+        value_of(&scrape, "kora_profile_max_concurrency", &[]),
+        profile["max_recommended_concurrency"]["value"].as_f64(),
+        "{p}"
+    );
+}
+
+#[tokio::test]
+async fn prometheus_has_no_gpu_family_on_a_cpu_only_machine() {
+    let app = app();
+    let snapshot = snapshot_at("cpu_only.json", 1);
+    app.state.pipeline.ingest_snapshot(snapshot).await.unwrap();
+    let (text, scrape) = scrape(&app).await;
+    assert!(!text.contains("kora_gpu_"), "{text}");
+    assert!(
+        value_of(&scrape, "kora_ram_total_bytes", &[]).is_some(),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn prometheus_model_labels_are_bounded() {
+    let app = app();
+    let runs: Vec<Value> = (0..kora_window::MAX_MODEL_LABELS + 5)
+        .map(|i| {
+            let mut r = run_json(&format!("r{i}"));
+            r["model_id"] = json!(format!("model-{i:03}"));
+            r
+        })
+        .collect();
+    let (s, v) = app.post("/v1/runs", json!({ "runs": runs })).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, scrape) = scrape(&app).await;
+    let models = label_values(&scrape, "kora_run_tokens_in_total", "model");
+    assert_eq!(
+        models.len(),
+        kora_window::MAX_MODEL_LABELS + 1,
+        "{models:?}"
+    );
+    assert!(models.contains("model-000") && models.contains("other"));
+    assert!(!models.contains(format!("model-{:03}", kora_window::MAX_MODEL_LABELS).as_str()));
+    let other = [("model", "other"), ("substrate", "local")];
+    assert_eq!(
+        value_of(&scrape, "kora_run_total_latency_seconds_count", &other),
+        Some(5.0)
+    );
+    // The trigger scopes of unlabelled models are counted under `other` too.
+    let scopes = label_values(&scrape, "kora_trigger_state", "scope");
+    assert!(
+        scopes.len() <= kora_window::MAX_MODEL_LABELS + 3,
+        "{scopes:?}"
+    );
+    let latency_other: f64 = scrape
+        .samples
+        .iter()
+        .filter(|s| {
+            s.metric == "kora_trigger_state"
+                && s.labels.get("category") == Some("latency")
+                && s.labels.get("scope") == Some("other")
+        })
+        .map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref o => panic!("{o:?}"),
+        })
+        .sum();
+    assert_eq!(
+        latency_other, 5.0,
+        "five models without a label of their own"
+    );
 }
 
 /// Every route of the service, with a method it answers to.

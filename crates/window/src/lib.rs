@@ -40,15 +40,22 @@
 //! folds a slice of entries the same way). [`CloudRuns`] folds the log's runs into one small row per run
 //! that executed on Krako Cloud, so that the metrics can count them (per model too) and the
 //! service can list them without reading every run again: cloud execution is never hidden.
+//! [`RunMetrics`] folds the runs into bounded per-model histograms (latencies, queue wait) and
+//! token counters for the Prometheus exposition.
 
 mod cloud;
 mod metrics;
 mod quantile;
+mod run_metrics;
 mod runs;
 mod time;
 
 pub use cloud::{CloudRunSummary, CloudRuns};
 pub use metrics::{ProductIndex, product_metrics};
 pub use quantile::{Digest, SCALE, SIGNIFICANT_DIGITS, Summary, quantile, summarize};
+pub use run_metrics::{
+    Histogram, LATENCY_BUCKETS_S, MAX_MODEL_LABELS, OTHER_MODELS, QUEUE_WAIT_BUCKETS_S, RunMetrics,
+    RunSeries,
+};
 pub use runs::{RunBlock, RunPoint, RunWindows, WINDOW_KIND_RUNS};
 pub use time::{PushOutcome, TimeWindows, WINDOW_KIND_TIME, scope_of_series};
