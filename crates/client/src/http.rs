@@ -283,6 +283,21 @@ impl Client {
         })
     }
 
+    /// `request` with the call's query and the token.
+    fn decorate<B>(
+        &self,
+        mut request: ureq::RequestBuilder<B>,
+        call: &Call<'_>,
+    ) -> ureq::RequestBuilder<B> {
+        for (k, v) in &call.query {
+            request = request.query(k, v);
+        }
+        match &self.token {
+            Some(t) => request.header("authorization", format!("Bearer {t}")),
+            None => request,
+        }
+    }
+
     /// One attempt of `call`, its answer read: the raw text of a success.
     fn attempt(&self, call: &Call<'_>) -> Result<String, ClientError> {
         let base = self.base();
@@ -292,31 +307,15 @@ impl Client {
             source,
         };
         let response = match &call.body {
-            None => {
-                let mut request = match call.method {
-                    "HEAD" => self.agent.head(&url),
-                    _ => self.agent.get(&url),
-                };
-                for (k, v) in &call.query {
-                    request = request.query(k, v);
-                }
-                if let Some(t) = &self.token {
-                    request = request.header("authorization", format!("Bearer {t}"));
-                }
-                request.call()
-            }
+            None => self.decorate(self.agent.get(&url), call).call(),
             Some((bytes, content_type)) => {
-                let mut request = match call.method {
+                let request = match call.method {
                     "PUT" => self.agent.put(&url),
                     _ => self.agent.post(&url),
                 };
-                for (k, v) in &call.query {
-                    request = request.query(k, v);
-                }
-                if let Some(t) = &self.token {
-                    request = request.header("authorization", format!("Bearer {t}"));
-                }
-                request.content_type(*content_type).send(&bytes[..])
+                self.decorate(request, call)
+                    .content_type(*content_type)
+                    .send(&bytes[..])
             }
         };
         let mut response = response.map_err(unreachable)?;
