@@ -4,7 +4,9 @@
 //! `i` of 100 samples (MessagePack) is due at `start + i / rate`, 64 sender threads take the
 //! due batches in turn, and latency is measured from the due time, so a slow answer delays the
 //! batches behind it and shows in their latency instead of lowering the offered rate
-//! (no coordinated omission).
+//! (no coordinated omission). Each thread sends through its own `kora_client::Client`
+//! (its own connection) with no retry, so that every 429/503 is counted, and without client
+//! ids, as the probe's samples are sent (the figures in benches/README.md were measured so).
 //!
 //! Steps: rates of 250, 500, 1,000, 2,000, 4,000 ... batches/s, `KORA_LOAD_STEP_S` seconds each
 //! (default 10), until a step misses any of: 99 % of the offered rate achieved, 0 errors, p99
@@ -24,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
+use kora_client::{Client, Encoding, RetryPolicy};
 use kora_model::{Sample, SampleBatch, Signal};
 
 const SENDERS: usize = 64;
@@ -95,7 +98,7 @@ fn rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
-fn body(i: u64) -> Vec<u8> {
+fn batch(i: u64) -> SampleBatch {
     let ts = kora_pipeline::clock::wall_ms() - 1000;
     let samples: Vec<Sample> = (0..BATCH as u64)
         .map(|j| {
@@ -106,10 +109,10 @@ fn body(i: u64) -> Vec<u8> {
             )
         })
         .collect();
-    rmp_serde::to_vec_named(&SampleBatch { samples }).unwrap()
+    SampleBatch { samples }
 }
 
-fn step(url: &str, pid: u32, rate: f64, seconds: f64) -> Step {
+fn step(base: &str, pid: u32, rate: f64, seconds: f64) -> Step {
     let total = (rate * seconds) as u64;
     let next = AtomicU64::new(0);
     let (ok, refused, errors) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
@@ -120,32 +123,30 @@ fn step(url: &str, pid: u32, rate: f64, seconds: f64) -> Step {
     std::thread::scope(|s| {
         for _ in 0..SENDERS {
             s.spawn(|| {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .timeout_global(Some(Duration::from_secs(10)))
-                    .build()
-                    .into();
+                let client = Client::builder(base)
+                    .timeout(Duration::from_secs(10))
+                    .retry(RetryPolicy::none())
+                    .encoding(Encoding::MessagePack)
+                    .assign_ids(false)
+                    .build();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= total {
                         return;
                     }
-                    let body = body(i);
+                    let batch = batch(i);
                     let due = start + Duration::from_secs_f64(i as f64 / rate);
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
                     }
-                    let r = agent
-                        .post(url)
-                        .header("content-type", "application/msgpack")
-                        .send(&body[..]);
+                    let r = client.samples(&batch);
                     let ms = due.elapsed().as_secs_f64() * 1e3;
-                    match r.map(|r| r.status().as_u16()) {
-                        Ok(200) => {
+                    match r.as_ref().map_err(|e| e.status()) {
+                        Ok(_) => {
                             ok.fetch_add(1, Ordering::Relaxed);
                             ok_lat.lock().unwrap().push(ms);
                         }
-                        Ok(429 | 503) => {
+                        Err(Some(429 | 503)) => {
                             refused.fetch_add(1, Ordering::Relaxed);
                             ref_lat.lock().unwrap().push(ms);
                         }
@@ -178,7 +179,6 @@ fn main() {
         .unwrap_or(10.0);
     let dir = tempdir();
     let (mut child, base, _) = spawn_serve(dir.path());
-    let url = format!("{base}/v1/samples");
     let pid = child.id();
     println!(
         "load run: {SENDERS} open-loop senders, batches of {BATCH} samples (MessagePack), {seconds} s a step"
@@ -187,7 +187,7 @@ fn main() {
     let mut best: Option<Step> = None;
     let mut rate = 250.0;
     loop {
-        let s = step(&url, pid, rate, seconds);
+        let s = step(&base, pid, rate, seconds);
         s.print();
         acked += s.ok;
         if !s.met() {
@@ -206,7 +206,7 @@ fn main() {
         return;
     };
     // Twice the sustainable rate: the excess must be refused fast, and nothing lost.
-    let over = step(&url, pid, best.rate * 2.0, seconds);
+    let over = step(&base, pid, best.rate * 2.0, seconds);
     println!(" at twice the sustainable rate:");
     over.print();
     acked += over.ok;

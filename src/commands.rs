@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use kora_model::LogEntry;
+use kora_client::Client;
+use kora_model::{ConsentChange, ExportRequest, LogEntry, LogQuery, RangeQuery};
 use kora_store::{OpenError, Store, StoreOptions};
 
 use crate::cli::ServeArgs;
-use crate::client::{Client, ConsentChange, ExportRequest};
 use crate::config::{DB_FILE, DataDir, Layered};
 use crate::print;
 
@@ -46,7 +46,11 @@ pub fn log(data_dir: &Path, limit: usize, kind: Option<String>, json: bool) -> R
         Err(OpenError::AlreadyOpen { .. }) => {
             Client::connect(data_dir)
                 .context("the store is in use by another process")?
-                .log(limit, kind.as_deref())
+                .log(&LogQuery {
+                    limit: Some(limit),
+                    kind: kind.clone(),
+                    ..LogQuery::default()
+                })
                 .context("the running service gave no log page")?
                 .entries
         }
@@ -116,7 +120,10 @@ pub fn export(
 }
 
 pub fn metrics(data_dir: &Path, range: &str, json: bool) -> Result<()> {
-    let m = Client::connect(data_dir)?.product_metrics(range)?;
+    let m = Client::connect(data_dir)?.product_metrics(&RangeQuery {
+        range: Some(range.to_owned()),
+        ..RangeQuery::default()
+    })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&m)?);
     } else {

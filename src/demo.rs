@@ -20,14 +20,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use kora_client::Client;
 use kora_model::{
     Category, ContextRequest, Event, EventBatch, Feedback, FeedbackAction, LoadOutcome, ModelLoad,
     Readiness, Run, RunBatch, Sample, SampleBatch, SessionEvent, Signal, Stage, StageKind,
-    Substrate,
+    Substrate, SuggestionsQuery,
 };
 use kora_policy::TriggerState;
-
-use crate::client::Client;
 
 /// What `demo` was asked to do.
 #[derive(Debug)]
@@ -466,7 +465,11 @@ impl Workload {
     fn dismiss_context_suggestion(&mut self) -> Result<()> {
         let view = self
             .client
-            .suggestions(Some(Category::Context), Some(1))
+            .suggestions(&SuggestionsQuery {
+                category: Some(Category::Context.as_str().to_owned()),
+                limit: Some(1),
+                scope: None,
+            })
             .context("GET /v1/suggestions")?;
         if let Some(s) = view.suggestions.first() {
             let id = &s.suggestion.suggestion_id;
@@ -532,7 +535,9 @@ pub fn run(options: DemoOptions) -> Result<()> {
     }
     let service = Service::start(options.listen, options.keep_data)?;
     let mut w = Workload {
-        client: Client::new(service.base.clone(), Duration::from_secs(10)),
+        client: Client::builder(service.base.clone())
+            .timeout(Duration::from_secs(10))
+            .build(),
         rng: Rng(0x9E37_79B9_7F4A_7C15),
         run_no: 0,
         slow_live: 0,

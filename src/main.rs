@@ -11,7 +11,6 @@ use crate::config::{DataDir, Layered, load_thresholds};
 
 mod analysis;
 mod cli;
-mod client;
 mod commands;
 mod config;
 mod demo;

@@ -4,14 +4,14 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use kora_model::{FitVerdict, ProfileRecord};
+use kora_client::Client;
+use kora_model::{FitQuery, FitVerdict, ProfileRecord};
 use kora_pipeline::clock::wall_ms;
 use kora_pipeline::profile::profile_of;
 use kora_policy::Thresholds;
 use kora_probe::{ModelCatalog, Probe};
 use kora_store::{Store, StoreOptions};
 
-use crate::client::Client;
 use crate::config::DB_FILE;
 use crate::report;
 
@@ -64,7 +64,10 @@ pub fn fit(data_dir: &Path, vram: f64, context_tokens: Option<u64>, json: bool) 
     }
     let verdict: FitVerdict = match Client::running(data_dir) {
         Some(client) => client
-            .fit(vram, context_tokens)
+            .fit(&FitQuery {
+                model_required_vram_mb: Some(vram),
+                context_tokens,
+            })
             .with_context(|| format!("the service at {} gave no fit check", client.base()))?,
         None => kora_probe::fit_check(
             &local_snapshot(),

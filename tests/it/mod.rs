@@ -1,6 +1,7 @@
 mod admission;
 mod browser;
 mod cli;
+mod client;
 pub mod common;
 mod corruption;
 mod crash;
