@@ -1,14 +1,21 @@
 // kora-telemetry local dashboards.
 //
 // A single page with one view per hash (#overview, #latency, ...). Each view loads what it
-// shows from this service's public HTTP API, and the current view is reloaded every few
-// seconds; it is redrawn only when what it loaded changed, so charts do not flicker and a
-// button keeps its focus. Everything is built with DOM calls and textContent (never innerHTML
-// with data), and there is nothing inline: the service's CSP is `default-src 'self'`.
+// shows from this service's public HTTP API. Decisions arrive live through the service's event
+// stream (`GET /v1/stream`, an EventSource): each one is shown at once in the header and
+// reloads the current view. The measurements that are no decision (windows, readings) are
+// reloaded every 30 s; while the stream is down the view is polled every 10 s instead, until
+// the browser has reconnected it. A view is redrawn only when what it loaded changed, so charts
+// do not flicker and a button keeps its focus. Everything is built with DOM calls and
+// textContent (never innerHTML with data), and there is nothing inline: the service's CSP is
+// `default-src 'self'`.
 "use strict";
 
 (function () {
-  const POLL_MS = 3000;
+  /** While the stream is up: how often the measurements (not decisions) are reloaded. */
+  const MEASURE_MS = 30000;
+  /** While the stream is down: how often the view is polled instead. */
+  const FALLBACK_MS = 10000;
   const COLORS = ["#1f6feb", "#f59e42", "#2da44e", "#a371f7", "#e5534b", "#0ea5a4"];
 
   // ---------- helpers ----------
@@ -203,49 +210,58 @@
   views.overview = {
     title: "Overview",
     async load() {
-      const [profile, triggers, suggestions, health] = await Promise.all([
-        api("/v1/profile"), api("/v1/triggers"), api("/v1/suggestions?limit=3"), api("/v1/health")]);
-      return { profile: profile.status === 200 ? profile.body : null, triggers: triggers.body, suggestions: suggestions.body, health: health.body };
+      const [profile, triggers, suggestions, health, metrics, cloud] = await Promise.all([
+        api("/v1/profile"), api("/v1/triggers"), api("/v1/suggestions?limit=3"), api("/v1/health"),
+        optional("/v1/metrics/product?range=all"), api("/v1/log?kind=run&substrate=cloud&limit=5")]);
+      return { profile: profile.status === 200 ? profile.body : null, triggers: triggers.body, suggestions: suggestions.body, health: health.body,
+        metrics: metrics.status === 200 ? metrics.body : null, cloudRuns: (cloud.body && cloud.body.entries) || [], live: live.recent.slice(0, 8) };
     },
     draw(d, root) {
       const grid = h("div", { class: "grid" });
+      let readings = null;
       if (!d.profile) {
         grid.appendChild(card("Capability profile", empty("no hardware snapshot yet: the probe takes its first reading at start")));
       } else {
         const p = d.profile.profile;
         const models = Object.values(p.models || {});
-        grid.appendChild(card("Capability profile (what this machine can run)",
-          h("dl", { class: "kv" },
+        // Wide: the arithmetic behind each value gets the width of the page to wrap in.
+        grid.appendChild(wide(card("Capability profile (what this machine can run)",
+          h("dl", { class: "kv capability" },
             h("dt", {}, d.profile.hardware.cpu_only ? "largest model (RAM)" : "largest model (VRAM)"), h("dd", { "data-field": "max_recommended_model_vram_mb" }, derived(p.max_recommended_model_vram_mb, "MB")),
             h("dt", {}, "longest context"), h("dd", { "data-field": "max_recommended_context_tokens" }, derived(p.max_recommended_context_tokens, "tokens")),
             h("dt", {}, "concurrent sessions"), h("dd", { "data-field": "max_recommended_concurrency" }, derived(p.max_recommended_concurrency))),
           models.length ? h("div", {}, h("h3", {}, "models seen"), table(["model", "VRAM needed", "supported context"],
             models.map((m) => [m.model_id, reading(m.model_required_vram_mb, "MB"), derived(m.supported_context_tokens, "tokens", { small: true })]))) : null,
-          h("p", { class: "small muted" }, `thresholds ${p.thresholds_version}`)));
+          h("p", { class: "small muted" }, `thresholds ${p.thresholds_version}`))));
         const hw = d.profile.hardware;
         const un = hw.unavailable || {};
-        grid.appendChild(card(`Current readings (${time(hw.ts_ms)})`,
+        readings = card(`Current readings (${time(hw.ts_ms)})`,
           h("dl", { class: "kv" },
             h("dt", {}, "CPU cores"), h("dd", {}, reading(hw.cpu_cores, "", un.cpu_cores)),
             h("dt", {}, "CPU load"), h("dd", {}, reading(hw.cpu_load_pct, "%", un.cpu_load_pct)),
             h("dt", {}, "RAM free / total"), h("dd", {}, reading(hw.ram_free_mb, "MB", un.ram_free_mb), " / ", reading(hw.ram_total_mb, "MB", un.ram_total_mb)),
             h("dt", {}, "GPU"), h("dd", {}, hw.gpu_unavailable ? h("span", { class: "unknown", "data-field": "gpu" }, `unavailable: ${hw.gpu_unavailable}`)
               : hw.gpus.map((g) => h("div", {}, `#${g.index} ${g.name || ""}: `, reading(g.vram_free_mb, "MB free", g.unavailable), " of ", reading(g.vram_total_mb, "MB", g.unavailable)))),
-            h("dt", {}, "mode"), h("dd", {}, hw.cpu_only ? "CPU only (models and context sized from RAM)" : "GPU"))));
+            h("dt", {}, "mode"), h("dd", {}, hw.cpu_only ? "CPU only (models and context sized from RAM)" : "GPU")));
       }
       const ts = (d.triggers && d.triggers.triggers) || [];
       const active = ts.filter((t) => t.state !== "idle");
-      grid.appendChild(wide(card("Active triggers",
+      const triggers = wide(card("Active triggers",
         active.length ? table(["category", "scope", "state", "latest evidence"], active.map((t) => [t.category, t.scope, triggerState(t), evidenceSummary(t.evidence)]))
           : empty("no trigger is pending or firing: nothing suggests this machine is at a limit"),
-        h("p", { class: "small muted" }, `${ts.length - active.length} idle · thresholds ${d.triggers ? d.triggers.thresholds_version : "?"}`))));
+        h("p", { class: "small muted" }, `${ts.length - active.length} idle · thresholds ${d.triggers ? d.triggers.thresholds_version : "?"}`)));
       const ss = (d.suggestions && d.suggestions.suggestions) || [];
+      // A row of three under the profile: what just happened, the latest suggestions, the readings.
+      grid.appendChild(liveCard(d.live));
       grid.appendChild(card("Latest suggestions",
         ss.length ? ss.map((s) => h("div", { class: "option" },
           h("div", {}, badge(s.suggestion.category, "local"), " ", h("strong", {}, s.suggestion.scope), h("span", { class: "muted small" }, ` · ${time(s.suggestion.ts_ms)} · step ${s.suggestion.ladder_step}`),
             s.feedback.length ? h("span", {}, " ", badge(s.feedback[s.feedback.length - 1].action)) : null),
           h("pre", { class: "message" }, s.suggestion.message))) : empty("no suggestion yet"),
         h("a", { href: "#suggestions" }, "all suggestions →")));
+      if (readings) grid.appendChild(readings);
+      grid.appendChild(triggers);
+      grid.appendChild(wide(cloudRunsCard(d.metrics, d.cloudRuns)));
       if (d.health) {
         grid.appendChild(card("Store",
           h("dl", { class: "kv" },
@@ -258,6 +274,16 @@
       root.appendChild(grid);
     },
   };
+
+  /** The decisions this page received through the stream, newest first. */
+  function liveCard(items) {
+    const el = card("Live decisions (as the engine commits them)");
+    el.id = "live-card";
+    el.appendChild(items.length ? h("ol", { class: "live-list" }, items.map((x) => h("li", { data: { kind: x.kind, eventId: x.id } },
+      badge(x.kind.replace("_", " "), LIVE_BADGE[x.kind] || "idle"), " ", liveText(x), h("span", { class: "muted small" }, ` · ${time(x.receivedMs)}`))))
+      : empty(live.up ? "connected: nothing decided since this page opened" : "the live stream is not connected: the view is polled instead"));
+    return el;
+  }
 
   views.latency = {
     title: "Latency",
@@ -661,7 +687,9 @@
       const tiers = d.cloud_tiers || {};
       const tierRows = Array.isArray(tiers.tiers) ? tiers.tiers : [];
       root.appendChild(card(`Krako Cloud tier table${tiers.version ? " " + tiers.version : ""} (planning assumptions)`,
-        tierRows.length ? table(Object.keys(tierRows[0]), tierRows.map((t) => Object.values(t).map((v) => typeof v === "object" ? JSON.stringify(v) : String(v))))
+        // Long snake_case names may break after an underscore, so the table fits at 1280 px.
+        tierRows.length ? h("div", { class: "wrap" }, table(Object.keys(tierRows[0]).map((k) => k.replace(/_/g, "_\u200b")),
+          tierRows.map((t) => Object.values(t).map((v) => typeof v === "object" ? JSON.stringify(v) : String(v)))))
           : h("pre", {}, JSON.stringify(tiers, null, 2))));
       root.appendChild(card("Backtest another thresholds file",
         h("p", {}, "What would have fired, been suppressed and been suggested over your stored history with another file, side by side with this set:"),
@@ -669,12 +697,115 @@
     },
   };
 
-  // ---------- routing and polling ----------
+  // ---------- the live stream ----------
+
+  /** The events of `GET /v1/stream` that are decisions (http-api.md). */
+  const DECISIONS = ["firing", "resolved", "suggestion", "suppression", "mitigation_outcome", "consent", "export"];
+  const LIVE_BADGE = { firing: "firing", resolved: "resolved", suggestion: "local", suppression: "idle", mitigation_outcome: "accepted", consent: "cloud", export: "cloud" };
+  const live = { source: null, up: false, lastId: null, recent: [], retry: null, health: null };
+
+  function liveText(x) {
+    const d = x.data || {};
+    switch (x.kind) {
+      case "firing": return `${d.category} fired for ${d.scope}`;
+      case "resolved": return `${d.category} resolved for ${d.scope}`;
+      case "suggestion": return `new suggestion: ${d.category} for ${d.scope}`;
+      case "suppression": return `${d.category} for ${d.scope} held back (${String(d.rule || "").replace(/_/g, " ")})`;
+      case "mitigation_outcome": return `follow-up of ${d.choice} for ${d.scope}: ${String(d.effect || "").replace(/_/g, " ")}`;
+      case "consent": return `export turned ${d.enabled ? "on" : "off"} by ${d.actor}`;
+      case "export": return `exported ${fmt(d.bytes, 0)} bytes to ${d.destination}`;
+      default: return x.kind;
+    }
+  }
+  const LIVE_TARGET = { firing: "#overview", resolved: "#overview", suggestion: "#suggestions", suppression: "#suggestions", mitigation_outcome: "#suggestions", consent: "#privacy", export: "#privacy" };
+
+  function showLive() {
+    const box = document.getElementById("live");
+    const state = document.getElementById("live-state");
+    if (!box || !state) return;
+    box.dataset.state = live.up ? "live" : "polling";
+    state.className = `badge ${live.up ? "accepted" : "pending"}`;
+    state.textContent = live.up ? "live" : `reconnecting · polling every ${FALLBACK_MS / 1000} s`;
+    state.title = live.up ? "decisions arrive through the service's event stream (/v1/stream)" : "the event stream is down: the view is polled until it is back";
+  }
+
+  function onDecision(ev) {
+    let data = null;
+    try { data = JSON.parse(ev.data); } catch (_) { return; }
+    const item = { kind: ev.type, id: ev.lastEventId, data, receivedMs: Date.now() };
+    if (ev.lastEventId) live.lastId = ev.lastEventId;
+    live.recent.unshift(item);
+    if (live.recent.length > 20) live.recent.length = 20;
+    const last = document.getElementById("live-last");
+    if (last) {
+      last.replaceChildren(badge(item.kind.replace("_", " "), LIVE_BADGE[item.kind] || "idle"), " ", liveText(item));
+      last.href = LIVE_TARGET[item.kind] || "#overview";
+      last.hidden = false;
+      last.dataset.kind = item.kind;
+      last.dataset.eventId = item.id || "";
+      last.dataset.scope = data.scope || "";
+      last.dataset.receivedMs = String(item.receivedMs);
+      last.dataset.suggestionId = item.kind === "suggestion" ? data.suggestion_id : "";
+    }
+    soon();
+  }
+
+  function onHealth(ev) {
+    try { live.health = JSON.parse(ev.data); } catch (_) { return; }
+    const status = document.getElementById("status");
+    if (live.health.status !== "ok" && status) {
+      status.textContent = `store ${live.health.status}: ${live.health.problem || ""}`;
+      status.classList.add("error");
+    }
+    soon();
+  }
+
+  /** Opens the stream. The browser reconnects it by itself (with Last-Event-ID) after a drop,
+   *  an overflow or a restart of the service; only a refused connection is retried here. */
+  function connectLive() {
+    if (typeof window.EventSource !== "function") { showLive(); return; }
+    const url = live.lastId ? `/v1/stream?last_event_id=${encodeURIComponent(live.lastId)}` : "/v1/stream";
+    const es = new EventSource(url);
+    live.source = es;
+    for (const name of DECISIONS) es.addEventListener(name, onDecision);
+    es.addEventListener("health", onHealth);
+    es.addEventListener("ready", (ev) => {
+      if (ev.lastEventId) live.lastId = ev.lastEventId;
+      live.up = true;
+      showLive();
+      // Whatever was decided while the stream was down is in the view now.
+      soon();
+    });
+    for (const name of ["overflow", "closing", "unavailable"]) es.addEventListener(name, () => { live.up = false; showLive(); });
+    es.onerror = () => {
+      live.up = false;
+      showLive();
+      if (es.readyState === 2) {
+        // Refused (not an event stream): the browser gives up on it; try again later.
+        es.close();
+        live.source = null;
+        clearTimeout(live.retry);
+        live.retry = setTimeout(connectLive, FALLBACK_MS);
+      }
+    };
+    showLive();
+  }
+
+  // ---------- routing and reloading ----------
 
   let current = null;
   let lastJson = null;
   let timer = null;
   let busy = false;
+  let again = false;
+  let lastLoad = 0;
+  let pending = null;
+
+  /** Reloads the current view shortly (a burst of events makes one reload). */
+  function soon() {
+    clearTimeout(pending);
+    pending = setTimeout(() => refresh(false), 50);
+  }
 
   function viewName() {
     const name = (location.hash || "#overview").slice(1);
@@ -682,8 +813,9 @@
   }
 
   async function refresh(force) {
-    if (busy && !force) return;
+    if (busy && !force) { again = true; return; }
     busy = true;
+    lastLoad = Date.now();
     const name = viewName();
     const status = document.getElementById("status");
     try {
@@ -702,13 +834,15 @@
         lastJson = json;
         document.body.dataset.loaded = name;
       }
-      status.textContent = `updated ${time(Date.now())}`;
-      status.classList.remove("error");
+      const degraded = live.health && live.health.status !== "ok";
+      status.textContent = degraded ? `store ${live.health.status}: ${live.health.problem || ""}` : `updated ${time(Date.now())}`;
+      status.classList.toggle("error", !!degraded);
     } catch (e) {
       status.textContent = `cannot reach the service: ${e.message}`;
       status.classList.add("error");
     } finally {
       busy = false;
+      if (again) { again = false; soon(); }
     }
   }
 
@@ -723,10 +857,17 @@
   function start() {
     window.addEventListener("hashchange", route);
     route();
-    timer = setInterval(() => { if (!document.hidden) refresh(false); }, POLL_MS);
+    connectLive();
+    timer = setInterval(() => {
+      if (document.hidden) return;
+      if (Date.now() - lastLoad >= (live.up ? MEASURE_MS : FALLBACK_MS)) refresh(false);
+    }, 1000);
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();
-  window.addEventListener("beforeunload", () => clearInterval(timer));
+  window.addEventListener("beforeunload", () => {
+    clearInterval(timer);
+    if (live.source) live.source.close();
+  });
 })();

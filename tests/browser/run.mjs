@@ -8,6 +8,9 @@
 //   KORA_ACCEPT_ID    the suggestion whose first option the test accepts by clicking (required)
 //   KORA_ATTACK_ID    the suggestion a foreign page tries to answer (required)
 //   KORA_INSIST_ID    the suggestion on which the test clicks "insist on the same tier" (required)
+//   KORA_LIVE_BASE    a second, empty service: the page waits on it for a live suggestion
+//                     (required)
+//   KORA_LIVE_RUNS    a file with the `POST /v1/runs` body that makes that suggestion (required)
 //   KORA_CHROMIUM     the browser (default /usr/bin/chromium)
 import { chromium } from "playwright-core";
 import http from "node:http";
@@ -20,6 +23,8 @@ const SHOTS = need("KORA_SCREENSHOTS");
 const ACCEPT_ID = need("KORA_ACCEPT_ID");
 const ATTACK_ID = need("KORA_ATTACK_ID");
 const INSIST_ID = need("KORA_INSIST_ID");
+const LIVE_BASE = need("KORA_LIVE_BASE");
+const LIVE_RUNS = need("KORA_LIVE_RUNS");
 const EXE = process.env.KORA_CHROMIUM || "/usr/bin/chromium";
 const VIEWS = ["overview", "latency", "concurrency", "reliability", "suggestions", "metrics", "privacy", "thresholds"];
 // A name the browser resolves to 127.0.0.1, as a DNS-rebinding page would make it.
@@ -91,6 +96,8 @@ async function main() {
           steps: Array.from(c.querySelectorAll(".ladder span"), (x) => ({ text: x.innerText, class: x.className, option: x.dataset.option })),
         }))),
         csp: res ? res.headers()["content-security-policy"] || "" : "",
+        // The event stream's state as the header shows it.
+        live: await page.locator("#live").getAttribute("data-state").catch(() => null),
         screenshot: file,
         ...seen,
       };
@@ -119,6 +126,29 @@ async function main() {
           steps: document.querySelectorAll("details.from li").length };
       });
       await page.screenshot({ path: path.join(SHOTS, "01b-overview-1280-arithmetic-open.png"), fullPage: true });
+      await page.close();
+    }
+
+    // 1c. Every view at 1280 px: a screenshot, and no card wider than its box.
+    out.at1280 = {};
+    for (const [i, view] of VIEWS.entries()) {
+      const page = await context.newPage();
+      await page.setViewportSize({ width: 1280, height: 900 });
+      await page.goto(`${BASE}/#${view}`, { waitUntil: "load" });
+      await settle(page, view);
+      const file = path.join(SHOTS, `${String(i + 1).padStart(2, "0")}c-${view}-1280.png`);
+      await page.screenshot({ path: file, fullPage: true });
+      out.at1280[view] = await page.evaluate(() => {
+        const over = [];
+        for (const el of document.querySelectorAll(".card")) {
+          if (el.scrollWidth > el.clientWidth + 1) {
+            const t = el.querySelector("h3");
+            over.push({ card: t ? t.textContent : el.className, scrollWidth: el.scrollWidth, clientWidth: el.clientWidth });
+          }
+        }
+        return { pageWidth: document.documentElement.scrollWidth, over };
+      });
+      out.at1280[view].screenshot = file;
       await page.close();
     }
 
@@ -199,6 +229,64 @@ async function main() {
       await page.close();
     } finally {
       evil.server.close();
+    }
+
+    // 5. Live: the overview of an empty service is open and its stream connected; runs that
+    //    sustain a latency trigger are posted; the suggestion they cause reaches the page
+    //    through its EventSource. Measured from just before the POST to the event's arrival.
+    {
+      const page = await context.newPage();
+      const seen = watch(page);
+      const streams = [];
+      page.on("request", (r) => { if (r.url().includes("/v1/stream")) streams.push(r.url()); });
+      await page.goto(`${LIVE_BASE}/#overview`, { waitUntil: "load" });
+      await settle(page, "overview");
+      await page.waitForSelector('#live[data-state="live"]', { timeout: 15000 });
+      // The reload that follows the stream's `ready` is over.
+      await page.waitForTimeout(500);
+      const polls = [];
+      page.on("request", (r) => { if (r.url().includes("/v1/suggestions")) polls.push({ url: r.url(), at: Date.now() }); });
+      const body = fs.readFileSync(LIVE_RUNS, "utf8");
+      const posted = Date.now();
+      const res = await fetch(`${LIVE_BASE}/v1/runs`, { method: "POST", headers: { "content-type": "application/json" }, body });
+      const acked = Date.now();
+      let event = null;
+      try {
+        await page.waitForSelector('#live-last[data-kind="suggestion"]', { timeout: 10000 });
+        event = await page.evaluate(() => Object.assign({}, document.getElementById("live-last").dataset, { text: document.getElementById("live-last").innerText }));
+      } catch (e) { seen.pageErrors.push(`no live suggestion: ${e.message}`); }
+      // The view reloads because of the event and shows the suggestion's message (it said
+      // "no suggestion yet" before).
+      let listed = false;
+      try {
+        await page.waitForFunction(() => document.querySelector("#view").innerText.toLowerCase().includes("local execution hit a limit"),
+          null, { timeout: 10000 });
+        listed = true;
+      } catch (_) { listed = false; }
+      await page.screenshot({ path: path.join(SHOTS, "11-live-suggestion.png"), fullPage: true });
+      out.live = {
+        status: res.status, post_ms: acked - posted, event,
+        delay_ms: event ? Number(event.receivedMs) - posted : null,
+        listed, streams, suggestion_fetches_before_event: polls.filter((p) => event && p.at <= Number(event.receivedMs)).length,
+        live_card: await page.locator("#live-card").innerText().catch(() => ""), ...seen,
+      };
+      await page.close();
+    }
+
+    // 6. Fallback: with the stream refused, the page says so and keeps polling.
+    {
+      const page = await context.newPage();
+      await page.route("**/v1/stream*", (route) => route.fulfill({ status: 503, contentType: "application/json", body: "{}" }));
+      await page.goto(`${BASE}/#overview`, { waitUntil: "load" });
+      await settle(page, "overview");
+      let state = null;
+      try {
+        await page.waitForSelector('#live[data-state="polling"]', { timeout: 10000 });
+        state = "polling";
+      } catch (_) { state = await page.locator("#live").getAttribute("data-state").catch(() => null); }
+      out.fallback = { state, text: await page.locator("#live").innerText().catch(() => ""), loaded: await page.locator("body").getAttribute("data-loaded") };
+      await page.screenshot({ path: path.join(SHOTS, "12-stream-down-polling.png"), fullPage: true });
+      await page.close();
     }
 
     // 4. DNS rebinding: a name that resolves to 127.0.0.1 but is not on the Host allowlist.

@@ -2,9 +2,12 @@
 //! ingests a known workload through the API, `tests/browser/run.mjs` (playwright-core) drives
 //! the browser and reports what it saw, and this test asserts on it and on the API afterwards.
 //!
+//! A second, empty service shows a live suggestion: the page's `EventSource` must bring it
+//! within a second of the runs that caused it.
+//!
 //! Needs `/usr/bin/chromium` (or `KORA_CHROMIUM`), `node`, and `npm ci` run in `tests/browser/`.
 //! In CI (`CI=true`) a missing piece fails the test; elsewhere it is skipped with a loud line.
-//! Screenshots of every view go to `target/screenshots/`.
+//! Screenshots of every view (at 1360 and at 1280 px) go to `target/screenshots/`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +22,9 @@ use super::common::{Server, agent};
 /// and the browser's own "Failed to load resource" line for them is the only console error
 /// tolerated.
 const OPTIONAL: [&str; 3] = ["/v1/metrics/product", "/v1/consent", "/v1/export/preview"];
+
+/// The model whose runs make the live suggestion on the second service.
+const LIVE_MODEL: &str = "live-30b";
 
 /// The cloud run the workload holds, as the Product metrics view must list it.
 const CLOUD_RUN: &str = "cloud-run-1";
@@ -232,20 +238,47 @@ fn dashboards_in_headless_chromium() {
     };
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
+    let live_dir = tempfile::tempdir().unwrap();
+    let live = Server::start(live_dir.path());
     // A failed assertion must not leave the service running (it holds the test's stderr).
     let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        check(&server, &chromium);
+        check(&server, &live, live_dir.path(), &chromium);
     }));
     match checked {
-        Ok(()) => server.stop(),
+        Ok(()) => {
+            server.stop();
+            live.stop();
+        }
         Err(panic) => {
             server.kill();
+            live.kill();
             std::panic::resume_unwind(panic);
         }
     }
 }
 
-fn check(server: &Server, chromium: &Path) {
+/// Thirty slow runs of [`LIVE_MODEL`] in the last five minutes: three blocks over the
+/// latency limit, a sustained trigger, a suggestion.
+fn live_runs() -> Value {
+    let now = kora_pipeline::clock::wall_ms();
+    let runs: Vec<Value> = (0..30)
+        .map(|i| {
+            run(
+                format!("live-{i}"),
+                LIVE_MODEL,
+                now - 300_000 + i * 5_000,
+                300.0,
+                6000.0,
+                700.0,
+                0,
+                0,
+            )
+        })
+        .collect();
+    json!({ "runs": runs })
+}
+
+fn check(server: &Server, live: &Server, live_dir: &Path, chromium: &Path) {
     let http = agent();
     ingest(&http, server);
     let accept_id = suggestion_of(&http, server, "latency");
@@ -258,6 +291,8 @@ fn check(server: &Server, chromium: &Path) {
 
     let shots = root().join("target/screenshots");
     let _ = std::fs::remove_dir_all(&shots);
+    let live_runs_file = live_dir.join("live-runs.json");
+    std::fs::write(&live_runs_file, live_runs().to_string()).unwrap();
     let out = Command::new("node")
         .arg("run.mjs")
         .current_dir(root().join("tests/browser"))
@@ -266,6 +301,8 @@ fn check(server: &Server, chromium: &Path) {
         .env("KORA_ACCEPT_ID", &accept_id)
         .env("KORA_ATTACK_ID", &attack_id)
         .env("KORA_INSIST_ID", &insist_id)
+        .env("KORA_LIVE_BASE", &live.base)
+        .env("KORA_LIVE_RUNS", &live_runs_file)
         .env("KORA_CHROMIUM", chromium)
         .output()
         .expect("run node");
@@ -352,6 +389,25 @@ fn check(server: &Server, chromium: &Path) {
         assert!(
             std::fs::metadata(shot).is_ok_and(|m| m.len() > 10_000),
             "{view}: no screenshot at {}",
+            shot.display()
+        );
+        // Every view opened the event stream (the CSP lets it: same origin).
+        assert_eq!(v["live"], "live", "{view}: the stream is not live: {v}");
+        // At 1280 px: nothing wider than its card, no sideways scrolling, a screenshot.
+        let narrow = &report["at1280"][view];
+        assert_eq!(
+            narrow["over"],
+            json!([]),
+            "{view} overflows at 1280 px: {narrow}"
+        );
+        assert!(
+            narrow["pageWidth"].as_u64() <= Some(1280),
+            "{view} scrolls sideways at 1280 px: {narrow}"
+        );
+        let shot = Path::new(narrow["screenshot"].as_str().unwrap());
+        assert!(
+            std::fs::metadata(shot).is_ok_and(|m| m.len() > 10_000),
+            "{view}: no 1280 px screenshot at {}",
             shot.display()
         );
     }
@@ -520,6 +576,49 @@ fn check(server: &Server, chromium: &Path) {
 
     // DNS rebinding: a name resolving to 127.0.0.1 that is not on the Host allowlist.
     assert_eq!(report["rebind"]["status"], 403, "{}", report["rebind"]);
+
+    // Live: the suggestion reached the open page through its EventSource within a second of
+    // the runs that caused it, without the page asking for suggestions, and the view listed it.
+    let l = &report["live"];
+    assert_eq!(l["status"], 200, "{l}");
+    assert_eq!(l["pageErrors"], json!([]), "{l}");
+    assert_eq!(l["console"], json!([]), "{l}");
+    assert_eq!(l["event"]["kind"], "suggestion", "{l}");
+    assert_eq!(l["event"]["scope"], LIVE_MODEL, "{l}");
+    let delay = l["delay_ms"].as_i64().unwrap();
+    eprintln!(
+        "live suggestion: POST /v1/runs answered in {} ms; the EventSource event arrived {delay} ms \
+         after the POST was sent",
+        l["post_ms"]
+    );
+    assert!(
+        (0..1000).contains(&delay),
+        "the live suggestion took {delay} ms: {l}"
+    );
+    assert_eq!(
+        l["suggestion_fetches_before_event"], 0,
+        "the page polled for it: {l}"
+    );
+    assert_eq!(l["listed"], true, "the view did not reload with it: {l}");
+    let live_id = suggestion_of(&http, live, "latency");
+    assert_eq!(l["event"]["suggestionId"], live_id.as_str(), "{l}");
+    assert!(
+        l["live_card"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("new suggestion: latency for {LIVE_MODEL}")),
+        "{l}"
+    );
+    assert_eq!(l["streams"].as_array().map(Vec::len), Some(1), "{l}");
+
+    // With the stream refused, the page says so and polls.
+    let f = &report["fallback"];
+    assert_eq!(f["state"], "polling", "{f}");
+    assert_eq!(f["loaded"], "overview", "{f}");
+    assert!(
+        f["text"].as_str().unwrap().contains("polling every 10 s"),
+        "{f}"
+    );
 
     eprintln!("screenshots of every view: {}", shots.display());
 }

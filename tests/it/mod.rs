@@ -12,3 +12,4 @@ mod openapi;
 mod prometheus;
 mod schema;
 mod simulator;
+mod stream;

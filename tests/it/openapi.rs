@@ -276,7 +276,16 @@ async fn schema_openapi_methods_are_the_ones_the_router_serves() {
                 .headers()
                 .get("allow")
                 .map(|v| v.to_str().unwrap().to_owned());
-            let body = response.into_body().collect().await.unwrap().to_bytes();
+            // The push stream never ends by itself: its headers say enough here.
+            let endless = response
+                .headers()
+                .get("content-type")
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+            let body = if endless {
+                Default::default()
+            } else {
+                response.into_body().collect().await.unwrap().to_bytes()
+            };
             let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             probed += 1;
             if methods.contains(method) {
@@ -638,6 +647,16 @@ async fn schema_openapi_responses_conform() {
         .chain([run(100, "cloud", 900.0)])
         .collect();
     call!("POST", "/v1/runs", json json!({ "runs": runs }));
+    // Read-your-writes: ten more slow runs close a block, and the answer waits for the
+    // engine's decisions on them.
+    let more: Vec<Value> = (60..70).map(|i| run(i, "local", 6000.0)).collect();
+    let waited = call!("POST", "/v1/runs?wait=decisions&timeout_ms=10000",
+                       json json!({ "runs": more }));
+    assert_eq!(waited["decisions_complete"], true, "{waited}");
+    assert!(waited["decisions"].is_array(), "{waited}");
+    call!("POST", "/v1/runs?wait=later", json json!({ "runs": [run(70, "local", 1.0)] }));
+    call!("POST", "/v1/samples?timeout_ms=5",
+          json json!({ "samples": [{"signal": "cpu_load_pct", "value": 1}] }));
     call!("POST", "/v1/events", json json!({"events": [
         {"kind": "session_started", "session_id": "s1"},
         {"kind": "model_load", "model_id": "llama-70b", "model_required_vram_mb": 40000,
@@ -696,6 +715,10 @@ async fn schema_openapi_responses_conform() {
         "/v1/log?substrate=local&limit=5",
         "/v1/log?substrate=moon",
         "/v1/log?kind=window&substrate=cloud",
+        "/v1/stream?follow=false",
+        "/v1/stream?follow=false&last_event_id=0",
+        "/v1/stream?follow=maybe",
+        "/v1/stream?last_event_id=1.0",
         "/v1/metrics/product",
         "/v1/metrics/product?range=all",
         "/v1/metrics/product?from_ms=1",
@@ -824,6 +847,35 @@ async fn schema_openapi_responses_conform() {
                             e.instance_path()
                         ));
                     }
+                }
+                Some(media) if ct == "text/event-stream" => {
+                    // Each event, as an SSE parser gives it, against the per-event schema.
+                    let v = validator(&doc, &media["schema"]);
+                    let text = std::str::from_utf8(bytes).unwrap();
+                    let mut events = 0;
+                    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+                        let mut event = serde_json::Map::new();
+                        for line in block.lines().filter(|l| !l.starts_with(':')) {
+                            let (k, v) = line.split_once(':').unwrap_or((line, ""));
+                            let v = v.strip_prefix(' ').unwrap_or(v);
+                            let value = match k {
+                                "retry" => json!(v.parse::<u64>().unwrap()),
+                                _ => json!(v),
+                            };
+                            event.insert(k.to_owned(), value);
+                        }
+                        if let Some(data) = event.get("data").and_then(Value::as_str) {
+                            serde_json::from_str::<Value>(data).unwrap_or_else(|e| {
+                                panic!("{method} {uri}: an event's data is not JSON: {e}")
+                            });
+                        }
+                        let event = Value::Object(event);
+                        for e in v.iter_errors(&event) {
+                            failures.push(format!("{method} {uri}: event {event}: {e}"));
+                        }
+                        events += 1;
+                    }
+                    assert!(events >= 2, "{method} {uri}: {text}");
                 }
                 Some(_) => {}
             },

@@ -651,6 +651,8 @@ fn send(client: &Client, batch: &[Item]) -> Result<IngestAck, ClientError> {
             duplicates: 0,
             first_seq: None,
             last_seq: None,
+            decisions: None,
+            decisions_complete: None,
         });
     };
     let records: Vec<_> = batch.iter().map(Item::record).collect();

@@ -7,10 +7,12 @@ use crate::record::{Event, LogEntry, Run, Sample};
 #[cfg(feature = "schema")]
 use schemars::JsonSchema;
 
+mod decisions;
 mod error_code;
 mod privacy;
 mod views;
 
+pub use decisions::*;
 pub use error_code::ErrorCode;
 pub use privacy::*;
 pub use views::*;
@@ -60,6 +62,14 @@ pub struct IngestAck {
     /// The seq of the first and last newly stored record; absent when nothing new was stored.
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
+    /// With `?wait=decisions` only: the decisions the batch's records caused, in seq order
+    /// (for samples, those of the time windows they closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decisions: Option<Vec<Decision>>,
+    /// With `?wait=decisions` only: `false` when `timeout_ms` passed before the engine had
+    /// folded the whole batch (`decisions` then lists those made so far).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decisions_complete: Option<bool>,
 }
 
 /// Every error the API answers with.

@@ -7,12 +7,16 @@
 //! read endpoints answer from ([`ReadModels`]), and writes a checkpoint of all of it every
 //! [`CHECKPOINT_EVERY`] entries, so that a restart resumes from the newest checkpoint instead
 //! of folding the whole log.
+//!
+//! Each pass publishes what it folded to the live stream ([`Events`]): the streamed records
+//! it read and the triggers that stopped firing ([`Resolutions`]), in log order; and, once its
+//! outputs are durable, which decisions answer which inputs (for `?wait=decisions`).
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use kora_model::{
-    HardwareSnapshot, LocalCapabilityProfile, LogEntry, ProfileRecord, Record, RecordKind,
+    Decision, HardwareSnapshot, LocalCapabilityProfile, LogEntry, ProfileRecord, Record, RecordKind,
 };
 use kora_policy::{CloudTiers, Engine, Thresholds};
 use kora_probe::ModelCatalog;
@@ -20,6 +24,7 @@ use kora_store::{Batch, ReadError, Store};
 use kora_window::{CloudRuns, ProductIndex, RunMetrics};
 
 use crate::clock::Clock;
+use crate::events::{Position, Resolution, Resolutions, StreamEvent, decision_of, is_streamed};
 use crate::profile::{materially_changed, profile_of};
 use crate::write::{WriteFailure, Writer};
 
@@ -103,6 +108,9 @@ struct FollowerState {
     fingerprints: BTreeMap<String, String>,
     #[serde(default)]
     read: Option<ReadModels>,
+    /// Absent in checkpoints written before the stream followed resolutions.
+    #[serde(default)]
+    resolutions: Option<Resolutions>,
 }
 
 /// Why the derived state could not be rebuilt at start.
@@ -157,6 +165,10 @@ struct Inner {
     /// first seen).
     fingerprints: BTreeMap<String, String>,
     read: ReadModels,
+    /// Which triggers fire, and the latest resolutions (the stream's `resolved` events).
+    resolutions: Resolutions,
+    /// The resolutions of the entries folded since the pass last took them.
+    fresh: Vec<Resolution>,
 }
 
 impl Follower {
@@ -184,6 +196,8 @@ impl Follower {
             checkpointed: 0,
             fingerprints: BTreeMap::new(),
             read: ReadModels::default(),
+            resolutions: Resolutions::default(),
+            fresh: Vec::new(),
         };
         let mut from = 0;
         if let Some((up_to, state)) = resume {
@@ -194,6 +208,10 @@ impl Follower {
             inner.read = match state.read {
                 Some(read) => read,
                 None => ReadModels::of_prefix(store, up_to)?,
+            };
+            inner.resolutions = match state.resolutions {
+                Some(r) => r,
+                None => Resolutions::of_engine(&inner.engine),
             };
             inner.folded = up_to;
             inner.checkpointed = up_to;
@@ -214,6 +232,8 @@ impl Follower {
                 }
             }
         }
+        // Those resolutions were published before the restart; they are kept for resumes.
+        inner.fresh.clear();
         let version = inner.engine.thresholds().version().to_owned();
         let now = inner.engine.thresholds().fingerprint();
         if let Some(recorded) = inner.fingerprints.get(&version)
@@ -274,6 +294,11 @@ impl Follower {
         f(&self.lock().read)
     }
 
+    /// The kept resolutions after `after` and at or before `through` (the stream's backfill).
+    pub fn resolutions(&self, after: Position, through: Position) -> Vec<Resolution> {
+        self.lock().resolutions.between(after, through)
+    }
+
     /// The models the runtime reported (loads and context requests), folded from the log.
     pub fn models(&self) -> ModelCatalog {
         self.lock().catalog.clone()
@@ -314,27 +339,49 @@ impl Follower {
                 return Ok(());
             };
             let mut outputs = Vec::new();
+            // The input seq each output answers.
+            let mut origins = Vec::new();
+            let mut streamed = Vec::new();
+            let mut decided: Vec<(u64, Decision)> = Vec::new();
             let mut checkpoint = None;
             {
                 let mut inner = self.lock();
                 for entry in &page {
-                    outputs.extend(inner.fold(entry));
+                    let out = inner.fold(entry);
+                    origins.extend(std::iter::repeat_n(entry.seq, out.len()));
+                    outputs.extend(out);
+                    if is_streamed(entry.record.kind()) {
+                        streamed.push(StreamEvent::Record(Box::new(entry.clone())));
+                    }
+                    for r in inner.fresh.drain(..) {
+                        decided.push((r.seq, r.decision()));
+                        streamed.push(StreamEvent::Resolved(r));
+                    }
                 }
                 if let Some(profile) = inner.profile_if_models_changed() {
                     outputs.push(Record::Profile(profile));
+                    origins.push(last);
                 }
                 if inner.folded - inner.checkpointed >= CHECKPOINT_EVERY {
                     match inner.checkpoint(writer.clock().as_ref()) {
                         Ok(c) => {
                             checkpoint = Some(inner.folded);
                             outputs.push(c);
+                            origins.push(last);
                         }
                         Err(e) => tracing::warn!(error = %e, "no checkpoint of the engine state"),
                     }
                 }
             }
+            writer.events().publish(last, streamed);
             if !outputs.is_empty() {
-                writer
+                let pending: Vec<(usize, u64, Decision)> = outputs
+                    .iter()
+                    .zip(&origins)
+                    .enumerate()
+                    .filter_map(|(i, (r, &origin))| Some((i, origin, decision_of(0, r)?)))
+                    .collect();
+                let appended = writer
                     .append(
                         "derived",
                         Batch::Derived {
@@ -343,11 +390,18 @@ impl Follower {
                         },
                     )
                     .await?;
+                for (i, origin, mut d) in pending {
+                    if let Some(&seq) = appended.seqs.get(i) {
+                        d.seq = seq;
+                        decided.push((origin, d));
+                    }
+                }
                 if let Some(up_to) = checkpoint {
                     let mut inner = self.lock();
                     inner.checkpointed = inner.checkpointed.max(up_to);
                 }
             }
+            writer.events().answer(last, decided);
         }
     }
 }
@@ -405,6 +459,7 @@ impl Inner {
             recorded_profile: self.recorded_profile.clone(),
             fingerprints: self.fingerprints.clone(),
             read: Some(self.read.clone()),
+            resolutions: Some(self.resolutions.clone()),
         };
         Ok(Record::Checkpoint(kora_model::CheckpointRecord {
             ts_ms: clock.now_ms(),
@@ -447,7 +502,12 @@ impl Inner {
         if Engine::is_derived_by_engine(&entry.record) {
             return Vec::new();
         }
-        self.engine.step(entry)
+        let outputs = self.engine.step(entry);
+        if !matches!(entry.record, Record::Checkpoint(_)) {
+            let ended = self.resolutions.after(&self.engine, entry.seq, &outputs);
+            self.fresh.extend(ended);
+        }
+        outputs
     }
 
     /// After new model records: the profile to record, if it differs from the recorded one.
@@ -600,6 +660,28 @@ mod tests {
         assert!(
             resumed.read.product.rows() > 0,
             "the log's decisions are in the read models"
+        );
+        // The stream's resolved events: the same ones, at the same positions, whether the
+        // restart resumed from the checkpoint (which carries those before it) or refolded all.
+        assert_eq!(resumed.resolutions, full.resolutions);
+        assert_eq!(resumed.resolutions, inner.resolutions);
+        let resolved = full
+            .resolutions
+            .between(Position::START, Position::through(u64::MAX));
+        assert!(
+            resolved.len() >= 2,
+            "the slow spells end, so latency resolves: {resolved:?}"
+        );
+        assert!(
+            resolved
+                .iter()
+                .all(|r| r.status.category == kora_model::Category::Latency
+                    && r.status.scope == "llama-8b"
+                    && r.status.last_firing_id.is_some())
+        );
+        assert!(
+            resolved.iter().any(|r| r.seq < up_to) && resolved.iter().any(|r| r.seq > up_to),
+            "resolutions on both sides of the checkpoint: {up_to} {resolved:?}"
         );
 
         // Other thresholds: the checkpoint is not theirs, so the whole log is folded.

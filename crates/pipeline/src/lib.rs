@@ -8,17 +8,20 @@
 //! - follows the log ([`Follower`]): folds it through the policy engine in seq order and
 //!   appends the engine's outputs with their cursor in one transaction, checkpointing its
 //!   state, and keeps the read models the read endpoints answer from ([`ReadModels`]);
-//! - samples the hardware and applies the retention on a schedule ([`sampler`]).
+//! - samples the hardware and applies the retention on a schedule ([`sampler`]);
+//! - publishes every decision as the follower commits it, and which decisions answer which
+//!   input records ([`Events`]: `GET /v1/stream` and `?wait=decisions`).
 //!
 //! Time comes from the injected [`Clock`]; the crash tests' fault points are injected
 //! [`Faults`]. The server crate keeps HTTP alone and calls this crate; this crate never
 //! depends on axum or the server.
 //!
-//! Module dependencies run one way: `clock`, `faults`, `health` <- `write` <- `profile` <-
-//! `follower` <- `sampler`; `windows` stands alone; this file ties them together and no module
-//! uses it.
+//! Module dependencies run one way: `clock`, `faults`, `health`, `events` <- `write` <-
+//! `profile` <- `follower` <- `sampler`; `windows` stands alone; this file ties them together
+//! and no module uses it.
 
 pub mod clock;
+pub mod events;
 pub mod faults;
 pub mod follower;
 pub mod health;
@@ -30,12 +33,15 @@ pub mod write;
 use std::path::Path;
 use std::sync::Arc;
 
-use kora_model::{HardwareSnapshot, ProductMetrics, ProfileRecord, Record, Suggestion};
+use kora_model::{
+    Decision, HardwareSnapshot, LogEntry, ProductMetrics, ProfileRecord, Record, Suggestion,
+};
 use kora_policy::{CloudTiers, Engine, Thresholds};
 use kora_probe::{ModelCatalog, Probe};
 use kora_store::{Appended, Batch, ReadError, Retention, Store, StoreOptions};
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use events::{Events, HealthChange, Position, Resolution, StreamEvent};
 pub use faults::Faults;
 pub use follower::{CHECKPOINT_EVERY, FollowError, Follower, ReadModels, RebuildError};
 pub use health::HealthFlag;
@@ -104,8 +110,10 @@ impl Pipeline {
         })?;
         let follower = Follower::rebuild(&store, thresholds, tiers, checkpoints)?;
         let started_ms = clock.now_ms();
+        let writer = Writer::new(Arc::new(store), clock);
+        writer.events().start_at(follower.folded());
         Ok(Pipeline {
-            writer: Writer::new(Arc::new(store), clock),
+            writer,
             follower,
             faults,
             started_ms,
@@ -132,6 +140,105 @@ impl Pipeline {
 
     pub fn follower(&self) -> &Follower {
         &self.follower
+    }
+
+    /// The live decisions ([`Events::subscribe`]) and the read-your-writes index.
+    pub fn events(&self) -> &Events {
+        self.writer.events()
+    }
+
+    /// The stream's events after `after`, up to `through` at most and `limit` records (plus
+    /// the resolutions among them), read back from the log and the follower's kept
+    /// resolutions, in position order; and the position they reach: every event up to it is
+    /// in the answer. Blocking (it reads the store).
+    ///
+    /// Resolutions are not log records: only the newest [`events::RESOLUTIONS_KEPT`] can be
+    /// read back. Records removed by the retention are gone too.
+    pub fn backfill(
+        &self,
+        after: Position,
+        through: Position,
+        limit: usize,
+    ) -> Result<(Vec<StreamEvent>, Position), ReadError> {
+        let limit = limit.max(1);
+        let mut records: Vec<LogEntry> = Vec::new();
+        let mut reached = through;
+        for kind in events::STREAMED {
+            let page = self
+                .store()
+                .scan_kind(kind, after.seq.saturating_add(1), limit)?;
+            if page.len() == limit
+                && let Some(last) = page.last()
+            {
+                // What lies beyond this kind's page is unread: stop there.
+                reached = reached.min(Position::through(last.seq));
+            }
+            records.extend(page);
+        }
+        let mut out: Vec<StreamEvent> = records
+            .into_iter()
+            .map(|e| StreamEvent::Record(Box::new(e)))
+            .filter(|e| e.position().is_some_and(|p| p > after && p <= reached))
+            .collect();
+        let resolved = self.follower.resolutions(after, reached);
+        out.extend(resolved.into_iter().map(StreamEvent::Resolved));
+        out.sort_by_key(StreamEvent::position);
+        Ok((out, reached))
+    }
+
+    /// The log seqs the engine folds for a stored ingest batch (`appended`): its records, or
+    /// for samples the time windows they closed, which the store appended right after them in
+    /// the same transaction. Blocking (samples read the store).
+    pub fn inputs_of(&self, samples: bool, appended: &Appended) -> Result<Vec<u64>, ReadError> {
+        if !samples {
+            return Ok(appended.seqs.clone());
+        }
+        let Some(last) = appended.last_new_seq else {
+            return Ok(Vec::new());
+        };
+        let mut windows = Vec::new();
+        let mut next = last + 1;
+        loop {
+            let page = self.store().scan(next, 256)?;
+            let full = page.len() == 256;
+            for e in page {
+                let time_window = matches!(&e.record, Record::Window(w)
+                    if w.window_kind == kora_window::WINDOW_KIND_TIME);
+                if e.seq != next || !time_window {
+                    return Ok(windows);
+                }
+                windows.push(e.seq);
+                next += 1;
+            }
+            if !full {
+                return Ok(windows);
+            }
+        }
+    }
+
+    /// Waits (at most `timeout`) until the engine has folded `inputs` and the decisions they
+    /// caused are durable; returns those decisions in seq order, and whether the wait ended in
+    /// time (else the ones made so far). Decisions are listed for inputs folded since the
+    /// service started.
+    pub async fn decisions(
+        self: &Arc<Self>,
+        inputs: &[u64],
+        timeout: std::time::Duration,
+    ) -> (Vec<Decision>, bool) {
+        let Some(&target) = inputs.iter().max() else {
+            return (Vec::new(), true);
+        };
+        let events = self.events();
+        if events.answered() < target {
+            // The follower is woken by the append; this makes sure a pass runs even where
+            // no follow task does. Never cancelled: a pass stopped midway would lose its index.
+            let pipeline = self.clone();
+            tokio::spawn(async move { pipeline.settle().await });
+        }
+        let complete = tokio::time::timeout(timeout, events.wait_answered(target))
+            .await
+            .is_ok();
+        (events.decisions_of(inputs), complete)
     }
 
     /// Appends a batch the service itself makes (feedback, readiness, consent, export) and

@@ -1,11 +1,13 @@
 //! The one way records reach the log: the store's group commit, awaited, with the storage
-//! health it reports and a wake-up for the follower after every durable append.
+//! health it reports (a change of it is a stream event) and a wake-up for the follower after
+//! every durable append.
 
 use std::sync::Arc;
 
 use kora_store::{Appended, Batch, Store, WriteError};
 
 use crate::clock::Clock;
+use crate::events::{Events, HealthChange};
 use crate::health::HealthFlag;
 
 /// Why a batch was not stored. Nothing of the batch is stored in every case.
@@ -32,6 +34,7 @@ pub struct Writer {
     clock: Arc<dyn Clock>,
     health: Arc<HealthFlag>,
     appended: Arc<tokio::sync::Notify>,
+    events: Arc<Events>,
 }
 
 impl Writer {
@@ -41,6 +44,7 @@ impl Writer {
             clock,
             health: Arc::default(),
             appended: Arc::default(),
+            events: Arc::default(),
         }
     }
 
@@ -54,6 +58,11 @@ impl Writer {
 
     pub fn health(&self) -> &HealthFlag {
         &self.health
+    }
+
+    /// The live decisions and the read-your-writes index.
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     /// Resolves at the next durable append (or at once if one happened since the last wait).
@@ -75,7 +84,11 @@ impl Writer {
         })?;
         match result {
             Ok(a) => {
-                self.health.clear();
+                if self.health.get().is_some() {
+                    self.health.clear();
+                    self.events
+                        .health(HealthChange::new(self.clock.now_ms(), None));
+                }
                 self.appended.notify_one();
                 Ok(a)
             }
@@ -100,14 +113,23 @@ impl Writer {
                 field: format!("{name}[{index}].id"),
             },
             WriteError::DiskFull(detail) => {
-                self.health
-                    .set(self.clock.now_ms(), format!("disk full: {detail}"));
+                self.set_health(format!("disk full: {detail}"));
                 WriteFailure::DiskFull(detail)
             }
             other => {
-                self.health.set(self.clock.now_ms(), other.to_string());
+                self.set_health(other.to_string());
                 WriteFailure::Internal(other.to_string())
             }
+        }
+    }
+
+    /// A write failed: the health flag says why, and a change is published.
+    fn set_health(&self, problem: String) {
+        let now = self.clock.now_ms();
+        let changed = self.health.get().as_deref() != Some(problem.as_str());
+        self.health.set(now, problem.clone());
+        if changed {
+            self.events.health(HealthChange::new(now, Some(problem)));
         }
     }
 }

@@ -1,12 +1,15 @@
-//! Ingest: decode a batch (JSON or MessagePack), validate it, append it, answer once durable.
+//! Ingest: decode a batch (JSON or MessagePack), validate it, append it, answer once durable;
+//! with `?wait=decisions`, once the engine has also folded it, with the decisions it caused.
+
+use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use kora_model::{
-    ErrorCode, EventBatch, IngestAck, MAX_BATCH_ITEMS, Record, RunBatch, Sample, SampleBatch,
-    Validate, validate_batch,
+    DEFAULT_WAIT_MS, ErrorCode, EventBatch, IngestAck, IngestQuery, MAX_BATCH_ITEMS, MAX_WAIT_MS,
+    Record, RunBatch, Sample, SampleBatch, Validate, WaitFor, validate_batch,
 };
 use kora_store::{Appended, Batch};
 use serde::de::DeserializeOwned;
@@ -153,20 +156,66 @@ pub fn ack_of(a: Appended) -> IngestAck {
         duplicates: a.duplicates,
         first_seq: a.first_new_seq,
         last_seq: a.last_new_seq,
+        decisions: None,
+        decisions_complete: None,
     }
 }
 
-fn ack(a: Appended) -> axum::Json<IngestAck> {
-    axum::Json(ack_of(a))
+/// How long an ingest request waits for its decisions: `None` without `?wait=decisions`.
+fn wait_of(
+    query: Result<Query<IngestQuery>, QueryRejection>,
+) -> Result<Option<Duration>, AppError> {
+    let Query(q) =
+        query.map_err(|e| AppError::bad_request(ErrorCode::InvalidQuery, e.body_text()))?;
+    let invalid = |message: String| AppError::Invalid {
+        code: ErrorCode::InvalidQuery,
+        message,
+        field: Some("timeout_ms".into()),
+    };
+    match (q.wait, q.timeout_ms) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(invalid(
+            "timeout_ms bounds wait=decisions: give it with wait=decisions, or leave it out".into(),
+        )),
+        (Some(WaitFor::Decisions), _) if q.timeout_ms.is_some_and(|t| t > MAX_WAIT_MS) => {
+            Err(invalid(format!(
+                "at most {MAX_WAIT_MS} ms may be waited for decisions"
+            )))
+        }
+        (Some(WaitFor::Decisions), t) => {
+            Ok(Some(Duration::from_millis(t.unwrap_or(DEFAULT_WAIT_MS))))
+        }
+    }
 }
 
-/// Stores a client's batch through the pipeline and answers once it is durable.
+/// Stores a client's batch through the pipeline and answers once it is durable; with `wait`,
+/// once the engine has folded it too (or `wait` has passed), with the decisions it caused.
 async fn store(
     state: &AppState,
     name: &str,
     batch: Batch,
+    wait: Option<Duration>,
 ) -> Result<axum::Json<IngestAck>, AppError> {
-    Ok(ack(state.pipeline.ingest(name, batch).await?))
+    let samples = matches!(batch, Batch::Samples(_));
+    let appended = state.pipeline.ingest(name, batch).await?;
+    let Some(timeout) = wait else {
+        return Ok(axum::Json(ack_of(appended)));
+    };
+    let mut ack = ack_of(appended.clone());
+    // The batch is stored: from here on nothing fails the request, or a client would send it
+    // again. A failed read of the windows answers no decision, as not complete.
+    let pipeline = state.pipeline.clone();
+    let inputs = crate::error::blocking(move || pipeline.inputs_of(samples, &appended)).await;
+    let (decisions, complete) = match inputs {
+        Ok(inputs) => state.pipeline.decisions(&inputs, timeout).await,
+        Err(e) => {
+            tracing::warn!(error = ?e, "the time windows of a samples batch could not be read");
+            (Vec::new(), false)
+        }
+    };
+    ack.decisions = Some(decisions);
+    ack.decisions_complete = Some(complete);
+    Ok(axum::Json(ack))
 }
 
 /// What an ingest endpoint takes: `POST /v1/samples`, `/v1/runs` or `/v1/events`.
@@ -251,33 +300,39 @@ fn body_of(
 
 pub async fn post_samples(
     State(state): State<AppState>,
+    query: Result<Query<IngestQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<IngestAck>, AppError> {
+    let wait = wait_of(query)?;
     let (enc, body) = body_of(&headers, body)?;
     let samples = decode_samples(enc, &body, state.now_ms())?;
     // The store closes the time windows these samples complete in the same transaction.
-    store(&state, "samples", Batch::Samples(samples)).await
+    store(&state, "samples", Batch::Samples(samples), wait).await
 }
 
 pub async fn post_runs(
     State(state): State<AppState>,
+    query: Result<Query<IngestQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<IngestAck>, AppError> {
+    let wait = wait_of(query)?;
     let (enc, body) = body_of(&headers, body)?;
     let records = decode_runs(enc, &body, state.now_ms())?;
-    store(&state, "runs", Batch::Records(records)).await
+    store(&state, "runs", Batch::Records(records), wait).await
 }
 
 pub async fn post_events(
     State(state): State<AppState>,
+    query: Result<Query<IngestQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<IngestAck>, AppError> {
+    let wait = wait_of(query)?;
     let (enc, body) = body_of(&headers, body)?;
     let records = decode_events(enc, &body, state.now_ms())?;
-    store(&state, "events", Batch::Records(records)).await
+    store(&state, "events", Batch::Records(records), wait).await
 }
 
 /// Admits a request to an ingest endpoint, or answers `503` at once (before its body is read)

@@ -1,9 +1,9 @@
 //! The kora-telemetry HTTP service: the axum router, its trust boundary and its handlers.
 //!
 //! HTTP alone: routing ([`routes`]), the trust boundary ([`security`]), decoding ([`ingest`],
-//! [`strict`]), and mapping errors ([`error`]). Everything the service derives, stores and
-//! remembers lives in [`kora_pipeline`]; the handlers call it through [`AppState::pipeline`],
-//! and read time only from its clock.
+//! [`strict`]), the push stream ([`stream`]), and mapping errors ([`error`]). Everything the
+//! service derives, stores and remembers lives in [`kora_pipeline`]; the handlers call it
+//! through [`AppState::pipeline`], and read time only from its clock.
 //!
 //! [`router`] builds the whole application from an [`AppState`] and is driven by tests without
 //! a socket; [`serve`] runs it on a listener until a shutdown signal, then lets the store commit
@@ -26,6 +26,7 @@ pub mod privacy;
 pub mod routes;
 pub mod security;
 pub mod state;
+pub mod stream;
 pub mod strict;
 pub mod token;
 pub mod views;
@@ -49,6 +50,13 @@ pub async fn serve(
     let pipeline = state.pipeline.clone();
     let follower = tokio::spawn(async move { pipeline.follow().await });
     let app = router(state.clone());
+    // The push streams never end by themselves: they are told to, so that the graceful
+    // shutdown can wait for the requests in flight.
+    let pipeline = state.pipeline.clone();
+    let shutdown = async move {
+        shutdown.await;
+        pipeline.events().close();
+    };
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

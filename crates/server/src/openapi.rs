@@ -11,10 +11,11 @@ use schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
 
 use kora_model::{
-    ApiError, ConsentChange, ConsentState, ErrorCode, EventBatch, ExportOutcome, ExportPreview,
-    ExportRequest, Feedback, FitQuery, FitVerdict, Health, IngestAck, LogPage, LogQuery,
-    ProductMetrics, ProfileRecord, RangeQuery, Readiness, RunBatch, SampleBatch, SeriesQuery,
-    SeriesView, SuggestionsQuery, SuggestionsView, WindowsQuery, WindowsView,
+    ApiError, ConsentChange, ConsentState, EVENT_ID_PATTERN, ErrorCode, EventBatch, ExportOutcome,
+    ExportPreview, ExportRequest, Feedback, FitQuery, FitVerdict, Health, IngestAck, IngestQuery,
+    LogPage, LogQuery, ProductMetrics, ProfileRecord, RangeQuery, Readiness, RunBatch, SampleBatch,
+    SeriesQuery, SeriesView, StreamQuery, SuggestionsQuery, SuggestionsView, WindowsQuery,
+    WindowsView,
 };
 
 use crate::views::{ThresholdsView, TriggersView};
@@ -109,6 +110,7 @@ struct Op {
     description: &'static str,
     /// The root schema of the query struct the handler decodes.
     query: Option<Value>,
+    /// Path (and header) parameters.
     path_params: Vec<Value>,
     /// The request body's schema and its examples.
     body: Option<(Value, Vec<(&'static str, Value)>)>,
@@ -249,6 +251,26 @@ fn text_response(description: &str, types: &[&str]) -> Value {
     })
 }
 
+/// `GET /v1/stream`'s answer: its schema describes one event (OpenAPI 3.1 has no
+/// `itemSchema`; checkers such as schemathesis read `schema` as the per-event schema).
+fn event_stream_response() -> Value {
+    json!({
+        "description": "Server-Sent Events, until the client leaves (or, with `follow=false`, \
+            after `ready`). Each `data:` is one JSON object; see http-api.md.",
+        "headers": security_headers(),
+        "content": { "text/event-stream": { "schema": {
+            "type": "object",
+            "required": ["event", "data"],
+            "properties": {
+                "event": { "enum": crate::stream::EVENT_NAMES },
+                "data": { "type": "string", "contentMediaType": "application/json" },
+                "id": { "type": "string", "pattern": EVENT_ID_PATTERN },
+                "retry": { "type": "integer", "minimum": 0 },
+            },
+        } } },
+    })
+}
+
 fn redirect_response() -> Value {
     let mut headers = security_headers();
     if let Value::Object(h) = &mut headers {
@@ -376,6 +398,7 @@ fn operations(s: &mut Schemas) -> Vec<Op> {
                   description: &'static str,
                   schema: Value,
                   example: Value| Op {
+        query: Some(Schemas::query::<IngestQuery>()),
         body: Some((schema, vec![("example", example)])),
         ok: (200, ack(s, "The batch was")),
         ..Op::write("post", path, id, "ingest")
@@ -393,7 +416,9 @@ fn operations(s: &mut Schemas) -> Vec<Op> {
             "postSamples",
             "Ingest hardware and concurrency samples",
             "A batch of 1 to 10,000 samples, all-or-nothing. Each has `value` or `unavailable` \
-             (the reason no reading could be taken), never both. See http-api.md for the rules.",
+             (the reason no reading could be taken), never both. See http-api.md for the rules. \
+             With `wait=decisions`, the answer lists the decisions of the time windows the \
+             samples closed.",
             samples,
             example_samples(),
         ),
@@ -403,7 +428,8 @@ fn operations(s: &mut Schemas) -> Vec<Op> {
             "postRuns",
             "Ingest finished runs",
             "A batch of 1 to 10,000 runs, all-or-nothing. Raw prompts are never accepted: \
-             `prompt_hash` is the SHA-256 of the normalized prompt.",
+             `prompt_hash` is the SHA-256 of the normalized prompt. With `wait=decisions`, the \
+             answer comes once the engine has folded the runs, with the decisions they caused.",
             runs,
             example_runs(),
         ),
@@ -412,7 +438,8 @@ fn operations(s: &mut Schemas) -> Vec<Op> {
             "/v1/events",
             "postEvents",
             "Ingest runtime events",
-            "A batch of 1 to 10,000 events, each tagged by `kind`, all-or-nothing.",
+            "A batch of 1 to 10,000 events, each tagged by `kind`, all-or-nothing. \
+             `wait=decisions` as for runs.",
             events,
             example_events(),
         ),
@@ -563,6 +590,29 @@ fn operations(s: &mut Schemas) -> Vec<Op> {
                 "All four flags are required. A report older than 10 minutes counts as not \
                  ready; readiness gates only the cloud action.",
             )
+        },
+        Op {
+            query: Some(Schemas::query::<StreamQuery>()),
+            path_params: vec![json!({
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": false,
+                "description": "The id of the last event received: the stream resumes after \
+                    it. `EventSource` sends it when it reconnects.",
+                "schema": { "type": "string", "pattern": EVENT_ID_PATTERN },
+            })],
+            ok: (200, event_stream_response()),
+            ..Op::get("/v1/stream", "getStream", "views")
+                .text(
+                    "Every decision as it is committed (Server-Sent Events)",
+                    "Events `firing`, `resolved`, `suggestion`, `suppression`, \
+                     `mitigation_outcome`, `consent`, `export` (id: the log seq; \
+                     `resolved`: seq.rank), `health` (no id), then `ready` after the \
+                     backfill, `overflow` when the client falls too far behind. Resume with \
+                     `Last-Event-ID`: nothing missed, nothing twice. A keep-alive comment \
+                     every 15 s.",
+                )
+                .errors(READS, &[400])
         },
         Op {
             query: Some(Schemas::query::<WindowsQuery>()),

@@ -8,7 +8,7 @@ use kora_model::MAX_BODY_BYTES;
 
 use crate::error::AppError;
 use crate::state::AppState;
-use crate::{auth, consent, dashboard, export, ingest, log, metrics, security, views};
+use crate::{auth, consent, dashboard, export, ingest, log, metrics, security, stream, views};
 
 /// The whole application.
 pub fn router(state: AppState) -> Router {
@@ -23,6 +23,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/suggestions", get(views::suggestions))
         .route("/v1/suggestions/{id}/feedback", post(views::feedback))
         .route("/v1/cloud/readiness", axum::routing::put(views::readiness))
+        .route("/v1/stream", get(stream::stream))
         .route("/v1/windows", get(views::windows))
         .route("/v1/series", get(views::series))
         .route("/v1/metrics/product", get(metrics::product))
