@@ -213,6 +213,16 @@ fn feedback_of(http: &ureq::Agent, server: &Server, id: &str) -> Vec<Value> {
         .clone()
 }
 
+/// The report names a screenshot that was written and holds a picture.
+fn assert_screenshot(path: &Value, view: &str) {
+    let shot = Path::new(path.as_str().unwrap());
+    assert!(
+        std::fs::metadata(shot).is_ok_and(|m| m.len() > 10_000),
+        "{view}: no screenshot at {}",
+        shot.display()
+    );
+}
+
 fn is_tolerated(e: &Value, base: &str) -> bool {
     let url = e["url"].as_str().unwrap_or_default();
     let path = url.strip_prefix(base).unwrap_or(url);
@@ -385,12 +395,7 @@ fn check(server: &Server, live: &Server, live_dir: &Path, chromium: &Path) {
                 "{view} does not show {needle:?}:\n{text}"
             );
         }
-        let shot = Path::new(v["screenshot"].as_str().unwrap());
-        assert!(
-            std::fs::metadata(shot).is_ok_and(|m| m.len() > 10_000),
-            "{view}: no screenshot at {}",
-            shot.display()
-        );
+        assert_screenshot(&v["screenshot"], view);
         // Every view opened the event stream (the CSP lets it: same origin).
         assert_eq!(v["live"], "live", "{view}: the stream is not live: {v}");
         // At 1280 px: nothing wider than its card, no sideways scrolling, a screenshot.
@@ -404,12 +409,7 @@ fn check(server: &Server, live: &Server, live_dir: &Path, chromium: &Path) {
             narrow["pageWidth"].as_u64() <= Some(1280),
             "{view} scrolls sideways at 1280 px: {narrow}"
         );
-        let shot = Path::new(narrow["screenshot"].as_str().unwrap());
-        assert!(
-            std::fs::metadata(shot).is_ok_and(|m| m.len() > 10_000),
-            "{view}: no 1280 px screenshot at {}",
-            shot.display()
-        );
+        assert_screenshot(&narrow["screenshot"], view);
     }
     for view in ["latency", "concurrency", "reliability"] {
         assert!(

@@ -183,13 +183,11 @@ impl Feed {
                         }
                         Err(e) => {
                             tracing::warn!(error = ?e, "the stream could not read the log back");
-                            self.queue.push_back(ending(
+                            self.end(
                                 "unavailable",
                                 "the log could not be read; reconnect to resume",
                                 None,
-                                self.cursor,
-                            ));
-                            self.phase = Phase::Done;
+                            );
                         }
                     }
                 }
@@ -211,15 +209,11 @@ impl Feed {
                     r = self.rx.recv() => Some(r),
                     () = &mut self.closed => None,
                 } {
-                    None => {
-                        self.queue.push_back(ending(
-                            "closing",
-                            "the service is stopping; reconnect to resume",
-                            None,
-                            self.cursor,
-                        ));
-                        self.phase = Phase::Done;
-                    }
+                    None => self.end(
+                        "closing",
+                        "the service is stopping; reconnect to resume",
+                        None,
+                    ),
                     Some(Ok(e)) => {
                         match e.position() {
                             Some(p) if p <= self.cursor => continue,
@@ -228,16 +222,12 @@ impl Feed {
                         }
                         self.queue.extend(event(&e));
                     }
-                    Some(Err(RecvError::Lagged(missed))) => {
-                        self.queue.push_back(ending(
-                            "overflow",
-                            "this client fell too far behind and is dropped; reconnect with \
-                             Last-Event-ID to resume",
-                            Some(missed),
-                            self.cursor,
-                        ));
-                        self.phase = Phase::Done;
-                    }
+                    Some(Err(RecvError::Lagged(missed))) => self.end(
+                        "overflow",
+                        "this client fell too far behind and is dropped; reconnect with \
+                         Last-Event-ID to resume",
+                        Some(missed),
+                    ),
                     Some(Err(RecvError::Closed)) => self.phase = Phase::Done,
                 },
                 Phase::Done => return None,
@@ -246,13 +236,18 @@ impl Feed {
     }
 }
 
-/// The last event of a stream that ends: no id (the client resumes from its last one).
-fn ending(name: &str, message: &str, missed: Option<u64>, cursor: Position) -> Event {
-    let mut data = json!({"message": message, "last_event_id": cursor.id()});
-    if let Some(n) = missed {
-        data["missed"] = json!(n);
+impl Feed {
+    /// Ends the stream with one last event, without an id (the client resumes from its last
+    /// one).
+    fn end(&mut self, name: &str, message: &str, missed: Option<u64>) {
+        let mut data = json!({"message": message, "last_event_id": self.cursor.id()});
+        if let Some(n) = missed {
+            data["missed"] = json!(n);
+        }
+        self.queue
+            .push_back(Event::default().event(name).data(data.to_string()));
+        self.phase = Phase::Done;
     }
-    Event::default().event(name).data(data.to_string())
 }
 
 /// The data of a `resolved` event: the trigger's state, where it was resolved.

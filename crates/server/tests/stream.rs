@@ -49,17 +49,26 @@ struct Client {
     buffer: String,
 }
 
+/// `GET /v1/stream{query}`, with `Last-Event-ID` when given.
+async fn request(
+    router: &axum::Router,
+    query: &str,
+    last_event_id: Option<&str>,
+) -> axum::response::Response {
+    let mut req = Request::get(format!("/v1/stream{query}")).header("host", HOST);
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id);
+    }
+    router
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap()
+}
+
 impl Client {
     async fn open(router: &axum::Router, query: &str, last_event_id: Option<&str>) -> Client {
-        let mut req = Request::get(format!("/v1/stream{query}")).header("host", HOST);
-        if let Some(id) = last_event_id {
-            req = req.header("last-event-id", id);
-        }
-        let resp = router
-            .clone()
-            .oneshot(req.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
+        let resp = request(router, query, last_event_id).await;
         assert_eq!(resp.status(), StatusCode::OK);
         Client {
             body: resp.into_body(),
@@ -159,15 +168,7 @@ async fn bad_event_ids_are_refused() {
         ("?follow=perhaps", None),
         ("?since=1", None),
     ] {
-        let mut req = Request::get(format!("/v1/stream{query}")).header("host", HOST);
-        if let Some(h) = header {
-            req = req.header("last-event-id", h);
-        }
-        let resp = router
-            .clone()
-            .oneshot(req.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
+        let resp = request(&router, query, header).await;
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{query} {header:?}");
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         let body: Value = serde_json::from_slice(&body).unwrap();
