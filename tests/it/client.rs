@@ -454,3 +454,58 @@ fn ten_thousand_runs_survive_kills_and_restarts_in_order_and_once() {
         started.elapsed().as_secs_f64(),
     );
 }
+
+/// Read-your-writes and the push stream through the client: a batch of slow runs sent with
+/// `runs_waiting` answers with the firing and the suggestion it caused, and the stream, opened
+/// from the start, replays exactly those decisions under the same seqs, then `ready`.
+#[test]
+fn decisions_come_back_with_the_batch_and_through_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let _server = Server::start(dir.path());
+    let client = Client::connect(dir.path()).unwrap();
+    let t0 = kora_pipeline::clock::wall_ms() - 600_000;
+    // Three blocks of ten slow runs of one model, a second apart: a sustained latency trigger.
+    let runs: Vec<Run> = (0..30)
+        .map(|i| Run {
+            ts_ms: Some(t0 + i as i64 * 1000),
+            model_id: "slow-13b".into(),
+            model_latency_ms: 9_000.0,
+            total_latency_ms: 9_300.0,
+            model_stage_ms: 9_000.0,
+            ..run(i)
+        })
+        .collect();
+    let ack = client
+        .runs_waiting(&RunBatch { runs }, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(ack.accepted, 30);
+    let decisions = ack.decisions.clone().unwrap_or_default();
+    let kinds: Vec<DecisionKind> = decisions.iter().map(|d| d.kind).collect();
+    assert!(
+        kinds.contains(&DecisionKind::Firing) && kinds.contains(&DecisionKind::Suggestion),
+        "the batch's decisions: {decisions:?}"
+    );
+
+    let mut seen = Vec::new();
+    let mut ready = false;
+    for event in client.stream(Some("0"), false).unwrap() {
+        let event = event.unwrap();
+        match event.event.as_str() {
+            "firing" | "suggestion" => {
+                let entry: LogEntry = event.json().unwrap();
+                assert_eq!(event.id, Some(entry.seq.to_string()));
+                seen.push(entry.seq);
+            }
+            "ready" => ready = true,
+            _ => {}
+        }
+    }
+    assert!(ready, "the catch-up ends with ready");
+    let mut want: Vec<u64> = decisions
+        .iter()
+        .filter(|d| matches!(d.kind, DecisionKind::Firing | DecisionKind::Suggestion))
+        .map(|d| d.seq)
+        .collect();
+    want.sort();
+    assert_eq!(seen, want, "the stream replays the batch's decisions, once each");
+}

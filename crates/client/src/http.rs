@@ -9,9 +9,9 @@ use std::time::Duration;
 use kora_model::service::{SERVICE_FILE, ServiceFile};
 use kora_model::{
     ApiError, ConsentChange, ConsentState, EventBatch, ExportOutcome, ExportPreview, ExportRequest,
-    Feedback, FitQuery, FitVerdict, Health, IngestAck, LogPage, LogQuery, ProductMetrics,
-    ProfileRecord, RangeQuery, Readiness, RunBatch, SampleBatch, SeriesQuery, SeriesView,
-    SuggestionsQuery, SuggestionsView, WindowsQuery, WindowsView,
+    Feedback, FitQuery, FitVerdict, Health, IngestAck, IngestQuery, LogPage, LogQuery, MAX_WAIT_MS,
+    ProductMetrics, ProfileRecord, RangeQuery, Readiness, RunBatch, SampleBatch, SeriesQuery,
+    SeriesView, SuggestionsQuery, SuggestionsView, WaitFor, WindowsQuery, WindowsView,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use crate::error::ClientError;
 use crate::record::{ClientId, Endpoint, IdSource, with_ids};
 use crate::retry::{Backoff, RetryPolicy, Safety};
+use crate::stream::EventStream;
 use crate::views::{ThresholdsView, TriggersView};
 
 /// The largest answer the client reads (bytes).
@@ -419,11 +420,13 @@ impl Client {
         self.send("POST", endpoint.path(), &body, Safety::Idempotent, once)
     }
 
-    /// An ingest batch, ids given where missing: idempotent when every record has one.
+    /// An ingest batch, ids given where missing: idempotent when every record has one. With
+    /// `wait`, the service answers once the engine has folded the batch (`?wait=decisions`).
     fn ingest<T: Serialize + ClientId + Clone>(
         &self,
         endpoint: Endpoint,
         records: &[T],
+        wait: Option<Duration>,
     ) -> Result<IngestAck, ClientError> {
         let records = with_ids(self.ids.as_deref(), records);
         let safety = match records.iter().all(ClientId::has_id) {
@@ -432,7 +435,70 @@ impl Client {
         };
         // `{"runs": [...]}`: the same document (JSON or MessagePack) as the batch type.
         let body = BTreeMap::from([(endpoint.key(), &*records)]);
-        self.send("POST", endpoint.path(), &body, safety, self.retry)
+        let query = IngestQuery {
+            wait: wait.map(|_| WaitFor::Decisions),
+            timeout_ms: wait.map(|w| {
+                u64::try_from(w.as_millis())
+                    .unwrap_or(MAX_WAIT_MS)
+                    .min(MAX_WAIT_MS)
+            }),
+        };
+        let call = Call {
+            method: "POST",
+            path: endpoint.path(),
+            query: query_pairs(endpoint.path(), &query)?,
+            body: Some(self.encode(endpoint.path(), &body)?),
+            safety,
+        };
+        let text = self.run(&call, self.retry)?;
+        Client::decode(&call, &text)
+    }
+
+    /// `GET /v1/stream`: the push stream of decisions, resuming after `last_event_id` when
+    /// given (nothing missed, nothing twice); with `follow: false` it ends after the catch-up
+    /// (`ready`). Opened once, not retried, and without the client's timeout (it stays open):
+    /// when it ends, open it again after [`EventStream::last_event_id`].
+    pub fn stream(
+        &self,
+        last_event_id: Option<&str>,
+        follow: bool,
+    ) -> Result<EventStream, ClientError> {
+        let base = self.base();
+        let url = format!("{base}/v1/stream");
+        let mut request = self.agent.get(&url).config().timeout_global(None).build();
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        if !follow {
+            request = request.query("follow", "false");
+        }
+        if let Some(t) = &self.token {
+            request = request.header("authorization", format!("Bearer {t}"));
+        }
+        let mut response = request.call().map_err(|source| ClientError::Unreachable {
+            base: base.clone(),
+            source,
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            let wait = retry_after(&response);
+            let text = response.body_mut().read_to_string().unwrap_or_default();
+            let body = serde_json::from_str::<ApiError>(&text).unwrap_or_else(|_| ApiError {
+                error: "unexpected_answer".into(),
+                message: "GET /v1/stream was refused".into(),
+                field: None,
+            });
+            return Err(ClientError::Service {
+                status: status.as_u16(),
+                body,
+                retry_after: wait,
+            });
+        }
+        let reader = std::io::BufReader::new(response.into_body().into_reader());
+        Ok(EventStream::new(
+            Box::new(reader),
+            last_event_id.map(str::to_owned),
+        ))
     }
 
     /// `GET /v1/health`.
@@ -543,17 +609,47 @@ impl Client {
     /// `POST /v1/samples`. Samples without an `id` get one (unless turned off), so that a
     /// retry of a batch whose answer was lost stores nothing twice.
     pub fn samples(&self, batch: &SampleBatch) -> Result<IngestAck, ClientError> {
-        self.ingest(Endpoint::Samples, &batch.samples)
+        self.ingest(Endpoint::Samples, &batch.samples, None)
     }
 
     /// `POST /v1/runs`, with client ids as [`Client::samples`].
     pub fn runs(&self, batch: &RunBatch) -> Result<IngestAck, ClientError> {
-        self.ingest(Endpoint::Runs, &batch.runs)
+        self.ingest(Endpoint::Runs, &batch.runs, None)
+    }
+
+    /// `POST /v1/runs?wait=decisions`: answers once the engine has folded the batch (at most
+    /// `timeout`, capped at 10 s by the service), with the ids of the decisions it caused in
+    /// [`IngestAck::decisions`] (read-your-writes).
+    pub fn runs_waiting(
+        &self,
+        batch: &RunBatch,
+        timeout: Duration,
+    ) -> Result<IngestAck, ClientError> {
+        self.ingest(Endpoint::Runs, &batch.runs, Some(timeout))
+    }
+
+    /// `POST /v1/samples?wait=decisions`: as [`Client::runs_waiting`], for the decisions of
+    /// the time windows the samples close.
+    pub fn samples_waiting(
+        &self,
+        batch: &SampleBatch,
+        timeout: Duration,
+    ) -> Result<IngestAck, ClientError> {
+        self.ingest(Endpoint::Samples, &batch.samples, Some(timeout))
+    }
+
+    /// `POST /v1/events?wait=decisions`: as [`Client::runs_waiting`].
+    pub fn events_waiting(
+        &self,
+        batch: &EventBatch,
+        timeout: Duration,
+    ) -> Result<IngestAck, ClientError> {
+        self.ingest(Endpoint::Events, &batch.events, Some(timeout))
     }
 
     /// `POST /v1/events`, with client ids as [`Client::samples`].
     pub fn events(&self, batch: &EventBatch) -> Result<IngestAck, ClientError> {
-        self.ingest(Endpoint::Events, &batch.events)
+        self.ingest(Endpoint::Events, &batch.events, None)
     }
 }
 

@@ -45,6 +45,7 @@ mod record;
 mod retry;
 mod sender;
 mod spool;
+mod stream;
 mod views;
 
 pub use error::ClientError;
@@ -53,6 +54,7 @@ pub use record::{Endpoint, IdSource, Item};
 pub use retry::RetryPolicy;
 pub use sender::{EnqueueError, FlushTimeout, Rejected, Sender, SenderBuilder, SenderStats};
 pub use spool::{Damage, OpenReport, Spool, SpoolError, SpoolOptions};
+pub use stream::{EventStream, StreamEvent};
 pub use views::{ActiveThresholds, ThresholdsView, TriggersView};
 
 /// The prompt normalization and hash of the contract: `prompt_hash(p)` is the lowercase hex
