@@ -221,16 +221,7 @@ fn session_event(session_id: &str, ts_ms: i64) -> SessionEvent {
 }
 
 fn sample(signal: Signal, value: f64, ts_ms: i64) -> Sample {
-    Sample {
-        id: None,
-        ts_ms: Some(ts_ms),
-        signal,
-        value: Some(value),
-        unavailable: None,
-        device: None,
-        model_id: None,
-        session_id: None,
-    }
+    Sample::reading(signal, ts_ms, value)
 }
 
 fn stage(name: &str, kind: StageKind, ms: f64) -> Stage {

@@ -116,16 +116,7 @@ impl Probe {
 }
 
 pub fn sample(signal: Signal, ts_ms: i64, value: f64) -> Sample {
-    Sample {
-        id: None,
-        ts_ms: Some(ts_ms),
-        signal,
-        value: Some(value),
-        unavailable: None,
-        device: None,
-        model_id: None,
-        session_id: None,
-    }
+    Sample::reading(signal, ts_ms, value)
 }
 
 /// `n` samples of the probe's data, ten series interleaved tick by tick, from tick `t0`.

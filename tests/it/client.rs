@@ -507,5 +507,8 @@ fn decisions_come_back_with_the_batch_and_through_the_stream() {
         .map(|d| d.seq)
         .collect();
     want.sort();
-    assert_eq!(seen, want, "the stream replays the batch's decisions, once each");
+    assert_eq!(
+        seen, want,
+        "the stream replays the batch's decisions, once each"
+    );
 }

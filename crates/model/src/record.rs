@@ -547,6 +547,20 @@ impl Record {
 }
 
 impl Sample {
+    /// A host-wide reading of `signal` at `ts_ms`, with no id, device, model or session.
+    pub fn reading(signal: Signal, ts_ms: i64, value: f64) -> Sample {
+        Sample {
+            id: None,
+            ts_ms: Some(ts_ms),
+            signal,
+            value: Some(value),
+            unavailable: None,
+            device: None,
+            model_id: None,
+            session_id: None,
+        }
+    }
+
     /// The name of the series this sample belongs to: the signal, then `@gpuN` for a per-device
     /// reading, then `/model_id` for a per-model one. Session ids never split series.
     pub fn series_key(&self) -> String {

@@ -24,8 +24,13 @@ struct App {
 }
 
 fn app() -> App {
+    app_with(PipelineOptions::default())
+}
+
+/// An app over a fresh store in a temp dir, its pipeline built with `options`.
+fn app_with(options: PipelineOptions) -> App {
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = Pipeline::open(&dir.path().join("t.redb"), PipelineOptions::default()).unwrap();
+    let pipeline = Pipeline::open(&dir.path().join("t.redb"), options).unwrap();
     let state = AppState::new(
         Arc::new(pipeline),
         Config {
@@ -254,32 +259,11 @@ async fn a_samples_request_costs_one_commit_with_the_windows_it_closes() {
 #[tokio::test]
 async fn the_service_reads_time_only_from_its_clock() {
     const T: i64 = 1_900_000_000_000;
-    let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(kora_pipeline::ManualClock::new(T));
-    let pipeline = Pipeline::open(
-        &dir.path().join("t.redb"),
-        PipelineOptions {
-            clock: clock.clone(),
-            ..PipelineOptions::default()
-        },
-    )
-    .unwrap();
-    let state = AppState::new(
-        Arc::new(pipeline),
-        Config {
-            token: kora_server::token::Token::load_or_create(dir.path()).unwrap(),
-            data_dir: dir.path().to_owned(),
-            hosts: HostPolicy {
-                port: 7433,
-                extra_names: vec![],
-            },
-        },
-    );
-    let app = App {
-        router: kora_server::router(state.clone()),
-        state,
-        _dir: dir,
-    };
+    let app = app_with(PipelineOptions {
+        clock: clock.clone(),
+        ..PipelineOptions::default()
+    });
     // Stamped with the clock's time.
     let (s, ack) = app
         .post("/v1/runs", json!({"runs": [run_json("r1")]}))
