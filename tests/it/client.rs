@@ -486,27 +486,36 @@ fn decisions_come_back_with_the_batch_and_through_the_stream() {
         "the batch's decisions: {decisions:?}"
     );
 
-    let mut seen = Vec::new();
-    let mut ready = false;
-    for event in client.stream(Some("0"), false).unwrap() {
-        let event = event.unwrap();
-        match event.event.as_str() {
-            "firing" | "suggestion" => {
-                let entry: LogEntry = event.json().unwrap();
-                assert_eq!(event.id, Some(entry.seq.to_string()));
-                seen.push(entry.seq);
-            }
-            "ready" => ready = true,
-            _ => {}
-        }
-    }
-    assert!(ready, "the catch-up ends with ready");
     let mut want: Vec<u64> = decisions
         .iter()
         .filter(|d| matches!(d.kind, DecisionKind::Firing | DecisionKind::Suggestion))
         .map(|d| d.seq)
         .collect();
     want.sort();
+    // The follower publishes a decision to the stream when it folds it back, a pass after
+    // committing it: the catch-up (`follow=false`) is asked again until it holds them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let mut seen = Vec::new();
+        let mut ready = false;
+        for event in client.stream(Some("0"), false).unwrap() {
+            let event = event.unwrap();
+            match event.event.as_str() {
+                "firing" | "suggestion" => {
+                    let entry: LogEntry = event.json().unwrap();
+                    assert_eq!(event.id, Some(entry.seq.to_string()));
+                    seen.push(entry.seq);
+                }
+                "ready" => ready = true,
+                _ => {}
+            }
+        }
+        assert!(ready, "the catch-up ends with ready");
+        if seen.len() >= want.len() || Instant::now() > deadline {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(
         seen, want,
         "the stream replays the batch's decisions, once each"

@@ -264,9 +264,18 @@ impl Pipeline {
     /// acknowledged so far, before a read that must see them. On a running service the
     /// follower is usually there already and this costs one empty read; a failure is logged
     /// and the read answers from what is folded.
-    pub async fn settle(&self) {
-        if let Err(e) = self.catch_up().await {
-            tracing::warn!(error = %e, "the engine could not catch up with the log before a read");
+    ///
+    /// The pass runs in a task of its own: a caller that goes away (an HTTP client that
+    /// disconnects drops its handler) never cuts a pass short between folding records and
+    /// appending their outputs, which would lose those outputs.
+    pub async fn settle(self: &Arc<Self>) {
+        let pipeline = self.clone();
+        match tokio::spawn(async move { pipeline.catch_up().await }).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the engine could not catch up with the log before a read")
+            }
+            Err(e) => tracing::warn!(error = %e, "the catch-up before a read failed"),
         }
     }
 

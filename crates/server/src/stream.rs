@@ -97,10 +97,6 @@ pub async fn stream(
         query.map_err(|e| AppError::bad_request(ErrorCode::InvalidQuery, e.body_text()))?;
     let mut resume = resume_of(&headers, &query)?;
     let pipeline = state.pipeline.clone();
-    // The decisions already in the log are published first (the follower publishes a record
-    // when it folds it back, one pass after appending it): a client that got decision ids
-    // from `?wait=decisions` and connects now reads them back, `follow=false` included.
-    pipeline.settle().await;
     // Subscribe first: what is published from now on arrives live; what was published before
     // is in the log (or the kept resolutions) and is read back.
     let (rx, published) = pipeline.events().subscribe();
