@@ -692,16 +692,7 @@ impl Shape {
 }
 
 fn sample(signal: Signal, value: f64, ts: i64) -> Sample {
-    Sample {
-        id: None,
-        ts_ms: Some(ts),
-        signal,
-        value: Some(value),
-        unavailable: None,
-        device: None,
-        model_id: None,
-        session_id: None,
-    }
+    Sample::reading(signal, ts, value)
 }
 
 fn r1(v: f64) -> f64 {

@@ -30,16 +30,7 @@ impl Rng {
 }
 
 fn plain(signal: Signal, ts: i64, value: f64) -> Sample {
-    Sample {
-        id: None,
-        ts_ms: Some(ts),
-        signal,
-        value: Some(value),
-        unavailable: None,
-        device: None,
-        model_id: None,
-        session_id: None,
-    }
+    Sample::reading(signal, ts, value)
 }
 
 /// Samples of three series: host RAM (regular), GPU 1 VRAM of a model (with jittered and

@@ -36,16 +36,7 @@ fn run(id: Option<&str>, run_id: &str) -> Record {
 }
 
 fn sample(signal: Signal, ts: i64, value: f64) -> Sample {
-    Sample {
-        id: None,
-        ts_ms: Some(ts),
-        signal,
-        value: Some(value),
-        unavailable: None,
-        device: None,
-        model_id: None,
-        session_id: None,
-    }
+    Sample::reading(signal, ts, value)
 }
 
 #[test]
