@@ -77,14 +77,14 @@ pub enum CodecError {
     Decode(String),
 }
 
-fn with_crc(payload: Vec<u8>) -> Vec<u8> {
+pub(crate) fn with_crc(payload: Vec<u8>) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 4);
     out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     out.extend_from_slice(&payload);
     out
 }
 
-fn checked(bytes: &[u8]) -> Result<&[u8], CodecError> {
+pub(crate) fn checked(bytes: &[u8]) -> Result<&[u8], CodecError> {
     let (crc, payload) = bytes.split_at_checked(4).ok_or(CodecError::Checksum)?;
     let mut c = [0u8; 4];
     c.copy_from_slice(crc);
@@ -95,10 +95,10 @@ fn checked(bytes: &[u8]) -> Result<&[u8], CodecError> {
 }
 
 /// Reads fixed-width little-endian numbers off the front of a slice.
-struct Cursor<'a>(&'a [u8]);
+pub(crate) struct Cursor<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
         let (head, rest) = self
             .0
             .split_at_checked(n)
@@ -106,18 +106,18 @@ impl<'a> Cursor<'a> {
         self.0 = rest;
         Ok(head)
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N)?);
         Ok(a)
     }
-    fn u32(&mut self) -> Result<u32, CodecError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, CodecError> {
         Ok(u32::from_le_bytes(self.array()?))
     }
-    fn i64(&mut self) -> Result<i64, CodecError> {
+    pub(crate) fn i64(&mut self) -> Result<i64, CodecError> {
         Ok(i64::from_le_bytes(self.array()?))
     }
-    fn f64(&mut self) -> Result<f64, CodecError> {
+    pub(crate) fn f64(&mut self) -> Result<f64, CodecError> {
         Ok(f64::from_le_bytes(self.array()?))
     }
 }

@@ -1,7 +1,7 @@
 //! The CRC-32 + MessagePack encoding of stored values, the content digest of client items,
 //! and the mapping of chunk codec failures to the store's errors.
 
-use kora_model::{LogEntry, Record};
+use kora_model::{LogEntry, Record, RecordKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -38,14 +38,84 @@ pub(crate) fn get_entry(
 }
 
 pub(crate) fn decode_entry(seq: u64, bytes: &[u8]) -> Result<LogEntry, ReadError> {
-    let record: Record = decode("log", || seq.to_string(), bytes)?;
+    let key = || seq.to_string();
+    let payload = checked("log", key, bytes)?;
+    let record = decode_record(payload).map_err(|message| ReadError::Decode {
+        table: "log",
+        key: key(),
+        message,
+    })?;
     Ok(LogEntry { seq, record })
 }
 
-pub(crate) fn encode(value: &impl Serialize) -> Result<Vec<u8>, WriteError> {
-    let payload = rmp_serde::to_vec_named(value)
+/// The first byte of a log record written since format 3: MessagePack never uses `0xc1`, so it
+/// tells a kind-prefixed record from one of format 2 (a MessagePack map) at a glance.
+const KIND_PREFIXED: u8 = 0xc1;
+
+/// Evaluates `$body` with `$x` bound to the record's own struct, whatever its kind.
+macro_rules! by_kind {
+    ($record:expr, $x:ident => $body:expr) => {
+        match $record {
+            Record::Run($x) => $body,
+            Record::ModelLoad($x) => $body,
+            Record::ContextRequest($x) => $body,
+            Record::ContextOom($x) => $body,
+            Record::SessionStarted($x) => $body,
+            Record::SessionEnded($x) => $body,
+            Record::Readiness($x) => $body,
+            Record::Feedback($x) => $body,
+            Record::Window($x) => $body,
+            Record::Firing($x) => $body,
+            Record::Suggestion($x) => $body,
+            Record::Suppression($x) => $body,
+            Record::MitigationOutcome($x) => $body,
+            Record::Profile($x) => $body,
+            Record::Consent($x) => $body,
+            Record::Export($x) => $body,
+            Record::Checkpoint($x) => $body,
+        }
+    };
+}
+
+/// A log record as stored (before its CRC): [`KIND_PREFIXED`], the kind's code, then the
+/// record's own fields as named MessagePack. Decoding it goes straight to the kind's struct,
+/// without the buffering serde needs for an internally tagged enum (a third of the cost).
+pub(crate) fn encode_record(record: &Record) -> Result<Vec<u8>, WriteError> {
+    let mut out = vec![KIND_PREFIXED, record.kind().code()];
+    by_kind!(record, x => rmp_serde::encode::write_named(&mut out, x))
         .map_err(|e| WriteError::Storage(format!("cannot encode a record: {e}")))?;
-    Ok(with_crc(&payload))
+    Ok(with_crc(&out))
+}
+
+/// The record of a log value's payload: kind-prefixed (format 3), or an internally tagged
+/// MessagePack map (format 2, still read).
+pub(crate) fn decode_record(payload: &[u8]) -> Result<Record, String> {
+    let [KIND_PREFIXED, code, body @ ..] = payload else {
+        return rmp_serde::from_slice(payload).map_err(|e| e.to_string());
+    };
+    let kind = RecordKind::from_code(*code).ok_or_else(|| format!("unknown record kind {code}"))?;
+    fn body_of<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+        rmp_serde::from_slice(body).map_err(|e| e.to_string())
+    }
+    Ok(match kind {
+        RecordKind::Run => Record::Run(body_of(body)?),
+        RecordKind::ModelLoad => Record::ModelLoad(body_of(body)?),
+        RecordKind::ContextRequest => Record::ContextRequest(body_of(body)?),
+        RecordKind::ContextOom => Record::ContextOom(body_of(body)?),
+        RecordKind::SessionStarted => Record::SessionStarted(body_of(body)?),
+        RecordKind::SessionEnded => Record::SessionEnded(body_of(body)?),
+        RecordKind::Readiness => Record::Readiness(body_of(body)?),
+        RecordKind::Feedback => Record::Feedback(body_of(body)?),
+        RecordKind::Window => Record::Window(body_of(body)?),
+        RecordKind::Firing => Record::Firing(body_of(body)?),
+        RecordKind::Suggestion => Record::Suggestion(body_of(body)?),
+        RecordKind::Suppression => Record::Suppression(body_of(body)?),
+        RecordKind::MitigationOutcome => Record::MitigationOutcome(body_of(body)?),
+        RecordKind::Profile => Record::Profile(body_of(body)?),
+        RecordKind::Consent => Record::Consent(body_of(body)?),
+        RecordKind::Export => Record::Export(body_of(body)?),
+        RecordKind::Checkpoint => Record::Checkpoint(body_of(body)?),
+    })
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(

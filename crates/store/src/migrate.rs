@@ -5,14 +5,15 @@ use std::path::Path;
 use kora_model::{Record, RecordKind, Sample};
 use redb::{Database, ReadableTable};
 
-use crate::FORMAT_VERSION;
 use crate::chunk::{CHUNK_SAMPLES, Extra, Item};
 use crate::codec::{decode, decode_entry};
 use crate::error::OpenError;
 use crate::heads::seal;
 use crate::runs;
+use crate::sealed::{SealTables, seal_oldest};
 use crate::tables::{
-    CHUNKS, HEAD, K_FORMAT_VERSION, LOG, LOG_BY_KIND, META, ROLLUPS, RUNS, SAMPLES_V1,
+    CHUNKS, HEAD, K_FORMAT_VERSION, K_UNSEALED_WINDOWS, LOG, LOG_BY_KIND, LOG_BY_TIME, META,
+    ROLLUPS, RUNS, SAMPLES_V1, WINDOW_CHUNKS, WINDOW_SPANS,
 };
 
 /// Converts a format 1 store (a row per sample) to format 2 (head rows and sealed chunks) in
@@ -95,12 +96,67 @@ pub(crate) fn migrate_v1(db: &Database, path: &Path) -> Result<(), OpenError> {
             }
         }
         let mut meta = wtx.open_table(META).map_err(|e| fail(e.to_string()))?;
-        meta.insert(K_FORMAT_VERSION, FORMAT_VERSION)
+        meta.insert(K_FORMAT_VERSION, 2)
             .map_err(|e| fail(e.to_string()))?;
     }
     wtx.delete_table(SAMPLES_V1)
         .map_err(|e| fail(e.to_string()))?;
     wtx.commit().map_err(|e| fail(e.to_string()))?;
     tracing::info!(path = %path.display(), samples = converted, "store converted from format 1 to 2");
+    Ok(())
+}
+
+/// Converts a format 2 store (every `window` record a log row) to format 3 in one transaction:
+/// its windows are sealed oldest first in chunks of `chunk`, the rest (fewer than `chunk`)
+/// stay in the log and are counted. Either the whole store is converted or nothing changes;
+/// every record keeps its seq and decodes to what it was.
+pub(crate) fn migrate_v2(db: &Database, path: &Path, chunk: usize) -> Result<(), OpenError> {
+    let fail = |e: String| OpenError::NotAStore {
+        path: path.to_owned(),
+        reason: format!("converting format 2 to 3 failed: {e}"),
+    };
+    let wtx = db.begin_write().map_err(|e| fail(e.to_string()))?;
+    let mut sealed = 0usize;
+    let unsealed;
+    {
+        let o = |e: redb::TableError| fail(e.to_string());
+        let mut log = wtx.open_table(LOG).map_err(o)?;
+        let mut by_kind = wtx.open_table(LOG_BY_KIND).map_err(o)?;
+        let mut by_time = wtx.open_table(LOG_BY_TIME).map_err(o)?;
+        let mut chunks = wtx.open_table(WINDOW_CHUNKS).map_err(o)?;
+        let mut spans = wtx.open_table(WINDOW_SPANS).map_err(o)?;
+        let c = RecordKind::Window.code();
+        let mut windows = 0usize;
+        for row in by_kind
+            .range((c, 0)..=(c, u64::MAX))
+            .map_err(|e| fail(e.to_string()))?
+        {
+            row.map_err(|e| fail(e.to_string()))?;
+            windows += 1;
+        }
+        let chunk = chunk.max(1);
+        let mut t = SealTables {
+            log: &mut log,
+            by_kind: &mut by_kind,
+            by_time: &mut by_time,
+            chunks: &mut chunks,
+            spans: &mut spans,
+        };
+        while windows - sealed >= chunk {
+            let moved = seal_oldest(&mut t, chunk).map_err(|e| fail(e.to_string()))?;
+            if moved == 0 {
+                break;
+            }
+            sealed += moved;
+        }
+        unsealed = windows - sealed;
+        let mut meta = wtx.open_table(META).map_err(o)?;
+        meta.insert(K_UNSEALED_WINDOWS, unsealed as u64)
+            .map_err(|e| fail(e.to_string()))?;
+        meta.insert(K_FORMAT_VERSION, 3)
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    wtx.commit().map_err(|e| fail(e.to_string()))?;
+    tracing::info!(path = %path.display(), sealed, unsealed, "store converted from format 2 to 3 (windows sealed in chunks)");
     Ok(())
 }

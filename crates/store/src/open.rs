@@ -10,10 +10,10 @@ use crate::derive::load_state;
 use crate::error::{OpenError, ReadError};
 use crate::format::{check_format, guarded};
 use crate::heads::load_series;
-use crate::migrate::migrate_v1;
+use crate::migrate::{migrate_v1, migrate_v2};
 use crate::tables::{
-    CHUNKS, HEAD, IDS, K_FORMAT_VERSION, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES, LOG, LOG_BY_KIND,
-    LOG_BY_TIME, META, ROLLUPS, RUNS, SERIES, STATE,
+    CHUNKS, HEAD, IDS, K_FORMAT_VERSION, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES, K_UNSEALED_WINDOWS,
+    LOG, LOG_BY_KIND, LOG_BY_TIME, META, ROLLUPS, RUNS, SERIES, STATE, WINDOW_CHUNKS, WINDOW_SPANS,
 };
 use crate::verify;
 use crate::writer::Writer;
@@ -99,6 +99,9 @@ impl Store {
             if version < 2 {
                 migrate_v1(&db, path)?;
             }
+            if version < 3 {
+                migrate_v2(&db, path, options.window_chunk)?;
+            }
             next_seq
         } else {
             let wtx = db.begin_write().map_err(|e| redb_err(e.into()))?;
@@ -109,6 +112,7 @@ impl Store {
                     (K_NEXT_SEQ, 1),
                     (K_LOG_RECORDS, 0),
                     (K_SAMPLES, 0),
+                    (K_UNSEALED_WINDOWS, 0),
                 ] {
                     meta.insert(k, v).map_err(|e| redb_err(e.into()))?;
                 }
@@ -125,6 +129,10 @@ impl Store {
                 wtx.open_table(RUNS).map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(ROLLUPS).map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(STATE).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(WINDOW_CHUNKS)
+                    .map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(WINDOW_SPANS)
+                    .map_err(|e| redb_err(e.into()))?;
             }
             wtx.commit().map_err(|e| redb_err(e.into()))?;
             1
@@ -147,6 +155,7 @@ impl Store {
             cache_bytes: options.cache_bytes,
             next_seq,
             group_max_records: options.group_max_records.max(1),
+            window_chunk: options.window_chunk.max(1),
             series,
             heads,
             deriver,

@@ -8,6 +8,7 @@ use crate::codec::{codec_read_error, decode_entry, get_entry};
 use crate::error::ReadError;
 use crate::retention::Rollup;
 use crate::runs::{self, RunRow};
+use crate::sealed::{Sealed, merge};
 use crate::tables::{
     CHUNKS, HEAD, K_ENGINE_CURSOR, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES, LOG, LOG_BY_KIND,
     LOG_BY_TIME, META, ROLLUPS, RUNS, SERIES,
@@ -67,16 +68,23 @@ impl Store {
         Ok(meta.get(K_ENGINE_CURSOR)?.map_or(0, |v| v.value()))
     }
 
-    /// Log entries in seq order starting at `from_seq`, at most `limit`.
+    /// Log entries in seq order starting at `from_seq`, at most `limit`: the log's rows merged
+    /// with its sealed windows.
     pub fn scan(&self, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>, ReadError> {
         let rtx = self.read()?;
+        let sealed = Sealed::open(&rtx)?.from(from_seq, limit)?;
+        // With `limit` sealed windows in hand, no row past the last of them can be taken.
+        let bound = match sealed.last() {
+            Some(last) if sealed.len() == limit => last.seq,
+            _ => u64::MAX,
+        };
         let log = rtx.open_table(LOG)?;
-        let mut out = Vec::new();
-        for item in log.range(from_seq..)?.take(limit) {
+        let mut rows = Vec::new();
+        for item in log.range(from_seq..=bound)?.take(limit) {
             let (k, v) = item?;
-            out.push(decode_entry(k.value(), v.value())?);
+            rows.push(decode_entry(k.value(), v.value())?);
         }
-        Ok(out)
+        Ok(merge(sealed, rows, limit, |e| e.seq))
     }
 
     /// Log entries newest first, older than `before` when given, of one kind when given.
@@ -96,6 +104,13 @@ impl Store {
                     let (k, v) = item?;
                     out.push(decode_entry(k.value(), v.value())?);
                 }
+                let bound = match out.last() {
+                    Some(last) if out.len() == limit => last.seq,
+                    _ => 0,
+                };
+                let mut sealed = Sealed::open(&rtx)?.before(end, limit)?;
+                sealed.retain(|e| e.seq > bound);
+                out = merge(out, sealed, limit, |e| std::cmp::Reverse(e.seq));
             }
             Some(kind) => {
                 let idx = rtx.open_table(LOG_BY_KIND)?;
@@ -104,6 +119,11 @@ impl Store {
                     let (k, _) = item?;
                     let seq = k.value().1;
                     out.push(get_entry(&log, seq)?);
+                }
+                // Every sealed window is older than every window in the log.
+                if kind == RecordKind::Window && out.len() < limit {
+                    let older = out.last().map_or(end, |e| e.seq);
+                    out.extend(Sealed::open(&rtx)?.before(older, limit - out.len())?);
                 }
             }
         }
@@ -121,8 +141,14 @@ impl Store {
         let log = rtx.open_table(LOG)?;
         let idx = rtx.open_table(LOG_BY_KIND)?;
         let c = kind.code();
-        let mut out = Vec::new();
-        for item in idx.range((c, from_seq)..=(c, u64::MAX))?.take(limit) {
+        // Every sealed window is older than every window in the log.
+        let mut out = if kind == RecordKind::Window {
+            Sealed::open(&rtx)?.from(from_seq, limit)?
+        } else {
+            Vec::new()
+        };
+        let rest = limit - out.len();
+        for item in idx.range((c, from_seq)..=(c, u64::MAX))?.take(rest) {
             let (k, _) = item?;
             out.push(get_entry(&log, k.value().1)?);
         }
@@ -147,8 +173,10 @@ impl Store {
             let (k, _) = item?;
             out.push(get_entry(&log, k.value().1)?);
         }
-        Ok(out)
+        let sealed = Sealed::open(&rtx)?.in_time(from_ms, to_ms, limit)?;
+        Ok(merge(sealed, out, limit, |e| (e.record.ts_ms(), e.seq)))
     }
+
     /// The rollups of one series with `from_ms <= start_ms < to_ms`, oldest first.
     pub fn rollups(
         &self,

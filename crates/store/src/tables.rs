@@ -1,11 +1,23 @@
 //! Every redb table of the store, defined once.
 //!
-//! Encoding (format version 2):
-//! - `meta`: `&str -> u64`: `format_version`, `next_seq`, `log_records`, `samples`, and
-//!   `engine_cursor` (the last log seq whose derived records are stored).
-//! - `log`: `seq (u64) -> bytes`: a CRC-32 (little-endian, of the payload) then the record as
-//!   MessagePack with named fields (`rmp_serde::to_vec_named`). The seq is strictly increasing
+//! Encoding (format version 3):
+//! - `meta`: `&str -> u64`: `format_version`, `next_seq`, `log_records` (sealed windows
+//!   included), `samples`, `engine_cursor` (the last log seq whose derived records are stored)
+//!   and `unsealed_windows` (the `window` records still in `log`).
+//! - `log`: `seq (u64) -> bytes`: a CRC-32 (little-endian, of the payload) then the payload:
+//!   the byte `0xc1` (never used by MessagePack), the record kind's code (u8), and the record's
+//!   own struct as MessagePack with named fields (`rmp_serde::encode::write_named`). A payload
+//!   that starts otherwise is a record written by format 2: the whole internally tagged
+//!   `Record` as named MessagePack; both are read. The seq is strictly increasing
 //!   and never reused; gaps are the seqs given to samples, which live in the series store.
+//!   Once [`crate::StoreOptions::window_chunk`] `window` records wait in the log, the oldest of
+//!   them move to `window_chunks` in the transaction that crossed the count: their log rows and
+//!   index rows go, one chunk comes. Every scan of the log merges the two by seq.
+//! - `window_chunks`: `last seq (u64) -> bytes`: sealed `window` records, column by column
+//!   (encoding in `window_chunk.rs`); the chunks cover disjoint, increasing seq ranges,
+//!   all below the seq of any window still in `log`.
+//! - `window_spans`: `last seq (u64) -> (first seq, min ts_ms, max ts_ms)` of each sealed
+//!   chunk, so a scan from a seq or over a time range decodes only the chunks it needs.
 //! - `log_by_kind`: `(kind code u8, seq) -> ()`, to scan one kind without reading the others.
 //! - `log_by_time`: `(ts_ms i64, seq) -> ()`, to scan a time range.
 //! - `ids`: `client id -> seq (u64 LE) ++ SHA-256 of the record as the client sent it`, so a
@@ -28,6 +40,10 @@
 //!   transaction. The table is created with a new store; a store made before it existed, or
 //!   one that never derived, has no key (no state), and opens unchanged.
 //!
+//! Format version 2 was format 3 without the window tables: every `window` record a log row.
+//! A version 2 store is converted to version 3 in one transaction when it is opened (its
+//! windows sealed, oldest first, in chunks of `window_chunk`).
+//!
 //! Format version 1 kept a row per sample in `samples`: `(series number, ts_ms, seq) -> bytes`
 //! (CRC-32 then MessagePack of `(late, sample)`), 60 to 110 bytes a sample on disk. A version 1
 //! store is converted to version 2 in one transaction when it is opened.
@@ -45,6 +61,9 @@ pub const CHUNKS: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new
 pub const ROLLUPS: TableDefinition<(u32, i64), &[u8]> = TableDefinition::new("rollups");
 pub const RUNS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("runs");
 pub const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+pub const WINDOW_CHUNKS: TableDefinition<u64, &[u8]> = TableDefinition::new("window_chunks");
+pub const WINDOW_SPANS: TableDefinition<u64, (u64, i64, i64)> =
+    TableDefinition::new("window_spans");
 /// Format version 1's samples, read once to convert them.
 pub const SAMPLES_V1: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("samples");
 
@@ -53,5 +72,7 @@ pub const K_NEXT_SEQ: &str = "next_seq";
 pub const K_LOG_RECORDS: &str = "log_records";
 pub const K_SAMPLES: &str = "samples";
 pub const K_ENGINE_CURSOR: &str = "engine_cursor";
+/// How many `window` records are still log rows (not yet sealed).
+pub const K_UNSEALED_WINDOWS: &str = "unsealed_windows";
 /// The key of the sample deriver's state in [`STATE`].
 pub const K_SAMPLE_DERIVER: &str = "sample_deriver";

@@ -12,15 +12,16 @@ use redb::{Database, ReadableTable, WriteTransaction};
 use serde::Serialize;
 
 use crate::chunk::{CHUNK_SAMPLES, Extra, Item};
-use crate::codec::{digest, encode};
+use crate::codec::{digest, encode_record};
 use crate::derive::store_state;
 use crate::error::{self, WriteError};
 use crate::format::check_format;
 use crate::heads::{HeadState, append_head, seal, take_head};
 use crate::runs;
+use crate::sealed::{SealTables, seal_oldest};
 use crate::tables::{
-    CHUNKS, HEAD, IDS, K_ENGINE_CURSOR, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES, LOG, LOG_BY_KIND,
-    LOG_BY_TIME, META, RUNS, SERIES,
+    CHUNKS, HEAD, IDS, K_ENGINE_CURSOR, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES, K_UNSEALED_WINDOWS,
+    LOG, LOG_BY_KIND, LOG_BY_TIME, META, RUNS, SERIES, WINDOW_CHUNKS, WINDOW_SPANS,
 };
 use crate::{Appended, Batch, DbSlot, Job, SampleDeriver};
 
@@ -35,6 +36,10 @@ struct Tables<'t> {
     chunks: redb::Table<'t, (u32, i64, u64), &'static [u8]>,
     runs: redb::Table<'t, (&'static str, u64), &'static [u8]>,
     meta: redb::Table<'t, &'static str, u64>,
+    window_chunks: redb::Table<'t, u64, &'static [u8]>,
+    window_spans: redb::Table<'t, u64, (u64, i64, i64)>,
+    /// `window` records written in this transaction.
+    windows: u64,
 }
 
 impl<'t> Tables<'t> {
@@ -50,7 +55,46 @@ impl<'t> Tables<'t> {
             chunks: wtx.open_table(CHUNKS).map_err(w)?,
             runs: wtx.open_table(RUNS).map_err(w)?,
             meta: wtx.open_table(META).map_err(w)?,
+            window_chunks: wtx.open_table(WINDOW_CHUNKS).map_err(w)?,
+            window_spans: wtx.open_table(WINDOW_SPANS).map_err(w)?,
+            windows: 0,
         })
+    }
+
+    /// Counts the windows this transaction wrote into `unsealed_windows`, and seals the oldest
+    /// into chunks of `chunk` while at least that many wait in the log.
+    fn seal_windows(&mut self, chunk: usize) -> Result<(), WriteError> {
+        if self.windows == 0 {
+            return Ok(());
+        }
+        let mut unsealed = self
+            .meta
+            .get(K_UNSEALED_WINDOWS)
+            .map_err(error::write_error)?
+            .map_or(0, |v| v.value())
+            + self.windows;
+        let chunk = chunk.max(1);
+        while unsealed >= chunk as u64 {
+            let moved = seal_oldest(
+                &mut SealTables {
+                    log: &mut self.log,
+                    by_kind: &mut self.by_kind,
+                    by_time: &mut self.by_time,
+                    chunks: &mut self.window_chunks,
+                    spans: &mut self.window_spans,
+                },
+                chunk,
+            )?;
+            if moved == 0 {
+                break;
+            }
+            unsealed = unsealed.saturating_sub(moved as u64);
+        }
+        self.meta
+            .insert(K_UNSEALED_WINDOWS, unsealed)
+            .map_err(error::write_error)?;
+        self.windows = 0;
+        Ok(())
     }
 }
 
@@ -60,6 +104,8 @@ pub(crate) struct Writer {
     pub(crate) cache_bytes: usize,
     pub(crate) next_seq: u64,
     pub(crate) group_max_records: usize,
+    /// How many windows one sealed chunk holds ([`crate::StoreOptions::window_chunk`]).
+    pub(crate) window_chunk: usize,
     /// Every series key and its number, as committed.
     pub(crate) series: HashMap<String, u32>,
     /// Each series' head, as committed.
@@ -128,6 +174,7 @@ impl Writer {
                     outcomes.push(outcome);
                 }
                 heads = self.flush_samples(&mut tables, &mut pending.items)?;
+                tables.seal_windows(self.window_chunk)?;
             }
             if derived && let Some(deriver) = &self.deriver {
                 store_state(&wtx, deriver.as_ref())?;
@@ -431,7 +478,7 @@ fn write_record(
     record.stamp(now_ms);
     let ts = record.ts_ms().unwrap_or(now_ms);
     t.log
-        .insert(seq, encode(&record)?.as_slice())
+        .insert(seq, encode_record(&record)?.as_slice())
         .map_err(error::write_error)?;
     t.by_kind
         .insert((record.kind().code(), seq), ())
@@ -439,6 +486,9 @@ fn write_record(
     t.by_time
         .insert((ts, seq), ())
         .map_err(error::write_error)?;
+    if let Record::Window(_) = &record {
+        t.windows += 1;
+    }
     if let Record::Run(run) = &record {
         t.runs
             .insert(

@@ -1,0 +1,300 @@
+//! Sealed windows: the log reads the same, record for record, before and after its windows
+//! move into compressed chunks, and a format 2 store written by the previous build converts.
+
+#![allow(clippy::unwrap_used)]
+
+use kora_model::*;
+use kora_store::tables::{K_FORMAT_VERSION, K_UNSEALED_WINDOWS, LOG, META, WINDOW_CHUNKS};
+use kora_store::*;
+use redb::{ReadableDatabase, ReadableTableMetadata};
+
+const T0: i64 = 1_800_000_000_000;
+const MINUTE: i64 = 60_000;
+const CHUNK: usize = 16;
+
+fn options() -> StoreOptions {
+    StoreOptions {
+        window_chunk: CHUNK,
+        ..StoreOptions::default()
+    }
+}
+
+fn window(minute: i64, metric: &str, value: f64) -> Record {
+    Record::Window(WindowRecord {
+        ts_ms: T0 + (minute + 1) * MINUTE + 5_000,
+        window_kind: "time".into(),
+        metric: metric.into(),
+        scope: "host".into(),
+        start_ms: T0 + minute * MINUTE,
+        end_ms: T0 + (minute + 1) * MINUTE,
+        first_seq: None,
+        last_seq: None,
+        count: 12,
+        min: value,
+        max: value * 2.0,
+        p50: value * 1.5,
+        p95: value * 1.9,
+    })
+}
+
+fn session(minute: i64) -> Record {
+    Record::SessionStarted(SessionEvent {
+        id: None,
+        ts_ms: Some(T0 + minute * MINUTE + 30_000),
+        session_id: format!("s{minute}"),
+    })
+}
+
+/// 100 minutes: each a samples batch (which takes seqs, leaving gaps in the log), then a
+/// session event and three windows. Answers the log as appended.
+fn fill(store: &Store) -> Vec<LogEntry> {
+    let mut expected = Vec::new();
+    for minute in 0..100 {
+        let ts = T0 + minute * MINUTE;
+        store
+            .append(
+                ts,
+                Batch::Samples(vec![
+                    Sample::reading(Signal::CpuLoadPct, ts, 10.0),
+                    Sample::reading(Signal::RamFreeMb, ts, 2048.0),
+                ]),
+            )
+            .unwrap();
+        let records = vec![
+            session(minute),
+            window(minute, "cpu_load_pct", minute as f64 + 0.25),
+            window(minute, "ram_free_mb", 4096.0 - minute as f64),
+            window(minute, "queue_wait_ms/model=m", 1.0 / (minute + 1) as f64),
+        ];
+        let appended = store
+            .append(ts + 59_000, Batch::Records(records.clone()))
+            .unwrap();
+        for (seq, record) in appended.seqs.into_iter().zip(records) {
+            expected.push(LogEntry { seq, record });
+        }
+    }
+    expected
+}
+
+fn assert_reads_match(store: &Store, expected: &[LogEntry]) {
+    let max = usize::MAX;
+    assert_eq!(store.scan(0, max).unwrap(), expected);
+    // Pages from every start, of sizes that end inside and across chunks.
+    for (start, page) in [(0, 7), (5, 16), (40, 3), (150, 50), (333, 1)] {
+        let from = expected[start.min(expected.len() - 1)].seq;
+        let want: Vec<_> = expected
+            .iter()
+            .filter(|e| e.seq >= from)
+            .take(page)
+            .cloned()
+            .collect();
+        assert_eq!(
+            store.scan(from, page).unwrap(),
+            want,
+            "scan from {from}, {page}"
+        );
+    }
+    // Newest first, page by page.
+    let mut got = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.recent(before, None, 13).unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(last.seq);
+        got.extend(page);
+    }
+    let reversed: Vec<_> = expected.iter().rev().cloned().collect();
+    assert_eq!(got, reversed);
+    // One kind: windows, newest first and oldest first, from any seq.
+    let windows: Vec<_> = expected
+        .iter()
+        .filter(|e| e.record.kind() == RecordKind::Window)
+        .cloned()
+        .collect();
+    let mut got = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.recent(before, Some(RecordKind::Window), 11).unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(last.seq);
+        got.extend(page);
+    }
+    assert_eq!(got, windows.iter().rev().cloned().collect::<Vec<_>>());
+    for from in [0, windows[20].seq, windows[250].seq, windows[299].seq + 1] {
+        let want: Vec<_> = windows
+            .iter()
+            .filter(|e| e.seq >= from)
+            .take(40)
+            .cloned()
+            .collect();
+        assert_eq!(store.scan_kind(RecordKind::Window, from, 40).unwrap(), want);
+    }
+    let sessions = store.scan_kind(RecordKind::SessionStarted, 0, max).unwrap();
+    assert_eq!(sessions.len(), 100);
+    // A time range, in (ts, seq) order.
+    let (from_ms, to_ms) = (T0 + 10 * MINUTE, T0 + 60 * MINUTE + 1);
+    let mut want: Vec<_> = expected
+        .iter()
+        .filter(|e| e.record.ts_ms().is_some_and(|t| from_ms <= t && t < to_ms))
+        .cloned()
+        .collect();
+    want.sort_by_key(|e| (e.record.ts_ms(), e.seq));
+    assert_eq!(store.scan_time(from_ms, to_ms, max).unwrap(), want);
+    assert_eq!(store.scan_time(from_ms, to_ms, 9).unwrap(), want[..9]);
+    assert_eq!(store.stats().unwrap().log_records, expected.len() as u64);
+}
+
+/// `(window chunks, window rows left in the log, unsealed count in meta, format version)`.
+fn layout(path: &std::path::Path) -> (u64, u64, u64, u64) {
+    let db = redb::Database::open(path).unwrap();
+    let rtx = db.begin_read().unwrap();
+    let chunks = match rtx.open_table(WINDOW_CHUNKS) {
+        Ok(t) => t.len().unwrap(),
+        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+        Err(e) => panic!("{e}"),
+    };
+    let log = rtx.open_table(LOG).unwrap();
+    let mut rows = 0;
+    for row in redb::ReadableTable::iter(&log).unwrap() {
+        let (_, v) = row.unwrap();
+        // Format 3 rows start (after the CRC) with 0xc1 and the kind's code; format 2 rows are
+        // MessagePack maps holding the string "kind" then the string "window".
+        let payload = &v.value()[4..];
+        if payload.starts_with(&[0xc1, RecordKind::Window.code()])
+            || payload.windows(12).any(|w| w == b"\xa4kind\xa6window")
+        {
+            rows += 1;
+        }
+    }
+    let meta = rtx.open_table(META).unwrap();
+    let get = |k: &str| meta.get(k).unwrap().map_or(0, |v| v.value());
+    (chunks, rows, get(K_UNSEALED_WINDOWS), get(K_FORMAT_VERSION))
+}
+
+#[test]
+fn sealed_windows_read_back_in_log_order_through_every_scan_and_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.redb");
+    let store = Store::open(&path, options()).unwrap();
+    let expected = fill(&store);
+    assert_eq!(expected.len(), 400);
+    assert_reads_match(&store, &expected);
+    drop(store);
+    // 300 windows: 18 chunks of 16, the newest 12 still log rows.
+    assert_eq!(layout(&path), (18, 12, 12, FORMAT_VERSION));
+    let store = Store::open(&path, options()).unwrap();
+    assert_reads_match(&store, &expected);
+    // Appends go on where they were: seqs keep increasing, sealing keeps its count.
+    let more = store
+        .append(
+            T0 + 200 * MINUTE,
+            Batch::Records(vec![window(200, "x", 1.0); 4]),
+        )
+        .unwrap();
+    assert!(more.seqs[0] > expected.last().unwrap().seq);
+    drop(store);
+    assert_eq!(layout(&path), (19, 0, 0, FORMAT_VERSION));
+}
+
+#[test]
+fn sealed_windows_grow_the_file_by_a_fraction_of_log_rows() {
+    // Growth from the end of day 1 to the end of day 3 of ten signals' minutes, appended as
+    // the deriver does (a minute at a time): the unsealed tail is the same size at both ends.
+    let growth: Vec<u64> = [usize::MAX, 4096]
+        .into_iter()
+        .map(|window_chunk| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("k.redb");
+            let options = StoreOptions {
+                window_chunk,
+                ..StoreOptions::default()
+            };
+            let mut size_after_day_1 = 0;
+            for day in 0..3 {
+                // Each day ends with a clean close, which gives the file's free tail back.
+                let store = Store::open(&path, options.clone()).unwrap();
+                for minute in day * 1440..(day + 1) * 1440 {
+                    let records = (0..10)
+                        .map(|s| {
+                            window(
+                                minute,
+                                &format!("signal_{s}"),
+                                (minute % 97) as f64 + s as f64,
+                            )
+                        })
+                        .collect();
+                    store.append(T0, Batch::Records(records)).unwrap();
+                }
+                drop(store);
+                if day == 0 {
+                    size_after_day_1 = std::fs::metadata(&path).unwrap().len();
+                }
+            }
+            let db = redb::Database::open(&path).unwrap();
+            let rtx = db.begin_read().unwrap();
+            let mut chunk_bytes = 0;
+            for row in redb::ReadableTable::iter(&rtx.open_table(WINDOW_CHUNKS).unwrap()).unwrap() {
+                chunk_bytes += row.unwrap().1.value().len();
+            }
+            if window_chunk == 4096 {
+                let sealed_windows = 3 * 14_400 / 4096 * 4096;
+                let per_window = chunk_bytes as f64 / sealed_windows as f64;
+                eprintln!("sealed chunks: {per_window:.1} bytes a window");
+                assert!(per_window < 12.0, "{per_window} bytes a window in chunks");
+            }
+            (std::fs::metadata(&path).unwrap().len() - size_after_day_1) / 2
+        })
+        .collect();
+    let (rows, sealed) = (growth[0], growth[1]);
+    eprintln!(
+        "a day of 14,400 windows grows the file by {rows} bytes as log rows, {sealed} sealed"
+    );
+    assert!(
+        sealed * 5 < rows,
+        "{sealed} bytes a day sealed against {rows} as rows"
+    );
+}
+
+#[test]
+fn a_format_2_store_written_by_the_previous_build_converts_at_open_record_for_record() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v2-demo");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kora-telemetry.redb");
+    std::fs::copy(fixture.join("kora-telemetry.redb"), &path).unwrap();
+    let before = layout(&path);
+    assert_eq!(
+        (before.0, before.3),
+        (0, 2),
+        "the fixture is a format 2 store"
+    );
+    assert_eq!(before.1, 112);
+    // The log as the previous build printed it (`kora-telemetry log --json`, newest first).
+    let printed: Vec<serde_json::Value> = std::fs::read_to_string(fixture.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let store = Store::open(&path, options()).unwrap();
+    let stats = store.stats().unwrap();
+    let all = store.recent(None, None, 10_000).unwrap();
+    let now: Vec<serde_json::Value> = all
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap())
+        .collect();
+    assert_eq!(now, printed);
+    assert_eq!(stats.log_records, printed.len() as u64);
+    let samples = store.stats().unwrap().samples;
+    assert!(samples > 0);
+    drop(store);
+    // 112 windows: 7 chunks of 16, none left in the log; a second open converts nothing.
+    assert_eq!(layout(&path), (7, 0, 0, 3));
+    let store = Store::open(&path, options()).unwrap();
+    let again: Vec<serde_json::Value> = store
+        .recent(None, None, 10_000)
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap())
+        .collect();
+    assert_eq!(again, printed);
+    assert_eq!(store.stats().unwrap().samples, samples);
+}
