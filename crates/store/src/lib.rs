@@ -57,10 +57,11 @@ pub use error::{OpenError, ReadError, WriteError};
 pub use retention::{Compacted, Retention, Rollup};
 pub use runs::RunRow;
 
-/// How many `window` records one sealed chunk holds by default: about seven hours of ten
-/// signals at one window a minute. pco needs a few thousand numbers a column to pay for its
-/// headers; a chunk of this size decodes in well under a millisecond.
-pub const WINDOW_CHUNK: usize = 4096;
+/// How many `window` records one sealed chunk holds by default: 1,024, about an hour and three
+/// quarters of ten signals at one window a minute. pco pays for its headers at about a
+/// thousand numbers a column; the windows still waiting in the log (fewer than this, ~300
+/// bytes each) are the fixed cost of a small store.
+pub const WINDOW_CHUNK: usize = 1024;
 
 /// The on-disk format this build writes. A store with a newer one is refused at open.
 pub const FORMAT_VERSION: u64 = 3;

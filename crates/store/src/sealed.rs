@@ -15,7 +15,7 @@ use crate::chunk::CodecError;
 use crate::codec::{codec_read_error, codec_write_error, decode_entry};
 use crate::error::{self, ReadError, WriteError};
 use crate::tables::{WINDOW_CHUNKS, WINDOW_SPANS};
-use crate::window_chunk;
+use crate::window_chunk::{self, Columns};
 
 /// The tables sealing writes.
 pub(crate) struct SealTables<'a, 't> {
@@ -92,16 +92,16 @@ pub(crate) struct Sealed {
     pub spans: ReadOnlyTable<u64, (u64, i64, i64)>,
 }
 
-fn entries(last: u64, bytes: &[u8]) -> Result<Vec<LogEntry>, ReadError> {
-    let windows = window_chunk::decode(bytes)
-        .map_err(|e: CodecError| codec_read_error("window_chunks", last.to_string(), e))?;
-    Ok(windows
-        .into_iter()
-        .map(|(seq, w)| LogEntry {
-            seq,
-            record: Record::Window(w),
-        })
-        .collect())
+fn columns(last: u64, bytes: &[u8]) -> Result<Columns, ReadError> {
+    Columns::decode(bytes)
+        .map_err(|e: CodecError| codec_read_error("window_chunks", last.to_string(), e))
+}
+
+fn entry(c: &Columns, i: usize) -> LogEntry {
+    LogEntry {
+        seq: c.seqs[i],
+        record: Record::Window(c.record(i)),
+    }
 }
 
 impl Sealed {
@@ -120,12 +120,12 @@ impl Sealed {
         }
         for row in self.chunks.range(from_seq..)? {
             let (k, v) = row?;
-            for e in entries(k.value(), v.value())? {
-                if e.seq >= from_seq {
-                    out.push(e);
-                    if out.len() == limit {
-                        return Ok(out);
-                    }
+            let c = columns(k.value(), v.value())?;
+            let start = c.seqs.partition_point(|&s| s < from_seq);
+            for i in start..c.seqs.len() {
+                out.push(entry(&c, i));
+                if out.len() == limit {
+                    return Ok(out);
                 }
             }
         }
@@ -147,12 +147,12 @@ impl Sealed {
             None => None,
         };
         let mut visit = |last: u64, bytes: &[u8]| -> Result<bool, ReadError> {
-            for e in entries(last, bytes)?.into_iter().rev() {
-                if e.seq < before {
-                    out.push(e);
-                    if out.len() == limit {
-                        return Ok(true);
-                    }
+            let c = columns(last, bytes)?;
+            let end = c.seqs.partition_point(|&s| s < before);
+            for i in (0..end).rev() {
+                out.push(entry(&c, i));
+                if out.len() == limit {
+                    return Ok(true);
                 }
             }
             Ok(false)
@@ -189,11 +189,12 @@ impl Sealed {
             }
             let last = k.value();
             if let Some(bytes) = self.chunks.get(last)? {
-                out.extend(entries(last, bytes.value())?.into_iter().filter(|e| {
-                    e.record
-                        .ts_ms()
-                        .is_some_and(|ts| from_ms <= ts && ts < to_ms)
-                }));
+                let c = columns(last, bytes.value())?;
+                for i in 0..c.seqs.len() {
+                    if (from_ms..to_ms).contains(&c.ts(i)) {
+                        out.push(entry(&c, i));
+                    }
+                }
             }
         }
         out.sort_by_key(|e| (e.record.ts_ms(), e.seq));

@@ -125,66 +125,105 @@ fn column<T: Number>(bytes: &[u8], len: usize) -> Result<Vec<T>, CodecError> {
     Ok(v)
 }
 
-/// Decodes a sealed chunk back to its `(seq, record)` pairs, in seq order. The CRC is checked
-/// first: damaged bytes are [`CodecError::Checksum`], never a wrong record.
+/// A decoded chunk, column by column: records are built only for the rows a reader takes.
+pub(crate) struct Columns {
+    dictionary: Vec<Key>,
+    /// The seqs, increasing.
+    pub seqs: Vec<u64>,
+    ts: Vec<i64>,
+    keys: Vec<u32>,
+    starts: Vec<i64>,
+    lengths: Vec<i64>,
+    first: Vec<u64>,
+    last: Vec<u64>,
+    counts: Vec<u64>,
+    mins: Vec<f64>,
+    maxs: Vec<f64>,
+    p50s: Vec<f64>,
+    p95s: Vec<f64>,
+}
+
+impl Columns {
+    /// Decodes a sealed chunk. The CRC is checked first: damaged bytes are
+    /// [`CodecError::Checksum`], never a wrong record.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Columns, CodecError> {
+        let mut c = Cursor(checked(bytes)?);
+        let [version] = c.array::<1>()?;
+        if version != VERSION {
+            return Err(decode_error(format!(
+                "window chunk version {version}, this build reads {VERSION}"
+            )));
+        }
+        let len = c.u32()? as usize;
+        let mut lens = [0usize; SECTIONS];
+        for l in &mut lens {
+            *l = c.u32()? as usize;
+        }
+        let mut s = lens.iter().map(|&l| c.take(l));
+        let mut next = || {
+            s.next()
+                .unwrap_or_else(|| Err(decode_error("missing section")))
+        };
+        let dictionary: Vec<Key> = rmp_serde::from_slice(next()?).map_err(decode_error)?;
+        let columns = Columns {
+            dictionary,
+            seqs: column(next()?, len)?,
+            ts: column(next()?, len)?,
+            keys: column(next()?, len)?,
+            starts: column(next()?, len)?,
+            lengths: column(next()?, len)?,
+            first: column(next()?, len)?,
+            last: column(next()?, len)?,
+            counts: column(next()?, len)?,
+            mins: column(next()?, len)?,
+            maxs: column(next()?, len)?,
+            p50s: column(next()?, len)?,
+            p95s: column(next()?, len)?,
+        };
+        if let Some(&k) = columns
+            .keys
+            .iter()
+            .find(|&&k| k as usize >= columns.dictionary.len())
+        {
+            return Err(decode_error(format!("dictionary index {k} out of range")));
+        }
+        Ok(columns)
+    }
+
+    /// The record of row `i` (`i < seqs.len()`).
+    pub(crate) fn record(&self, i: usize) -> WindowRecord {
+        let (window_kind, metric, scope) = self.dictionary[self.keys[i] as usize].clone();
+        let optional = |v: u64| v.checked_sub(1);
+        WindowRecord {
+            ts_ms: self.ts[i],
+            window_kind,
+            metric,
+            scope,
+            start_ms: self.starts[i],
+            end_ms: self.starts[i].wrapping_add(self.lengths[i]),
+            first_seq: optional(self.first[i]),
+            last_seq: optional(self.last[i]),
+            count: self.counts[i],
+            min: self.mins[i],
+            max: self.maxs[i],
+            p50: self.p50s[i],
+            p95: self.p95s[i],
+        }
+    }
+
+    /// `ts_ms` of row `i`.
+    pub(crate) fn ts(&self, i: usize) -> i64 {
+        self.ts[i]
+    }
+}
+
+/// Decodes a sealed chunk back to its `(seq, record)` pairs, in seq order.
+#[cfg(test)]
 pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<(u64, WindowRecord)>, CodecError> {
-    let mut c = Cursor(checked(bytes)?);
-    let [version] = c.array::<1>()?;
-    if version != VERSION {
-        return Err(decode_error(format!(
-            "window chunk version {version}, this build reads {VERSION}"
-        )));
-    }
-    let len = c.u32()? as usize;
-    let mut lens = [0usize; SECTIONS];
-    for l in &mut lens {
-        *l = c.u32()? as usize;
-    }
-    let mut s = lens.iter().map(|&l| c.take(l));
-    let mut next = || {
-        s.next()
-            .unwrap_or_else(|| Err(decode_error("missing section")))
-    };
-    let dictionary: Vec<Key> = rmp_serde::from_slice(next()?).map_err(decode_error)?;
-    let seqs: Vec<u64> = column(next()?, len)?;
-    let ts: Vec<i64> = column(next()?, len)?;
-    let keys: Vec<u32> = column(next()?, len)?;
-    let starts: Vec<i64> = column(next()?, len)?;
-    let lengths: Vec<i64> = column(next()?, len)?;
-    let first: Vec<u64> = column(next()?, len)?;
-    let last: Vec<u64> = column(next()?, len)?;
-    let counts: Vec<u64> = column(next()?, len)?;
-    let mins: Vec<f64> = column(next()?, len)?;
-    let maxs: Vec<f64> = column(next()?, len)?;
-    let p50s: Vec<f64> = column(next()?, len)?;
-    let p95s: Vec<f64> = column(next()?, len)?;
-    let optional = |v: u64| v.checked_sub(1);
-    let mut out = Vec::with_capacity(len);
-    for i in 0..len {
-        let (window_kind, metric, scope) = dictionary
-            .get(keys[i] as usize)
-            .cloned()
-            .ok_or_else(|| decode_error(format!("dictionary index {} out of range", keys[i])))?;
-        out.push((
-            seqs[i],
-            WindowRecord {
-                ts_ms: ts[i],
-                window_kind,
-                metric,
-                scope,
-                start_ms: starts[i],
-                end_ms: starts[i].wrapping_add(lengths[i]),
-                first_seq: optional(first[i]),
-                last_seq: optional(last[i]),
-                count: counts[i],
-                min: mins[i],
-                max: maxs[i],
-                p50: p50s[i],
-                p95: p95s[i],
-            },
-        ));
-    }
-    Ok(out)
+    let c = Columns::decode(bytes)?;
+    Ok((0..c.seqs.len())
+        .map(|i| (c.seqs[i], c.record(i)))
+        .collect())
 }
 
 #[cfg(test)]
