@@ -108,8 +108,7 @@ impl Store {
                     Some(last) if out.len() == limit => last.seq,
                     _ => 0,
                 };
-                let mut sealed = Sealed::open(&rtx)?.before(end, limit)?;
-                sealed.retain(|e| e.seq > bound);
+                let sealed = Sealed::open(&rtx)?.before(end, bound, limit)?;
                 out = merge(out, sealed, limit, |e| std::cmp::Reverse(e.seq));
             }
             Some(kind) => {
@@ -123,7 +122,7 @@ impl Store {
                 // Every sealed window is older than every window in the log.
                 if kind == RecordKind::Window && out.len() < limit {
                     let older = out.last().map_or(end, |e| e.seq);
-                    out.extend(Sealed::open(&rtx)?.before(older, limit - out.len())?);
+                    out.extend(Sealed::open(&rtx)?.before(older, 0, limit - out.len())?);
                 }
             }
         }

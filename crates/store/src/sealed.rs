@@ -132,8 +132,14 @@ impl Sealed {
         Ok(out)
     }
 
-    /// Sealed windows with `seq < before`, newest first, at most `limit`.
-    pub(crate) fn before(&self, before: u64, limit: usize) -> Result<Vec<LogEntry>, ReadError> {
+    /// Sealed windows with `floor < seq < before`, newest first, at most `limit`. Chunks wholly
+    /// at or below `floor` are not read.
+    pub(crate) fn before(
+        &self,
+        before: u64,
+        floor: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, ReadError> {
         let mut out = Vec::new();
         if limit == 0 {
             return Ok(out);
@@ -149,7 +155,8 @@ impl Sealed {
         let mut visit = |last: u64, bytes: &[u8]| -> Result<bool, ReadError> {
             let c = columns(last, bytes)?;
             let end = c.seqs.partition_point(|&s| s < before);
-            for i in (0..end).rev() {
+            let start = c.seqs.partition_point(|&s| s <= floor);
+            for i in (start..end).rev() {
                 out.push(entry(&c, i));
                 if out.len() == limit {
                     return Ok(true);
@@ -165,7 +172,7 @@ impl Sealed {
         }
         for row in self.chunks.range(..before)?.rev() {
             let (k, v) = row?;
-            if visit(k.value(), v.value())? {
+            if k.value() <= floor || visit(k.value(), v.value())? {
                 break;
             }
         }
