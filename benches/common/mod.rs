@@ -425,12 +425,23 @@ pub fn fmt_num(v: f64) -> String {
 /// Spawns `kora-telemetry serve` on `data_dir`; answers the child, its base URL and how long it took to say
 /// it is listening.
 pub fn spawn_serve(data_dir: &Path) -> (std::process::Child, String, Duration) {
+    spawn_serve_with(data_dir, &[], "error")
+}
+
+/// [`spawn_serve`] with more `serve` flags (`extra`) and the service's log filter (`log`, its
+/// lines go to this process's stderr).
+pub fn spawn_serve_with(
+    data_dir: &Path,
+    extra: &[&str],
+    log: &str,
+) -> (std::process::Child, String, Duration) {
     let start = Instant::now();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kora-telemetry"))
         .arg("--data-dir")
         .arg(data_dir)
         .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("KORA_TELEMETRY_LOG", "error")
+        .args(extra)
+        .env("KORA_TELEMETRY_LOG", log)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .spawn()
@@ -447,6 +458,59 @@ pub fn spawn_serve(data_dir: &Path) -> (std::process::Child, String, Duration) {
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_owned();
     (child, format!("http://{addr}"), took)
+}
+
+/// Stops a spawned `serve` cleanly (SIGTERM: every queued commit is finished) and waits for it;
+/// answers how long the stop took.
+pub fn stop_serve(mut child: std::process::Child) -> Duration {
+    let start = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -TERM failed");
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "serve stopped with {exit}");
+    start.elapsed()
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:`).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// User + system CPU time of `pid` (`"self"` for this process), in clock ticks.
+pub fn cpu_ticks(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+pub fn clock_ticks_per_s() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// A whole number from the environment variable `name`, else `default`.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// The samples a running `serve` at `base` has stored, from `/v1/health`.
