@@ -5,41 +5,90 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use kora_model::{LogEntry, Record};
-use kora_policy::{CloudTiers, Engine, ReplayDifference, Thresholds, derive_all, replay};
+use kora_policy::{CloudTiers, Engine, ReplayDifference, Thresholds, replay};
 use kora_store::{OpenError, Store, StoreOptions};
 
-/// Every log entry, in seq order, with a progress bar on long logs.
-fn read_log(db: &Path) -> Result<Vec<LogEntry>> {
-    if !db.exists() {
-        bail!("no store at {}: nothing recorded yet", db.display());
+/// The store's log, read a page at a time, in seq order, with a progress bar on long logs:
+/// a year of history is folded without holding it in memory.
+struct LogReader {
+    store: Store,
+    from: u64,
+    page: std::vec::IntoIter<LogEntry>,
+    bar: indicatif::ProgressBar,
+    /// A read that failed: the iteration stops there and the command reports it.
+    error: Option<kora_store::ReadError>,
+}
+
+impl LogReader {
+    fn open(db: &Path) -> Result<LogReader> {
+        if !db.exists() {
+            bail!("no store at {}: nothing recorded yet", db.display());
+        }
+        let store = Store::open(db, StoreOptions::default()).map_err(|e| match e {
+            OpenError::AlreadyOpen { .. } => anyhow::anyhow!(
+                "{e}; replay and backtest read the whole log and need the store to themselves: \
+                 stop the service first"
+            ),
+            e => e.into(),
+        })?;
+        let total = store.stats()?.log_records;
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("reading the log {bar:40} {pos}/{len} records")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        if total < 50_000 {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        Ok(LogReader {
+            store,
+            from: 0,
+            page: Vec::new().into_iter(),
+            bar,
+            error: None,
+        })
     }
-    let store = Store::open(db, StoreOptions::default()).map_err(|e| match e {
-        OpenError::AlreadyOpen { .. } => anyhow::anyhow!(
-            "{e}; replay and backtest read the whole log and need the store to themselves: \
-             stop the service first"
-        ),
-        e => e.into(),
-    })?;
-    let total = store.stats()?.log_records;
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("reading the log {bar:40} {pos}/{len} records")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    if total < 50_000 {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+
+    /// Reads the log again from its start.
+    fn rewind(&mut self) {
+        self.from = 0;
+        self.page = Vec::new().into_iter();
+        self.bar.reset();
     }
-    let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-    let mut from = 0;
-    loop {
-        let page = store.scan(from, 10_000)?;
-        let Some(last) = page.last() else { break };
-        from = last.seq + 1;
-        bar.inc(page.len() as u64);
-        out.extend(page);
+
+    /// Ends an iteration: the read error that stopped it, if one did.
+    fn finish(&mut self) -> Result<()> {
+        self.bar.finish_and_clear();
+        match self.error.take() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
-    bar.finish_and_clear();
-    Ok(out)
+}
+
+impl Iterator for LogReader {
+    type Item = LogEntry;
+
+    fn next(&mut self) -> Option<LogEntry> {
+        if let Some(e) = self.page.next() {
+            return Some(e);
+        }
+        if self.error.is_some() {
+            return None;
+        }
+        match self.store.scan(self.from, 10_000) {
+            Ok(page) => {
+                self.from = page.last()?.seq + 1;
+                self.bar.inc(page.len() as u64);
+                self.page = page.into_iter();
+                self.page.next()
+            }
+            Err(e) => {
+                self.error = Some(e);
+                None
+            }
+        }
+    }
 }
 
 fn difference_seq(d: &ReplayDifference) -> u64 {
@@ -59,9 +108,10 @@ pub fn replay_log(
     to: Option<u64>,
     json: bool,
 ) -> Result<bool> {
-    let entries = read_log(db)?;
+    let mut log = LogReader::open(db)?;
     let mut engine = Engine::new(thresholds, CloudTiers::embedded());
-    let mut report = replay(entries, &mut engine);
+    let mut report = replay(&mut log, &mut engine);
+    log.finish()?;
     let in_range = |s: u64| from.is_none_or(|f| s >= f) && to.is_none_or(|t| s <= t);
     report.differences.retain(|d| in_range(difference_seq(d)));
     if json {
@@ -137,47 +187,59 @@ struct Tally {
     cloud_offers: u64,
 }
 
-fn tally(derived: &[(u64, Record)]) -> Tally {
-    let mut t = Tally::default();
-    for (_, r) in derived {
+impl Tally {
+    fn add(&mut self, r: &Record) {
         match r {
-            Record::Firing(f) => *t.firings.entry(f.category.as_str().into()).or_default() += 1,
+            Record::Firing(f) => *self.firings.entry(f.category.as_str().into()).or_default() += 1,
             Record::Suppression(s) => {
-                *t.suppressions
+                *self
+                    .suppressions
                     .entry(s.category.as_str().into())
                     .or_default() += 1
             }
             Record::Suggestion(s) => {
-                *t.suggestions.entry(s.category.as_str().into()).or_default() += 1;
+                *self
+                    .suggestions
+                    .entry(s.category.as_str().into())
+                    .or_default() += 1;
                 if s.options.iter().any(|o| o.id == kora_policy::CLOUD_OPTION) {
-                    t.cloud_offers += 1;
+                    self.cloud_offers += 1;
                 }
             }
             _ => {}
         }
     }
-    t
+
+    /// Folds the log's inputs through `engine` and counts what it derives; answers the tally
+    /// and the inputs folded.
+    fn of(log: &mut LogReader, mut engine: Engine) -> Result<(Tally, u64)> {
+        let mut t = Tally::default();
+        let mut inputs = 0;
+        for e in log.by_ref() {
+            if Engine::is_derived_by_engine(&e.record) {
+                continue;
+            }
+            inputs += 1;
+            for r in engine.step(&e) {
+                t.add(&r);
+            }
+        }
+        log.finish()?;
+        Ok((t, inputs))
+    }
 }
 
 /// What would have fired, been suppressed and been suggested with other thresholds, side by
 /// side with the active set.
 pub fn backtest(db: &Path, active: Thresholds, candidate: Thresholds, json: bool) -> Result<()> {
-    let entries: Vec<LogEntry> = read_log(db)?
-        .into_iter()
-        .filter(|e| !Engine::is_derived_by_engine(&e.record))
-        .collect();
     let (av, cv) = (active.version().to_owned(), candidate.version().to_owned());
     let window_s = active.file().windows.window_seconds;
     let candidate_window_s = candidate.file().windows.window_seconds;
-    let a = derive_all(
-        entries.clone(),
-        &mut Engine::new(active, CloudTiers::embedded()),
-    );
-    let c = derive_all(
-        entries.iter().cloned(),
-        &mut Engine::new(candidate, CloudTiers::embedded()),
-    );
-    let (ta, tc) = (tally(&a), tally(&c));
+    // The log is read once for each side, a page at a time.
+    let mut log = LogReader::open(db)?;
+    let (ta, inputs) = Tally::of(&mut log, Engine::new(active, CloudTiers::embedded()))?;
+    log.rewind();
+    let (tc, _) = Tally::of(&mut log, Engine::new(candidate, CloudTiers::embedded()))?;
     if json {
         let side = |t: &Tally| {
             serde_json::json!({"firings": t.firings, "suppressions": t.suppressions,
@@ -186,14 +248,14 @@ pub fn backtest(db: &Path, active: Thresholds, candidate: Thresholds, json: bool
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "inputs": entries.len(),
+                "inputs": inputs,
                 "active": {"version": av, "derived": side(&ta)},
                 "candidate": {"version": cv, "derived": side(&tc)},
             }))?
         );
         return Ok(());
     }
-    println!("backtest over {} input records", entries.len());
+    println!("backtest over {inputs} input records");
     println!(
         "{:<14} {:<12} {:>14} {:>14}",
         "category",

@@ -6,7 +6,7 @@
 //! the firing it held back, a mitigation outcome by its suggestion, a run-block window by
 //! model, metric and first seq.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use kora_model::{LogEntry, Record};
 use serde::Serialize;
@@ -93,57 +93,92 @@ pub fn derive_all(
     out
 }
 
+/// The derived records matched so far.
+#[derive(Default)]
+struct Matches {
+    matched: HashSet<String>,
+    matching: u64,
+    differences: Vec<ReplayDifference>,
+}
+
+impl Matches {
+    fn compare(&mut self, key: String, seq: u64, recorded: Record, rederived: Record) {
+        if recorded == rederived {
+            self.matching += 1;
+        } else {
+            self.differences.push(ReplayDifference::Changed {
+                key: key.clone(),
+                seq,
+                recorded: Box::new(recorded),
+                rederived: Box::new(rederived),
+            });
+        }
+        self.matched.insert(key);
+    }
+}
+
 /// Folds `entries` through `engine` (fresh, or resumed from a checkpoint taken before the
 /// first entry) and compares what it derives with the derived records the entries hold.
+///
+/// It streams: a derived record is matched as soon as both its recorded and its re-derived
+/// copy have been seen (the service appends it shortly after its input), so what it holds is
+/// the records waiting for their other half and the keys already matched, never the log.
 pub fn replay(entries: impl IntoIterator<Item = LogEntry>, engine: &mut Engine) -> ReplayReport {
+    // Recorded, not re-derived yet: key -> (seq, record).
     let mut recorded: BTreeMap<String, (u64, Record)> = BTreeMap::new();
-    let mut differences = Vec::new();
-    let mut rederived: Vec<(String, u64, Record)> = Vec::new();
+    // Re-derived, not seen recorded yet: key -> (input seq, record).
+    let mut rederived: BTreeMap<String, (u64, Record)> = BTreeMap::new();
+    let mut m = Matches::default();
     let mut inputs = 0;
     let mut recorded_count = 0;
+    let mut rederived_count = 0;
     let mut last_seq = None;
     for e in entries {
         last_seq = Some(e.seq);
         if let Some(key) = derived_key(&e.record) {
             recorded_count += 1;
-            match recorded.entry(key) {
-                std::collections::btree_map::Entry::Occupied(o) => {
-                    differences.push(ReplayDifference::Unexpected {
-                        key: o.key().clone(),
-                        seq: e.seq,
-                        recorded: Box::new(e.record),
-                    });
-                }
-                std::collections::btree_map::Entry::Vacant(v) => {
-                    v.insert((e.seq, e.record));
-                }
+            if m.matched.contains(&key) || recorded.contains_key(&key) {
+                m.differences.push(ReplayDifference::Unexpected {
+                    key,
+                    seq: e.seq,
+                    recorded: Box::new(e.record),
+                });
+            } else if let Some((_, r)) = rederived.remove(&key) {
+                m.compare(key, e.seq, e.record, r);
+            } else {
+                recorded.insert(key, (e.seq, e.record));
             }
             continue;
         }
         inputs += 1;
         for r in engine.step(&e) {
-            if let Some(key) = derived_key(&r) {
-                rederived.push((key, e.seq, r));
+            let Some(key) = derived_key(&r) else { continue };
+            rederived_count += 1;
+            if let Some((seq, rec)) = recorded.remove(&key) {
+                m.compare(key, seq, rec, r);
+            } else if m.matched.contains(&key) || rederived.contains_key(&key) {
+                // Derived twice: the log can hold it once.
+                m.differences.push(ReplayDifference::Missing {
+                    key,
+                    input_seq: e.seq,
+                    rederived: Box::new(r),
+                });
+            } else {
+                rederived.insert(key, (e.seq, r));
             }
         }
     }
-    let rederived_count = rederived.len() as u64;
-    let mut matching = 0;
-    for (key, input_seq, r) in rederived {
-        match recorded.remove(&key) {
-            Some((_, rec)) if rec == r => matching += 1,
-            Some((seq, rec)) => differences.push(ReplayDifference::Changed {
-                key,
-                seq,
-                recorded: Box::new(rec),
-                rederived: Box::new(r),
-            }),
-            None => differences.push(ReplayDifference::Missing {
-                key,
-                input_seq,
-                rederived: Box::new(r),
-            }),
-        }
+    let Matches {
+        matching,
+        mut differences,
+        ..
+    } = m;
+    for (key, (input_seq, r)) in rederived {
+        differences.push(ReplayDifference::Missing {
+            key,
+            input_seq,
+            rederived: Box::new(r),
+        });
     }
     for (key, (seq, rec)) in recorded {
         differences.push(ReplayDifference::Unexpected {
