@@ -336,7 +336,7 @@ pub async fn windows(
     State(state): State<AppState>,
     q: Result<Query<WindowsQuery>, QueryRejection>,
 ) -> Result<Json<WindowsView>, AppError> {
-    use kora_model::{Record, RecordKind};
+    use kora_model::Record;
     let q = query(q)?;
     let limit = page_limit(q.limit, 100)?;
     if let Some(k) = &q.kind
@@ -351,33 +351,19 @@ pub async fn windows(
     }
     let store = state.pipeline.store().clone();
     let windows = tokio::task::spawn_blocking(move || -> Result<_, kora_store::ReadError> {
-        let mut out = Vec::new();
-        let mut before = None;
-        // Bounded: at most 50 pages of window records are examined.
-        for _ in 0..50 {
-            let page = store.recent(before, Some(RecordKind::Window), kora_model::MAX_LOG_PAGE)?;
-            let Some(last) = page.last() else { break };
-            before = Some(last.seq);
-            for e in page {
-                let Record::Window(w) = e.record else {
-                    continue;
-                };
-                if q.metric.as_deref().is_some_and(|m| m != w.metric)
-                    || q.scope.as_deref().is_some_and(|s| s != w.scope)
-                    || q.kind.as_deref().is_some_and(|k| k != w.window_kind)
-                {
-                    continue;
-                }
-                out.push(WindowView {
-                    seq: e.seq,
-                    window: w,
-                });
-                if out.len() == limit {
-                    return Ok(out);
-                }
-            }
-        }
-        Ok(out)
+        let keep = |kind: &str, metric: &str, scope: &str| {
+            q.metric.as_deref().is_none_or(|m| m == metric)
+                && q.scope.as_deref().is_none_or(|s| s == scope)
+                && q.kind.as_deref().is_none_or(|k| k == kind)
+        };
+        Ok(store
+            .recent_windows(None, limit, keep)?
+            .into_iter()
+            .filter_map(|e| match e.record {
+                Record::Window(window) => Some(WindowView { seq: e.seq, window }),
+                _ => None,
+            })
+            .collect::<Vec<_>>())
     })
     .await
     .map_err(|e| AppError::Internal(e.to_string()))??;

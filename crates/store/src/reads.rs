@@ -129,6 +129,43 @@ impl Store {
         Ok(out)
     }
 
+    /// `window` records older than `before` when given, newest first, at most `limit`, of the
+    /// `(window_kind, metric, scope)` that `keep` accepts: the log's rows, then the sealed
+    /// chunks, each skipped whole when it names no accepted window. Exact at any depth of
+    /// history.
+    pub fn recent_windows(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+        keep: impl Fn(&str, &str, &str) -> bool,
+    ) -> Result<Vec<LogEntry>, ReadError> {
+        let rtx = self.read()?;
+        let log = rtx.open_table(LOG)?;
+        let idx = rtx.open_table(LOG_BY_KIND)?;
+        let c = RecordKind::Window.code();
+        let end = before.unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        let mut oldest = end;
+        for item in idx.range((c, 0)..(c, end))?.rev() {
+            if out.len() == limit {
+                return Ok(out);
+            }
+            let (k, _) = item?;
+            let e = get_entry(&log, k.value().1)?;
+            oldest = e.seq;
+            if let kora_model::Record::Window(w) = &e.record
+                && keep(&w.window_kind, &w.metric, &w.scope)
+            {
+                out.push(e);
+            }
+        }
+        if out.len() < limit {
+            // Every sealed window is older than every window in the log.
+            out.extend(Sealed::open(&rtx)?.before_matching(oldest, limit - out.len(), &keep)?);
+        }
+        Ok(out)
+    }
+
     /// Log entries of one kind with `from_seq <= seq`, in seq order, at most `limit`.
     pub fn scan_kind(
         &self,

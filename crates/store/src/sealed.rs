@@ -179,6 +179,58 @@ impl Sealed {
         Ok(out)
     }
 
+    /// Sealed windows with `seq < before` whose `(window_kind, metric, scope)` `keep` accepts,
+    /// newest first, at most `limit`. A chunk naming no accepted window is skipped without
+    /// decompressing it; rows are built only for the windows taken.
+    pub(crate) fn before_matching(
+        &self,
+        before: u64,
+        limit: usize,
+        keep: &dyn Fn(&str, &str, &str) -> bool,
+    ) -> Result<Vec<LogEntry>, ReadError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        // The chunk holding `before` comes first, then every older one.
+        let straddling = self
+            .spans
+            .range(before..)?
+            .next()
+            .transpose()?
+            .map(|(k, _)| k.value());
+        let older = self.chunks.range(..before)?.rev();
+        let mut lasts = straddling
+            .into_iter()
+            .map(Ok)
+            .chain(older.map(|row| row.map(|(k, _)| k.value())));
+        while let Some(last) = lasts.next().transpose()? {
+            let Some(bytes) = self.chunks.get(last)? else {
+                continue;
+            };
+            let codec = |e: CodecError| codec_read_error("window_chunks", last.to_string(), e);
+            let wanted: Vec<bool> = Columns::names(bytes.value())
+                .map_err(codec)?
+                .iter()
+                .map(|(kind, metric, scope)| keep(kind, metric, scope))
+                .collect();
+            if !wanted.contains(&true) {
+                continue;
+            }
+            let c = columns(last, bytes.value())?;
+            let end = c.seqs.partition_point(|&s| s < before);
+            for i in (0..end).rev() {
+                if wanted.get(c.key(i) as usize).copied().unwrap_or(false) {
+                    out.push(entry(&c, i));
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Sealed windows with `from_ms <= ts_ms < to_ms`, in `(ts_ms, seq)` order, at most `limit`.
     /// Only chunks whose span meets the range are decoded.
     pub(crate) fn in_time(

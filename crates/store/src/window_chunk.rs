@@ -32,7 +32,7 @@ use crate::chunk::{CodecError, Cursor, checked, with_crc};
 const VERSION: u8 = 1;
 const SECTIONS: usize = 13;
 
-type Key = (String, String, String);
+pub(crate) type Key = (String, String, String);
 
 fn decode_error(what: impl std::fmt::Display) -> CodecError {
     CodecError::Decode(what.to_string())
@@ -144,6 +144,24 @@ pub(crate) struct Columns {
 }
 
 impl Columns {
+    /// The `(window_kind, metric, scope)` names a chunk holds, read without decompressing a
+    /// column (the CRC is checked).
+    pub(crate) fn names(bytes: &[u8]) -> Result<Vec<Key>, CodecError> {
+        let mut c = Cursor(checked(bytes)?);
+        let [version] = c.array::<1>()?;
+        if version != VERSION {
+            return Err(decode_error(format!(
+                "window chunk version {version}, this build reads {VERSION}"
+            )));
+        }
+        let _len = c.u32()?;
+        let mut lens = [0usize; SECTIONS];
+        for l in &mut lens {
+            *l = c.u32()? as usize;
+        }
+        rmp_serde::from_slice(c.take(lens[0])?).map_err(decode_error)
+    }
+
     /// Decodes a sealed chunk. The CRC is checked first: damaged bytes are
     /// [`CodecError::Checksum`], never a wrong record.
     pub(crate) fn decode(bytes: &[u8]) -> Result<Columns, CodecError> {
@@ -209,6 +227,11 @@ impl Columns {
             p50: self.p50s[i],
             p95: self.p95s[i],
         }
+    }
+
+    /// The dictionary index of row `i`'s names (see [`Columns::names`]).
+    pub(crate) fn key(&self, i: usize) -> u32 {
+        self.keys[i]
     }
 
     /// `ts_ms` of row `i`.

@@ -129,6 +129,32 @@ fn assert_reads_match(store: &Store, expected: &[LogEntry]) {
             .collect();
         assert_eq!(store.scan_kind(RecordKind::Window, from, 40).unwrap(), want);
     }
+    // Windows of one metric, newest first, page by page, through rows and chunks alike.
+    for metric in ["cpu_load_pct", "queue_wait_ms/model=m"] {
+        let want: Vec<_> = windows
+            .iter()
+            .rev()
+            .filter(|e| matches!(&e.record, Record::Window(w) if w.metric == metric))
+            .cloned()
+            .collect();
+        let mut got = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store
+                .recent_windows(before, 7, |_, m, _| m == metric)
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            before = Some(last.seq);
+            got.extend(page);
+        }
+        assert_eq!(got, want, "{metric}");
+    }
+    assert!(
+        store
+            .recent_windows(None, 10, |_, _, _| false)
+            .unwrap()
+            .is_empty()
+    );
     let sessions = store.scan_kind(RecordKind::SessionStarted, 0, max).unwrap();
     assert_eq!(sessions.len(), 100);
     // A time range, in (ts, seq) order.
