@@ -36,6 +36,7 @@ pub fn serve(data_dir: &Path, config: ServeConfig) -> Result<()> {
         retention,
         thresholds,
         log: _,
+        limits,
     } = config;
     if !listen.ip().is_loopback() {
         tracing::warn!(%listen, "listening on a NON-LOOPBACK address: other machines can reach this service");
@@ -48,6 +49,7 @@ pub fn serve(data_dir: &Path, config: ServeConfig) -> Result<()> {
         PipelineOptions {
             thresholds,
             faults,
+            limits,
             ..PipelineOptions::default()
         },
     )

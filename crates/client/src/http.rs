@@ -338,6 +338,7 @@ impl Client {
             error: "unexpected_answer".into(),
             message: format!("{} was refused", call.what()),
             field: None,
+            limit: None,
         });
         Err(ClientError::Service {
             status: status.as_u16(),
@@ -487,6 +488,7 @@ impl Client {
                 error: "unexpected_answer".into(),
                 message: "GET /v1/stream was refused".into(),
                 field: None,
+                limit: None,
             });
             return Err(ClientError::Service {
                 status: status.as_u16(),

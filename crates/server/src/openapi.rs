@@ -403,7 +403,7 @@ fn operations(s: &mut Schemas) -> Vec<Op> {
         ok: (200, ack(s, "The batch was")),
         ..Op::write("post", path, id, "ingest")
             .text(summary, description)
-            .errors(WRITES, &[409])
+            .errors(WRITES, &[409, 422])
     };
     let dashboard_types = crate::dashboard::content_types();
     let samples = s.request::<SampleBatch>();
@@ -449,8 +449,10 @@ fn operations(s: &mut Schemas) -> Vec<Op> {
                 json_response("The service is up.", s.response::<Health>()),
             ),
             ..Op::get("/v1/health", "getHealth", "views").text(
-                "Health and store counts",
-                "`status` is `degraded` after a failed write, until a write succeeds.",
+                "Health, store counts and cardinality limits",
+                "`status` is `degraded` after a failed write, until a write succeeds. `limits` \
+                 lists each cardinality limit with its count now; `last_limit_hit` the last \
+                 batch refused for crossing one.",
             )
         },
         Op {
