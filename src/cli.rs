@@ -256,4 +256,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_open_sessions: Option<u64>,
+    /// The most items one page of GET /v1/triggers or of the series list holds; ?limit= asks
+    /// for fewer [config: max_view_scopes; env: KORA_TELEMETRY_MAX_VIEW_SCOPES; default: 1000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_view_scopes: Option<u64>,
 }

@@ -171,6 +171,8 @@ pub struct Settings {
     pub max_series: u64,
     /// The most sessions open at once (started and not ended).
     pub max_open_sessions: u64,
+    /// The most items one page of a scope view holds (`GET /v1/triggers`, the series list).
+    pub max_view_scopes: u64,
 }
 
 const DAY_S: u64 = 86_400;
@@ -190,6 +192,7 @@ impl Default for Settings {
             max_models: kora_model::DEFAULT_MAX_MODELS,
             max_series: kora_model::DEFAULT_MAX_SERIES,
             max_open_sessions: kora_model::DEFAULT_MAX_OPEN_SESSIONS,
+            max_view_scopes: kora_model::DEFAULT_MAX_VIEW_SCOPES as u64,
         }
     }
 }
@@ -197,6 +200,8 @@ impl Default for Settings {
 /// The highest value a cardinality limit may be set to: far above any machine's use, low
 /// enough that a typo (an extra zero or two) is caught.
 pub const MAX_LIMIT: u64 = 10_000_000;
+/// The highest `max_view_scopes`: a page of that many trigger states is a few tens of MB.
+pub const MAX_VIEW_SCOPES: u64 = 100_000;
 
 /// One setting: its key, its environment variable (if it has one) and its flag.
 #[derive(Debug)]
@@ -207,7 +212,7 @@ struct Spec {
 }
 
 /// Every setting, in the order `config` prints them.
-const SPECS: [Spec; 12] = [
+const SPECS: [Spec; 13] = [
     Spec {
         key: "listen",
         env: Some("KORA_TELEMETRY_LISTEN"),
@@ -267,6 +272,11 @@ const SPECS: [Spec; 12] = [
         key: "max_open_sessions",
         env: Some("KORA_TELEMETRY_MAX_OPEN_SESSIONS"),
         flag: "--max-open-sessions",
+    },
+    Spec {
+        key: "max_view_scopes",
+        env: Some("KORA_TELEMETRY_MAX_VIEW_SCOPES"),
+        flag: "--max-view-scopes",
     },
 ];
 
@@ -454,6 +464,7 @@ impl Layered {
             ("max_models", s.max_models, MAX_LIMIT),
             ("max_series", s.max_series, MAX_LIMIT),
             ("max_open_sessions", s.max_open_sessions, MAX_LIMIT),
+            ("max_view_scopes", s.max_view_scopes, MAX_VIEW_SCOPES),
         ] {
             if !(1..=max).contains(&value) {
                 return Err(refuse(key, format!("must be 1 to {max}; got {value}")));
@@ -475,6 +486,7 @@ impl Layered {
                 max_series: s.max_series,
                 max_open_sessions: s.max_open_sessions,
             },
+            max_view_scopes: usize::try_from(s.max_view_scopes).unwrap_or(usize::MAX),
         })
     }
 
@@ -631,6 +643,8 @@ pub struct ServeConfig {
     pub log: String,
     /// The cardinality limits on client batches.
     pub limits: kora_pipeline::Limits,
+    /// The most items one page of a scope view holds.
+    pub max_view_scopes: usize,
 }
 
 /// The thresholds in `file`, or the embedded set.
@@ -725,12 +739,14 @@ mod tests {
             (
                 settings.max_models,
                 settings.max_series,
-                settings.max_open_sessions
+                settings.max_open_sessions,
+                settings.max_view_scopes
             ),
             (
                 defaults.max_models,
                 defaults.max_series,
-                defaults.max_open_sessions
+                defaults.max_open_sessions,
+                defaults.max_view_scopes
             ),
         );
     }
@@ -746,6 +762,7 @@ mod tests {
             file_read: false,
             settings: Settings {
                 max_models: 50,
+                max_view_scopes: 20,
                 ..Settings::default()
             },
             sources: BTreeMap::new(),
@@ -753,6 +770,7 @@ mod tests {
         let config = layered.validate().unwrap();
         assert_eq!(config.limits.max_models, 50);
         assert_eq!(config.limits.max_series, kora_model::DEFAULT_MAX_SERIES);
+        assert_eq!(config.max_view_scopes, 20);
         for (key, settings) in [
             (
                 "max_series",
@@ -765,6 +783,13 @@ mod tests {
                 "max_open_sessions",
                 Settings {
                     max_open_sessions: MAX_LIMIT + 1,
+                    ..Settings::default()
+                },
+            ),
+            (
+                "max_view_scopes",
+                Settings {
+                    max_view_scopes: MAX_VIEW_SCOPES + 1,
                     ..Settings::default()
                 },
             ),

@@ -289,6 +289,7 @@ fn config_prints_the_source_of_each_setting() {
     );
     assert_eq!(line("max_series"), "max_series 20000 flag --max-series");
     assert_eq!(line("max_open_sessions"), "max_open_sessions 1000 default");
+    assert_eq!(line("max_view_scopes"), "max_view_scopes 1000 default");
     assert!(
         text.contains(&format!(
             "data directory  {}  (flag --data-dir)",
@@ -300,7 +301,7 @@ fn config_prints_the_source_of_each_setting() {
     // The JSON form names every setting, each with a source.
     let v = effective(dir.path(), &env, &["--probe-interval", "750ms"]);
     let settings = v["settings"].as_object().unwrap();
-    assert_eq!(settings.len(), 12, "{v}");
+    assert_eq!(settings.len(), 13, "{v}");
     for (key, s) in settings {
         let source = s["source"].as_str().unwrap();
         assert!(

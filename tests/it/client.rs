@@ -171,7 +171,7 @@ fn every_endpoint_answers_through_its_typed_call() {
         })
         .unwrap();
     assert!(!fit.reason.is_empty());
-    let triggers = client.triggers().unwrap();
+    let triggers = client.triggers(&Default::default()).unwrap();
     let thresholds = client.thresholds().unwrap();
     let embedded = kora_policy::Thresholds::embedded();
     assert_eq!(triggers.thresholds_version, embedded.version());

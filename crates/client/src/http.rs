@@ -11,7 +11,8 @@ use kora_model::{
     ApiError, ConsentChange, ConsentState, EventBatch, ExportOutcome, ExportPreview, ExportRequest,
     Feedback, FitQuery, FitVerdict, Health, IngestAck, IngestQuery, LogPage, LogQuery, MAX_WAIT_MS,
     ProductMetrics, ProfileRecord, RangeQuery, Readiness, RunBatch, SampleBatch, SeriesQuery,
-    SeriesView, SuggestionsQuery, SuggestionsView, WaitFor, WindowsQuery, WindowsView,
+    SeriesView, SuggestionsQuery, SuggestionsView, TriggersQuery, WaitFor, WindowsQuery,
+    WindowsView,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -523,9 +524,10 @@ impl Client {
         self.get("/v1/fit", query)
     }
 
-    /// `GET /v1/triggers`: each category's state per scope.
-    pub fn triggers(&self) -> Result<TriggersView, ClientError> {
-        self.get("/v1/triggers", &())
+    /// `GET /v1/triggers`: one page of each category's state per scope, in category then scope
+    /// order (500 by default); pass the answer's `next_after` as `after` for the next.
+    pub fn triggers(&self, query: &TriggersQuery) -> Result<TriggersView, ClientError> {
+        self.get("/v1/triggers", query)
     }
 
     /// `GET /v1/thresholds`: the active thresholds and the cloud tier table.

@@ -2519,3 +2519,94 @@ async fn the_counts_are_read_back_from_the_store_at_open() {
         "a known model is taken over a lowered limit: {v}"
     );
 }
+
+#[tokio::test]
+async fn triggers_and_the_series_list_come_a_page_at_a_time() {
+    let mut app = app();
+    let runs: Vec<Value> = (0..30)
+        .map(|i| run_of(&format!("r{i}"), &format!("m{i:02}")))
+        .collect();
+    let (s, v) = app.post("/v1/runs", json!({ "runs": runs })).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, all) = app.get("/v1/triggers").await;
+    assert_eq!(s, StatusCode::OK, "{all}");
+    assert!(all["next_after"].is_null(), "{all}");
+    let all = all["triggers"].as_array().unwrap().clone();
+    assert!(all.len() >= 34, "{}", all.len());
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..100 {
+        let url = match &after {
+            None => "/v1/triggers?limit=7".to_owned(),
+            Some(a) => format!("/v1/triggers?limit=7&after={}", urlencode(a)),
+        };
+        let (s, page) = app.get(&url).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        let items = page["triggers"].as_array().unwrap();
+        assert!(items.len() <= 7);
+        paged.extend(items.iter().cloned());
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all, "the pages are the whole list, in order, once");
+    let (_, latency) = app.get("/v1/triggers?category=latency&scope=m07").await;
+    let latency = latency["triggers"].as_array().unwrap();
+    assert_eq!(latency.len(), 1);
+    assert_eq!(
+        (&latency[0]["category"], &latency[0]["scope"]),
+        (&json!("latency"), &json!("m07"))
+    );
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("after=latency", "after"),
+        ("after=speed/m01", "after"),
+        ("category=speed", "category"),
+    ] {
+        let (s, v) = app.get(&format!("/v1/triggers?{query}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{query}: {v}");
+        assert_eq!(v["field"], field, "{query}: {v}");
+    }
+
+    let samples: Vec<Value> = (0..5)
+        .map(|d| json!({"signal": "gpu_vram_free_mb", "value": 1, "device": d}))
+        .collect();
+    let (s, v) = app.post("/v1/samples", json!({ "samples": samples })).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, first) = app.get("/v1/series?limit=2").await;
+    assert_eq!(
+        first,
+        json!({"series": ["gpu_vram_free_mb@gpu0", "gpu_vram_free_mb@gpu1"],
+            "next_after": "gpu_vram_free_mb@gpu1"})
+    );
+    let (_, rest) = app
+        .get("/v1/series?limit=10&after=gpu_vram_free_mb%40gpu1")
+        .await;
+    assert_eq!(rest["series"].as_array().unwrap().len(), 3, "{rest}");
+    assert!(rest["next_after"].is_null(), "{rest}");
+    let (s, v) = app.get("/v1/series?series=ram_free_mb&limit=2").await;
+    assert_eq!((s, &v["field"]), (StatusCode::BAD_REQUEST, &json!("limit")));
+
+    // The most a page holds is the service's setting.
+    app.state.max_view_scopes = 10;
+    app.router = kora_server::router(app.state.clone());
+    let (_, page) = app.get("/v1/triggers").await;
+    assert_eq!(page["triggers"].as_array().unwrap().len(), 10, "{page}");
+    assert!(page["next_after"].is_string(), "{page}");
+    let (s, v) = app.get("/v1/series?limit=11").await;
+    assert_eq!((s, &v["field"]), (StatusCode::BAD_REQUEST, &json!("limit")));
+}
+
+/// `s` percent-encoded for a query string.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

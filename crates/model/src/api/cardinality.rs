@@ -20,6 +20,12 @@ pub const DEFAULT_MAX_SERIES: u64 = 10_000;
 /// The default limit on sessions open at once (`session_started` without its
 /// `session_ended`): a machine serves a few dozen concurrent sessions at most.
 pub const DEFAULT_MAX_OPEN_SESSIONS: u64 = 1_000;
+/// The default of the most items one page of a scope view (`GET /v1/triggers`, the list of
+/// `GET /v1/series`) may hold: `?limit=` may ask for fewer, never more.
+pub const DEFAULT_MAX_VIEW_SCOPES: usize = 1_000;
+/// The page size of a scope view when `?limit=` is absent (or the most, when that is lower).
+pub const DEFAULT_VIEW_PAGE: usize = 500;
+
 /// A limit on how many distinct names the service keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
