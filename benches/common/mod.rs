@@ -425,11 +425,20 @@ pub fn fmt_num(v: f64) -> String {
 /// Spawns `kora-telemetry serve` on `data_dir`; answers the child, its base URL and how long it took to say
 /// it is listening.
 pub fn spawn_serve(data_dir: &Path) -> (std::process::Child, String, Duration) {
+    spawn_serve_with(data_dir, &[])
+}
+
+/// [`spawn_serve`] with more flags of `serve` (`--max-models 100`, ...).
+pub fn spawn_serve_with(
+    data_dir: &Path,
+    flags: &[&str],
+) -> (std::process::Child, String, Duration) {
     let start = Instant::now();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kora-telemetry"))
         .arg("--data-dir")
         .arg(data_dir)
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(flags)
         .env("KORA_TELEMETRY_LOG", "error")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
