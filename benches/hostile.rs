@@ -15,6 +15,11 @@
 //! whichever comes first, and says so: before the limits the whole run took 211 s and 2.7 GiB.
 //! `KORA_HOSTILE_ROUNDS` changes the 50 rounds.
 //!
+//! Then the client that fills every limit instead: runs of new models in batches of 200 (ten
+//! runs a model, so each closes a run block) until the model limit refuses one, then samples
+//! of new series (a new `device` each) in batches of 100 until the series limit refuses one;
+//! the RSS after each step, `VmHWM`, and one `GET` of every view at the limits.
+//!
 //! Last, what the limits cost at start: `Cardinality::load` (the names the store holds, read
 //! when the service opens) over a store of 100,000 context requests and 10,000 sessions
 //! started and ended, median of 5. `cargo bench --bench hostile`.
@@ -334,6 +339,93 @@ fn report(o: &Outcome) {
     }
 }
 
+/// A view's path, answer size (bytes) and time (ms).
+type ViewAnswer = (&'static str, usize, f64);
+
+/// Fills the default limits (models, then series) on a fresh service; prints the RSS as it
+/// goes; answers `VmHWM` (KiB), the counts reached, and the views' (path, bytes, ms).
+fn fill_the_limits() -> (u64, Vec<u64>, Vec<ViewAnswer>) {
+    let dir = common::tempdir();
+    let (mut child, base, _) = common::spawn_serve_with(dir.path(), &[]);
+    let pid = child.id();
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    println!(
+        "filling the limits: RSS {:.1} MiB at start",
+        mib(memory_kib(pid).0)
+    );
+    let mut n = 0;
+    for step in 0.. {
+        let runs: Vec<Value> = (0..200)
+            .map(|i| {
+                run(
+                    &format!("fill-run-{}", n + i),
+                    &format!("model-{}", (n + i) / 10),
+                )
+            })
+            .collect();
+        n += 200;
+        let (s, _, _, _) = send(
+            &http,
+            &format!("{base}/v1/runs"),
+            Some(&json!({ "runs": runs }).to_string()),
+        );
+        if s != 200 || step % 10 == 9 {
+            println!(
+                "  runs of {:>5} models: {s}, RSS {:.1} MiB",
+                n / 10,
+                mib(memory_kib(pid).0)
+            );
+        }
+        if s != 200 {
+            break;
+        }
+    }
+    let mut device = 0;
+    for step in 0.. {
+        let samples: Vec<Value> = (0..100)
+            .map(|i| json!({"signal": "gpu_vram_free_mb", "value": 1.0, "device": device + i}))
+            .collect();
+        device += 100;
+        let (s, _, _, _) = send(
+            &http,
+            &format!("{base}/v1/samples"),
+            Some(&json!({ "samples": samples }).to_string()),
+        );
+        if s != 200 || step % 10 == 9 {
+            println!(
+                "  {device:>5} device series: {s}, RSS {:.1} MiB",
+                mib(memory_kib(pid).0)
+            );
+        }
+        if s != 200 {
+            break;
+        }
+    }
+    let mut views = Vec::new();
+    for view in VIEWS {
+        let (_, _, bytes, took) = send(&http, &format!("{base}{view}"), None);
+        views.push((view, bytes, took.as_secs_f64() * 1000.0));
+    }
+    let (_, health, _, _) = send(&http, &format!("{base}/v1/health"), None);
+    let counts = (0..3)
+        .map(|i| health["limits"][i]["count"].as_u64().unwrap_or(0))
+        .collect();
+    let (rss, hwm) = memory_kib(pid);
+    println!(
+        "  at the limits: RSS {:.1} MiB, VmHWM {:.1} MiB, views (path, bytes, ms) {views:?}",
+        mib(rss),
+        mib(hwm)
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = child.wait();
+    (hwm, counts, views)
+}
+
 /// The time `Cardinality::load` takes over a store of `requests` context requests (three
 /// models) and `sessions` sessions started and ended, and 9,000 runs: median of 5.
 fn load_cost(requests: usize, sessions: usize) -> Duration {
@@ -459,6 +551,18 @@ fn main() {
             if met { "met" } else { "MISSED" }
         );
     }
+    let (hwm, counts, views) = fill_the_limits();
+    let slowest = views.iter().map(|v| v.2).fold(0.0, f64::max);
+    let largest = views.iter().map(|v| v.1).max().unwrap_or(0);
+    println!(
+        "RESULT hostile at the limits (models {}, series {}): VmHWM {:.1} MiB, slowest view {:.1} ms, largest answer {} B; goal <= 64 MiB {}",
+        counts[0],
+        counts[1],
+        mib(hwm),
+        slowest,
+        largest,
+        if hwm <= 64 * 1024 { "met" } else { "MISSED" }
+    );
     let took = load_cost(100_000, 10_000);
     println!(
         "RESULT limits' load at start, 100,000 context requests + 10,000 sessions + 9,000 runs: {:.1} ms",

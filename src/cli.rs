@@ -247,7 +247,7 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_models: Option<u64>,
     /// The most distinct sample series (signal, device, model) the service takes [config:
-    /// max_series; env: KORA_TELEMETRY_MAX_SERIES; default: 10000].
+    /// max_series; env: KORA_TELEMETRY_MAX_SERIES; default: 4000].
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_series: Option<u64>,

@@ -14,9 +14,10 @@ use schemars::JsonSchema;
 /// The default limit on distinct model ids (runs, events and samples together): a machine
 /// runs tens of models in a year, quantizations included.
 pub const DEFAULT_MAX_MODELS: u64 = 1_000;
-/// The default limit on distinct sample series: the probe's dozen plus a few per model and
-/// GPU; 10,000 leaves room for a few per model at the model limit.
-pub const DEFAULT_MAX_SERIES: u64 = 10_000;
+/// The default limit on distinct sample series: the probe's dozen plus a few per GPU and per
+/// model, a few hundred at most. 4,000 keeps the service under 64 MiB of RSS with every limit
+/// full (each series costs about 4.5 KiB, each model about 20 KiB: `benches/hostile.rs`).
+pub const DEFAULT_MAX_SERIES: u64 = 4_000;
 /// The default limit on sessions open at once (`session_started` without its
 /// `session_ended`): a machine serves a few dozen concurrent sessions at most.
 pub const DEFAULT_MAX_OPEN_SESSIONS: u64 = 1_000;
