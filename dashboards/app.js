@@ -249,7 +249,7 @@
       const triggers = wide(card("Active triggers",
         active.length ? table(["category", "scope", "state", "latest evidence"], active.map((t) => [t.category, t.scope, triggerState(t), evidenceSummary(t.evidence)]))
           : empty("no trigger is pending or firing: nothing suggests this machine is at a limit"),
-        h("p", { class: "small muted" }, `${ts.length - active.length} idle · thresholds ${d.triggers ? d.triggers.thresholds_version : "?"}`)));
+        h("p", { class: "small muted" }, `${ts.length - active.length} idle · thresholds ${d.triggers ? d.triggers.thresholds_version : "?"}${d.triggers && d.triggers.next_after ? ` · the first ${ts.length} states shown (GET /v1/triggers pages the rest)` : ""}`)));
       const ss = (d.suggestions && d.suggestions.suggestions) || [];
       // A row of three under the profile: what just happened, the latest suggestions, the readings.
       grid.appendChild(liveCard(d.live));
@@ -268,6 +268,9 @@
             h("dt", {}, "status"), h("dd", {}, badge(d.health.status, d.health.status === "ok" ? "accepted" : "firing"), d.health.problem ? ` ${d.health.problem}` : ""),
             h("dt", {}, "log records"), h("dd", {}, fmt(d.health.log_records, 0)),
             h("dt", {}, "samples / series"), h("dd", {}, `${fmt(d.health.samples, 0)} / ${fmt(d.health.series, 0)}`),
+            h("dt", {}, "limits (used / most)"), h("dd", { "data-field": "limits" }, (d.health.limits || []).map((l) => `${l.name.replace("_", " ")} ${fmt(l.count, 0)} / ${fmt(l.limit, 0)}`).join(" · ")),
+            d.health.last_limit_hit ? h("dt", {}, "last refused batch") : null,
+            d.health.last_limit_hit ? h("dd", { "data-field": "last_limit_hit" }, badge("limit", "firing"), ` ${d.health.last_limit_hit.name.replace("_", " ")} at ${fmt(d.health.last_limit_hit.limit, 0)}: ${d.health.last_limit_hit.field} · ${time(d.health.last_limit_hit.ts_ms)}`) : null,
             h("dt", {}, "data directory"), h("dd", { class: "mono" }, d.health.data_dir),
             h("dt", {}, "version"), h("dd", {}, d.health.version))));
       }

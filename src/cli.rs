@@ -240,4 +240,25 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILTER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    /// The most distinct model ids (of runs, events and samples) the service takes; a batch
+    /// that would add one more is refused whole (422 limit_exceeded), nothing stored is dropped
+    /// [config: max_models; env: KORA_TELEMETRY_MAX_MODELS; default: 1000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_models: Option<u64>,
+    /// The most distinct sample series (signal, device, model) the service takes [config:
+    /// max_series; env: KORA_TELEMETRY_MAX_SERIES; default: 4000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_series: Option<u64>,
+    /// The most sessions open at once (session_started without its session_ended) [config:
+    /// max_open_sessions; env: KORA_TELEMETRY_MAX_OPEN_SESSIONS; default: 1000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_open_sessions: Option<u64>,
+    /// The most items one page of GET /v1/triggers or of the series list holds; ?limit= asks
+    /// for fewer [config: max_view_scopes; env: KORA_TELEMETRY_MAX_VIEW_SCOPES; default: 1000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_view_scopes: Option<u64>,
 }

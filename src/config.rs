@@ -165,6 +165,14 @@ pub struct Settings {
     pub thresholds: Option<PathBuf>,
     /// What the service logs (a tracing filter).
     pub log: String,
+    /// The most distinct model ids (runs, events and samples) the service takes.
+    pub max_models: u64,
+    /// The most distinct sample series the service takes.
+    pub max_series: u64,
+    /// The most sessions open at once (started and not ended).
+    pub max_open_sessions: u64,
+    /// The most items one page of a scope view holds (`GET /v1/triggers`, the series list).
+    pub max_view_scopes: u64,
 }
 
 const DAY_S: u64 = 86_400;
@@ -181,9 +189,19 @@ impl Default for Settings {
             rollup_step: duration("1h", Duration::from_secs(3_600)),
             thresholds: None,
             log: "info".into(),
+            max_models: kora_model::DEFAULT_MAX_MODELS,
+            max_series: kora_model::DEFAULT_MAX_SERIES,
+            max_open_sessions: kora_model::DEFAULT_MAX_OPEN_SESSIONS,
+            max_view_scopes: kora_model::DEFAULT_MAX_VIEW_SCOPES as u64,
         }
     }
 }
+
+/// The highest value a cardinality limit may be set to: far above any machine's use, low
+/// enough that a typo (an extra zero or two) is caught.
+pub const MAX_LIMIT: u64 = 10_000_000;
+/// The highest `max_view_scopes`: a page of that many trigger states is a few tens of MB.
+pub const MAX_VIEW_SCOPES: u64 = 100_000;
 
 /// One setting: its key, its environment variable (if it has one) and its flag.
 #[derive(Debug)]
@@ -194,7 +212,7 @@ struct Spec {
 }
 
 /// Every setting, in the order `config` prints them.
-const SPECS: [Spec; 9] = [
+const SPECS: [Spec; 13] = [
     Spec {
         key: "listen",
         env: Some("KORA_TELEMETRY_LISTEN"),
@@ -239,6 +257,26 @@ const SPECS: [Spec; 9] = [
         key: "log",
         env: Some("KORA_TELEMETRY_LOG"),
         flag: "--log",
+    },
+    Spec {
+        key: "max_models",
+        env: Some("KORA_TELEMETRY_MAX_MODELS"),
+        flag: "--max-models",
+    },
+    Spec {
+        key: "max_series",
+        env: Some("KORA_TELEMETRY_MAX_SERIES"),
+        flag: "--max-series",
+    },
+    Spec {
+        key: "max_open_sessions",
+        env: Some("KORA_TELEMETRY_MAX_OPEN_SESSIONS"),
+        flag: "--max-open-sessions",
+    },
+    Spec {
+        key: "max_view_scopes",
+        env: Some("KORA_TELEMETRY_MAX_VIEW_SCOPES"),
+        flag: "--max-view-scopes",
     },
 ];
 
@@ -422,6 +460,16 @@ impl Layered {
                 format!("is not a tracing filter such as `info` or `kora_store=debug`: {e}"),
             )
         })?;
+        for (key, value, max) in [
+            ("max_models", s.max_models, MAX_LIMIT),
+            ("max_series", s.max_series, MAX_LIMIT),
+            ("max_open_sessions", s.max_open_sessions, MAX_LIMIT),
+            ("max_view_scopes", s.max_view_scopes, MAX_VIEW_SCOPES),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(refuse(key, format!("must be 1 to {max}; got {value}")));
+            }
+        }
         Ok(ServeConfig {
             listen: s.listen,
             hosts,
@@ -433,6 +481,12 @@ impl Layered {
             },
             thresholds,
             log: s.log.clone(),
+            limits: kora_pipeline::Limits {
+                max_models: s.max_models,
+                max_series: s.max_series,
+                max_open_sessions: s.max_open_sessions,
+            },
+            max_view_scopes: usize::try_from(s.max_view_scopes).unwrap_or(usize::MAX),
         })
     }
 
@@ -587,6 +641,10 @@ pub struct ServeConfig {
     pub thresholds: Thresholds,
     /// The tracing filter, checked.
     pub log: String,
+    /// The cardinality limits on client batches.
+    pub limits: kora_pipeline::Limits,
+    /// The most items one page of a scope view holds.
+    pub max_view_scopes: usize,
 }
 
 /// The thresholds in `file`, or the embedded set.
@@ -677,6 +735,74 @@ mod tests {
                 &defaults.rollup_step
             ),
         );
+        assert_eq!(
+            (
+                settings.max_models,
+                settings.max_series,
+                settings.max_open_sessions,
+                settings.max_view_scopes
+            ),
+            (
+                defaults.max_models,
+                defaults.max_series,
+                defaults.max_open_sessions,
+                defaults.max_view_scopes
+            ),
+        );
+    }
+
+    #[test]
+    fn limits_are_checked_and_named_with_their_source() {
+        let mut layered = Layered {
+            data_dir: DataDir {
+                path: PathBuf::from("/nonexistent"),
+                source: Source::Default,
+            },
+            file: PathBuf::from("/nonexistent").join(CONFIG_FILE),
+            file_read: false,
+            settings: Settings {
+                max_models: 50,
+                max_view_scopes: 20,
+                ..Settings::default()
+            },
+            sources: BTreeMap::new(),
+        };
+        let config = layered.validate().unwrap();
+        assert_eq!(config.limits.max_models, 50);
+        assert_eq!(config.limits.max_series, kora_model::DEFAULT_MAX_SERIES);
+        assert_eq!(config.max_view_scopes, 20);
+        for (key, settings) in [
+            (
+                "max_series",
+                Settings {
+                    max_series: 0,
+                    ..Settings::default()
+                },
+            ),
+            (
+                "max_open_sessions",
+                Settings {
+                    max_open_sessions: MAX_LIMIT + 1,
+                    ..Settings::default()
+                },
+            ),
+            (
+                "max_view_scopes",
+                Settings {
+                    max_view_scopes: MAX_VIEW_SCOPES + 1,
+                    ..Settings::default()
+                },
+            ),
+        ] {
+            layered.settings = settings;
+            layered.sources.insert(
+                spec(key).unwrap().key,
+                Source::Env(spec(key).unwrap().env.unwrap()),
+            );
+            let e = layered.validate().unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("must be 1 to"), "{e}");
+            assert!(e.contains("KORA_TELEMETRY_"), "{e}");
+        }
     }
 
     #[test]

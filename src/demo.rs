@@ -484,7 +484,11 @@ impl Workload {
 
     fn latency_state(&self) -> String {
         self.client
-            .triggers()
+            .triggers(&kora_model::TriggersQuery {
+                category: Some(Category::Latency.as_str().to_owned()),
+                scope: Some(SLOW.id.to_owned()),
+                ..Default::default()
+            })
             .ok()
             .and_then(|t| {
                 t.triggers

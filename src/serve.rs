@@ -36,6 +36,8 @@ pub fn serve(data_dir: &Path, config: ServeConfig) -> Result<()> {
         retention,
         thresholds,
         log: _,
+        limits,
+        max_view_scopes,
     } = config;
     if !listen.ip().is_loopback() {
         tracing::warn!(%listen, "listening on a NON-LOOPBACK address: other machines can reach this service");
@@ -48,6 +50,7 @@ pub fn serve(data_dir: &Path, config: ServeConfig) -> Result<()> {
         PipelineOptions {
             thresholds,
             faults,
+            limits,
             ..PipelineOptions::default()
         },
     )
@@ -84,6 +87,7 @@ pub fn serve(data_dir: &Path, config: ServeConfig) -> Result<()> {
         // Beyond loopback, anyone on the network could read the telemetry: every route then
         // needs the token.
         state.token_everywhere = !listen.ip().is_loopback();
+        state.max_view_scopes = max_view_scopes;
         let sampler = tokio::spawn(async move {
             pipeline
                 .sample(Probe::new(), probe_interval, retention)

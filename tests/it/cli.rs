@@ -242,8 +242,21 @@ fn an_unknown_key_in_config_toml_is_refused_naming_the_key_and_the_file() {
 fn config_prints_the_source_of_each_setting() {
     let dir = tempfile::tempdir().unwrap();
     let file = write_config(dir.path(), "retain_rollups = \"90d\"\n");
-    let env = [("KORA_TELEMETRY_LOG", "warn,kora_store=debug")];
-    let out = cli(dir.path(), &env, &["config", "--probe-interval", "750ms"]);
+    let env = [
+        ("KORA_TELEMETRY_LOG", "warn,kora_store=debug"),
+        ("KORA_TELEMETRY_MAX_MODELS", "50"),
+    ];
+    let out = cli(
+        dir.path(),
+        &env,
+        &[
+            "config",
+            "--probe-interval",
+            "750ms",
+            "--max-series",
+            "20000",
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -270,6 +283,13 @@ fn config_prints_the_source_of_each_setting() {
     assert_eq!(line("listen"), "listen 127.0.0.1:7433 default");
     assert_eq!(line("retain_raw"), "retain_raw 14d default");
     assert_eq!(line("thresholds"), "thresholds (embedded) default");
+    assert_eq!(
+        line("max_models"),
+        "max_models 50 environment variable KORA_TELEMETRY_MAX_MODELS"
+    );
+    assert_eq!(line("max_series"), "max_series 20000 flag --max-series");
+    assert_eq!(line("max_open_sessions"), "max_open_sessions 1000 default");
+    assert_eq!(line("max_view_scopes"), "max_view_scopes 1000 default");
     assert!(
         text.contains(&format!(
             "data directory  {}  (flag --data-dir)",
@@ -281,7 +301,7 @@ fn config_prints_the_source_of_each_setting() {
     // The JSON form names every setting, each with a source.
     let v = effective(dir.path(), &env, &["--probe-interval", "750ms"]);
     let settings = v["settings"].as_object().unwrap();
-    assert_eq!(settings.len(), 9, "{v}");
+    assert_eq!(settings.len(), 13, "{v}");
     for (key, s) in settings {
         let source = s["source"].as_str().unwrap();
         assert!(

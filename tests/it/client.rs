@@ -171,7 +171,7 @@ fn every_endpoint_answers_through_its_typed_call() {
         })
         .unwrap();
     assert!(!fit.reason.is_empty());
-    let triggers = client.triggers().unwrap();
+    let triggers = client.triggers(&Default::default()).unwrap();
     let thresholds = client.thresholds().unwrap();
     let embedded = kora_policy::Thresholds::embedded();
     assert_eq!(triggers.thresholds_version, embedded.version());
@@ -312,6 +312,58 @@ fn a_refused_record_is_set_aside_and_the_others_go_on() {
     server.stop();
     let mut want: Vec<String> = vec!["r00000".into()];
     want.extend((1..=20).filter(|i| *i != 11).map(|i| format!("r{i:05}")));
+    assert_eq!(stored_run_ids(dir.path()), want);
+}
+
+/// A batch that would cross a cardinality limit (`422 limit_exceeded`) is not retried as it
+/// is: the sender sends its records one at a time, sets aside those over the limit and
+/// delivers the rest.
+#[test]
+fn records_over_a_cardinality_limit_are_set_aside_and_the_others_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(dir.path(), &[("KORA_TELEMETRY_MAX_MODELS", "3")]);
+    let client = Client::connect(dir.path()).unwrap();
+    let (sender, _) = Sender::builder(client.clone())
+        .batch_size(50)
+        .flush_interval(Duration::from_millis(20))
+        .spool(dir.path().join("spool"), SpoolOptions::default())
+        .start()
+        .unwrap();
+    // Three models fit; a run with a hash in its model name is a fourth, and a fifth.
+    let mut batch: Vec<Item> = (1..=20).map(|i| run(i).into()).collect();
+    for (at, model) in [(7, "model-7f3a9c"), (15, "model-9b1d22")] {
+        let Item::Run(r) = &mut batch[at] else {
+            unreachable!()
+        };
+        r.model_id = model.into();
+    }
+    sender.enqueue_all(batch).unwrap();
+    sender.flush(Duration::from_secs(30)).unwrap();
+    let stats = sender.stats();
+    assert_eq!(
+        (stats.delivered, stats.rejected, stats.pending),
+        (18, 2, 0),
+        "{stats:?}"
+    );
+    let rejected = sender.take_rejected();
+    assert!(
+        rejected
+            .iter()
+            .all(|r| r.error.code() == Some(ErrorCode::LimitExceeded)),
+        "{rejected:?}"
+    );
+    let health = client.health().unwrap();
+    assert_eq!(health.limits[0].count, 3, "{health:?}");
+    assert_eq!(
+        health.last_limit_hit.map(|h| h.name),
+        Some(LimitName::Models)
+    );
+    drop(sender);
+    server.stop();
+    let want: Vec<String> = (1..=20)
+        .filter(|i| *i != 8 && *i != 16)
+        .map(|i| format!("r{i:05}"))
+        .collect();
     assert_eq!(stored_run_ids(dir.path()), want);
 }
 

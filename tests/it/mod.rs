@@ -8,6 +8,7 @@ mod crash;
 mod diskfull;
 mod e2e;
 mod engine;
+mod hostile;
 mod openapi;
 mod prometheus;
 mod schema;

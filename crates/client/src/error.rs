@@ -80,9 +80,10 @@ impl ClientError {
     }
 
     /// The service refused the records themselves: retrying the same request can never
-    /// succeed (`400`, `409 id_conflict`, `413`).
+    /// succeed (`400`, `409 id_conflict`, `413`, `422 limit_exceeded`: a batch that would
+    /// cross a cardinality limit, which waiting does not lift).
     pub fn rejects_records(&self) -> bool {
-        matches!(self.status(), Some(400 | 409 | 413))
+        matches!(self.status(), Some(400 | 409 | 413 | 422))
     }
 
     /// The request certainly never reached the service (the connection was refused or could
@@ -114,6 +115,7 @@ mod tests {
                 error: "forbidden".into(),
                 message: "export is off".into(),
                 field: None,
+                limit: None,
             },
             retry_after: None,
         }
@@ -131,7 +133,7 @@ mod tests {
             assert!(service(s).is_refused_for_now(), "{s}");
             assert!(!service(s).rejects_records(), "{s}");
         }
-        for s in [400, 409, 413] {
+        for s in [400, 409, 413, 422] {
             assert!(service(s).rejects_records(), "{s}");
             assert!(!service(s).is_refused_for_now(), "{s}");
         }

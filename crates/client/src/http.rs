@@ -11,7 +11,8 @@ use kora_model::{
     ApiError, ConsentChange, ConsentState, EventBatch, ExportOutcome, ExportPreview, ExportRequest,
     Feedback, FitQuery, FitVerdict, Health, IngestAck, IngestQuery, LogPage, LogQuery, MAX_WAIT_MS,
     ProductMetrics, ProfileRecord, RangeQuery, Readiness, RunBatch, SampleBatch, SeriesQuery,
-    SeriesView, SuggestionsQuery, SuggestionsView, WaitFor, WindowsQuery, WindowsView,
+    SeriesView, SuggestionsQuery, SuggestionsView, TriggersQuery, WaitFor, WindowsQuery,
+    WindowsView,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -338,6 +339,7 @@ impl Client {
             error: "unexpected_answer".into(),
             message: format!("{} was refused", call.what()),
             field: None,
+            limit: None,
         });
         Err(ClientError::Service {
             status: status.as_u16(),
@@ -487,6 +489,7 @@ impl Client {
                 error: "unexpected_answer".into(),
                 message: "GET /v1/stream was refused".into(),
                 field: None,
+                limit: None,
             });
             return Err(ClientError::Service {
                 status: status.as_u16(),
@@ -521,9 +524,10 @@ impl Client {
         self.get("/v1/fit", query)
     }
 
-    /// `GET /v1/triggers`: each category's state per scope.
-    pub fn triggers(&self) -> Result<TriggersView, ClientError> {
-        self.get("/v1/triggers", &())
+    /// `GET /v1/triggers`: one page of each category's state per scope, in category then scope
+    /// order (500 by default); pass the answer's `next_after` as `after` for the next.
+    pub fn triggers(&self, query: &TriggersQuery) -> Result<TriggersView, ClientError> {
+        self.get("/v1/triggers", query)
     }
 
     /// `GET /v1/thresholds`: the active thresholds and the cloud tier table.

@@ -27,7 +27,7 @@
 //! for damage in &report.damage { eprintln!("spool: set aside {damage}"); } // a crash's cut tail
 //! let run = Run { prompt_hash: prompt_hash(&prompt), ..measured_run }; // raw prompts stay here
 //! sender.enqueue(run)?;                    // checked now; Err when the spool is full, never dropped
-//! let triggers = client.triggers()?;                            // typed answers
+//! let triggers = client.triggers(&Default::default())?;         // typed answers (paged)
 //! sender.close(std::time::Duration::from_secs(10))?;            // everything acknowledged
 //! # let _ = triggers;
 //! # Ok(()) }

@@ -128,6 +128,7 @@ mod tests {
                 error: "unavailable".into(),
                 message: "the write queue is full".into(),
                 field: None,
+                limit: None,
             },
             retry_after,
         }
@@ -179,6 +180,7 @@ mod tests {
                 error: "invalid_record".into(),
                 message: "must not be negative".into(),
                 field: Some("runs[0].tokens_in".into()),
+                limit: None,
             },
             retry_after: None,
         };

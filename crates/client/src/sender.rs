@@ -11,10 +11,11 @@
 //!   counts a record whose id it holds as a duplicate.
 //! - **Retries**: a failed batch is kept and sent again after a back-off (the service's
 //!   `Retry-After` on 429/503/507, else exponential up to the policy's `max_delay`), however
-//!   long the service is away. A batch the service refuses for its content (400, 409, 413) is
-//!   sent again one record at a time, so that only the refused records are set aside: they are
-//!   counted, kept for [`Sender::take_rejected`], and, with a spool, appended to
-//!   `rejected.jsonl` in its directory; every other record goes on.
+//!   long the service is away. A batch the service refuses for its content (400, 409, 413, and
+//!   422 when it would cross a cardinality limit) is sent again one record at a time, so that
+//!   only the refused records are set aside: they are counted, kept for
+//!   [`Sender::take_rejected`], and, with a spool, appended to `rejected.jsonl` in its
+//!   directory; every other record goes on.
 //! - **Spool**: with [`SenderBuilder::spool`], queued records are in a [`Spool`] on disk until
 //!   acknowledged, so they survive a restart of the service and of the client (a new `Sender`
 //!   on the same directory sends them first). Without one they wait in memory, bounded the

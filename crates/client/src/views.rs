@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TriggersView {
     pub thresholds_version: String,
-    /// Every category's state per scope, in category then scope order.
+    /// The page's states, in category then scope order.
     pub triggers: Vec<TriggerStatus>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(default)]
+    pub next_after: Option<String>,
 }
 
 /// The answer of `GET /v1/thresholds` (the server's `kora_server::views::ThresholdsView`).

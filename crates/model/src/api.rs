@@ -7,11 +7,13 @@ use crate::record::{Event, LogEntry, Run, Sample};
 #[cfg(feature = "schema")]
 use schemars::JsonSchema;
 
+mod cardinality;
 mod decisions;
 mod error_code;
 mod privacy;
 mod views;
 
+pub use cardinality::*;
 pub use decisions::*;
 pub use error_code::ErrorCode;
 pub use privacy::*;
@@ -83,6 +85,9 @@ pub struct ApiError {
     /// The offending field, as a path such as `samples[3].value`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// With `limit_exceeded` only: the limit the batch would have crossed and the count now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<LimitStatus>,
 }
 
 /// `GET /v1/health`.
@@ -107,6 +112,12 @@ pub struct Health {
     pub series: u64,
     /// The newest seq assigned; absent for an empty store.
     pub last_seq: Option<u64>,
+    /// Each cardinality limit, its count now and how close that is.
+    #[serde(default)]
+    pub limits: Vec<LimitStatus>,
+    /// The last batch refused for crossing a limit since the service started, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_limit_hit: Option<LimitHit>,
 }
 
 /// The query of `GET /v1/log`.

@@ -10,13 +10,15 @@
 //!   state, and keeps the read models the read endpoints answer from ([`ReadModels`]);
 //! - samples the hardware and applies the retention on a schedule ([`sampler`]);
 //! - publishes every decision as the follower commits it, and which decisions answer which
-//!   input records ([`Events`]: `GET /v1/stream` and `?wait=decisions`).
+//!   input records ([`Events`]: `GET /v1/stream` and `?wait=decisions`);
+//! - refuses a client's batch that would cross a cardinality limit (distinct models, series,
+//!   sessions open at once), counting exactly what the store holds ([`Cardinality`]).
 //!
 //! Time comes from the injected [`Clock`]; the crash tests' fault points are injected
 //! [`Faults`]. The server crate keeps HTTP alone and calls this crate; this crate never
 //! depends on axum or the server.
 //!
-//! Module dependencies run one way: `clock`, `faults`, `health`, `events` <- `write` <-
+//! Module dependencies run one way: `clock`, `faults`, `health`, `events`, `limits` <- `write` <-
 //! `profile` <- `follower` <- `sampler`; `windows` stands alone; this file ties them together
 //! and no module uses it.
 
@@ -25,6 +27,7 @@ pub mod events;
 pub mod faults;
 pub mod follower;
 pub mod health;
+pub mod limits;
 pub mod profile;
 pub mod sampler;
 pub mod windows;
@@ -45,6 +48,7 @@ pub use events::{Events, HealthChange, Position, Resolution, StreamEvent};
 pub use faults::Faults;
 pub use follower::{CHECKPOINT_EVERY, FollowError, Follower, ReadModels, RebuildError};
 pub use health::HealthFlag;
+pub use limits::{Cardinality, LimitRefusal, Limits};
 pub use windows::WindowDeriver;
 pub use write::{WriteFailure, Writer};
 
@@ -58,6 +62,8 @@ pub struct PipelineOptions {
     pub faults: Faults,
     /// Resume the follower from the newest usable checkpoint (else fold the whole log).
     pub checkpoints: bool,
+    /// The cardinality limits client batches are checked against.
+    pub limits: Limits,
 }
 
 impl Default for PipelineOptions {
@@ -70,6 +76,7 @@ impl Default for PipelineOptions {
             clock: Arc::new(SystemClock),
             faults: Faults::none(),
             checkpoints: true,
+            limits: Limits::default(),
         }
     }
 }
@@ -103,14 +110,16 @@ impl Pipeline {
             clock,
             faults,
             checkpoints,
+            limits,
         } = options;
         let windows = thresholds.clone();
         let store = Store::open_with_deriver(path, store, move |saved| {
             Box::new(WindowDeriver::resume(&windows, saved))
         })?;
         let follower = Follower::rebuild(&store, thresholds, tiers, checkpoints)?;
+        let cardinality = Cardinality::load(&store, limits).map_err(RebuildError::Read)?;
         let started_ms = clock.now_ms();
-        let writer = Writer::new(Arc::new(store), clock);
+        let writer = Writer::new(Arc::new(store), clock, cardinality);
         writer.events().start_at(follower.folded());
         Ok(Pipeline {
             writer,
@@ -140,6 +149,11 @@ impl Pipeline {
 
     pub fn follower(&self) -> &Follower {
         &self.follower
+    }
+
+    /// The names the store holds (models, series, open sessions) and the limits on them.
+    pub fn cardinality(&self) -> &Cardinality {
+        self.writer.cardinality()
     }
 
     /// The live decisions ([`Events::subscribe`]) and the read-your-writes index.
@@ -247,10 +261,11 @@ impl Pipeline {
         self.writer.append(name, batch).await
     }
 
-    /// Appends a client's ingest batch and waits until it is durable; the crash tests' fault
-    /// point fires here, after the commit and before the answer.
+    /// Appends a client's ingest batch and waits until it is durable, or refuses it whole when
+    /// it would cross a cardinality limit; the crash tests' fault point fires here, after the
+    /// commit and before the answer.
     pub async fn ingest(&self, name: &str, batch: Batch) -> Result<Appended, WriteFailure> {
-        let appended = self.writer.append(name, batch).await?;
+        let appended = self.writer.append_limited(name, batch).await?;
         self.faults.after_commit();
         Ok(appended)
     }

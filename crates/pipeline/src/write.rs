@@ -1,6 +1,8 @@
 //! The one way records reach the log: the store's group commit, awaited, with the storage
 //! health it reports (a change of it is a stream event) and a wake-up for the follower after
-//! every durable append.
+//! every durable append. A client's batch is checked against the cardinality limits first
+//! ([`Writer::append_limited`]), and every committed batch's new names are counted
+//! ([`Cardinality`]).
 
 use std::sync::Arc;
 
@@ -9,6 +11,7 @@ use kora_store::{Appended, Batch, Store, WriteError};
 use crate::clock::Clock;
 use crate::events::{Events, HealthChange};
 use crate::health::HealthFlag;
+use crate::limits::{Admission, Cardinality, Delta, LimitRefusal};
 
 /// Why a batch was not stored. Nothing of the batch is stored in every case.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,6 +22,9 @@ pub enum WriteFailure {
     /// A client id was stored before with other content; `field` names the record.
     #[error("{message}")]
     Conflict { message: String, field: String },
+    /// The batch would cross a cardinality limit.
+    #[error("{}", .0.message)]
+    Limit(LimitRefusal),
     /// The disk holding the store is full.
     #[error("the disk is full: {0}")]
     DiskFull(String),
@@ -35,17 +41,24 @@ pub struct Writer {
     health: Arc<HealthFlag>,
     appended: Arc<tokio::sync::Notify>,
     events: Arc<Events>,
+    cardinality: Arc<Cardinality>,
 }
 
 impl Writer {
-    pub fn new(store: Arc<Store>, clock: Arc<dyn Clock>) -> Writer {
+    pub fn new(store: Arc<Store>, clock: Arc<dyn Clock>, cardinality: Cardinality) -> Writer {
         Writer {
             store,
             clock,
             health: Arc::default(),
             appended: Arc::default(),
             events: Arc::default(),
+            cardinality: Arc::new(cardinality),
         }
+    }
+
+    /// The names the store holds and the limits on them.
+    pub fn cardinality(&self) -> &Cardinality {
+        &self.cardinality
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -70,12 +83,56 @@ impl Writer {
         self.appended.notified().await;
     }
 
-    /// Appends `batch` (its items named `name` in errors, e.g. `runs[3].id`) and waits until
-    /// it is durable.
+    /// Appends a batch the service itself made (its items named `name` in errors, e.g.
+    /// `samples[3].id`) and waits until it is durable. The new names of its samples (the
+    /// probe's series) are counted, never refused.
     pub async fn append(&self, name: &str, batch: Batch) -> Result<Appended, WriteFailure> {
+        if !matches!(batch, Batch::Samples(_)) {
+            return self.commit(name, batch, None).await;
+        }
+        let delta = self.cardinality.delta(name, &batch);
+        if delta.is_empty() {
+            return self.commit(name, batch, None).await;
+        }
+        let admission = self.cardinality.admit().await;
+        let delta = self.cardinality.delta(name, &batch);
+        self.commit(name, batch, Some((delta, admission))).await
+    }
+
+    /// Appends a client's batch (its items named `name` in errors, e.g. `runs[3].id`) and
+    /// waits until it is durable; refuses it whole, storing nothing, when it would cross a
+    /// cardinality limit.
+    pub async fn append_limited(&self, name: &str, batch: Batch) -> Result<Appended, WriteFailure> {
+        if self.cardinality.delta(name, &batch).is_empty() {
+            return self.commit(name, batch, None).await;
+        }
+        // Counted again under the lock: a batch that held it may have added these names.
+        let admission = self.cardinality.admit().await;
+        let delta = self.cardinality.delta(name, &batch);
+        self.cardinality
+            .check(&delta, self.clock.now_ms())
+            .map_err(WriteFailure::Limit)?;
+        self.commit(name, batch, Some((delta, admission))).await
+    }
+
+    /// Submits `batch` to the group commit and waits until it is durable. `count`: the names
+    /// it adds and the admission lock, both handed to the store's writer thread, which adds
+    /// the names right after the commit and then lets the next batch be checked, even when no
+    /// one awaits this answer any more.
+    async fn commit(
+        &self,
+        name: &str,
+        batch: Batch,
+        count: Option<(Delta, Admission)>,
+    ) -> Result<Appended, WriteFailure> {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let cardinality = self.cardinality.clone();
         self.store
             .submit(self.clock.now_ms(), batch, move |r| {
+                if let (Ok(_), Some((delta, admission))) = (&r, count) {
+                    cardinality.apply(delta);
+                    drop(admission);
+                }
                 let _ = tx.send(r);
             })
             .map_err(|e| self.failure(name, e))?;

@@ -30,7 +30,7 @@ pub use error::ThresholdsError;
 pub use ladder::{CLOUD_OPTION, CLOUD_STEP, local_label, local_steps, step_of_option};
 pub use replay::{ReplayDifference, ReplayReport, derive_all, derived_key, replay};
 pub use state::EngineState;
-pub use status::{TriggerState, TriggerStatus};
+pub use status::{NOTHING_YET, TriggerFilter, TriggerState, TriggerStatus};
 pub use thresholds::{
     EMBEDDED_PINS, EMBEDDED_THRESHOLDS, Semver, Thresholds, defaults, fingerprint, validate,
 };

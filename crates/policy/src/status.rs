@@ -7,6 +7,9 @@
 //! record time of the first evaluation within limits after the firing. De-duplication of
 //! evidence (which runs a firing may count) is separate and does not change the state.
 
+use std::collections::BTreeSet;
+use std::ops::Bound;
+
 use kora_model::{Category, Evidence};
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +54,9 @@ pub struct TriggerStatus {
     pub updated_ms: Option<i64>,
 }
 
+/// The scope of a category that saw nothing yet.
+pub const NOTHING_YET: &str = "*";
+
 fn nothing_yet(c: Category) -> &'static str {
     match c {
         Category::ModelFit => "no model_load recorded yet",
@@ -63,93 +69,136 @@ fn nothing_yet(c: Category) -> &'static str {
     }
 }
 
+/// Which trigger states a page of [`Engine::triggers_page`] holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TriggerFilter<'a> {
+    /// Only this category.
+    pub category: Option<Category>,
+    /// Only this scope.
+    pub scope: Option<&'a str>,
+    /// Only states after this one, in category then scope order.
+    pub after: Option<(Category, &'a str)>,
+}
+
 impl Engine {
     /// Every category's state, per scope, in category then scope order.
     pub fn triggers(&self) -> Vec<TriggerStatus> {
+        self.triggers_page(&TriggerFilter::default(), usize::MAX).0
+    }
+
+    /// The states `filter` selects, in category then scope order, at most `limit` of them;
+    /// and whether more follow. Only the states on the page are built.
+    pub fn triggers_page(
+        &self,
+        filter: &TriggerFilter,
+        limit: usize,
+    ) -> (Vec<TriggerStatus>, bool) {
         let s = &self.state;
-        let n = self.thresholds.runs_per_block();
         let mut out = Vec::new();
         for c in Category::ALL {
-            let sustain = match c {
-                Category::Latency => Some(self.thresholds.file().latency.sustain_blocks),
-                Category::Concurrency => Some(self.thresholds.file().concurrency.sustain_windows),
-                _ => None,
-            };
-            let evals = s.evals.get(&c);
-            let mut scopes: Vec<String> = evals
-                .map(|m| m.keys().cloned().collect())
-                .unwrap_or_default();
-            if c == Category::Latency {
-                for m in s.runs.models() {
-                    if !scopes.iter().any(|x| x == m) {
-                        scopes.push(m.to_owned());
-                    }
-                }
-                scopes.sort();
-            }
-            if scopes.is_empty() {
-                out.push(TriggerStatus {
-                    category: c,
-                    scope: "*".to_owned(),
-                    state: TriggerState::InsufficientEvidence {
-                        reason: nothing_yet(c).to_owned(),
-                    },
-                    sustain_required: sustain,
-                    evidence: Vec::new(),
-                    last_firing_id: None,
-                    updated_ms: None,
-                });
+            if filter.category.is_some_and(|x| x != c)
+                || filter.after.is_some_and(|(after, _)| c < after)
+            {
                 continue;
             }
-            for scope in scopes {
-                let eval = evals.and_then(|m| m.get(&scope));
-                let last_firing_id = s.last_firing.get(&c).and_then(|m| m.get(&scope)).cloned();
-                let streak = match c {
-                    Category::Latency => s.latency.get(&scope).map(|x| x.k),
-                    Category::Concurrency => s.concurrency.get(&scope).map(|x| x.streak.k),
-                    _ => None,
-                };
-                let resolved = s
-                    .alert(c, &scope)
-                    .and_then(|a| a.resolved_ms)
-                    .map(|resolved_ms| TriggerState::Resolved { resolved_ms });
-                let idle = || resolved.clone().unwrap_or(TriggerState::Idle);
-                let state = match (eval, sustain) {
-                    (None, _) => TriggerState::InsufficientEvidence {
-                        reason: format!(
-                            "{} of the {n} runs of the first block of {scope} so far",
-                            s.runs.open_runs(&scope)
-                        ),
-                    },
-                    (Some(e), _) if matches!(e.state, EvalState::Insufficient(_)) => {
-                        match &e.state {
-                            EvalState::Insufficient(r) => {
-                                TriggerState::InsufficientEvidence { reason: r.clone() }
-                            }
-                            _ => TriggerState::Idle,
-                        }
-                    }
-                    (Some(_), Some(w)) => match streak.unwrap_or(0) {
-                        0 => idle(),
-                        k if k < w => TriggerState::Pending { k, w },
-                        _ => TriggerState::Firing,
-                    },
-                    (Some(e), None) => match e.state {
-                        EvalState::Breach => TriggerState::Firing,
-                        _ => idle(),
-                    },
-                };
-                out.push(TriggerStatus {
-                    category: c,
-                    scope: scope.clone(),
-                    state,
-                    sustain_required: sustain,
-                    evidence: eval.map(|e| e.evidence.clone()).unwrap_or_default(),
-                    last_firing_id,
-                    updated_ms: eval.map(|e| e.ts_ms),
-                });
+            let mut scopes: BTreeSet<&str> = s
+                .evals
+                .get(&c)
+                .map(|m| m.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            if c == Category::Latency {
+                scopes.extend(s.runs.models());
+            }
+            if scopes.is_empty() {
+                scopes.insert(NOTHING_YET);
+            }
+            let range = match filter.after {
+                Some((after, scope)) if after == c => {
+                    scopes.range::<&str, _>((Bound::Excluded(scope), Bound::Unbounded))
+                }
+                _ => scopes.range::<&str, _>(..),
+            };
+            for scope in range {
+                if filter.scope.is_some_and(|x| x != *scope) {
+                    continue;
+                }
+                if out.len() == limit {
+                    return (out, true);
+                }
+                out.push(self.status_of(c, scope));
             }
         }
-        out
+        (out, false)
+    }
+
+    /// The state of category `c` for `scope` ([`NOTHING_YET`] when the category saw nothing).
+    fn status_of(&self, c: Category, scope: &str) -> TriggerStatus {
+        let s = &self.state;
+        let n = self.thresholds.runs_per_block();
+        let sustain = match c {
+            Category::Latency => Some(self.thresholds.file().latency.sustain_blocks),
+            Category::Concurrency => Some(self.thresholds.file().concurrency.sustain_windows),
+            _ => None,
+        };
+        let evals = s.evals.get(&c);
+        let seen = evals.is_some_and(|m| !m.is_empty())
+            || (c == Category::Latency && s.runs.models().next().is_some());
+        if !seen {
+            return TriggerStatus {
+                category: c,
+                scope: NOTHING_YET.to_owned(),
+                state: TriggerState::InsufficientEvidence {
+                    reason: nothing_yet(c).to_owned(),
+                },
+                sustain_required: sustain,
+                evidence: Vec::new(),
+                last_firing_id: None,
+                updated_ms: None,
+            };
+        }
+        let eval = evals.and_then(|m| m.get(scope));
+        let last_firing_id = s.last_firing.get(&c).and_then(|m| m.get(scope)).cloned();
+        let streak = match c {
+            Category::Latency => s.latency.get(scope).map(|x| x.k),
+            Category::Concurrency => s.concurrency.get(scope).map(|x| x.streak.k),
+            _ => None,
+        };
+        let resolved = s
+            .alert(c, scope)
+            .and_then(|a| a.resolved_ms)
+            .map(|resolved_ms| TriggerState::Resolved { resolved_ms });
+        let idle = || resolved.clone().unwrap_or(TriggerState::Idle);
+        let state = match (eval, sustain) {
+            (None, _) => TriggerState::InsufficientEvidence {
+                reason: format!(
+                    "{} of the {n} runs of the first block of {scope} so far",
+                    s.runs.open_runs(scope)
+                ),
+            },
+            (Some(e), _) if matches!(e.state, EvalState::Insufficient(_)) => match &e.state {
+                EvalState::Insufficient(r) => {
+                    TriggerState::InsufficientEvidence { reason: r.clone() }
+                }
+                _ => TriggerState::Idle,
+            },
+            (Some(_), Some(w)) => match streak.unwrap_or(0) {
+                0 => idle(),
+                k if k < w => TriggerState::Pending { k, w },
+                _ => TriggerState::Firing,
+            },
+            (Some(e), None) => match e.state {
+                EvalState::Breach => TriggerState::Firing,
+                _ => idle(),
+            },
+        };
+        TriggerStatus {
+            category: c,
+            scope: scope.to_owned(),
+            state,
+            sustain_required: sustain,
+            evidence: eval.map(|e| e.evidence.clone()).unwrap_or_default(),
+            last_firing_id,
+            updated_ms: eval.map(|e| e.ts_ms),
+        }
     }
 }

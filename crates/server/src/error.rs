@@ -30,6 +30,12 @@ pub enum AppError {
     TooLarge(String),
     /// 415
     UnsupportedMediaType(String),
+    /// 422: the batch would cross a cardinality limit; nothing of it was stored.
+    LimitExceeded {
+        message: String,
+        field: String,
+        limit: kora_model::LimitStatus,
+    },
     /// 503 with Retry-After: the write queue is full or the service is stopping.
     Unavailable { message: String, retry_after_s: u32 },
     /// 507: the disk is full; nothing of the request was stored.
@@ -67,6 +73,7 @@ impl AppError {
             AppError::Conflict { .. } => ErrorCode::IdConflict,
             AppError::TooLarge(_) => ErrorCode::TooLarge,
             AppError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            AppError::LimitExceeded { .. } => ErrorCode::LimitExceeded,
             AppError::Unavailable { .. } => ErrorCode::Unavailable,
             AppError::DiskFull => ErrorCode::DiskFull,
             AppError::Internal(_) => ErrorCode::Internal,
@@ -86,6 +93,11 @@ impl From<kora_pipeline::WriteFailure> for AppError {
                 retry_after_s,
             },
             WriteFailure::Conflict { message, field } => AppError::Conflict { message, field },
+            WriteFailure::Limit(r) => AppError::LimitExceeded {
+                message: r.message,
+                field: r.field,
+                limit: r.status,
+            },
             WriteFailure::DiskFull(_) => AppError::DiskFull,
             WriteFailure::Internal(m) => AppError::Internal(m),
         }
@@ -117,8 +129,17 @@ pub(crate) async fn blocking<T: Send + 'static>(
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let code = self.code();
+        let mut limit = None;
         let (message, field, retry) = match self {
             AppError::Invalid { message, field, .. } => (message, field, None),
+            AppError::LimitExceeded {
+                message,
+                field,
+                limit: status,
+            } => {
+                limit = Some(status);
+                (message, Some(field), None)
+            }
             AppError::Unauthorized(m)
             | AppError::Forbidden(m)
             | AppError::BadGateway(m)
@@ -146,6 +167,7 @@ impl IntoResponse for AppError {
             error: code.as_str().to_owned(),
             message,
             field,
+            limit,
         };
         let status =
             StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -181,6 +203,16 @@ mod tests {
             },
             AppError::TooLarge("m".into()),
             AppError::UnsupportedMediaType("m".into()),
+            AppError::LimitExceeded {
+                message: "m".into(),
+                field: "f".into(),
+                limit: kora_model::LimitStatus {
+                    name: kora_model::LimitName::Models,
+                    limit: 1,
+                    count: 1,
+                    refused_batches: 1,
+                },
+            },
             AppError::Unavailable {
                 message: "m".into(),
                 retry_after_s: 1,

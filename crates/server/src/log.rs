@@ -27,6 +27,8 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, AppEr
         samples: stats.samples,
         series: stats.series,
         last_seq: stats.last_seq,
+        limits: pipeline.cardinality().status(),
+        last_limit_hit: pipeline.cardinality().last_hit(),
     }))
 }
 

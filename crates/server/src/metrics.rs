@@ -7,8 +7,8 @@ use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use kora_model::{
-    Category, ErrorCode, GpuReading, MIN_TS_MS, ProductMetrics, ProfileRecord, RangeQuery,
-    Substrate,
+    Category, ErrorCode, GpuReading, LimitStatus, MIN_TS_MS, ProductMetrics, ProfileRecord,
+    RangeQuery, Substrate,
 };
 use kora_policy::{TriggerState, TriggerStatus};
 use kora_window::{Histogram, LATENCY_BUCKETS_S, QUEUE_WAIT_BUCKETS_S, RunMetrics, RunSeries};
@@ -96,6 +96,7 @@ pub async fn prometheus(State(state): State<AppState>) -> Result<Response, AppEr
         runs,
         triggers: state.pipeline.with_engine(|e| e.triggers()),
         now: state.pipeline.profile_now(),
+        limits: state.pipeline.cardinality().status(),
     };
     let mut registry = Registry::with_prefix("kora");
     registry.register_collector(Box::new(scrape));
@@ -136,6 +137,8 @@ struct Scrape {
     triggers: Vec<TriggerStatus>,
     /// The probe's latest reading and the profile computed from it now.
     now: Option<ProfileRecord>,
+    /// The cardinality limits and their counts.
+    limits: Vec<LimitStatus>,
 }
 
 /// A series' labels (none for a family of one series).
@@ -254,6 +257,7 @@ impl Collector for Scrape {
     fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
         let mut out = Families(encoder);
         self.counts(&mut out)?;
+        self.limits(&mut out)?;
         self.hardware(&mut out)?;
         self.profile(&mut out)?;
         self.triggers(&mut out)?;
@@ -350,6 +354,40 @@ impl Scrape {
             "cloud_runs_by_model",
             "Runs that executed on Krako Cloud per model (the first 50 models to run there).",
             &by_model,
+        )
+    }
+
+    /// Each cardinality limit, its count now, and the batches refused for it.
+    fn limits(&self, out: &mut Families) -> std::fmt::Result {
+        let size = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let label = |l: &LimitStatus| vec![("name", l.name.as_str().to_owned())];
+        let rows = |pick: fn(&LimitStatus) -> u64| -> Vec<(Labels, i64)> {
+            self.limits
+                .iter()
+                .map(|l| (label(l), size(pick(l))))
+                .collect()
+        };
+        out.gauges(
+            "limit",
+            "The most distinct names the service takes (models, series, sessions open at once).",
+            None,
+            &rows(|l| l.limit),
+        )?;
+        out.gauges(
+            "limit_used",
+            "Distinct names the service holds now, against kora_limit.",
+            None,
+            &rows(|l| l.count),
+        )?;
+        let refused: Vec<(Labels, u64)> = self
+            .limits
+            .iter()
+            .map(|l| (label(l), l.refused_batches))
+            .collect();
+        out.counters(
+            "limit_refused_batches",
+            "Ingest batches refused (422 limit_exceeded) for crossing the limit, since start.",
+            &refused,
         )
     }
 

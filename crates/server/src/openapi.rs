@@ -14,8 +14,8 @@ use kora_model::{
     ApiError, ConsentChange, ConsentState, EVENT_ID_PATTERN, ErrorCode, EventBatch, ExportOutcome,
     ExportPreview, ExportRequest, Feedback, FitQuery, FitVerdict, Health, IngestAck, IngestQuery,
     LogPage, LogQuery, ProductMetrics, ProfileRecord, RangeQuery, Readiness, RunBatch, SampleBatch,
-    SeriesQuery, SeriesView, StreamQuery, SuggestionsQuery, SuggestionsView, WindowsQuery,
-    WindowsView,
+    SeriesQuery, SeriesView, StreamQuery, SuggestionsQuery, SuggestionsView, TriggersQuery,
+    WindowsQuery, WindowsView,
 };
 
 use crate::views::{ThresholdsView, TriggersView};
@@ -403,7 +403,7 @@ fn operations(s: &mut Schemas) -> Vec<Op> {
         ok: (200, ack(s, "The batch was")),
         ..Op::write("post", path, id, "ingest")
             .text(summary, description)
-            .errors(WRITES, &[409])
+            .errors(WRITES, &[409, 422])
     };
     let dashboard_types = crate::dashboard::content_types();
     let samples = s.request::<SampleBatch>();
@@ -449,8 +449,10 @@ fn operations(s: &mut Schemas) -> Vec<Op> {
                 json_response("The service is up.", s.response::<Health>()),
             ),
             ..Op::get("/v1/health", "getHealth", "views").text(
-                "Health and store counts",
-                "`status` is `degraded` after a failed write, until a write succeeds.",
+                "Health, store counts and cardinality limits",
+                "`status` is `degraded` after a failed write, until a write succeeds. `limits` \
+                 lists each cardinality limit with its count now; `last_limit_hit` the last \
+                 batch refused for crossing one.",
             )
         },
         Op {
@@ -501,17 +503,23 @@ fn operations(s: &mut Schemas) -> Vec<Op> {
                 .errors(ALWAYS, &[400, 503])
         },
         Op {
+            query: Some(Schemas::query::<TriggersQuery>()),
             ok: (
                 200,
-                json_response("Every trigger's state.", s.response::<TriggersView>()),
+                json_response(
+                    "A page of the trigger states.",
+                    s.response::<TriggersView>(),
+                ),
             ),
             ..Op::get("/v1/triggers", "getTriggers", "views")
                 .text(
-                    "Each trigger category's state per scope",
-                    "`idle`, `pending` (k of w), `firing` or `insufficient_evidence`, with the \
-                     latest evidence.",
+                    "Each trigger category's state per scope, a page at a time",
+                    "`idle`, `pending` (k of w), `firing`, `resolved` or \
+                     `insufficient_evidence`, with the latest evidence, in category then scope \
+                     order. At most `limit` states (default 500; at most `max_view_scopes`, 1000 \
+                     by default); `next_after` is set when more follow: pass it as `after`.",
                 )
-                .errors(ALWAYS, &[])
+                .errors(ALWAYS, &[400])
         },
         Op {
             ok: (
@@ -640,9 +648,10 @@ fn operations(s: &mut Schemas) -> Vec<Op> {
             ..Op::get("/v1/series", "getSeries", "views")
                 .text(
                     "Series keys, or one series downsampled",
-                    "Without `series`: the list of keys. With it: at most `points` buckets of \
-                     `{t, min, max, mean, n}` between `from_ms` and `to_ms` (default: the last \
-                     hour; at most 31 days).",
+                    "Without `series`: a page of the keys, in order (`limit`: default 500, at \
+                     most `max_view_scopes`; `next_after` is set when more follow: pass it as \
+                     `after`). With it: at most `points` buckets of `{t, min, max, mean, n}` \
+                     between `from_ms` and `to_ms` (default: the last hour; at most 31 days).",
                 )
                 .errors(READS, &[400])
         },

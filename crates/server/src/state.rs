@@ -33,6 +33,9 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Set when the service listens beyond loopback: every route then needs the token.
     pub token_everywhere: bool,
+    /// The most items one page of a scope view may hold (`GET /v1/triggers`, the list of
+    /// `GET /v1/series`): the setting `max_view_scopes`.
+    pub max_view_scopes: usize,
     /// Admission to the ingest endpoints: KiB of [`INGEST_BUDGET_BYTES`].
     pub(crate) ingest_permits: Arc<tokio::sync::Semaphore>,
 }
@@ -44,6 +47,7 @@ impl AppState {
             pipeline,
             config: Arc::new(config),
             token_everywhere: false,
+            max_view_scopes: kora_model::DEFAULT_MAX_VIEW_SCOPES,
             ingest_permits: Arc::new(tokio::sync::Semaphore::new(INGEST_BUDGET_BYTES / 1024)),
         }
     }

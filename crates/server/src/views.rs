@@ -6,9 +6,9 @@ use axum::extract::{Query, State};
 use kora_model::{
     ErrorCode, FitQuery, FitVerdict, LadderStep, ProfileRecord, SeriesData, SeriesList,
     SeriesPoint, SeriesQuery, SeriesView, Suggestion, SuggestionView, SuggestionsQuery,
-    SuggestionsView, SuppressionView, WindowView, WindowsQuery, WindowsView,
+    SuggestionsView, SuppressionView, TriggersQuery, WindowView, WindowsQuery, WindowsView,
 };
-use kora_policy::{CloudTiers, Thresholds, TriggerStatus};
+use kora_policy::{CloudTiers, Thresholds, TriggerFilter, TriggerStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
@@ -17,6 +17,40 @@ use crate::error::AppError;
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, AppError> {
     q.map(|Query(t)| t)
         .map_err(|e| AppError::bad_request(ErrorCode::InvalidQuery, e.body_text()))
+}
+
+/// The page size of a scope view (`GET /v1/triggers`, the list of `GET /v1/series`):
+/// [`kora_model::DEFAULT_VIEW_PAGE`] (or `max` when lower) when absent, else 1 to `max` (the
+/// setting `max_view_scopes`).
+pub fn scope_page(limit: Option<usize>, max: usize) -> Result<usize, AppError> {
+    let max = max.max(1);
+    let limit = limit.unwrap_or(kora_model::DEFAULT_VIEW_PAGE.min(max));
+    if limit == 0 || limit > max {
+        return Err(AppError::Invalid {
+            code: ErrorCode::InvalidQuery,
+            message: format!(
+                "limit must be 1 to {max} (the service's max_view_scopes), got {limit}; follow \
+                 next_after for more"
+            ),
+            field: Some("limit".into()),
+        });
+    }
+    Ok(limit)
+}
+
+/// A trigger category by name, or a `400` naming `field`.
+fn category(name: &str, field: &str) -> Result<kora_model::Category, AppError> {
+    kora_model::Category::ALL
+        .into_iter()
+        .find(|k| k.as_str() == name)
+        .ok_or_else(|| AppError::Invalid {
+            code: ErrorCode::InvalidQuery,
+            message: format!(
+                "unknown category {name:?}; the categories are model_fit, context, latency, \
+                 concurrency and reliability"
+            ),
+            field: Some(field.into()),
+        })
 }
 
 /// A page size: `default` when absent, else 1 to `MAX_LOG_PAGE`.
@@ -88,20 +122,62 @@ pub async fn fit(
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TriggersView {
     pub thresholds_version: String,
-    /// Every category's state per scope, in category then scope order.
+    /// The page's states, in category then scope order.
     pub triggers: Vec<TriggerStatus>,
+    /// Pass as `after` to get the next page (`category/scope` of the last state); absent on
+    /// the last page.
+    pub next_after: Option<String>,
 }
 
-/// `GET /v1/triggers`: each category's state per scope, with its latest evidence.
-pub async fn triggers(State(state): State<AppState>) -> Json<TriggersView> {
+/// `GET /v1/triggers`: one page of each category's state per scope, with its latest evidence.
+pub async fn triggers(
+    State(state): State<AppState>,
+    q: Result<Query<TriggersQuery>, QueryRejection>,
+) -> Result<Json<TriggersView>, AppError> {
+    let q = query(q)?;
+    let limit = scope_page(q.limit, state.max_view_scopes)?;
+    let only = q
+        .category
+        .as_deref()
+        .map(|c| category(c, "category"))
+        .transpose()?;
+    let after = match q.after.as_deref() {
+        None => None,
+        Some(after) => {
+            let Some((c, scope)) = after.split_once('/') else {
+                return Err(AppError::Invalid {
+                    code: ErrorCode::InvalidQuery,
+                    message: format!(
+                        "after must be category/scope, as the previous page's next_after; got \
+                         {after:?}"
+                    ),
+                    field: Some("after".into()),
+                });
+            };
+            Some((category(c, "after")?, scope))
+        }
+    };
     state.pipeline.settle().await;
-    let (thresholds_version, triggers) = state
-        .pipeline
-        .with_engine(|e| (e.thresholds().version().to_owned(), e.triggers()));
-    Json(TriggersView {
+    let filter = TriggerFilter {
+        category: only,
+        scope: q.scope.as_deref(),
+        after,
+    };
+    let (thresholds_version, (triggers, more)) = state.pipeline.with_engine(|e| {
+        (
+            e.thresholds().version().to_owned(),
+            e.triggers_page(&filter, limit),
+        )
+    });
+    let next_after = more
+        .then(|| triggers.last())
+        .flatten()
+        .map(|t| format!("{}/{}", t.category.as_str(), t.scope));
+    Ok(Json(TriggersView {
         thresholds_version,
         triggers,
-    })
+        next_after,
+    }))
 }
 
 /// The answer of `GET /v1/thresholds`.
@@ -402,11 +478,21 @@ pub async fn series(
         });
     }
     let Some(name) = q.series else {
-        let series = tokio::task::spawn_blocking(move || store.series())
-            .await
-            .map_err(|e| AppError::Internal(e.to_string()))??;
-        return Ok(Json(SeriesView::List(SeriesList { series })));
+        // From the names the pipeline keeps: exactly the store's series, in order.
+        let limit = scope_page(q.limit, state.max_view_scopes)?;
+        let (series, next_after) = state
+            .pipeline
+            .cardinality()
+            .series_page(q.after.as_deref(), limit);
+        return Ok(Json(SeriesView::List(SeriesList { series, next_after })));
     };
+    if q.limit.is_some() || q.after.is_some() {
+        return Err(AppError::Invalid {
+            code: ErrorCode::InvalidQuery,
+            message: "limit and after page the list of series; leave them out with series".into(),
+            field: Some(if q.limit.is_some() { "limit" } else { "after" }.into()),
+        });
+    }
     let key = name.clone();
     let width = ((to - from) as f64 / points as f64).max(1.0);
     // Aggregated while the store reads, so a month of 1 s samples is never held at once.

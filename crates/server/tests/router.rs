@@ -2228,3 +2228,385 @@ async fn messagepack_compact_forms_and_trailing_bytes_are_refused() {
     assert_eq!(v["field"], "samples[0]", "{v}");
     assert_eq!(app.counts().await, (0, 0));
 }
+
+// ---- cardinality limits and paged views ----------------------------------------------------
+
+fn limits(models: u64, series: u64, sessions: u64) -> PipelineOptions {
+    PipelineOptions {
+        limits: kora_pipeline::Limits {
+            max_models: models,
+            max_series: series,
+            max_open_sessions: sessions,
+        },
+        ..PipelineOptions::default()
+    }
+}
+
+/// A run of `model` with the client id `id`.
+fn run_of(id: &str, model: &str) -> Value {
+    let mut r = run_json(id);
+    r["id"] = json!(id);
+    r["model_id"] = json!(model);
+    r
+}
+
+fn session_event(kind: &str, session: &str) -> Value {
+    json!({"kind": kind, "session_id": session})
+}
+
+#[tokio::test]
+async fn a_batch_over_the_model_limit_is_refused_whole_naming_the_limit_field_and_count() {
+    let app = app_with(limits(3, 100, 10));
+    let first = json!({"runs": [run_of("r1", "a"), run_of("r2", "b")]});
+    let (s, v) = app.post("/v1/runs", first.clone()).await;
+    assert_eq!(
+        (s, v["accepted"].as_u64()),
+        (StatusCode::OK, Some(2)),
+        "{v}"
+    );
+    let before = app.counts().await;
+    let over = json!({"runs": [run_of("r3", "a"), run_of("r4", "c"), run_of("r5", "d"),
+        run_of("r6", "e")]});
+    let (s, v) = app.post("/v1/runs", over).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["error"], "limit_exceeded", "{v}");
+    // c is the third model, d the first over the limit of 3.
+    assert_eq!(v["field"], "runs[2].model_id", "{v}");
+    assert_eq!(
+        v["limit"],
+        json!({"name": "models", "limit": 3, "count": 2, "refused_batches": 1}),
+        "{v}"
+    );
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("max_models") && message.contains("\"d\""),
+        "{message}"
+    );
+    assert_eq!(
+        app.counts().await,
+        before,
+        "a refused batch stored something"
+    );
+    // A retry of what was stored adds no model; the third model fits, from any endpoint.
+    let (s, v) = app.post("/v1/runs", first).await;
+    assert_eq!(
+        (s, v["duplicates"].as_u64()),
+        (StatusCode::OK, Some(2)),
+        "{v}"
+    );
+    let (s, v) = app
+        .post(
+            "/v1/events",
+            json!({"events": [{"kind": "context_request", "model_id": "c",
+                "requested_context_tokens": 4096}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // A sample tagged with a fourth model is over it.
+    let (s, v) = app
+        .post(
+            "/v1/samples",
+            json!({"samples": [{"signal": "queue_wait_ms", "value": 5, "model_id": "c"},
+                {"signal": "queue_wait_ms", "value": 5, "model_id": "z"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["field"], "samples[1].model_id", "{v}");
+    assert_eq!(v["limit"]["count"], 3, "{v}");
+
+    let (_, h) = app.get("/v1/health").await;
+    assert_eq!(
+        h["limits"][0],
+        json!({"name": "models", "limit": 3, "count": 3, "refused_batches": 2}),
+        "{h}"
+    );
+    assert_eq!(h["limits"][1]["name"], "series", "{h}");
+    assert_eq!(h["limits"][1]["count"], 0, "{h}");
+    assert_eq!(h["last_limit_hit"]["name"], "models", "{h}");
+    assert_eq!(h["last_limit_hit"]["field"], "samples[1].model_id", "{h}");
+    assert!(
+        h["last_limit_hit"]["ts_ms"].as_i64().unwrap() > MIN_TS_MS,
+        "{h}"
+    );
+
+    let (text, scrape) = scrape(&app).await;
+    assert_eq!(
+        value_of(&scrape, "kora_limit", &[("name", "models")]),
+        Some(3.0)
+    );
+    assert_eq!(
+        value_of(&scrape, "kora_limit_used", &[("name", "models")]),
+        Some(3.0)
+    );
+    assert_eq!(
+        value_of(&scrape, "kora_limit", &[("name", "series")]),
+        Some(100.0)
+    );
+    assert_eq!(
+        value_of(
+            &scrape,
+            "kora_limit_refused_batches_total",
+            &[("name", "models")]
+        ),
+        Some(2.0)
+    );
+    assert!(text.contains("# TYPE kora_limit gauge"), "{text}");
+    assert!(
+        text.contains("# TYPE kora_limit_refused_batches counter"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_series_and_open_session_limits_refuse_the_item_that_crosses_them() {
+    let app = app_with(limits(100, 3, 2));
+    let reading =
+        |device: u32| json!({"signal": "gpu_vram_free_mb", "value": 100, "device": device});
+    let (s, v) = app
+        .post(
+            "/v1/samples",
+            json!({"samples": [reading(0), reading(1), reading(0)]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = app
+        .post(
+            "/v1/samples",
+            json!({"samples": [reading(1), reading(2), reading(3)]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["field"], "samples[2].device", "{v}");
+    assert_eq!(v["limit"]["name"], "series", "{v}");
+    assert_eq!(v["limit"]["count"], 2, "{v}");
+
+    let (s, v) = app
+        .post(
+            "/v1/events",
+            json!({"events": [session_event("session_started", "a"),
+                session_event("session_started", "b")]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = app
+        .post(
+            "/v1/events",
+            json!({"events": [session_event("session_started", "c")]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["field"], "events[0].session_id", "{v}");
+    assert_eq!(
+        v["limit"],
+        json!({"name": "open_sessions", "limit": 2, "count": 2, "refused_batches": 1})
+    );
+    // An end makes room, in batch order; a start of an open session opens nothing.
+    let (s, v) = app
+        .post(
+            "/v1/events",
+            json!({"events": [session_event("session_ended", "a"),
+                session_event("session_started", "c"), session_event("session_started", "b")]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, h) = app.get("/v1/health").await;
+    assert_eq!(h["limits"][1]["count"], 2, "{h}");
+    assert_eq!(h["limits"][2]["count"], 2, "{h}");
+    assert_eq!(h["last_limit_hit"]["name"], "open_sessions", "{h}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_racing_past_a_limit_are_counted_one_after_the_other() {
+    let app = app_with(limits(10, 100, 10));
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let router = app.router.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"runs": [run_of(&format!("r{i}"), &format!("m{i}"))]}).to_string();
+            // Declared, so that 40 requests in flight fit the ingest budget.
+            let req = Request::post("/v1/runs")
+                .header("host", HOST)
+                .header("content-type", "application/json")
+                .header("content-length", body.len())
+                .body(Body::from(body))
+                .unwrap();
+            router.oneshot(req).await.unwrap().status()
+        }));
+    }
+    let mut ok = 0;
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            StatusCode::OK => ok += 1,
+            StatusCode::UNPROCESSABLE_ENTITY => refused += 1,
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!((ok, refused), (10, 30));
+    let (_, h) = app.get("/v1/health").await;
+    assert_eq!(h["limits"][0]["count"], 10, "{h}");
+    assert_eq!(h["log_records"], 10, "{h}");
+}
+
+#[tokio::test]
+async fn the_counts_are_read_back_from_the_store_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.redb");
+    let open = |options: PipelineOptions| {
+        let pipeline = Pipeline::open(&path, options).unwrap();
+        let state = AppState::new(
+            Arc::new(pipeline),
+            Config {
+                token: kora_server::token::Token::load_or_create(dir.path()).unwrap(),
+                data_dir: dir.path().to_owned(),
+                hosts: HostPolicy {
+                    port: 7433,
+                    extra_names: vec![],
+                },
+            },
+        );
+        App {
+            router: kora_server::router(state.clone()),
+            state,
+            _dir: tempfile::tempdir().unwrap(),
+        }
+    };
+    let app = open(limits(1000, 1000, 1000));
+    for (path, body) in [
+        (
+            "/v1/runs",
+            json!({"runs": [run_of("r1", "a"), run_of("r2", "b"), run_of("r3", "a")]}),
+        ),
+        (
+            "/v1/samples",
+            json!({"samples": [{"signal": "queue_wait_ms", "value": 1, "model_id": "c"},
+                {"signal": "ram_free_mb", "value": 1}]}),
+        ),
+        (
+            "/v1/events",
+            json!({"events": [{"kind": "context_oom", "model_id": "d", "session_id": "s"},
+                session_event("session_started", "s1"), session_event("session_started", "s2"),
+                session_event("session_ended", "s1"), session_event("session_started", "s3")]}),
+        ),
+    ] {
+        let (s, v) = app.post(path, body).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (_, before) = app.get("/v1/health").await;
+    let counts = |h: &Value| -> Vec<u64> {
+        (0..3)
+            .map(|i| h["limits"][i]["count"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(counts(&before), [4, 2, 2], "{before}");
+    app.state.pipeline.store().shutdown();
+    drop(app);
+    // Reopened with lower limits: nothing stored is dropped, and nothing new is taken.
+    let app = open(limits(2, 2, 2));
+    let (_, after) = app.get("/v1/health").await;
+    assert_eq!(counts(&after), [4, 2, 2], "{after}");
+    let (s, v) = app
+        .post("/v1/runs", json!({"runs": [run_of("r4", "e")]}))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["limit"]["count"], 4, "{v}");
+    let (s, v) = app
+        .post("/v1/runs", json!({"runs": [run_of("r5", "b")]}))
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "a known model is taken over a lowered limit: {v}"
+    );
+}
+
+#[tokio::test]
+async fn triggers_and_the_series_list_come_a_page_at_a_time() {
+    let mut app = app();
+    let runs: Vec<Value> = (0..30)
+        .map(|i| run_of(&format!("r{i}"), &format!("m{i:02}")))
+        .collect();
+    let (s, v) = app.post("/v1/runs", json!({ "runs": runs })).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, all) = app.get("/v1/triggers").await;
+    assert_eq!(s, StatusCode::OK, "{all}");
+    assert!(all["next_after"].is_null(), "{all}");
+    let all = all["triggers"].as_array().unwrap().clone();
+    assert!(all.len() >= 34, "{}", all.len());
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..100 {
+        let url = match &after {
+            None => "/v1/triggers?limit=7".to_owned(),
+            Some(a) => format!("/v1/triggers?limit=7&after={}", urlencode(a)),
+        };
+        let (s, page) = app.get(&url).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        let items = page["triggers"].as_array().unwrap();
+        assert!(items.len() <= 7);
+        paged.extend(items.iter().cloned());
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all, "the pages are the whole list, in order, once");
+    let (_, latency) = app.get("/v1/triggers?category=latency&scope=m07").await;
+    let latency = latency["triggers"].as_array().unwrap();
+    assert_eq!(latency.len(), 1);
+    assert_eq!(
+        (&latency[0]["category"], &latency[0]["scope"]),
+        (&json!("latency"), &json!("m07"))
+    );
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("after=latency", "after"),
+        ("after=speed/m01", "after"),
+        ("category=speed", "category"),
+    ] {
+        let (s, v) = app.get(&format!("/v1/triggers?{query}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{query}: {v}");
+        assert_eq!(v["field"], field, "{query}: {v}");
+    }
+
+    let samples: Vec<Value> = (0..5)
+        .map(|d| json!({"signal": "gpu_vram_free_mb", "value": 1, "device": d}))
+        .collect();
+    let (s, v) = app.post("/v1/samples", json!({ "samples": samples })).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, first) = app.get("/v1/series?limit=2").await;
+    assert_eq!(
+        first,
+        json!({"series": ["gpu_vram_free_mb@gpu0", "gpu_vram_free_mb@gpu1"],
+            "next_after": "gpu_vram_free_mb@gpu1"})
+    );
+    let (_, rest) = app
+        .get("/v1/series?limit=10&after=gpu_vram_free_mb%40gpu1")
+        .await;
+    assert_eq!(rest["series"].as_array().unwrap().len(), 3, "{rest}");
+    assert!(rest["next_after"].is_null(), "{rest}");
+    let (s, v) = app.get("/v1/series?series=ram_free_mb&limit=2").await;
+    assert_eq!((s, &v["field"]), (StatusCode::BAD_REQUEST, &json!("limit")));
+
+    // The most a page holds is the service's setting.
+    app.state.max_view_scopes = 10;
+    app.router = kora_server::router(app.state.clone());
+    let (_, page) = app.get("/v1/triggers").await;
+    assert_eq!(page["triggers"].as_array().unwrap().len(), 10, "{page}");
+    assert!(page["next_after"].is_string(), "{page}");
+    let (s, v) = app.get("/v1/series?limit=11").await;
+    assert_eq!((s, &v["field"]), (StatusCode::BAD_REQUEST, &json!("limit")));
+}
+
+/// `s` percent-encoded for a query string.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -268,6 +268,30 @@ impl Store {
         Ok(out)
     }
 
+    /// The distinct `model_id`s of the logged runs, in order: one seek per model in the runs
+    /// table, however many runs each has.
+    pub fn run_models(&self) -> Result<Vec<String>, ReadError> {
+        let rtx = self.read()?;
+        let t = rtx.open_table(RUNS)?;
+        let mut out: Vec<String> = Vec::new();
+        loop {
+            let next = match out.last() {
+                None => t.range::<(&str, u64)>(..)?.next(),
+                Some(last) => t
+                    .range::<(&str, u64)>((
+                        std::ops::Bound::Excluded((last.as_str(), u64::MAX)),
+                        std::ops::Bound::Unbounded,
+                    ))?
+                    .next(),
+            };
+            let Some(row) = next else {
+                return Ok(out);
+            };
+            let (k, _) = row?;
+            out.push(k.value().0.to_owned());
+        }
+    }
+
     /// The series keys stored, in order.
     pub fn series(&self) -> Result<Vec<String>, ReadError> {
         let rtx = self.read()?;

@@ -76,6 +76,11 @@ error_codes! {
     UnsupportedMediaType = "unsupported_media_type", 415,
         "`Content-Type` is missing or is not `application/json` or MessagePack \
          (`application/msgpack`, `application/x-msgpack`, `application/vnd.msgpack`).";
+    LimitExceeded = "limit_exceeded", 422,
+        "The batch would cross a cardinality limit (distinct models, series, or sessions open \
+         at once): nothing of it was stored. `limit` names the limit, its value and the count \
+         now; `field` the first item that would cross it. Retrying does not help until the \
+         limit is raised (or, for sessions, some end).";
     Internal = "internal", 500,
         "An internal failure; the detail is in the service log, never in the response.";
     BadGateway = "bad_gateway", 502,
@@ -115,7 +120,7 @@ mod tests {
         let names: std::collections::BTreeSet<_> =
             ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
         assert_eq!(names.len(), ErrorCode::ALL.len());
-        assert_eq!(ErrorCode::ALL.len(), 14);
+        assert_eq!(ErrorCode::ALL.len(), 15);
     }
 
     #[test]

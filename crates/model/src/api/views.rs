@@ -22,6 +22,29 @@ pub struct FitQuery {
     pub context_tokens: Option<u64>,
 }
 
+/// The query of `GET /v1/triggers`: one page of the trigger states, in category then scope
+/// order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TriggersQuery {
+    /// How many states (1 to the service's `max_view_scopes`, 1000 by default; default 500, or
+    /// the most when that is lower).
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Only states after this one: the previous page's `next_after` (`category/scope`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Only this trigger category.
+    #[cfg_attr(feature = "schema", schemars(with = "Option<crate::Category>"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// Only this scope (a model id, `host`, or `*`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
 /// The query of `GET /v1/suggestions`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
@@ -151,13 +174,24 @@ pub struct SeriesQuery {
     #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 2000)))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub points: Option<usize>,
+    /// Without `series`: how many keys (1 to the service's `max_view_scopes`, 1000 by default;
+    /// default 500, or the most when that is lower).
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Without `series`: only keys after this one, the previous page's `next_after`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
-/// The answer of `GET /v1/series` without `series`: the series keys.
+/// The answer of `GET /v1/series` without `series`: one page of the series keys, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 pub struct SeriesList {
     pub series: Vec<String>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(default)]
+    pub next_after: Option<String>,
 }
 
 /// One bucket of a downsampled series.
