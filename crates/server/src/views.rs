@@ -496,18 +496,17 @@ pub async fn series(
     let key = name.clone();
     let width = ((to - from) as f64 / points as f64).max(1.0);
     // Aggregated while the store reads, so a month of 1 s samples is never held at once.
-    let (buckets, unavailable) = tokio::task::spawn_blocking(move || {
-        let mut buckets: std::collections::BTreeMap<i64, (f64, f64, f64, u64)> = Default::default();
+    let (points, unavailable) = tokio::task::spawn_blocking(move || {
+        // One slot a bucket, found by arithmetic: (min, max, sum, n).
+        let mut buckets = vec![(f64::INFINITY, f64::NEG_INFINITY, 0.0, 0u64); points];
+        let slot = |ts: i64| (((ts - from) as f64 / width).floor() as usize).min(points - 1);
         let mut unavailable = 0u64;
-        store.each_sample(&key, from, to, |_, ts, value| {
+        store.each_point(&key, from, to, |ts, value| {
             let Some(v) = value else {
                 unavailable += 1;
                 return;
             };
-            let b = from + (((ts - from) as f64 / width).floor() * width) as i64;
-            let e = buckets
-                .entry(b)
-                .or_insert((f64::INFINITY, f64::NEG_INFINITY, 0.0, 0));
+            let e = &mut buckets[slot(ts)];
             e.0 = e.0.min(v);
             e.1 = e.1.max(v);
             e.2 += v;
@@ -516,29 +515,28 @@ pub async fn series(
         // Older than the raw retention, the samples survive as rollups (count, min, max, sum
         // per bucket); raw samples and rollups never cover the same time.
         for r in store.rollups(&key, from, to)? {
-            let b = from + (((r.start_ms - from) as f64 / width).floor() * width) as i64;
-            let e = buckets
-                .entry(b)
-                .or_insert((f64::INFINITY, f64::NEG_INFINITY, 0.0, 0));
+            let e = &mut buckets[slot(r.start_ms)];
             e.0 = e.0.min(r.min);
             e.1 = e.1.max(r.max);
             e.2 += r.sum;
             e.3 += r.count;
         }
-        Ok::<_, kora_store::ReadError>((buckets, unavailable))
+        let points: Vec<SeriesPoint> = buckets
+            .into_iter()
+            .enumerate()
+            .filter(|(_, b)| b.3 > 0)
+            .map(|(i, (min, max, sum, n))| SeriesPoint {
+                t: from + (i as f64 * width).floor() as i64,
+                min,
+                max,
+                mean: sum / n as f64,
+                n,
+            })
+            .collect();
+        Ok::<_, kora_store::ReadError>((points, unavailable))
     })
     .await
     .map_err(|e| AppError::Internal(e.to_string()))??;
-    let points = buckets
-        .into_iter()
-        .map(|(t, (min, max, sum, n))| SeriesPoint {
-            t,
-            min,
-            max,
-            mean: sum / n as f64,
-            n,
-        })
-        .collect();
     Ok(Json(SeriesView::Data(SeriesData {
         series: name,
         from_ms: from,

@@ -2610,3 +2610,71 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+/// `GET /v1/series` buckets what the store holds exactly: sealed chunks (read as time and value
+/// columns), a chunk and the head with an unavailable reading (read sample by sample), and
+/// ranges that cut chunks, against buckets computed here from the samples sent.
+#[tokio::test]
+async fn series_buckets_are_the_min_max_mean_and_count_of_the_samples_in_them() {
+    let app = app();
+    let t0 = (app.state.now_ms() - 3 * 3600 * 1000) / 1000 * 1000;
+    let value = |i: i64| (i * 37 % 1000) as f64 + 0.5;
+    let samples: Vec<(i64, Option<f64>)> = (0..3000)
+        .map(|i| (t0 + i * 1000, (i != 2500 && i != 700).then(|| value(i))))
+        .collect();
+    for batch in samples.chunks(500) {
+        let body: Vec<Value> = batch
+            .iter()
+            .map(|(ts, v)| match v {
+                Some(v) => json!({"signal": "ram_free_mb", "ts_ms": ts, "value": v}),
+                None => json!({"signal": "ram_free_mb", "ts_ms": ts, "unavailable": "no reading"}),
+            })
+            .collect();
+        let (s, v) = app.post("/v1/samples", json!({ "samples": body })).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    for (from, to, points) in [
+        (t0, t0 + 3_000_000, 7),
+        (t0 + 500_500, t0 + 2_900_000, 13),
+        (t0 + 1_100_000, t0 + 1_100_001, 5),
+    ] {
+        let (s, v) = app
+            .get(&format!(
+                "/v1/series?series=ram_free_mb&from_ms={from}&to_ms={to}&points={points}"
+            ))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let width = ((to - from) as f64 / points as f64).max(1.0);
+        let mut want: std::collections::BTreeMap<i64, (f64, f64, f64, u64)> = Default::default();
+        let mut unavailable = 0;
+        for &(ts, val) in samples.iter().filter(|(ts, _)| (from..to).contains(ts)) {
+            let Some(val) = val else {
+                unavailable += 1;
+                continue;
+            };
+            let t = from + (((ts - from) as f64 / width).floor() * width) as i64;
+            let e = want
+                .entry(t)
+                .or_insert((f64::INFINITY, f64::NEG_INFINITY, 0.0, 0));
+            e.0 = e.0.min(val);
+            e.1 = e.1.max(val);
+            e.2 += val;
+            e.3 += 1;
+        }
+        assert_eq!(v["unavailable_samples"], unavailable, "{from}..{to}");
+        let got = v["points"].as_array().unwrap();
+        assert_eq!(got.len(), want.len(), "{from}..{to}: {v}");
+        for (p, (t, (min, max, sum, n))) in got.iter().zip(want) {
+            assert_eq!(p["t"], t);
+            assert_eq!(p["min"], min);
+            assert_eq!(p["max"], max);
+            assert_eq!(p["n"], n);
+            let mean = p["mean"].as_f64().unwrap();
+            assert!(
+                (mean - sum / n as f64).abs() < 1e-9,
+                "{mean} vs {}",
+                sum / n as f64
+            );
+        }
+    }
+}

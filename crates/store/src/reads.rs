@@ -364,10 +364,22 @@ impl Store {
         to_ms: i64,
     ) -> Result<Vec<f64>, ReadError> {
         let mut out = Vec::new();
-        self.visit_parts(series_key, from_ms, to_ms, true, |part| match part {
-            Part::Values(v) => out.extend_from_slice(&v),
-            Part::Items(items) => out.extend(items.iter().filter_map(|i| i.value)),
-        })?;
+        self.visit_parts(
+            series_key,
+            from_ms,
+            to_ms,
+            Need::Values,
+            |part| match part {
+                Part::Values(v) => out.extend_from_slice(&v),
+                Part::Points(ts, v) => out.extend(
+                    ts.into_iter()
+                        .zip(v)
+                        .filter(|(t, _)| (from_ms..to_ms).contains(t))
+                        .map(|(_, v)| v),
+                ),
+                Part::Items(items) => out.extend(items.iter().filter_map(|i| i.value)),
+            },
+        )?;
         Ok(out)
     }
 
@@ -381,11 +393,40 @@ impl Store {
         to_ms: i64,
         mut f: impl FnMut(u64, i64, Option<f64>),
     ) -> Result<(), ReadError> {
-        self.visit_parts(series_key, from_ms, to_ms, false, |part| {
+        self.visit_parts(series_key, from_ms, to_ms, Need::Items, |part| {
             if let Part::Items(items) = part {
                 items.iter().for_each(|i| f(i.seq, i.ts_ms, i.value));
             }
         })
+    }
+
+    /// Calls `f(ts_ms, value)` for every sample of one series with `from_ms <= ts_ms < to_ms`,
+    /// in no particular order. A chunk whose samples all have a value decodes its time and
+    /// value columns alone (no seqs, no per-sample rows): the path of the dashboards' charts.
+    pub fn each_point(
+        &self,
+        series_key: &str,
+        from_ms: i64,
+        to_ms: i64,
+        mut f: impl FnMut(i64, Option<f64>),
+    ) -> Result<(), ReadError> {
+        self.visit_parts(
+            series_key,
+            from_ms,
+            to_ms,
+            Need::Points,
+            |part| match part {
+                Part::Points(ts, values) => {
+                    for (t, v) in ts.into_iter().zip(values) {
+                        if (from_ms..to_ms).contains(&t) {
+                            f(t, Some(v));
+                        }
+                    }
+                }
+                Part::Items(items) => items.iter().for_each(|i| f(i.ts_ms, i.value)),
+                Part::Values(_) => {}
+            },
+        )
     }
 
     /// The samples of a series in range, sorted, at most `limit`.
@@ -397,7 +438,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Item>, ReadError> {
         let mut out = Vec::new();
-        self.visit_parts(series_key, from_ms, to_ms, false, |part| {
+        self.visit_parts(series_key, from_ms, to_ms, Need::Items, |part| {
             if let Part::Items(items) = part {
                 out.extend(items);
             }
@@ -408,14 +449,15 @@ impl Store {
     }
 
     /// Calls `f` with the samples of one series in range, chunk by chunk then the head, in no
-    /// particular order. With `values_only`, a plain chunk wholly inside the range is given as
-    /// its value column.
+    /// particular order. A plain chunk (every sample with a value, no extras) is given as its
+    /// value column when `need` is [`Need::Values`] and it lies wholly inside the range, and as
+    /// its time and value columns when `need` is [`Need::Points`].
     fn visit_parts(
         &self,
         series_key: &str,
         from_ms: i64,
         to_ms: i64,
-        values_only: bool,
+        need: Need,
         mut f: impl FnMut(Part),
     ) -> Result<(), ReadError> {
         if from_ms >= to_ms {
@@ -439,8 +481,14 @@ impl Store {
             if h.min_ts >= to_ms {
                 continue;
             }
-            let part = if values_only && h.plain && from_ms <= h.min_ts && h.max_ts < to_ms {
+            let inside = from_ms <= h.min_ts && h.max_ts < to_ms;
+            let part = if need == Need::Values && h.plain && inside {
                 Part::Values(chunk.values().map_err(codec)?)
+            } else if need == Need::Points && h.plain {
+                Part::Points(
+                    chunk.timestamps().map_err(codec)?,
+                    chunk.values().map_err(codec)?,
+                )
             } else {
                 let mut items = chunk.items().map_err(codec)?;
                 items.retain(|i| in_range(i.ts_ms));
@@ -462,9 +510,20 @@ impl Store {
     }
 }
 
+/// What a query of a series needs of each sample.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Values,
+    Points,
+    Items,
+}
+
 /// A piece of a series that a query visits.
 enum Part {
     /// The value column of a chunk wholly inside the range, every sample with a value.
     Values(Vec<f64>),
+    /// The time and value columns of a chunk whose every sample has a value (not yet cut to
+    /// the range).
+    Points(Vec<i64>, Vec<f64>),
     Items(Vec<Item>),
 }
