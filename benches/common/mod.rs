@@ -425,11 +425,17 @@ pub fn fmt_num(v: f64) -> String {
 /// Spawns `kora-telemetry serve` on `data_dir`; answers the child, its base URL and how long it took to say
 /// it is listening.
 pub fn spawn_serve(data_dir: &Path) -> (std::process::Child, String, Duration) {
+    spawn_serve_on(data_dir, "127.0.0.1:0")
+}
+
+/// [`spawn_serve`] listening on `listen` (`127.0.0.1:PORT`: a restart on the port the
+/// clients know).
+pub fn spawn_serve_on(data_dir: &Path, listen: &str) -> (std::process::Child, String, Duration) {
     let start = Instant::now();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kora-telemetry"))
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", listen])
         .env("KORA_TELEMETRY_LOG", "error")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
@@ -447,6 +453,43 @@ pub fn spawn_serve(data_dir: &Path) -> (std::process::Child, String, Duration) {
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_owned();
     (child, format!("http://{addr}"), took)
+}
+
+/// A field of `/proc/PID/status` in KiB (`VmRSS:`, `VmHWM:`); `None` once the process is gone.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `VmRSS` of `pid` in MiB; `None` once the process is gone.
+pub fn proc_rss_mib(pid: u32) -> Option<f64> {
+    proc_status_kib(pid, "VmRSS:").map(|kib| kib as f64 / 1024.0)
+}
+
+/// User + system CPU time of `pid`, in clock ticks (`/proc/PID/stat`); `None` once the
+/// process is gone.
+pub fn proc_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`, 100 when it cannot be asked).
+pub fn clock_ticks_per_s() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 /// The samples a running `serve` at `base` has stored, from `/v1/health`.
