@@ -1348,6 +1348,8 @@ fn main() {
     }
     if !(rss_met && errors_met && present_met) {
         println!("RESULT soak: a goal was missed");
+        // `exit` runs no destructor: the temp dir goes first.
+        drop(tmp);
         std::process::exit(1);
     }
     println!("RESULT soak: every goal met");
