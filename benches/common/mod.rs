@@ -428,6 +428,12 @@ pub fn spawn_serve(data_dir: &Path) -> (std::process::Child, String, Duration) {
     spawn_serve_with(data_dir, &[], "error")
 }
 
+/// [`spawn_serve`] listening on `listen` (`127.0.0.1:PORT`: a restart on the port the
+/// clients know).
+pub fn spawn_serve_on(data_dir: &Path, listen: &str) -> (std::process::Child, String, Duration) {
+    spawn(data_dir, listen, &[], "error")
+}
+
 /// [`spawn_serve`] with more `serve` flags (`extra`) and the service's log filter (`log`, its
 /// lines go to this process's stderr).
 pub fn spawn_serve_with(
@@ -435,11 +441,20 @@ pub fn spawn_serve_with(
     extra: &[&str],
     log: &str,
 ) -> (std::process::Child, String, Duration) {
+    spawn(data_dir, "127.0.0.1:0", extra, log)
+}
+
+fn spawn(
+    data_dir: &Path,
+    listen: &str,
+    extra: &[&str],
+    log: &str,
+) -> (std::process::Child, String, Duration) {
     let start = Instant::now();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kora-telemetry"))
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", listen])
         .args(extra)
         .env("KORA_TELEMETRY_LOG", log)
         .stdout(std::process::Stdio::piped())
@@ -474,27 +489,48 @@ pub fn stop_serve(mut child: std::process::Child) -> Duration {
     start.elapsed()
 }
 
-/// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:`).
-pub fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+/// A field of `/proc/PID/status` in KiB (`VmRSS:`, `VmHWM:`); `None` once the process is gone.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap()
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:`) of a process that must be running.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    proc_status_kib(pid, field).unwrap()
+}
+
+/// `VmRSS` of `pid` in MiB; `None` once the process is gone.
+pub fn proc_rss_mib(pid: u32) -> Option<f64> {
+    proc_status_kib(pid, "VmRSS:").map(|kib| kib as f64 / 1024.0)
+}
+
+/// User + system CPU time of `pid` (a number, or `self`), in clock ticks (`/proc/PID/stat`);
+/// `None` once the process is gone.
+fn stat_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// User + system CPU time of `pid`; `None` once the process is gone.
+pub fn proc_cpu_ticks(pid: u32) -> Option<u64> {
+    stat_ticks(&pid.to_string())
 }
 
 /// User + system CPU time of `pid` (`"self"` for this process), in clock ticks.
 pub fn cpu_ticks(pid: &str) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    stat_ticks(pid).unwrap()
 }
 
+/// Clock ticks per second (`getconf CLK_TCK`, 100 when it cannot be asked).
 pub fn clock_ticks_per_s() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
