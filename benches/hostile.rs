@@ -65,17 +65,9 @@ fn run(id: &str, model: &str) -> Value {
     })
 }
 
-/// `VmRSS` and `VmHWM` of `pid`, in KiB.
+/// `VmRSS` and `VmHWM` of `pid`, in KiB (0 once the process is gone).
 fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let field = |name| common::proc_status_kib(pid, name).unwrap_or(0);
     (field("VmRSS:"), field("VmHWM:"))
 }
 

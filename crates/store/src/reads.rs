@@ -111,6 +111,8 @@ impl Store {
                 let sealed = Sealed::open(&rtx)?.before(end, bound, limit)?;
                 out = merge(out, sealed, limit, |e| std::cmp::Reverse(e.seq));
             }
+            // Windows may be sealed: the filtered walk over rows and chunks, keeping all.
+            Some(RecordKind::Window) => return self.recent_windows(before, limit, |_, _, _| true),
             Some(kind) => {
                 let idx = rtx.open_table(LOG_BY_KIND)?;
                 let c = kind.code();
@@ -118,11 +120,6 @@ impl Store {
                     let (k, _) = item?;
                     let seq = k.value().1;
                     out.push(get_entry(&log, seq)?);
-                }
-                // Every sealed window is older than every window in the log.
-                if kind == RecordKind::Window && out.len() < limit {
-                    let older = out.last().map_or(end, |e| e.seq);
-                    out.extend(Sealed::open(&rtx)?.before(older, 0, limit - out.len())?);
                 }
             }
         }
