@@ -38,6 +38,7 @@ mod migrate;
 mod open;
 mod reads;
 mod retention;
+mod run_chunk;
 mod runs;
 mod sealed;
 pub mod tables;
@@ -63,8 +64,14 @@ pub use runs::RunRow;
 /// bytes each) are the fixed cost of a small store.
 pub const WINDOW_CHUNK: usize = 1024;
 
+/// How many `run` records one sealed chunk holds by default: 1,024, half a day of a busy
+/// user's runs. The runs still waiting in the log (fewer than this, ~800 bytes each) are the
+/// fixed cost of a small store; a chunk is one zstd block, so larger chunks cost every read of
+/// an old run more decompression for little more ratio.
+pub const RUN_CHUNK: usize = 1024;
+
 /// The on-disk format this build writes. A store with a newer one is refused at open.
-pub const FORMAT_VERSION: u64 = 3;
+pub const FORMAT_VERSION: u64 = 4;
 
 /// Tunables of the store.
 #[derive(Debug, Clone)]
@@ -78,6 +85,9 @@ pub struct StoreOptions {
     /// How many `window` records are sealed together into one compressed chunk, once that
     /// many wait in the log (see [`tables`]).
     pub window_chunk: usize,
+    /// How many `run` records are sealed together into one compressed chunk, once that many
+    /// wait in the log.
+    pub run_chunk: usize,
 }
 
 impl Default for StoreOptions {
@@ -87,6 +97,7 @@ impl Default for StoreOptions {
             queue_batches: 4096,
             group_max_records: 50_000,
             window_chunk: WINDOW_CHUNK,
+            run_chunk: RUN_CHUNK,
         }
     }
 }

@@ -3,17 +3,17 @@
 use std::path::Path;
 
 use kora_model::{Record, RecordKind, Sample};
-use redb::{Database, ReadableTable};
+use redb::{Database, ReadableTable, WriteTransaction};
 
 use crate::chunk::{CHUNK_SAMPLES, Extra, Item};
 use crate::codec::{decode, decode_entry};
 use crate::error::OpenError;
 use crate::heads::seal;
 use crate::runs;
-use crate::sealed::{SealTables, seal_oldest};
+use crate::sealed::{Runs, SealTables, Sealable, Windows, seal_oldest};
 use crate::tables::{
-    CHUNKS, HEAD, K_FORMAT_VERSION, K_UNSEALED_WINDOWS, LOG, LOG_BY_KIND, LOG_BY_TIME, META,
-    ROLLUPS, RUNS, SAMPLES_V1, WINDOW_CHUNKS, WINDOW_SPANS,
+    CHUNKS, HEAD, K_FORMAT_VERSION, K_UNSEALED_RUNS, K_UNSEALED_WINDOWS, LOG, LOG_BY_KIND,
+    LOG_BY_TIME, META, ROLLUPS, RUNS, SAMPLES_V1,
 };
 
 /// Converts a format 1 store (a row per sample) to format 2 (head rows and sealed chunks) in
@@ -106,6 +106,47 @@ pub(crate) fn migrate_v1(db: &Database, path: &Path) -> Result<(), OpenError> {
     Ok(())
 }
 
+/// Seals every record of kind `K` in the log, oldest first, in chunks of `chunk`, inside
+/// `wtx`; answers how many were sealed and how many stay in the log (fewer than `chunk`).
+fn seal_all<K: Sealable>(
+    wtx: &WriteTransaction,
+    chunk: usize,
+    fail: &dyn Fn(String) -> OpenError,
+) -> Result<(usize, usize), OpenError> {
+    let o = |e: redb::TableError| fail(e.to_string());
+    let mut log = wtx.open_table(LOG).map_err(o)?;
+    let mut by_kind = wtx.open_table(LOG_BY_KIND).map_err(o)?;
+    let mut by_time = wtx.open_table(LOG_BY_TIME).map_err(o)?;
+    let mut chunks = wtx.open_table(K::CHUNKS).map_err(o)?;
+    let mut spans = wtx.open_table(K::SPANS).map_err(o)?;
+    let c = K::KIND.code();
+    let mut total = 0usize;
+    for row in by_kind
+        .range((c, 0)..=(c, u64::MAX))
+        .map_err(|e| fail(e.to_string()))?
+    {
+        row.map_err(|e| fail(e.to_string()))?;
+        total += 1;
+    }
+    let chunk = chunk.max(1);
+    let mut t = SealTables {
+        log: &mut log,
+        by_kind: &mut by_kind,
+        by_time: &mut by_time,
+        chunks: &mut chunks,
+        spans: &mut spans,
+    };
+    let mut sealed = 0usize;
+    while total - sealed >= chunk {
+        let moved = seal_oldest::<K>(&mut t, chunk).map_err(|e| fail(e.to_string()))?;
+        if moved == 0 {
+            break;
+        }
+        sealed += moved;
+    }
+    Ok((sealed, total - sealed))
+}
+
 /// Converts a format 2 store (every `window` record a log row) to format 3 in one transaction:
 /// its windows are sealed oldest first in chunks of `chunk`, the rest (fewer than `chunk`)
 /// stay in the log and are counted. Either the whole store is converted or nothing changes;
@@ -116,41 +157,9 @@ pub(crate) fn migrate_v2(db: &Database, path: &Path, chunk: usize) -> Result<(),
         reason: format!("converting format 2 to 3 failed: {e}"),
     };
     let wtx = db.begin_write().map_err(|e| fail(e.to_string()))?;
-    let mut sealed = 0usize;
-    let unsealed;
+    let (sealed, unsealed) = seal_all::<Windows>(&wtx, chunk, &fail)?;
     {
-        let o = |e: redb::TableError| fail(e.to_string());
-        let mut log = wtx.open_table(LOG).map_err(o)?;
-        let mut by_kind = wtx.open_table(LOG_BY_KIND).map_err(o)?;
-        let mut by_time = wtx.open_table(LOG_BY_TIME).map_err(o)?;
-        let mut chunks = wtx.open_table(WINDOW_CHUNKS).map_err(o)?;
-        let mut spans = wtx.open_table(WINDOW_SPANS).map_err(o)?;
-        let c = RecordKind::Window.code();
-        let mut windows = 0usize;
-        for row in by_kind
-            .range((c, 0)..=(c, u64::MAX))
-            .map_err(|e| fail(e.to_string()))?
-        {
-            row.map_err(|e| fail(e.to_string()))?;
-            windows += 1;
-        }
-        let chunk = chunk.max(1);
-        let mut t = SealTables {
-            log: &mut log,
-            by_kind: &mut by_kind,
-            by_time: &mut by_time,
-            chunks: &mut chunks,
-            spans: &mut spans,
-        };
-        while windows - sealed >= chunk {
-            let moved = seal_oldest(&mut t, chunk).map_err(|e| fail(e.to_string()))?;
-            if moved == 0 {
-                break;
-            }
-            sealed += moved;
-        }
-        unsealed = windows - sealed;
-        let mut meta = wtx.open_table(META).map_err(o)?;
+        let mut meta = wtx.open_table(META).map_err(|e| fail(e.to_string()))?;
         meta.insert(K_UNSEALED_WINDOWS, unsealed as u64)
             .map_err(|e| fail(e.to_string()))?;
         meta.insert(K_FORMAT_VERSION, 3)
@@ -158,5 +167,27 @@ pub(crate) fn migrate_v2(db: &Database, path: &Path, chunk: usize) -> Result<(),
     }
     wtx.commit().map_err(|e| fail(e.to_string()))?;
     tracing::info!(path = %path.display(), sealed, unsealed, "store converted from format 2 to 3 (windows sealed in chunks)");
+    Ok(())
+}
+
+/// Converts a format 3 store (every `run` record a log row) to format 4 in one transaction,
+/// the way [`migrate_v2`] seals windows: its runs are sealed oldest first in chunks of
+/// `chunk`, the rest stay in the log and are counted.
+pub(crate) fn migrate_v3(db: &Database, path: &Path, chunk: usize) -> Result<(), OpenError> {
+    let fail = |e: String| OpenError::NotAStore {
+        path: path.to_owned(),
+        reason: format!("converting format 3 to 4 failed: {e}"),
+    };
+    let wtx = db.begin_write().map_err(|e| fail(e.to_string()))?;
+    let (sealed, unsealed) = seal_all::<Runs>(&wtx, chunk, &fail)?;
+    {
+        let mut meta = wtx.open_table(META).map_err(|e| fail(e.to_string()))?;
+        meta.insert(K_UNSEALED_RUNS, unsealed as u64)
+            .map_err(|e| fail(e.to_string()))?;
+        meta.insert(K_FORMAT_VERSION, 4)
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    wtx.commit().map_err(|e| fail(e.to_string()))?;
+    tracing::info!(path = %path.display(), sealed, unsealed, "store converted from format 3 to 4 (runs sealed in chunks)");
     Ok(())
 }

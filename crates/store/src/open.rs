@@ -10,10 +10,11 @@ use crate::derive::load_state;
 use crate::error::{OpenError, ReadError};
 use crate::format::{check_format, guarded};
 use crate::heads::load_series;
-use crate::migrate::{migrate_v1, migrate_v2};
+use crate::migrate::{migrate_v1, migrate_v2, migrate_v3};
 use crate::tables::{
-    CHUNKS, HEAD, IDS, K_FORMAT_VERSION, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES, K_UNSEALED_WINDOWS,
-    LOG, LOG_BY_KIND, LOG_BY_TIME, META, ROLLUPS, RUNS, SERIES, STATE, WINDOW_CHUNKS, WINDOW_SPANS,
+    CHUNKS, HEAD, IDS, K_FORMAT_VERSION, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES, K_UNSEALED_RUNS,
+    K_UNSEALED_WINDOWS, LOG, LOG_BY_KIND, LOG_BY_TIME, META, ROLLUPS, RUN_CHUNKS, RUN_SPANS, RUNS,
+    SERIES, STATE, WINDOW_CHUNKS, WINDOW_SPANS,
 };
 use crate::verify;
 use crate::writer::Writer;
@@ -102,6 +103,9 @@ impl Store {
             if version < 3 {
                 migrate_v2(&db, path, options.window_chunk)?;
             }
+            if version < 4 {
+                migrate_v3(&db, path, options.run_chunk)?;
+            }
             next_seq
         } else {
             let wtx = db.begin_write().map_err(|e| redb_err(e.into()))?;
@@ -113,6 +117,7 @@ impl Store {
                     (K_LOG_RECORDS, 0),
                     (K_SAMPLES, 0),
                     (K_UNSEALED_WINDOWS, 0),
+                    (K_UNSEALED_RUNS, 0),
                 ] {
                     meta.insert(k, v).map_err(|e| redb_err(e.into()))?;
                 }
@@ -133,6 +138,8 @@ impl Store {
                     .map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(WINDOW_SPANS)
                     .map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(RUN_CHUNKS).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(RUN_SPANS).map_err(|e| redb_err(e.into()))?;
             }
             wtx.commit().map_err(|e| redb_err(e.into()))?;
             1
@@ -156,6 +163,7 @@ impl Store {
             next_seq,
             group_max_records: options.group_max_records.max(1),
             window_chunk: options.window_chunk.max(1),
+            run_chunk: options.run_chunk.max(1),
             series,
             heads,
             deriver,

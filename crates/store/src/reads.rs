@@ -8,7 +8,7 @@ use crate::codec::{codec_read_error, decode_entry, get_entry};
 use crate::error::ReadError;
 use crate::retention::Rollup;
 use crate::runs::{self, RunRow};
-use crate::sealed::{Sealed, merge};
+use crate::sealed::{Runs, Sealed, SealedLog, Windows, merge};
 use crate::tables::{
     CHUNKS, HEAD, K_ENGINE_CURSOR, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES, LOG, LOG_BY_KIND,
     LOG_BY_TIME, META, ROLLUPS, RUNS, SERIES,
@@ -69,11 +69,11 @@ impl Store {
     }
 
     /// Log entries in seq order starting at `from_seq`, at most `limit`: the log's rows merged
-    /// with its sealed windows.
+    /// with its sealed windows and runs.
     pub fn scan(&self, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>, ReadError> {
         let rtx = self.read()?;
-        let sealed = Sealed::open(&rtx)?.from(from_seq, limit)?;
-        // With `limit` sealed windows in hand, no row past the last of them can be taken.
+        let sealed = SealedLog::open(&rtx)?.from(from_seq, limit)?;
+        // With `limit` sealed records in hand, no row past the last of them can be taken.
         let bound = match sealed.last() {
             Some(last) if sealed.len() == limit => last.seq,
             _ => u64::MAX,
@@ -108,7 +108,7 @@ impl Store {
                     Some(last) if out.len() == limit => last.seq,
                     _ => 0,
                 };
-                let sealed = Sealed::open(&rtx)?.before(end, bound, limit)?;
+                let sealed = SealedLog::open(&rtx)?.before(end, bound, limit)?;
                 out = merge(out, sealed, limit, |e| std::cmp::Reverse(e.seq));
             }
             // Windows may be sealed: the filtered walk over rows and chunks, keeping all.
@@ -120,6 +120,11 @@ impl Store {
                     let (k, _) = item?;
                     let seq = k.value().1;
                     out.push(get_entry(&log, seq)?);
+                }
+                if kind == RecordKind::Run && out.len() < limit {
+                    // Every sealed run is older than every run in the log.
+                    let rest = limit - out.len();
+                    out.extend(Sealed::<Runs>::open(&rtx)?.before(end, 0, rest)?);
                 }
             }
         }
@@ -158,7 +163,8 @@ impl Store {
         }
         if out.len() < limit {
             // Every sealed window is older than every window in the log.
-            out.extend(Sealed::open(&rtx)?.before_matching(oldest, limit - out.len(), &keep)?);
+            let sealed = Sealed::<Windows>::open(&rtx)?;
+            out.extend(sealed.before_matching(oldest, limit - out.len(), &keep)?);
         }
         Ok(out)
     }
@@ -174,11 +180,11 @@ impl Store {
         let log = rtx.open_table(LOG)?;
         let idx = rtx.open_table(LOG_BY_KIND)?;
         let c = kind.code();
-        // Every sealed window is older than every window in the log.
-        let mut out = if kind == RecordKind::Window {
-            Sealed::open(&rtx)?.from(from_seq, limit)?
-        } else {
-            Vec::new()
+        // Every sealed window (run) is older than every window (run) in the log.
+        let mut out = match kind {
+            RecordKind::Window => Sealed::<Windows>::open(&rtx)?.from(from_seq, limit)?,
+            RecordKind::Run => Sealed::<Runs>::open(&rtx)?.from(from_seq, limit)?,
+            _ => Vec::new(),
         };
         let rest = limit - out.len();
         for item in idx.range((c, from_seq)..=(c, u64::MAX))?.take(rest) {
@@ -206,7 +212,7 @@ impl Store {
             let (k, _) = item?;
             out.push(get_entry(&log, k.value().1)?);
         }
-        let sealed = Sealed::open(&rtx)?.in_time(from_ms, to_ms, limit)?;
+        let sealed = SealedLog::open(&rtx)?.in_time(from_ms, to_ms, limit)?;
         Ok(merge(sealed, out, limit, |e| (e.record.ts_ms(), e.seq)))
     }
 

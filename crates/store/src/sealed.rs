@@ -1,23 +1,128 @@
-//! Sealed windows: moving the oldest `window` records of the log into compressed chunks, and
-//! reading them back in the log's seq order.
+//! Sealed records: moving the oldest `window` and `run` records of the log into compressed
+//! chunks (one table pair per kind), and reading them back in the log's seq order.
 //!
 //! Sealing keeps every guarantee of the log. The records keep their seqs and decode to exactly
-//! what was appended; they are sealed oldest first, so every sealed window is older than every
-//! window still in the log, and the chunks cover disjoint, increasing seq ranges. The move
+//! what was appended; each kind is sealed oldest first, so every sealed record is older than
+//! every record of its kind still in the log, and one kind's chunks cover disjoint, increasing
+//! seq ranges. The move
 //! happens inside a write transaction (the log rows and their index rows go, the chunk comes),
-//! so a reader sees each window in exactly one place. The read side merges the chunks with the
+//! so a reader sees each record in exactly one place. The read side merges the chunks with the
 //! log rows by seq, so a scan of the log is the same sequence of records before and after.
 
-use kora_model::{LogEntry, Record, RecordKind, WindowRecord};
-use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, Table};
+use kora_model::{LogEntry, Record, RecordKind};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, Table, TableDefinition};
 
 use crate::chunk::CodecError;
 use crate::codec::{codec_read_error, codec_write_error, decode_entry};
 use crate::error::{self, ReadError, WriteError};
-use crate::tables::{WINDOW_CHUNKS, WINDOW_SPANS};
+use crate::run_chunk::RunColumns;
+use crate::tables::{RUN_CHUNKS, RUN_SPANS, WINDOW_CHUNKS, WINDOW_SPANS};
 use crate::window_chunk::{self, Columns};
 
-/// The tables sealing writes.
+/// A kind of log record that is sealed in chunks: its tables and its chunk encoding.
+pub(crate) trait Sealable {
+    const KIND: RecordKind;
+    /// The chunks, keyed by the last seq each holds.
+    const CHUNKS: TableDefinition<'static, u64, &'static [u8]>;
+    /// Each chunk's first seq and time span, keyed like [`Sealable::CHUNKS`].
+    const SPANS: TableDefinition<'static, u64, (u64, i64, i64)>;
+    /// The chunk table's name, for errors.
+    const TABLE: &'static str;
+    /// A decoded chunk.
+    type Columns;
+    /// Encodes `(seq, indexed ts_ms, record)` rows, every record of [`Sealable::KIND`].
+    fn encode(rows: Vec<(u64, i64, Record)>) -> Result<Vec<u8>, CodecError>;
+    fn decode(bytes: &[u8]) -> Result<Self::Columns, CodecError>;
+    fn seqs(c: &Self::Columns) -> &[u64];
+    fn ts(c: &Self::Columns, i: usize) -> i64;
+    fn record(c: &Self::Columns, i: usize) -> Result<Record, CodecError>;
+}
+
+/// `window` records, sealed in [`window_chunk`]s.
+pub(crate) struct Windows;
+
+/// `run` records, sealed in [`crate::run_chunk`]s.
+pub(crate) struct Runs;
+
+fn not_of_kind(seq: u64, want: RecordKind, record: &Record) -> CodecError {
+    CodecError::Decode(format!(
+        "log entry {seq} is indexed as a {} but is a {}",
+        want.as_str(),
+        record.kind().as_str()
+    ))
+}
+
+impl Sealable for Windows {
+    const KIND: RecordKind = RecordKind::Window;
+    const CHUNKS: TableDefinition<'static, u64, &'static [u8]> = WINDOW_CHUNKS;
+    const SPANS: TableDefinition<'static, u64, (u64, i64, i64)> = WINDOW_SPANS;
+    const TABLE: &'static str = "window_chunks";
+    type Columns = Columns;
+
+    fn encode(rows: Vec<(u64, i64, Record)>) -> Result<Vec<u8>, CodecError> {
+        let windows = rows
+            .into_iter()
+            .map(|(seq, _, record)| match record {
+                Record::Window(w) => Ok((seq, w)),
+                other => Err(not_of_kind(seq, Self::KIND, &other)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        window_chunk::encode(&windows)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Columns, CodecError> {
+        Columns::decode(bytes)
+    }
+
+    fn seqs(c: &Columns) -> &[u64] {
+        &c.seqs
+    }
+
+    fn ts(c: &Columns, i: usize) -> i64 {
+        c.ts(i)
+    }
+
+    fn record(c: &Columns, i: usize) -> Result<Record, CodecError> {
+        Ok(Record::Window(c.record(i)))
+    }
+}
+
+impl Sealable for Runs {
+    const KIND: RecordKind = RecordKind::Run;
+    const CHUNKS: TableDefinition<'static, u64, &'static [u8]> = RUN_CHUNKS;
+    const SPANS: TableDefinition<'static, u64, (u64, i64, i64)> = RUN_SPANS;
+    const TABLE: &'static str = "run_chunks";
+    type Columns = RunColumns;
+
+    fn encode(rows: Vec<(u64, i64, Record)>) -> Result<Vec<u8>, CodecError> {
+        let runs = rows
+            .into_iter()
+            .map(|(seq, ts, record)| match record {
+                Record::Run(r) => Ok((seq, ts, r)),
+                other => Err(not_of_kind(seq, Self::KIND, &other)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::run_chunk::encode(&runs)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<RunColumns, CodecError> {
+        RunColumns::decode(bytes)
+    }
+
+    fn seqs(c: &RunColumns) -> &[u64] {
+        &c.seqs
+    }
+
+    fn ts(c: &RunColumns, i: usize) -> i64 {
+        c.ts(i)
+    }
+
+    fn record(c: &RunColumns, i: usize) -> Result<Record, CodecError> {
+        c.record(i).map(Record::Run)
+    }
+}
+
+/// The tables sealing writes: the log's, and the chunk and span tables of the kind sealed.
 pub(crate) struct SealTables<'a, 't> {
     pub log: &'a mut Table<'t, u64, &'static [u8]>,
     pub by_kind: &'a mut Table<'t, (u8, u64), ()>,
@@ -26,14 +131,13 @@ pub(crate) struct SealTables<'a, 't> {
     pub spans: &'a mut Table<'t, u64, (u64, i64, i64)>,
 }
 
-fn window_code() -> u8 {
-    RecordKind::Window.code()
-}
-
-/// Moves the oldest `n` window records still in the log into one sealed chunk. Answers how
-/// many were moved (fewer than `n` only when the log holds fewer).
-pub(crate) fn seal_oldest(t: &mut SealTables<'_, '_>, n: usize) -> Result<usize, WriteError> {
-    let c = window_code();
+/// Moves the oldest `n` records of kind `K` still in the log into one sealed chunk. Answers
+/// how many were moved (fewer than `n` only when the log holds fewer).
+pub(crate) fn seal_oldest<K: Sealable>(
+    t: &mut SealTables<'_, '_>,
+    n: usize,
+) -> Result<usize, WriteError> {
+    let c = K::KIND.code();
     let mut seqs = Vec::with_capacity(n);
     for row in t
         .by_kind
@@ -46,7 +150,7 @@ pub(crate) fn seal_oldest(t: &mut SealTables<'_, '_>, n: usize) -> Result<usize,
     if seqs.is_empty() {
         return Ok(0);
     }
-    let mut windows: Vec<(u64, WindowRecord)> = Vec::with_capacity(seqs.len());
+    let mut rows: Vec<(u64, i64, Record)> = Vec::with_capacity(seqs.len());
     for &seq in &seqs {
         let bytes = t.log.get(seq).map_err(error::write_error)?.ok_or_else(|| {
             WriteError::Storage(format!(
@@ -54,28 +158,22 @@ pub(crate) fn seal_oldest(t: &mut SealTables<'_, '_>, n: usize) -> Result<usize,
             ))
         })?;
         let entry = decode_entry(seq, bytes.value())
-            .map_err(|e| WriteError::Storage(format!("cannot seal window {seq}: {e}")))?;
-        let Record::Window(w) = entry.record else {
-            return Err(WriteError::Storage(format!(
-                "log entry {seq} is indexed as a window but is a {}",
-                entry.record.kind().as_str()
-            )));
-        };
-        windows.push((seq, w));
+            .map_err(|e| WriteError::Storage(format!("cannot seal log entry {seq}: {e}")))?;
+        // Every stored record of a sealed kind carries its time (stamped when stored).
+        let ts = entry.record.ts_ms().ok_or_else(|| {
+            WriteError::Storage(format!("cannot seal log entry {seq}: it has no time"))
+        })?;
+        rows.push((seq, ts, entry.record));
     }
-    let bytes =
-        window_chunk::encode(&windows).map_err(|e| codec_write_error("a window chunk", e))?;
-    let (Some(&(first, _)), Some(&(last, _))) = (windows.first(), windows.last()) else {
-        return Ok(0);
-    };
-    let min_ts = windows.iter().map(|(_, w)| w.ts_ms).min().unwrap_or(0);
-    let max_ts = windows.iter().map(|(_, w)| w.ts_ms).max().unwrap_or(0);
-    for (seq, w) in &windows {
+    let (first, last) = (seqs[0], seqs[seqs.len() - 1]);
+    let min_ts = rows.iter().map(|(_, ts, _)| *ts).min().unwrap_or(0);
+    let max_ts = rows.iter().map(|(_, ts, _)| *ts).max().unwrap_or(0);
+    let keys: Vec<(u64, i64)> = rows.iter().map(|(seq, ts, _)| (*seq, *ts)).collect();
+    let bytes = K::encode(rows).map_err(|e| codec_write_error(K::TABLE, e))?;
+    for (seq, ts) in &keys {
         t.log.remove(seq).map_err(error::write_error)?;
         t.by_kind.remove((c, *seq)).map_err(error::write_error)?;
-        t.by_time
-            .remove((w.ts_ms, *seq))
-            .map_err(error::write_error)?;
+        t.by_time.remove((*ts, *seq)).map_err(error::write_error)?;
     }
     t.chunks
         .insert(last, bytes.as_slice())
@@ -83,36 +181,36 @@ pub(crate) fn seal_oldest(t: &mut SealTables<'_, '_>, n: usize) -> Result<usize,
     t.spans
         .insert(last, (first, min_ts, max_ts))
         .map_err(error::write_error)?;
-    Ok(windows.len())
+    Ok(keys.len())
 }
 
-/// The read side: the chunk and span tables of one read transaction.
-pub(crate) struct Sealed {
+/// The read side of one sealed kind: its chunk and span tables in one read transaction.
+pub(crate) struct Sealed<K: Sealable> {
     pub chunks: ReadOnlyTable<u64, &'static [u8]>,
     pub spans: ReadOnlyTable<u64, (u64, i64, i64)>,
+    kind: std::marker::PhantomData<K>,
 }
 
-fn columns(last: u64, bytes: &[u8]) -> Result<Columns, ReadError> {
-    Columns::decode(bytes)
-        .map_err(|e: CodecError| codec_read_error("window_chunks", last.to_string(), e))
+fn columns<K: Sealable>(last: u64, bytes: &[u8]) -> Result<K::Columns, ReadError> {
+    K::decode(bytes).map_err(|e: CodecError| codec_read_error(K::TABLE, last.to_string(), e))
 }
 
-fn entry(c: &Columns, i: usize) -> LogEntry {
-    LogEntry {
-        seq: c.seqs[i],
-        record: Record::Window(c.record(i)),
-    }
+fn entry<K: Sealable>(c: &K::Columns, i: usize) -> Result<LogEntry, ReadError> {
+    let seq = K::seqs(c)[i];
+    let record = K::record(c, i).map_err(|e| codec_read_error(K::TABLE, seq.to_string(), e))?;
+    Ok(LogEntry { seq, record })
 }
 
-impl Sealed {
-    pub(crate) fn open(rtx: &ReadTransaction) -> Result<Sealed, ReadError> {
+impl<K: Sealable> Sealed<K> {
+    pub(crate) fn open(rtx: &ReadTransaction) -> Result<Sealed<K>, ReadError> {
         Ok(Sealed {
-            chunks: rtx.open_table(WINDOW_CHUNKS)?,
-            spans: rtx.open_table(WINDOW_SPANS)?,
+            chunks: rtx.open_table(K::CHUNKS)?,
+            spans: rtx.open_table(K::SPANS)?,
+            kind: std::marker::PhantomData,
         })
     }
 
-    /// Sealed windows with `from_seq <= seq`, in seq order, at most `limit`.
+    /// Sealed records with `from_seq <= seq`, in seq order, at most `limit`.
     pub(crate) fn from(&self, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>, ReadError> {
         let mut out = Vec::new();
         if limit == 0 {
@@ -120,10 +218,11 @@ impl Sealed {
         }
         for row in self.chunks.range(from_seq..)? {
             let (k, v) = row?;
-            let c = columns(k.value(), v.value())?;
-            let start = c.seqs.partition_point(|&s| s < from_seq);
-            for i in start..c.seqs.len() {
-                out.push(entry(&c, i));
+            let c = columns::<K>(k.value(), v.value())?;
+            let seqs = K::seqs(&c);
+            let start = seqs.partition_point(|&s| s < from_seq);
+            for i in start..seqs.len() {
+                out.push(entry::<K>(&c, i)?);
                 if out.len() == limit {
                     return Ok(out);
                 }
@@ -132,8 +231,19 @@ impl Sealed {
         Ok(out)
     }
 
-    /// Sealed windows with `floor < seq < before`, newest first, at most `limit`. Chunks wholly
-    /// at or below `floor` are not read.
+    /// The last seq of the chunk holding `before` when that chunk also holds older records.
+    fn straddling(&self, before: u64) -> Result<Option<u64>, ReadError> {
+        Ok(match self.spans.range(before..)?.next() {
+            Some(row) => {
+                let (k, v) = row?;
+                (v.value().0 < before).then(|| k.value())
+            }
+            None => None,
+        })
+    }
+
+    /// Sealed records with `floor < seq < before`, newest first, at most `limit`. Chunks
+    /// wholly at or below `floor` are not read.
     pub(crate) fn before(
         &self,
         before: u64,
@@ -144,27 +254,20 @@ impl Sealed {
         if limit == 0 {
             return Ok(out);
         }
-        // The chunk holding `before` may hold older windows too.
-        let straddling = match self.spans.range(before..)?.next() {
-            Some(row) => {
-                let (k, v) = row?;
-                (v.value().0 < before).then(|| k.value())
-            }
-            None => None,
-        };
         let mut visit = |last: u64, bytes: &[u8]| -> Result<bool, ReadError> {
-            let c = columns(last, bytes)?;
-            let end = c.seqs.partition_point(|&s| s < before);
-            let start = c.seqs.partition_point(|&s| s <= floor);
+            let c = columns::<K>(last, bytes)?;
+            let seqs = K::seqs(&c);
+            let end = seqs.partition_point(|&s| s < before);
+            let start = seqs.partition_point(|&s| s <= floor);
             for i in (start..end).rev() {
-                out.push(entry(&c, i));
+                out.push(entry::<K>(&c, i)?);
                 if out.len() == limit {
                     return Ok(true);
                 }
             }
             Ok(false)
         };
-        if let Some(last) = straddling
+        if let Some(last) = self.straddling(before)?
             && let Some(v) = self.chunks.get(last)?
             && visit(last, v.value())?
         {
@@ -179,6 +282,38 @@ impl Sealed {
         Ok(out)
     }
 
+    /// Sealed records with `from_ms <= ts_ms < to_ms`, in `(ts_ms, seq)` order, at most
+    /// `limit`. Only chunks whose span meets the range are decoded.
+    pub(crate) fn in_time(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, ReadError> {
+        let mut out = Vec::new();
+        for row in self.spans.iter()? {
+            let (k, v) = row?;
+            let (_, min_ts, max_ts) = v.value();
+            if max_ts < from_ms || min_ts >= to_ms {
+                continue;
+            }
+            let last = k.value();
+            if let Some(bytes) = self.chunks.get(last)? {
+                let c = columns::<K>(last, bytes.value())?;
+                for i in 0..K::seqs(&c).len() {
+                    if (from_ms..to_ms).contains(&K::ts(&c, i)) {
+                        out.push(entry::<K>(&c, i)?);
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|e| (e.record.ts_ms(), e.seq));
+        out.truncate(limit);
+        Ok(out)
+    }
+}
+
+impl Sealed<Windows> {
     /// Sealed windows with `seq < before` whose `(window_kind, metric, scope)` `keep` accepts,
     /// newest first, at most `limit`. A chunk naming no accepted window is skipped without
     /// decompressing it; rows are built only for the windows taken.
@@ -208,7 +343,7 @@ impl Sealed {
             let Some(bytes) = self.chunks.get(last)? else {
                 continue;
             };
-            let codec = |e: CodecError| codec_read_error("window_chunks", last.to_string(), e);
+            let codec = |e: CodecError| codec_read_error(Windows::TABLE, last.to_string(), e);
             let wanted: Vec<bool> = Columns::names(bytes.value())
                 .map_err(codec)?
                 .iter()
@@ -217,11 +352,11 @@ impl Sealed {
             if !wanted.contains(&true) {
                 continue;
             }
-            let c = columns(last, bytes.value())?;
+            let c = columns::<Windows>(last, bytes.value())?;
             let end = c.seqs.partition_point(|&s| s < before);
             for i in (0..end).rev() {
                 if wanted.get(c.key(i) as usize).copied().unwrap_or(false) {
-                    out.push(entry(&c, i));
+                    out.push(entry::<Windows>(&c, i)?);
                     if out.len() == limit {
                         return Ok(out);
                     }
@@ -230,35 +365,62 @@ impl Sealed {
         }
         Ok(out)
     }
+}
 
-    /// Sealed windows with `from_ms <= ts_ms < to_ms`, in `(ts_ms, seq)` order, at most `limit`.
-    /// Only chunks whose span meets the range are decoded.
+/// Every sealed kind of one read transaction, read together: what the log's scans merge with
+/// its rows.
+pub(crate) struct SealedLog {
+    pub windows: Sealed<Windows>,
+    pub runs: Sealed<Runs>,
+}
+
+impl SealedLog {
+    pub(crate) fn open(rtx: &ReadTransaction) -> Result<SealedLog, ReadError> {
+        Ok(SealedLog {
+            windows: Sealed::open(rtx)?,
+            runs: Sealed::open(rtx)?,
+        })
+    }
+
+    /// Sealed records of every kind with `from_seq <= seq`, in seq order, at most `limit`.
+    pub(crate) fn from(&self, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>, ReadError> {
+        Ok(merge(
+            self.windows.from(from_seq, limit)?,
+            self.runs.from(from_seq, limit)?,
+            limit,
+            |e| e.seq,
+        ))
+    }
+
+    /// Sealed records of every kind with `floor < seq < before`, newest first, at most `limit`.
+    pub(crate) fn before(
+        &self,
+        before: u64,
+        floor: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, ReadError> {
+        Ok(merge(
+            self.windows.before(before, floor, limit)?,
+            self.runs.before(before, floor, limit)?,
+            limit,
+            |e| std::cmp::Reverse(e.seq),
+        ))
+    }
+
+    /// Sealed records of every kind with `from_ms <= ts_ms < to_ms`, in `(ts_ms, seq)` order,
+    /// at most `limit`.
     pub(crate) fn in_time(
         &self,
         from_ms: i64,
         to_ms: i64,
         limit: usize,
     ) -> Result<Vec<LogEntry>, ReadError> {
-        let mut out = Vec::new();
-        for row in self.spans.iter()? {
-            let (k, v) = row?;
-            let (_, min_ts, max_ts) = v.value();
-            if max_ts < from_ms || min_ts >= to_ms {
-                continue;
-            }
-            let last = k.value();
-            if let Some(bytes) = self.chunks.get(last)? {
-                let c = columns(last, bytes.value())?;
-                for i in 0..c.seqs.len() {
-                    if (from_ms..to_ms).contains(&c.ts(i)) {
-                        out.push(entry(&c, i));
-                    }
-                }
-            }
-        }
-        out.sort_by_key(|e| (e.record.ts_ms(), e.seq));
-        out.truncate(limit);
-        Ok(out)
+        Ok(merge(
+            self.windows.in_time(from_ms, to_ms, limit)?,
+            self.runs.in_time(from_ms, to_ms, limit)?,
+            limit,
+            |e| (e.record.ts_ms(), e.seq),
+        ))
     }
 }
 

@@ -1,9 +1,9 @@
 //! Every redb table of the store, defined once.
 //!
-//! Encoding (format version 3):
-//! - `meta`: `&str -> u64`: `format_version`, `next_seq`, `log_records` (sealed windows
-//!   included), `samples`, `engine_cursor` (the last log seq whose derived records are stored)
-//!   and `unsealed_windows` (the `window` records still in `log`).
+//! Encoding (format version 4):
+//! - `meta`: `&str -> u64`: `format_version`, `next_seq`, `log_records` (sealed records
+//!   included), `samples`, `engine_cursor` (the last log seq whose derived records are stored),
+//!   `unsealed_windows` and `unsealed_runs` (the `window` and `run` records still in `log`).
 //! - `log`: `seq (u64) -> bytes`: a CRC-32 (little-endian, of the payload) then the payload:
 //!   the byte `0xc1` (never used by MessagePack), the record kind's code (u8), and the record's
 //!   own struct as MessagePack with named fields (`rmp_serde::encode::write_named`). A payload
@@ -12,12 +12,17 @@
 //!   and never reused; gaps are the seqs given to samples, which live in the series store.
 //!   Once [`crate::StoreOptions::window_chunk`] `window` records wait in the log, the oldest of
 //!   them move to `window_chunks` in the transaction that crossed the count: their log rows and
-//!   index rows go, one chunk comes. Every scan of the log merges the two by seq.
+//!   index rows go, one chunk comes. `run` records move to `run_chunks` the same way, once
+//!   [`crate::StoreOptions::run_chunk`] wait. Every scan of the log merges the three by seq.
 //! - `window_chunks`: `last seq (u64) -> bytes`: sealed `window` records, column by column
 //!   (encoding in `window_chunk.rs`); the chunks cover disjoint, increasing seq ranges,
 //!   all below the seq of any window still in `log`.
 //! - `window_spans`: `last seq (u64) -> (first seq, min ts_ms, max ts_ms)` of each sealed
 //!   chunk, so a scan from a seq or over a time range decodes only the chunks it needs.
+//! - `run_chunks`: `last seq (u64) -> bytes`: sealed `run` records, each its own named
+//!   MessagePack, in one zstd block (encoding in `run_chunk.rs`); disjoint, increasing seq
+//!   ranges, all below the seq of any run still in `log`.
+//! - `run_spans`: like `window_spans`, for `run_chunks`.
 //! - `log_by_kind`: `(kind code u8, seq) -> ()`, to scan one kind without reading the others.
 //! - `log_by_time`: `(ts_ms i64, seq) -> ()`, to scan a time range.
 //! - `ids`: `client id -> seq (u64 LE) ++ SHA-256 of the record as the client sent it`, so a
@@ -39,6 +44,10 @@
 //!   [`crate::SampleDeriver`] as of the last transaction that derived, written in that same
 //!   transaction. The table is created with a new store; a store made before it existed, or
 //!   one that never derived, has no key (no state), and opens unchanged.
+//!
+//! Format version 3 was format 4 without the run tables: every `run` record a log row. A
+//! version 3 store is converted to version 4 in one transaction when it is opened (its runs
+//! sealed, oldest first, in chunks of `run_chunk`).
 //!
 //! Format version 2 was format 3 without the window tables: every `window` record a log row.
 //! A version 2 store is converted to version 3 in one transaction when it is opened (its
@@ -64,6 +73,8 @@ pub const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 pub const WINDOW_CHUNKS: TableDefinition<u64, &[u8]> = TableDefinition::new("window_chunks");
 pub const WINDOW_SPANS: TableDefinition<u64, (u64, i64, i64)> =
     TableDefinition::new("window_spans");
+pub const RUN_CHUNKS: TableDefinition<u64, &[u8]> = TableDefinition::new("run_chunks");
+pub const RUN_SPANS: TableDefinition<u64, (u64, i64, i64)> = TableDefinition::new("run_spans");
 /// Format version 1's samples, read once to convert them.
 pub const SAMPLES_V1: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("samples");
 
@@ -74,5 +85,7 @@ pub const K_SAMPLES: &str = "samples";
 pub const K_ENGINE_CURSOR: &str = "engine_cursor";
 /// How many `window` records are still log rows (not yet sealed).
 pub const K_UNSEALED_WINDOWS: &str = "unsealed_windows";
+/// How many `run` records are still log rows (not yet sealed).
+pub const K_UNSEALED_RUNS: &str = "unsealed_runs";
 /// The key of the sample deriver's state in [`STATE`].
 pub const K_SAMPLE_DERIVER: &str = "sample_deriver";

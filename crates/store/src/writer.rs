@@ -18,10 +18,11 @@ use crate::error::{self, WriteError};
 use crate::format::check_format;
 use crate::heads::{HeadState, append_head, seal, take_head};
 use crate::runs;
-use crate::sealed::{SealTables, seal_oldest};
+use crate::sealed::{Runs, SealTables, Sealable, Windows, seal_oldest};
 use crate::tables::{
-    CHUNKS, HEAD, IDS, K_ENGINE_CURSOR, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES, K_UNSEALED_WINDOWS,
-    LOG, LOG_BY_KIND, LOG_BY_TIME, META, RUNS, SERIES, WINDOW_CHUNKS, WINDOW_SPANS,
+    CHUNKS, HEAD, IDS, K_ENGINE_CURSOR, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES, K_UNSEALED_RUNS,
+    K_UNSEALED_WINDOWS, LOG, LOG_BY_KIND, LOG_BY_TIME, META, RUN_CHUNKS, RUN_SPANS, RUNS, SERIES,
+    WINDOW_CHUNKS, WINDOW_SPANS,
 };
 use crate::{Appended, Batch, DbSlot, Job, SampleDeriver};
 
@@ -38,8 +39,12 @@ struct Tables<'t> {
     meta: redb::Table<'t, &'static str, u64>,
     window_chunks: redb::Table<'t, u64, &'static [u8]>,
     window_spans: redb::Table<'t, u64, (u64, i64, i64)>,
+    run_chunks: redb::Table<'t, u64, &'static [u8]>,
+    run_spans: redb::Table<'t, u64, (u64, i64, i64)>,
     /// `window` records written in this transaction.
     windows: u64,
+    /// `run` records written in this transaction.
+    runs_written: u64,
 }
 
 impl<'t> Tables<'t> {
@@ -57,45 +62,71 @@ impl<'t> Tables<'t> {
             meta: wtx.open_table(META).map_err(w)?,
             window_chunks: wtx.open_table(WINDOW_CHUNKS).map_err(w)?,
             window_spans: wtx.open_table(WINDOW_SPANS).map_err(w)?,
+            run_chunks: wtx.open_table(RUN_CHUNKS).map_err(w)?,
+            run_spans: wtx.open_table(RUN_SPANS).map_err(w)?,
             windows: 0,
+            runs_written: 0,
         })
     }
 
-    /// Counts the windows this transaction wrote into `unsealed_windows`, and seals the oldest
-    /// into chunks of `chunk` while at least that many wait in the log.
-    fn seal_windows(&mut self, chunk: usize) -> Result<(), WriteError> {
-        if self.windows == 0 {
-            return Ok(());
-        }
-        let mut unsealed = self
-            .meta
-            .get(K_UNSEALED_WINDOWS)
-            .map_err(error::write_error)?
-            .map_or(0, |v| v.value())
-            + self.windows;
-        let chunk = chunk.max(1);
-        while unsealed >= chunk as u64 {
-            let moved = seal_oldest(
-                &mut SealTables {
-                    log: &mut self.log,
-                    by_kind: &mut self.by_kind,
-                    by_time: &mut self.by_time,
-                    chunks: &mut self.window_chunks,
-                    spans: &mut self.window_spans,
-                },
-                chunk,
-            )?;
-            if moved == 0 {
-                break;
-            }
-            unsealed = unsealed.saturating_sub(moved as u64);
-        }
-        self.meta
-            .insert(K_UNSEALED_WINDOWS, unsealed)
-            .map_err(error::write_error)?;
-        self.windows = 0;
-        Ok(())
+    /// Counts the windows and runs this transaction wrote into `unsealed_windows` and
+    /// `unsealed_runs`, and seals the oldest of each kind into chunks of `window_chunk` and
+    /// `run_chunk` while at least that many wait in the log.
+    fn seal(&mut self, window_chunk: usize, run_chunk: usize) -> Result<(), WriteError> {
+        let windows = std::mem::take(&mut self.windows);
+        let runs = std::mem::take(&mut self.runs_written);
+        let Tables {
+            log,
+            by_kind,
+            by_time,
+            meta,
+            window_chunks,
+            window_spans,
+            run_chunks,
+            run_spans,
+            ..
+        } = self;
+        let mut t = SealTables {
+            log,
+            by_kind,
+            by_time,
+            chunks: window_chunks,
+            spans: window_spans,
+        };
+        seal_kind::<Windows>(meta, &mut t, windows, K_UNSEALED_WINDOWS, window_chunk)?;
+        t.chunks = run_chunks;
+        t.spans = run_spans;
+        seal_kind::<Runs>(meta, &mut t, runs, K_UNSEALED_RUNS, run_chunk)
     }
+}
+
+/// Adds `written` records of kind `K` to the count `counter` of those still in the log, and
+/// seals the oldest into chunks of `chunk` while at least that many wait.
+fn seal_kind<K: Sealable>(
+    meta: &mut redb::Table<'_, &'static str, u64>,
+    t: &mut SealTables<'_, '_>,
+    written: u64,
+    counter: &'static str,
+    chunk: usize,
+) -> Result<(), WriteError> {
+    if written == 0 {
+        return Ok(());
+    }
+    let mut unsealed = meta
+        .get(counter)
+        .map_err(error::write_error)?
+        .map_or(0, |v| v.value())
+        + written;
+    let chunk = chunk.max(1);
+    while unsealed >= chunk as u64 {
+        let moved = seal_oldest::<K>(t, chunk)?;
+        if moved == 0 {
+            break;
+        }
+        unsealed = unsealed.saturating_sub(moved as u64);
+    }
+    meta.insert(counter, unsealed).map_err(error::write_error)?;
+    Ok(())
 }
 
 pub(crate) struct Writer {
@@ -106,6 +137,8 @@ pub(crate) struct Writer {
     pub(crate) group_max_records: usize,
     /// How many windows one sealed chunk holds ([`crate::StoreOptions::window_chunk`]).
     pub(crate) window_chunk: usize,
+    /// How many runs one sealed chunk holds ([`crate::StoreOptions::run_chunk`]).
+    pub(crate) run_chunk: usize,
     /// Every series key and its number, as committed.
     pub(crate) series: HashMap<String, u32>,
     /// Each series' head, as committed.
@@ -174,7 +207,7 @@ impl Writer {
                     outcomes.push(outcome);
                 }
                 heads = self.flush_samples(&mut tables, &mut pending.items)?;
-                tables.seal_windows(self.window_chunk)?;
+                tables.seal(self.window_chunk, self.run_chunk)?;
             }
             if derived && let Some(deriver) = &self.deriver {
                 store_state(&wtx, deriver.as_ref())?;
@@ -490,6 +523,7 @@ fn write_record(
         t.windows += 1;
     }
     if let Record::Run(run) = &record {
+        t.runs_written += 1;
         t.runs
             .insert(
                 (run.model_id.as_str(), seq),

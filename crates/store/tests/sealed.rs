@@ -1,10 +1,13 @@
-//! Sealed windows: the log reads the same, record for record, before and after its windows
-//! move into compressed chunks, and a format 2 store written by the previous build converts.
+//! Sealed windows and runs: the log reads the same, record for record, before and after its
+//! windows and runs move into compressed chunks, and a format 2 store written by an earlier
+//! build converts (through format 3 to 4: windows, then runs sealed).
 
 #![allow(clippy::unwrap_used)]
 
 use kora_model::*;
-use kora_store::tables::{K_FORMAT_VERSION, K_UNSEALED_WINDOWS, LOG, META, WINDOW_CHUNKS};
+use kora_store::tables::{
+    K_FORMAT_VERSION, K_UNSEALED_RUNS, K_UNSEALED_WINDOWS, LOG, META, RUN_CHUNKS, WINDOW_CHUNKS,
+};
 use kora_store::*;
 use redb::{ReadableDatabase, ReadableTableMetadata};
 
@@ -15,6 +18,7 @@ const CHUNK: usize = 16;
 fn options() -> StoreOptions {
     StoreOptions {
         window_chunk: CHUNK,
+        run_chunk: CHUNK,
         ..StoreOptions::default()
     }
 }
@@ -45,8 +49,40 @@ fn session(minute: i64) -> Record {
     })
 }
 
+fn run(minute: i64) -> Record {
+    Record::Run(Run {
+        id: Some(format!("client-{minute}")),
+        ts_ms: (minute % 5 != 0).then_some(T0 + minute * MINUTE + 40_000),
+        run_id: format!("run-{minute}"),
+        session_id: format!("s{minute}"),
+        model_id: ["qwen-7b", "llama-8b"][(minute % 2) as usize].into(),
+        substrate: Substrate::Local,
+        prompt_hash: format!("{:064x}", minute * 7919),
+        context_tokens: 1_000 + minute as u64,
+        tokens_in: Some(900),
+        tokens_out: (minute % 3 != 0).then_some(120),
+        total_tokens: None,
+        model_latency_ms: 1_000.0 + minute as f64 / 3.0,
+        total_latency_ms: 1_100.0 + minute as f64 / 3.0,
+        deterministic_stage_ms: 100.0,
+        model_stage_ms: 1_000.0 + minute as f64 / 3.0,
+        validation_retry_count: (minute % 4) as u32,
+        budget_breach_count: 0,
+        queue_wait_ms: None,
+        prompt_tokens_sent: None,
+        stages: (minute % 2 == 0).then(|| {
+            vec![Stage {
+                name: "generate".into(),
+                kind: StageKind::Model,
+                ms: 1_000.0,
+            }]
+        }),
+    })
+}
+
 /// 100 minutes: each a samples batch (which takes seqs, leaving gaps in the log), then a
-/// session event and three windows. Answers the log as appended.
+/// session event, three windows and a run (some without a time: the store stamps them).
+/// Answers the log as appended, stamped.
 fn fill(store: &Store) -> Vec<LogEntry> {
     let mut expected = Vec::new();
     for minute in 0..100 {
@@ -65,11 +101,13 @@ fn fill(store: &Store) -> Vec<LogEntry> {
             window(minute, "cpu_load_pct", minute as f64 + 0.25),
             window(minute, "ram_free_mb", 4096.0 - minute as f64),
             window(minute, "queue_wait_ms/model=m", 1.0 / (minute + 1) as f64),
+            run(minute),
         ];
         let appended = store
             .append(ts + 59_000, Batch::Records(records.clone()))
             .unwrap();
-        for (seq, record) in appended.seqs.into_iter().zip(records) {
+        for (seq, mut record) in appended.seqs.into_iter().zip(records) {
+            record.stamp(ts + 59_000);
             expected.push(LogEntry { seq, record });
         }
     }
@@ -155,6 +193,36 @@ fn assert_reads_match(store: &Store, expected: &[LogEntry]) {
             .unwrap()
             .is_empty()
     );
+    // Runs, newest first and oldest first, from any seq.
+    let runs: Vec<_> = expected
+        .iter()
+        .filter(|e| e.record.kind() == RecordKind::Run)
+        .cloned()
+        .collect();
+    let mut got = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.recent(before, Some(RecordKind::Run), 9).unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(last.seq);
+        got.extend(page);
+    }
+    assert_eq!(got, runs.iter().rev().cloned().collect::<Vec<_>>());
+    for from in [
+        0,
+        runs[15].seq,
+        runs[16].seq + 1,
+        runs[99].seq,
+        runs[99].seq + 1,
+    ] {
+        let want: Vec<_> = runs
+            .iter()
+            .filter(|e| e.seq >= from)
+            .take(20)
+            .cloned()
+            .collect();
+        assert_eq!(store.scan_kind(RecordKind::Run, from, 20).unwrap(), want);
+    }
     let sessions = store.scan_kind(RecordKind::SessionStarted, 0, max).unwrap();
     assert_eq!(sessions.len(), 100);
     // A time range, in (ts, seq) order.
@@ -168,6 +236,27 @@ fn assert_reads_match(store: &Store, expected: &[LogEntry]) {
     assert_eq!(store.scan_time(from_ms, to_ms, max).unwrap(), want);
     assert_eq!(store.scan_time(from_ms, to_ms, 9).unwrap(), want[..9]);
     assert_eq!(store.stats().unwrap().log_records, expected.len() as u64);
+}
+
+/// `(run chunks, run rows left in the log, unsealed runs in meta)`.
+fn run_layout(path: &std::path::Path) -> (u64, u64, u64) {
+    let db = redb::Database::open(path).unwrap();
+    let rtx = db.begin_read().unwrap();
+    let chunks = rtx.open_table(RUN_CHUNKS).unwrap().len().unwrap();
+    let log = rtx.open_table(LOG).unwrap();
+    let mut rows = 0;
+    for row in redb::ReadableTable::iter(&log).unwrap() {
+        let (_, v) = row.unwrap();
+        let payload = &v.value()[4..];
+        if payload.starts_with(&[0xc1, RecordKind::Run.code()])
+            || payload.windows(9).any(|w| w == b"\xa4kind\xa3run")
+        {
+            rows += 1;
+        }
+    }
+    let meta = rtx.open_table(META).unwrap();
+    let unsealed = meta.get(K_UNSEALED_RUNS).unwrap().map_or(0, |v| v.value());
+    (chunks, rows, unsealed)
 }
 
 /// `(window chunks, window rows left in the log, unsealed count in meta, format version)`.
@@ -198,16 +287,17 @@ fn layout(path: &std::path::Path) -> (u64, u64, u64, u64) {
 }
 
 #[test]
-fn sealed_windows_read_back_in_log_order_through_every_scan_and_a_reopen() {
+fn sealed_windows_and_runs_read_back_in_log_order_through_every_scan_and_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k.redb");
     let store = Store::open(&path, options()).unwrap();
     let expected = fill(&store);
-    assert_eq!(expected.len(), 400);
+    assert_eq!(expected.len(), 500);
     assert_reads_match(&store, &expected);
     drop(store);
-    // 300 windows: 18 chunks of 16, the newest 12 still log rows.
+    // 300 windows: 18 chunks of 16, the newest 12 still log rows; 100 runs: 6 chunks, 4 rows.
     assert_eq!(layout(&path), (18, 12, 12, FORMAT_VERSION));
+    assert_eq!(run_layout(&path), (6, 4, 4));
     let store = Store::open(&path, options()).unwrap();
     assert_reads_match(&store, &expected);
     // Appends go on where they were: seqs keep increasing, sealing keeps its count.
@@ -315,8 +405,10 @@ fn a_format_2_store_written_by_the_previous_build_converts_at_open_record_for_re
     let samples = store.stats().unwrap().samples;
     assert!(samples > 0);
     drop(store);
-    // 112 windows: 7 chunks of 16, none left in the log; a second open converts nothing.
-    assert_eq!(layout(&path), (7, 0, 0, 3));
+    // 112 windows: 7 chunks of 16, none left in the log; 140 runs: 8 chunks, 12 left in the
+    // log. A second open converts nothing.
+    assert_eq!(layout(&path), (7, 0, 0, FORMAT_VERSION));
+    assert_eq!(run_layout(&path), (8, 12, 12));
     let store = Store::open(&path, options()).unwrap();
     let again: Vec<serde_json::Value> = store
         .recent(None, None, 10_000)
