@@ -13,7 +13,7 @@ use crate::runs;
 use crate::sealed::{Runs, SealTables, Sealable, Windows, seal_oldest};
 use crate::tables::{
     CHUNKS, HEAD, K_FORMAT_VERSION, K_UNSEALED_RUNS, K_UNSEALED_WINDOWS, LOG, LOG_BY_KIND,
-    LOG_BY_TIME, META, ROLLUPS, RUNS, SAMPLES_V1,
+    LOG_BY_TIME, META, ROLLUPS, RUNS_V3, SAMPLES_V1,
 };
 
 /// Converts a format 1 store (a row per sample) to format 2 (head rows and sealed chunks) in
@@ -67,7 +67,7 @@ pub(crate) fn migrate_v1(db: &Database, path: &Path) -> Result<(), OpenError> {
         let by_kind = wtx
             .open_table(LOG_BY_KIND)
             .map_err(|e| fail(e.to_string()))?;
-        let mut runs_t = wtx.open_table(RUNS).map_err(|e| fail(e.to_string()))?;
+        let mut runs_t = wtx.open_table(RUNS_V3).map_err(|e| fail(e.to_string()))?;
         wtx.open_table(ROLLUPS).map_err(|e| fail(e.to_string()))?;
         let c = RecordKind::Run.code();
         for row in by_kind
@@ -170,9 +170,10 @@ pub(crate) fn migrate_v2(db: &Database, path: &Path, chunk: usize) -> Result<(),
     Ok(())
 }
 
-/// Converts a format 3 store (every `run` record a log row) to format 4 in one transaction,
-/// the way [`migrate_v2`] seals windows: its runs are sealed oldest first in chunks of
-/// `chunk`, the rest stay in the log and are counted.
+/// Converts a format 3 store (every `run` record a log row, the run index a row a run) to
+/// format 4 in one transaction, the way [`migrate_v2`] seals windows: its runs are sealed
+/// oldest first in chunks of `chunk`, the rest stay in the log and are counted; the run index
+/// moves to model numbers, each model's rows sealed in chunks of `chunk` but the newest.
 pub(crate) fn migrate_v3(db: &Database, path: &Path, chunk: usize) -> Result<(), OpenError> {
     let fail = |e: String| OpenError::NotAStore {
         path: path.to_owned(),
@@ -180,6 +181,7 @@ pub(crate) fn migrate_v3(db: &Database, path: &Path, chunk: usize) -> Result<(),
     };
     let wtx = db.begin_write().map_err(|e| fail(e.to_string()))?;
     let (sealed, unsealed) = seal_all::<Runs>(&wtx, chunk, &fail)?;
+    let indexed = crate::run_index::convert_v3(&wtx, chunk).map_err(|e| fail(e.to_string()))?;
     {
         let mut meta = wtx.open_table(META).map_err(|e| fail(e.to_string()))?;
         meta.insert(K_UNSEALED_RUNS, unsealed as u64)
@@ -188,6 +190,6 @@ pub(crate) fn migrate_v3(db: &Database, path: &Path, chunk: usize) -> Result<(),
             .map_err(|e| fail(e.to_string()))?;
     }
     wtx.commit().map_err(|e| fail(e.to_string()))?;
-    tracing::info!(path = %path.display(), sealed, unsealed, "store converted from format 3 to 4 (runs sealed in chunks)");
+    tracing::info!(path = %path.display(), sealed, unsealed, indexed, "store converted from format 3 to 4 (runs sealed in chunks, the run index headed and sealed by model)");
     Ok(())
 }

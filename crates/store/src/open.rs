@@ -13,8 +13,8 @@ use crate::heads::load_series;
 use crate::migrate::{migrate_v1, migrate_v2, migrate_v3};
 use crate::tables::{
     CHUNKS, HEAD, IDS, K_FORMAT_VERSION, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES, K_UNSEALED_RUNS,
-    K_UNSEALED_WINDOWS, LOG, LOG_BY_KIND, LOG_BY_TIME, META, ROLLUPS, RUN_CHUNKS, RUN_SPANS, RUNS,
-    SERIES, STATE, WINDOW_CHUNKS, WINDOW_SPANS,
+    K_UNSEALED_WINDOWS, LOG, LOG_BY_KIND, LOG_BY_TIME, META, ROLLUPS, RUN_CHUNKS, RUN_HEAD,
+    RUN_INDEX, RUN_MODELS, RUN_SPANS, SERIES, STATE, WINDOW_CHUNKS, WINDOW_SPANS,
 };
 use crate::verify;
 use crate::writer::Writer;
@@ -131,7 +131,9 @@ impl Store {
                 wtx.open_table(SERIES).map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(HEAD).map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(CHUNKS).map_err(|e| redb_err(e.into()))?;
-                wtx.open_table(RUNS).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(RUN_MODELS).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(RUN_HEAD).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(RUN_INDEX).map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(ROLLUPS).map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(STATE).map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(WINDOW_CHUNKS)

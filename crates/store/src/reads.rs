@@ -7,11 +7,12 @@ use crate::chunk::{self, Chunk, Item};
 use crate::codec::{codec_read_error, decode_entry, get_entry};
 use crate::error::ReadError;
 use crate::retention::Rollup;
-use crate::runs::{self, RunRow};
+use crate::run_index;
+use crate::runs::RunRow;
 use crate::sealed::{Runs, Sealed, SealedLog, Windows, merge};
 use crate::tables::{
     CHUNKS, HEAD, K_ENGINE_CURSOR, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES, LOG, LOG_BY_KIND,
-    LOG_BY_TIME, META, ROLLUPS, RUNS, SERIES,
+    LOG_BY_TIME, META, ROLLUPS, RUN_HEAD, RUN_INDEX, RUN_MODELS, SERIES,
 };
 use crate::{Stats, Store};
 
@@ -246,7 +247,8 @@ impl Store {
     }
 
     /// The last `limit` runs of `model_id` with a seq below `before` (all when `None`), newest
-    /// first, from the run index: fixed-width rows, no log record decoded.
+    /// first, from the run index: the model's head rows, then its sealed chunks; no log record
+    /// decoded.
     pub fn recent_runs(
         &self,
         model_id: &str,
@@ -254,45 +256,34 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<RunRow>, ReadError> {
         let rtx = self.read()?;
-        let t = rtx.open_table(RUNS)?;
-        let mut out = Vec::with_capacity(limit.min(4096));
-        for row in t
-            .range((model_id, 0)..(model_id, before.unwrap_or(u64::MAX)))?
-            .rev()
-            .take(limit)
-        {
-            let (k, v) = row?;
-            let seq = k.value().1;
-            out.push(
-                runs::decode(seq, v.value())
-                    .map_err(|e| codec_read_error("runs", format!("{model_id}#{seq}"), e))?,
-            );
+        let Some((number, _)) = rtx
+            .open_table(RUN_MODELS)?
+            .get(model_id)?
+            .map(|v| v.value())
+        else {
+            return Ok(Vec::new());
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        run_index::recent(
+            &rtx.open_table(RUN_HEAD)?,
+            &rtx.open_table(RUN_INDEX)?,
+            model_id,
+            number,
+            before.unwrap_or(u64::MAX),
+            limit,
+        )
     }
 
-    /// The distinct `model_id`s of the logged runs, in order: one seek per model in the runs
-    /// table, however many runs each has.
+    /// The distinct `model_id`s of the logged runs, in order.
     pub fn run_models(&self) -> Result<Vec<String>, ReadError> {
         let rtx = self.read()?;
-        let t = rtx.open_table(RUNS)?;
-        let mut out: Vec<String> = Vec::new();
-        loop {
-            let next = match out.last() {
-                None => t.range::<(&str, u64)>(..)?.next(),
-                Some(last) => t
-                    .range::<(&str, u64)>((
-                        std::ops::Bound::Excluded((last.as_str(), u64::MAX)),
-                        std::ops::Bound::Unbounded,
-                    ))?
-                    .next(),
-            };
-            let Some(row) = next else {
-                return Ok(out);
-            };
-            let (k, _) = row?;
-            out.push(k.value().0.to_owned());
+        let mut out = Vec::new();
+        for row in rtx.open_table(RUN_MODELS)?.iter()? {
+            out.push(row?.0.value().to_owned());
         }
+        Ok(out)
     }
 
     /// The series keys stored, in order.

@@ -22,36 +22,16 @@
 //! decompressing the block, and the block is decoded row by row, only for the rows taken.
 
 use kora_model::Run;
-use pco::ChunkConfig;
-use pco::data_types::Number;
-use pco::standalone::{simple_compress, simple_decompress};
 
-use crate::chunk::{CodecError, Cursor, checked, with_crc};
+use crate::chunk::CodecError;
+use crate::sections::{column, compress, decode_error, frame, unframe};
 
 const VERSION: u8 = 1;
 const SECTIONS: usize = 4;
+const WHAT: &str = "run chunk";
 /// zstd's level for the rows: sealing happens inside a write transaction, once every
 /// thousand runs; level 3 (the library's default) takes a few milliseconds for a chunk.
 const ZSTD_LEVEL: i32 = 3;
-
-fn decode_error(what: impl std::fmt::Display) -> CodecError {
-    CodecError::Decode(what.to_string())
-}
-
-fn compress<T: Number>(values: &[T]) -> Result<Vec<u8>, CodecError> {
-    simple_compress(values, &ChunkConfig::default().with_compression_level(4)).map_err(decode_error)
-}
-
-fn column<T: Number>(bytes: &[u8], len: usize) -> Result<Vec<T>, CodecError> {
-    let v: Vec<T> = simple_decompress(bytes).map_err(decode_error)?;
-    if v.len() != len {
-        return Err(decode_error(format!(
-            "a run column holds {} numbers, the header says {len}",
-            v.len()
-        )));
-    }
-    Ok(v)
-}
 
 /// Encodes `runs` (`(seq, ts_ms, run)` in increasing seq order, not empty) as one sealed
 /// chunk. `ts_ms` is the time the run is indexed under (its own, stamped when stored).
@@ -77,18 +57,7 @@ pub(crate) fn encode(runs: &[(u64, i64, Run)]) -> Result<Vec<u8>, CodecError> {
         compress(&lengths)?,
         zstd::bulk::compress(&rows, ZSTD_LEVEL).map_err(decode_error)?,
     ];
-    let len32 = |n: usize| u32::try_from(n).map_err(|_| decode_error("run chunk too large"));
-    let body: usize = sections.iter().map(Vec::len).sum();
-    let mut out = Vec::with_capacity(1 + 4 + 4 * SECTIONS + body);
-    out.push(VERSION);
-    out.extend_from_slice(&len32(runs.len())?.to_le_bytes());
-    for s in &sections {
-        out.extend_from_slice(&len32(s.len())?.to_le_bytes());
-    }
-    for s in &sections {
-        out.extend_from_slice(s);
-    }
-    Ok(with_crc(out))
+    frame(VERSION, runs.len(), &sections, WHAT)
 }
 
 /// A decoded chunk: seqs and times as columns, rows decoded only when taken.
@@ -105,26 +74,10 @@ impl RunColumns {
     /// Decodes a sealed chunk. The CRC is checked first: damaged bytes are
     /// [`CodecError::Checksum`], never a wrong record.
     pub(crate) fn decode(bytes: &[u8]) -> Result<RunColumns, CodecError> {
-        let mut c = Cursor(checked(bytes)?);
-        let [version] = c.array::<1>()?;
-        if version != VERSION {
-            return Err(decode_error(format!(
-                "run chunk version {version}, this build reads {VERSION}"
-            )));
-        }
-        let len = c.u32()? as usize;
-        let mut lens = [0usize; SECTIONS];
-        for l in &mut lens {
-            *l = c.u32()? as usize;
-        }
-        let mut s = lens.iter().map(|&l| c.take(l));
-        let mut next = || {
-            s.next()
-                .unwrap_or_else(|| Err(decode_error("missing section")))
-        };
-        let seqs = column(next()?, len)?;
-        let ts = column(next()?, len)?;
-        let lengths: Vec<u32> = column(next()?, len)?;
+        let (len, [seqs, ts, lengths, rows]) = unframe::<SECTIONS>(bytes, VERSION, WHAT)?;
+        let seqs = column(seqs, len, WHAT)?;
+        let ts = column(ts, len, WHAT)?;
+        let lengths: Vec<u32> = column(lengths, len, WHAT)?;
         let mut offsets = Vec::with_capacity(len + 1);
         let mut at = 0usize;
         offsets.push(at);
@@ -134,7 +87,7 @@ impl RunColumns {
                 .ok_or_else(|| decode_error("run rows too long"))?;
             offsets.push(at);
         }
-        let rows = zstd::bulk::decompress(next()?, at).map_err(decode_error)?;
+        let rows = zstd::bulk::decompress(rows, at).map_err(decode_error)?;
         if rows.len() != at {
             return Err(decode_error(format!(
                 "run rows hold {} bytes, their lengths say {at}",
@@ -164,6 +117,7 @@ impl RunColumns {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunk::with_crc;
     use kora_model::{Stage, StageKind, Substrate};
     use proptest::prelude::*;
 

@@ -37,17 +37,25 @@
 //! - `rollups`: `(series number, bucket start ts_ms) -> bytes`: what [`crate::Store::compact`]
 //!   keeps of samples older than the raw retention: a CRC-32, then count (u64), min, max and
 //!   sum (f64) of the bucket's values, little-endian.
-//! - `runs`: `(model_id, seq) -> bytes`: the numbers of each logged run, fixed-width (encoding in
-//!   [`crate::runs`]), so the last N runs of one model are N small rows.
+//! - `run_models`: `model_id -> (model number u32, rows in its head u64)`, for every model
+//!   with a logged run.
+//! - `run_head`: `(model number, seq) -> bytes`: the numbers of each model's newest runs,
+//!   fixed-width (encoding in [`crate::runs`]), fewer than [`crate::StoreOptions::run_chunk`]
+//!   a model.
+//! - `run_index`: `(model number, last seq) -> bytes`: a model's older runs' numbers,
+//!   [`crate::StoreOptions::run_chunk`] to a chunk of pco columns (encoding in `run_index.rs`),
+//!   sealed from its head in the transaction that filled it. So the last N runs of one model
+//!   are a head of small rows and a chunk or two.
 //! - `state`: `&str -> bytes`: state the store keeps for a caller, a CRC-32 (little-endian, of
 //!   the payload) then the payload. `sample_deriver` is the serialized state of the
 //!   [`crate::SampleDeriver`] as of the last transaction that derived, written in that same
 //!   transaction. The table is created with a new store; a store made before it existed, or
 //!   one that never derived, has no key (no state), and opens unchanged.
 //!
-//! Format version 3 was format 4 without the run tables: every `run` record a log row. A
-//! version 3 store is converted to version 4 in one transaction when it is opened (its runs
-//! sealed, oldest first, in chunks of `run_chunk`).
+//! Format version 3 was format 4 without the run chunks: every `run` record a log row, and
+//! its run index a row a run in `runs` (`(model_id, seq) -> bytes`). A version 3 store is
+//! converted to version 4 in one transaction when it is opened (its runs sealed, oldest first,
+//! in chunks of `run_chunk`; its run index moved to model numbers and sealed the same way).
 //!
 //! Format version 2 was format 3 without the window tables: every `window` record a log row.
 //! A version 2 store is converted to version 3 in one transaction when it is opened (its
@@ -68,7 +76,11 @@ pub const SERIES: TableDefinition<&str, u32> = TableDefinition::new("series");
 pub const HEAD: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("head");
 pub const CHUNKS: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("chunks");
 pub const ROLLUPS: TableDefinition<(u32, i64), &[u8]> = TableDefinition::new("rollups");
-pub const RUNS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("runs");
+pub const RUN_MODELS: TableDefinition<&str, (u32, u64)> = TableDefinition::new("run_models");
+pub const RUN_HEAD: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("run_head");
+pub const RUN_INDEX: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("run_index");
+/// Format 3's run index (a row a run), converted once at open.
+pub const RUNS_V3: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("runs");
 pub const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 pub const WINDOW_CHUNKS: TableDefinition<u64, &[u8]> = TableDefinition::new("window_chunks");
 pub const WINDOW_SPANS: TableDefinition<u64, (u64, i64, i64)> =

@@ -23,25 +23,15 @@
 use std::collections::HashMap;
 
 use kora_model::WindowRecord;
-use pco::ChunkConfig;
-use pco::data_types::Number;
-use pco::standalone::{simple_compress, simple_decompress};
 
-use crate::chunk::{CodecError, Cursor, checked, with_crc};
+use crate::chunk::CodecError;
+use crate::sections::{column, compress, decode_error, frame, unframe};
 
 const VERSION: u8 = 1;
 const SECTIONS: usize = 13;
+const WHAT: &str = "window chunk";
 
 pub(crate) type Key = (String, String, String);
-
-fn decode_error(what: impl std::fmt::Display) -> CodecError {
-    CodecError::Decode(what.to_string())
-}
-
-fn compress<T: Number>(values: &[T]) -> Result<Vec<u8>, CodecError> {
-    // Level 4, as for sample chunks: nearly the ratio of the default, about twice as fast.
-    simple_compress(values, &ChunkConfig::default().with_compression_level(4)).map_err(decode_error)
-}
 
 fn optional_seq(seq: Option<u64>) -> Result<u64, CodecError> {
     match seq {
@@ -100,29 +90,7 @@ pub(crate) fn encode(windows: &[(u64, WindowRecord)]) -> Result<Vec<u8>, CodecEr
         compress(&column_f64(&|w| w.p50))?,
         compress(&column_f64(&|w| w.p95))?,
     ];
-    let len32 = |n: usize| u32::try_from(n).map_err(|_| decode_error("window chunk too large"));
-    let body: usize = sections.iter().map(Vec::len).sum();
-    let mut out = Vec::with_capacity(1 + 4 + 4 * SECTIONS + body);
-    out.push(VERSION);
-    out.extend_from_slice(&len32(windows.len())?.to_le_bytes());
-    for s in &sections {
-        out.extend_from_slice(&len32(s.len())?.to_le_bytes());
-    }
-    for s in &sections {
-        out.extend_from_slice(s);
-    }
-    Ok(with_crc(out))
-}
-
-fn column<T: Number>(bytes: &[u8], len: usize) -> Result<Vec<T>, CodecError> {
-    let v: Vec<T> = simple_decompress(bytes).map_err(decode_error)?;
-    if v.len() != len {
-        return Err(decode_error(format!(
-            "a window column holds {} numbers, the header says {len}",
-            v.len()
-        )));
-    }
-    Ok(v)
+    frame(VERSION, windows.len(), &sections, WHAT)
 }
 
 /// A decoded chunk, column by column: records are built only for the rows a reader takes.
@@ -147,56 +115,46 @@ impl Columns {
     /// The `(window_kind, metric, scope)` names a chunk holds, read without decompressing a
     /// column (the CRC is checked).
     pub(crate) fn names(bytes: &[u8]) -> Result<Vec<Key>, CodecError> {
-        let mut c = Cursor(checked(bytes)?);
-        let [version] = c.array::<1>()?;
-        if version != VERSION {
-            return Err(decode_error(format!(
-                "window chunk version {version}, this build reads {VERSION}"
-            )));
-        }
-        let _len = c.u32()?;
-        let mut lens = [0usize; SECTIONS];
-        for l in &mut lens {
-            *l = c.u32()? as usize;
-        }
-        rmp_serde::from_slice(c.take(lens[0])?).map_err(decode_error)
+        let (_, sections) = unframe::<SECTIONS>(bytes, VERSION, WHAT)?;
+        rmp_serde::from_slice(sections[0]).map_err(decode_error)
     }
 
     /// Decodes a sealed chunk. The CRC is checked first: damaged bytes are
     /// [`CodecError::Checksum`], never a wrong record.
     pub(crate) fn decode(bytes: &[u8]) -> Result<Columns, CodecError> {
-        let mut c = Cursor(checked(bytes)?);
-        let [version] = c.array::<1>()?;
-        if version != VERSION {
-            return Err(decode_error(format!(
-                "window chunk version {version}, this build reads {VERSION}"
-            )));
-        }
-        let len = c.u32()? as usize;
-        let mut lens = [0usize; SECTIONS];
-        for l in &mut lens {
-            *l = c.u32()? as usize;
-        }
-        let mut s = lens.iter().map(|&l| c.take(l));
-        let mut next = || {
-            s.next()
-                .unwrap_or_else(|| Err(decode_error("missing section")))
-        };
-        let dictionary: Vec<Key> = rmp_serde::from_slice(next()?).map_err(decode_error)?;
+        let (
+            len,
+            [
+                names,
+                seqs,
+                ts,
+                keys,
+                starts,
+                lengths,
+                first,
+                last,
+                counts,
+                mins,
+                maxs,
+                p50s,
+                p95s,
+            ],
+        ) = unframe::<SECTIONS>(bytes, VERSION, WHAT)?;
+        let dictionary: Vec<Key> = rmp_serde::from_slice(names).map_err(decode_error)?;
         let columns = Columns {
             dictionary,
-            seqs: column(next()?, len)?,
-            ts: column(next()?, len)?,
-            keys: column(next()?, len)?,
-            starts: column(next()?, len)?,
-            lengths: column(next()?, len)?,
-            first: column(next()?, len)?,
-            last: column(next()?, len)?,
-            counts: column(next()?, len)?,
-            mins: column(next()?, len)?,
-            maxs: column(next()?, len)?,
-            p50s: column(next()?, len)?,
-            p95s: column(next()?, len)?,
+            seqs: column(seqs, len, WHAT)?,
+            ts: column(ts, len, WHAT)?,
+            keys: column(keys, len, WHAT)?,
+            starts: column(starts, len, WHAT)?,
+            lengths: column(lengths, len, WHAT)?,
+            first: column(first, len, WHAT)?,
+            last: column(last, len, WHAT)?,
+            counts: column(counts, len, WHAT)?,
+            mins: column(mins, len, WHAT)?,
+            maxs: column(maxs, len, WHAT)?,
+            p50s: column(p50s, len, WHAT)?,
+            p95s: column(p95s, len, WHAT)?,
         };
         if let Some(&k) = columns
             .keys
@@ -252,6 +210,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<(u64, WindowRecord)>, CodecErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunk::with_crc;
     use proptest::prelude::*;
 
     fn window(i: u64, metric: &str) -> WindowRecord {

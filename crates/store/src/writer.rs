@@ -17,11 +17,12 @@ use crate::derive::store_state;
 use crate::error::{self, WriteError};
 use crate::format::check_format;
 use crate::heads::{HeadState, append_head, seal, take_head};
+use crate::run_index::RunIndex;
 use crate::runs;
 use crate::sealed::{Runs, SealTables, Sealable, Windows, seal_oldest};
 use crate::tables::{
     CHUNKS, HEAD, IDS, K_ENGINE_CURSOR, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES, K_UNSEALED_RUNS,
-    K_UNSEALED_WINDOWS, LOG, LOG_BY_KIND, LOG_BY_TIME, META, RUN_CHUNKS, RUN_SPANS, RUNS, SERIES,
+    K_UNSEALED_WINDOWS, LOG, LOG_BY_KIND, LOG_BY_TIME, META, RUN_CHUNKS, RUN_SPANS, SERIES,
     WINDOW_CHUNKS, WINDOW_SPANS,
 };
 use crate::{Appended, Batch, DbSlot, Job, SampleDeriver};
@@ -35,7 +36,7 @@ struct Tables<'t> {
     series: redb::Table<'t, &'static str, u32>,
     head: redb::Table<'t, (u32, u64), &'static [u8]>,
     chunks: redb::Table<'t, (u32, i64, u64), &'static [u8]>,
-    runs: redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    run_index: RunIndex<'t>,
     meta: redb::Table<'t, &'static str, u64>,
     window_chunks: redb::Table<'t, u64, &'static [u8]>,
     window_spans: redb::Table<'t, u64, (u64, i64, i64)>,
@@ -58,7 +59,7 @@ impl<'t> Tables<'t> {
             series: wtx.open_table(SERIES).map_err(w)?,
             head: wtx.open_table(HEAD).map_err(w)?,
             chunks: wtx.open_table(CHUNKS).map_err(w)?,
-            runs: wtx.open_table(RUNS).map_err(w)?,
+            run_index: RunIndex::open(wtx)?,
             meta: wtx.open_table(META).map_err(w)?,
             window_chunks: wtx.open_table(WINDOW_CHUNKS).map_err(w)?,
             window_spans: wtx.open_table(WINDOW_SPANS).map_err(w)?,
@@ -96,7 +97,8 @@ impl<'t> Tables<'t> {
         seal_kind::<Windows>(meta, &mut t, windows, K_UNSEALED_WINDOWS, window_chunk)?;
         t.chunks = run_chunks;
         t.spans = run_spans;
-        seal_kind::<Runs>(meta, &mut t, runs, K_UNSEALED_RUNS, run_chunk)
+        seal_kind::<Runs>(meta, &mut t, runs, K_UNSEALED_RUNS, run_chunk)?;
+        self.run_index.seal(run_chunk)
     }
 }
 
@@ -524,12 +526,8 @@ fn write_record(
     }
     if let Record::Run(run) = &record {
         t.runs_written += 1;
-        t.runs
-            .insert(
-                (run.model_id.as_str(), seq),
-                runs::encode(run, ts).as_slice(),
-            )
-            .map_err(error::write_error)?;
+        t.run_index
+            .add(&run.model_id, seq, &runs::encode(run, ts))?;
     }
     Ok(())
 }

@@ -223,6 +223,45 @@ fn assert_reads_match(store: &Store, expected: &[LogEntry]) {
             .collect();
         assert_eq!(store.scan_kind(RecordKind::Run, from, 20).unwrap(), want);
     }
+    // The run index of each model, newest first, page by page through its head and chunks.
+    for model in ["qwen-7b", "llama-8b"] {
+        let want: Vec<(u64, i64, f64, u64, Option<u64>, u32)> = runs
+            .iter()
+            .rev()
+            .filter_map(|e| match &e.record {
+                Record::Run(r) if r.model_id == model => Some((
+                    e.seq,
+                    r.ts_ms.unwrap(),
+                    r.model_latency_ms,
+                    r.context_tokens,
+                    r.tokens_out,
+                    r.validation_retry_count,
+                )),
+                _ => None,
+            })
+            .collect();
+        let mut got = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store.recent_runs(model, before, 7).unwrap();
+            let Some(last) = page.last() else { break };
+            before = Some(last.seq);
+            got.extend(page.iter().map(|r| {
+                (
+                    r.seq,
+                    r.ts_ms,
+                    r.model_latency_ms,
+                    r.context_tokens,
+                    r.tokens_out,
+                    r.validation_retry_count,
+                )
+            }));
+        }
+        assert_eq!(got, want, "{model}");
+        assert_eq!(store.recent_runs(model, None, 1000).unwrap().len(), 50);
+    }
+    assert_eq!(store.run_models().unwrap(), ["llama-8b", "qwen-7b"]);
+    assert!(store.recent_runs("nope", None, 10).unwrap().is_empty());
     let sessions = store.scan_kind(RecordKind::SessionStarted, 0, max).unwrap();
     assert_eq!(sessions.len(), 100);
     // A time range, in (ts, seq) order.
@@ -409,6 +448,7 @@ fn a_format_2_store_written_by_the_previous_build_converts_at_open_record_for_re
     // log. A second open converts nothing.
     assert_eq!(layout(&path), (7, 0, 0, FORMAT_VERSION));
     assert_eq!(run_layout(&path), (8, 12, 12));
+    // The run index converted too: each model's runs, newest first, as the log has them.
     let store = Store::open(&path, options()).unwrap();
     let again: Vec<serde_json::Value> = store
         .recent(None, None, 10_000)
@@ -418,4 +458,25 @@ fn a_format_2_store_written_by_the_previous_build_converts_at_open_record_for_re
         .collect();
     assert_eq!(again, printed);
     assert_eq!(store.stats().unwrap().samples, samples);
+    let mut by_model: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for e in &again {
+        if e["kind"] == "run" {
+            by_model
+                .entry(e["model_id"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(e["seq"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(
+        store.run_models().unwrap(),
+        by_model.keys().cloned().collect::<Vec<_>>()
+    );
+    for (model, seqs) in &by_model {
+        let rows = store.recent_runs(model, None, 1_000).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            *seqs,
+            "{model}"
+        );
+    }
 }
