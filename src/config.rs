@@ -478,6 +478,7 @@ impl Layered {
                 raw_ms: ms(&s.retain_raw),
                 rollup_step_ms: ms(&s.rollup_step),
                 rollup_ms: ms(&s.retain_rollups),
+                ..kora_store::Retention::default()
             },
             thresholds,
             log: s.log.clone(),

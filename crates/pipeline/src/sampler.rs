@@ -105,6 +105,7 @@ pub async fn compact(writer: &Writer, retention: Retention) {
             total.chunks_rolled_up += c.chunks_rolled_up;
             total.samples_rolled_up += c.samples_rolled_up;
             total.rollups_dropped += c.rollups_dropped;
+            total.ids_forgotten += c.ids_forgotten;
             if !c.more {
                 return Ok::<_, WriteError>(total);
             }
@@ -116,11 +117,12 @@ pub async fn compact(writer: &Writer, retention: Retention) {
             chunks = c.chunks_rolled_up,
             samples = c.samples_rolled_up,
             rollups_dropped = c.rollups_dropped,
-            "old samples rolled up"
+            ids_forgotten = c.ids_forgotten,
+            "retention applied: old samples rolled up, old client ids forgotten"
         ),
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "sample retention failed; retrying in an hour"),
-        Err(e) => tracing::error!(error = %e, "sample retention panicked"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "retention failed; retrying in an hour"),
+        Err(e) => tracing::error!(error = %e, "retention panicked"),
     }
 }
 

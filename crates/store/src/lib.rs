@@ -277,7 +277,8 @@ impl Store {
 
     /// Applies `retention` at `now_ms`: rolls up (count, min, max, sum per bucket) and drops
     /// sealed chunks older than the raw retention, at most 256 chunks a call (`more` says
-    /// whether to call again), and drops expired rollups. One durable transaction; the log is
+    /// whether to call again), drops expired rollups, and forgets client ids stored longer ago
+    /// than `retention.ids_ms` (at most 50,000 a call). One durable transaction; the log is
     /// never touched.
     pub fn compact(&self, now_ms: i64, retention: &Retention) -> Result<Compacted, WriteError> {
         let db = self

@@ -12,8 +12,8 @@ use crate::heads::seal;
 use crate::runs;
 use crate::sealed::{Runs, SealTables, Sealable, Windows, seal_oldest};
 use crate::tables::{
-    CHUNKS, HEAD, K_FORMAT_VERSION, K_UNSEALED_RUNS, K_UNSEALED_WINDOWS, LOG, LOG_BY_KIND,
-    LOG_BY_TIME, META, ROLLUPS, RUNS_V3, SAMPLES_V1,
+    CHUNKS, HEAD, IDS, IDS_BY_TIME, K_FORMAT_VERSION, K_UNSEALED_RUNS, K_UNSEALED_WINDOWS, LOG,
+    LOG_BY_KIND, LOG_BY_TIME, META, ROLLUPS, RUNS_V3, SAMPLES_V1,
 };
 
 /// Converts a format 1 store (a row per sample) to format 2 (head rows and sealed chunks) in
@@ -180,6 +180,7 @@ pub(crate) fn migrate_v3(db: &Database, path: &Path, chunk: usize) -> Result<(),
         reason: format!("converting format 3 to 4 failed: {e}"),
     };
     let wtx = db.begin_write().map_err(|e| fail(e.to_string()))?;
+    let ids = date_ids(&wtx).map_err(|e| fail(e.to_string()))?;
     let (sealed, unsealed) = seal_all::<Runs>(&wtx, chunk, &fail)?;
     let indexed = crate::run_index::convert_v3(&wtx, chunk).map_err(|e| fail(e.to_string()))?;
     {
@@ -190,6 +191,30 @@ pub(crate) fn migrate_v3(db: &Database, path: &Path, chunk: usize) -> Result<(),
             .map_err(|e| fail(e.to_string()))?;
     }
     wtx.commit().map_err(|e| fail(e.to_string()))?;
-    tracing::info!(path = %path.display(), sealed, unsealed, indexed, "store converted from format 3 to 4 (runs sealed in chunks, the run index headed and sealed by model)");
+    tracing::info!(path = %path.display(), sealed, unsealed, indexed, ids, "store converted from format 3 to 4 (runs sealed in chunks, the run index headed and sealed by model)");
     Ok(())
+}
+
+/// Gives every client id of a format 3 store (which kept them for good) a row in
+/// `ids_by_time`, dated the newest record time of the log: the time the store was last
+/// written, as near as the file tells it (format 3 kept no time of storing). So the ids of an
+/// upgraded store are forgotten a retention after its last use, never sooner. Answers how many.
+fn date_ids(wtx: &WriteTransaction) -> Result<u64, redb::Error> {
+    let newest = wtx
+        .open_table(LOG_BY_TIME)?
+        .last()?
+        .map_or(0, |(k, _)| k.value().0);
+    let ids = wtx.open_table(IDS)?;
+    let mut by_time = wtx.open_table(IDS_BY_TIME)?;
+    let mut n = 0;
+    for row in ids.iter()? {
+        let (k, v) = row?;
+        let mut seq = [0u8; 8];
+        if let Some(bytes) = v.value().get(..8) {
+            seq.copy_from_slice(bytes);
+        }
+        by_time.insert((newest, u64::from_le_bytes(seq)), k.value())?;
+        n += 1;
+    }
+    Ok(n)
 }

@@ -12,9 +12,9 @@ use crate::format::{check_format, guarded};
 use crate::heads::load_series;
 use crate::migrate::{migrate_v1, migrate_v2, migrate_v3};
 use crate::tables::{
-    CHUNKS, HEAD, IDS, K_FORMAT_VERSION, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES, K_UNSEALED_RUNS,
-    K_UNSEALED_WINDOWS, LOG, LOG_BY_KIND, LOG_BY_TIME, META, ROLLUPS, RUN_CHUNKS, RUN_HEAD,
-    RUN_INDEX, RUN_MODELS, RUN_SPANS, SERIES, STATE, WINDOW_CHUNKS, WINDOW_SPANS,
+    CHUNKS, HEAD, IDS, IDS_BY_TIME, K_FORMAT_VERSION, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES,
+    K_UNSEALED_RUNS, K_UNSEALED_WINDOWS, LOG, LOG_BY_KIND, LOG_BY_TIME, META, ROLLUPS, RUN_CHUNKS,
+    RUN_HEAD, RUN_INDEX, RUN_MODELS, RUN_SPANS, SERIES, STATE, WINDOW_CHUNKS, WINDOW_SPANS,
 };
 use crate::verify;
 use crate::writer::Writer;
@@ -128,6 +128,8 @@ impl Store {
                 wtx.open_table(LOG_BY_TIME)
                     .map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(IDS).map_err(|e| redb_err(e.into()))?;
+                wtx.open_table(IDS_BY_TIME)
+                    .map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(SERIES).map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(HEAD).map_err(|e| redb_err(e.into()))?;
                 wtx.open_table(CHUNKS).map_err(|e| redb_err(e.into()))?;

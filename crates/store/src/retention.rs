@@ -1,6 +1,7 @@
 //! Retention of samples: sealed chunks older than the raw retention are rolled up into
 //! per-bucket aggregates (count, min, max, sum) and dropped whole; rollups older than their own
-//! retention are dropped. The log is never touched here.
+//! retention are dropped. And of client ids: an id stored longer ago than its retention is
+//! forgotten, so a retry arriving after that is stored anew. The log is never touched here.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,34 @@ use redb::{ReadableTable, WriteTransaction};
 
 use crate::chunk::{Chunk, CodecError};
 use crate::error::{self, WriteError};
-use crate::tables::{CHUNKS, K_SAMPLES, META, ROLLUPS, SERIES};
+use crate::tables::{CHUNKS, IDS, IDS_BY_TIME, K_SAMPLES, META, ROLLUPS, SERIES};
+
+/// The most client ids one compaction forgets (the rest wait for the next call).
+const MAX_IDS_A_CALL: usize = 50_000;
+
+/// Forgets, inside `wtx`, the client ids stored before `cut_ms`, at most `max`; answers how
+/// many, and whether more wait.
+fn forget_ids(wtx: &WriteTransaction, cut_ms: i64, max: usize) -> Result<(u64, bool), WriteError> {
+    let mut by_time = wtx.open_table(IDS_BY_TIME).map_err(error::write_error)?;
+    let mut ids = wtx.open_table(IDS).map_err(error::write_error)?;
+    let mut old: Vec<((i64, u64), String)> = Vec::new();
+    for row in by_time
+        .range((i64::MIN, 0)..(cut_ms, 0))
+        .map_err(error::write_error)?
+        .take(max + 1)
+    {
+        let (k, v) = row.map_err(error::write_error)?;
+        old.push((k.value(), v.value().to_owned()));
+    }
+    let more = old.len() > max;
+    old.truncate(max);
+    for (key, id) in &old {
+        by_time.remove(*key).map_err(error::write_error)?;
+        // The id names this seq still (a later item never takes a stored id).
+        ids.remove(id.as_str()).map_err(error::write_error)?;
+    }
+    Ok((old.len() as u64, more))
+}
 
 /// How long samples are kept raw, and their rollups after that.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,17 +47,23 @@ pub struct Retention {
     pub rollup_step_ms: i64,
     /// Rollup buckets that ended longer ago than this are dropped.
     pub rollup_ms: i64,
+    /// Client ids stored longer ago than this (by the service's clock when stored) are
+    /// forgotten: the retry horizon of idempotent ingest.
+    pub ids_ms: i64,
 }
 
 impl Default for Retention {
     /// Raw samples for 14 days; hourly rollups for 400 days (a year and a bit, so a month
-    /// compares with the same month of last year).
+    /// compares with the same month of last year); client ids for 30 days (a client retries an
+    /// unanswered batch within seconds, and its spool within the days a service can be down;
+    /// a month of a busy user's ids is ~10 MB, a year's ten times that).
     fn default() -> Self {
         const DAY: i64 = 24 * 3600 * 1000;
         Retention {
             raw_ms: 14 * DAY,
             rollup_step_ms: 3600 * 1000,
             rollup_ms: 400 * DAY,
+            ids_ms: 30 * DAY,
         }
     }
 }
@@ -88,7 +122,9 @@ pub struct Compacted {
     pub chunks_rolled_up: u64,
     pub samples_rolled_up: u64,
     pub rollups_dropped: u64,
-    /// Whether chunks past the raw retention are left for the next call (a call does a
+    /// Client ids forgotten.
+    pub ids_forgotten: u64,
+    /// Whether chunks or ids past the raw retention are left for the next call (a call does a
     /// bounded amount of work, so that writers never wait long for it).
     pub more: bool,
 }
@@ -104,6 +140,10 @@ pub(crate) fn compact(
     let raw_cut = now_ms.saturating_sub(r.raw_ms.max(0));
     let roll_cut = now_ms.saturating_sub(r.rollup_ms.max(0));
     let mut done = Compacted::default();
+    let (forgotten, more_ids) =
+        forget_ids(wtx, now_ms.saturating_sub(r.ids_ms.max(0)), MAX_IDS_A_CALL)?;
+    done.ids_forgotten = forgotten;
+    done.more = more_ids;
     let sids: Vec<u32> = {
         let series = wtx.open_table(SERIES).map_err(error::write_error)?;
         let mut v = Vec::new();

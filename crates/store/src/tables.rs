@@ -26,7 +26,12 @@
 //! - `log_by_kind`: `(kind code u8, seq) -> ()`, to scan one kind without reading the others.
 //! - `log_by_time`: `(ts_ms i64, seq) -> ()`, to scan a time range.
 //! - `ids`: `client id -> seq (u64 LE) ++ SHA-256 of the record as the client sent it`, so a
-//!   retried batch is recognised and a reused id with other content is refused.
+//!   retried batch is recognised and a reused id with other content is refused. Kept for
+//!   [`crate::Retention::ids_ms`] after the item was stored, then forgotten by
+//!   [`crate::Store::compact`].
+//! - `ids_by_time`: `(stored at ms, seq) -> client id`: the order in which ids are forgotten.
+//!   `stored at` is the service's clock when the batch was stored (`now_ms`), not the item's
+//!   own time, so a backfill of old records is remembered as long as a fresh one.
 //! - `series`: `series key -> series number (u32)`.
 //! - `head`: `(series number, seq) -> bytes`: the newest raw samples of each series, one small
 //!   row each (encoding in [`crate::chunk`]).
@@ -72,6 +77,7 @@ pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 pub const LOG_BY_KIND: TableDefinition<(u8, u64), ()> = TableDefinition::new("log_by_kind");
 pub const LOG_BY_TIME: TableDefinition<(i64, u64), ()> = TableDefinition::new("log_by_time");
 pub const IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("ids");
+pub const IDS_BY_TIME: TableDefinition<(i64, u64), &str> = TableDefinition::new("ids_by_time");
 pub const SERIES: TableDefinition<&str, u32> = TableDefinition::new("series");
 pub const HEAD: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("head");
 pub const CHUNKS: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("chunks");

@@ -21,15 +21,16 @@ use crate::run_index::RunIndex;
 use crate::runs;
 use crate::sealed::{Runs, SealTables, Sealable, Windows, seal_oldest};
 use crate::tables::{
-    CHUNKS, HEAD, IDS, K_ENGINE_CURSOR, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES, K_UNSEALED_RUNS,
-    K_UNSEALED_WINDOWS, LOG, LOG_BY_KIND, LOG_BY_TIME, META, RUN_CHUNKS, RUN_SPANS, SERIES,
-    WINDOW_CHUNKS, WINDOW_SPANS,
+    CHUNKS, HEAD, IDS, IDS_BY_TIME, K_ENGINE_CURSOR, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES,
+    K_UNSEALED_RUNS, K_UNSEALED_WINDOWS, LOG, LOG_BY_KIND, LOG_BY_TIME, META, RUN_CHUNKS,
+    RUN_SPANS, SERIES, WINDOW_CHUNKS, WINDOW_SPANS,
 };
 use crate::{Appended, Batch, DbSlot, Job, SampleDeriver};
 
 /// The tables one group commit writes, opened once per transaction.
 struct Tables<'t> {
     ids: redb::Table<'t, &'static str, &'static [u8]>,
+    ids_by_time: redb::Table<'t, (i64, u64), &'static str>,
     log: redb::Table<'t, u64, &'static [u8]>,
     by_kind: redb::Table<'t, (u8, u64), ()>,
     by_time: redb::Table<'t, (i64, u64), ()>,
@@ -53,6 +54,7 @@ impl<'t> Tables<'t> {
         let w = |e: redb::TableError| error::write_error(e);
         Ok(Tables {
             ids: wtx.open_table(IDS).map_err(w)?,
+            ids_by_time: wtx.open_table(IDS_BY_TIME).map_err(w)?,
             log: wtx.open_table(LOG).map_err(w)?,
             by_kind: wtx.open_table(LOG_BY_KIND).map_err(w)?,
             by_time: wtx.open_table(LOG_BY_TIME).map_err(w)?,
@@ -447,6 +449,9 @@ impl Writer {
                     value[8..].copy_from_slice(&d);
                     t.ids
                         .insert(id, value.as_slice())
+                        .map_err(error::write_error)?;
+                    t.ids_by_time
+                        .insert((job.now_ms, seq), id)
                         .map_err(error::write_error)?;
                 }
             }

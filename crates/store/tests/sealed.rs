@@ -6,7 +6,8 @@
 
 use kora_model::*;
 use kora_store::tables::{
-    K_FORMAT_VERSION, K_UNSEALED_RUNS, K_UNSEALED_WINDOWS, LOG, META, RUN_CHUNKS, WINDOW_CHUNKS,
+    IDS, IDS_BY_TIME, K_FORMAT_VERSION, K_UNSEALED_RUNS, K_UNSEALED_WINDOWS, LOG, META, RUN_CHUNKS,
+    WINDOW_CHUNKS,
 };
 use kora_store::*;
 use redb::{ReadableDatabase, ReadableTableMetadata};
@@ -448,6 +449,23 @@ fn a_format_2_store_written_by_the_previous_build_converts_at_open_record_for_re
     // log. A second open converts nothing.
     assert_eq!(layout(&path), (7, 0, 0, FORMAT_VERSION));
     assert_eq!(run_layout(&path), (8, 12, 12));
+    // Every client id is dated, so that the retention can forget it.
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let rtx = db.begin_read().unwrap();
+        let ids = rtx.open_table(IDS).unwrap();
+        let by_time = rtx.open_table(IDS_BY_TIME).unwrap();
+        assert!(
+            ids.len().unwrap() > 0,
+            "the fixture's records carry client ids"
+        );
+        assert_eq!(by_time.len().unwrap(), ids.len().unwrap());
+        for row in redb::ReadableTable::iter(&by_time).unwrap() {
+            let (k, id) = row.unwrap();
+            let v = ids.get(id.value()).unwrap().unwrap();
+            assert_eq!(v.value()[..8], k.value().1.to_le_bytes());
+        }
+    }
     // The run index converted too: each model's runs, newest first, as the log has them.
     let store = Store::open(&path, options()).unwrap();
     let again: Vec<serde_json::Value> = store

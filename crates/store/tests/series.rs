@@ -392,6 +392,7 @@ fn compaction_rolls_old_chunks_up_keeps_recent_samples_and_drops_expired_rollups
         raw_ms: 4 * HOUR,
         rollup_step_ms: HOUR,
         rollup_ms: 8 * HOUR,
+        ..Retention::default()
     };
     let mut total = Compacted::default();
     loop {

@@ -166,6 +166,74 @@ fn retried_ids_are_stored_once_and_reused_ids_are_refused() {
 }
 
 #[test]
+fn client_ids_are_remembered_for_their_retention_after_they_were_stored() {
+    const DAY: i64 = 86_400_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("h.redb"), StoreOptions::default()).unwrap();
+    let retention = Retention::default();
+    assert_eq!(retention.ids_ms, 30 * DAY);
+    // Stored on day 0 and day 20; a sample with an id, stored on day 0 too.
+    let first = store
+        .append(NOW, Batch::Records(vec![run(Some("a"), "r1")]))
+        .unwrap();
+    let mut s = sample(Signal::CpuLoadPct, NOW - 40 * DAY, 1.0);
+    s.id = Some("s1".into());
+    store.append(NOW, Batch::Samples(vec![s.clone()])).unwrap();
+    store
+        .append(NOW + 20 * DAY, Batch::Records(vec![run(Some("b"), "r2")]))
+        .unwrap();
+    // Day 29: nothing is forgotten, so a retry of "a" is still recognised.
+    let c = store.compact(NOW + 29 * DAY, &retention).unwrap();
+    assert_eq!(c.ids_forgotten, 0);
+    let retry = store
+        .append(NOW + 29 * DAY, Batch::Records(vec![run(Some("a"), "r1")]))
+        .unwrap();
+    assert_eq!((retry.duplicates, retry.seqs[0]), (1, first.seqs[0]));
+    // Day 31: the ids stored on day 0 are forgotten (the sample's own time, 40 days before,
+    // does not count), the one stored on day 20 is kept.
+    let c = store.compact(NOW + 31 * DAY, &retention).unwrap();
+    assert_eq!((c.ids_forgotten, c.more), (2, false));
+    assert_eq!(
+        store
+            .compact(NOW + 31 * DAY, &retention)
+            .unwrap()
+            .ids_forgotten,
+        0
+    );
+    let again = store
+        .append(NOW + 31 * DAY, Batch::Records(vec![run(Some("a"), "r1")]))
+        .unwrap();
+    assert_eq!(
+        again.accepted, 1,
+        "a retry after the horizon is stored anew"
+    );
+    assert!(again.seqs[0] > first.seqs[0]);
+    let sample_again = store
+        .append(NOW + 31 * DAY, Batch::Samples(vec![s]))
+        .unwrap();
+    assert_eq!(sample_again.accepted, 1);
+    let kept = store
+        .append(
+            NOW + 31 * DAY,
+            Batch::Records(vec![run(Some("b"), "other")]),
+        )
+        .unwrap_err();
+    assert!(matches!(kept, WriteError::IdConflict { .. }), "{kept:?}");
+    // The id stored again on day 31 is remembered from then on.
+    assert_eq!(
+        store
+            .compact(NOW + 59 * DAY, &retention)
+            .unwrap()
+            .ids_forgotten,
+        1
+    );
+    let retry = store
+        .append(NOW + 59 * DAY, Batch::Records(vec![run(Some("a"), "r1")]))
+        .unwrap();
+    assert_eq!((retry.duplicates, retry.seqs[0]), (1, again.seqs[0]));
+}
+
+#[test]
 fn concurrent_writers_share_commits_and_every_ack_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("g.redb"), StoreOptions::default()).unwrap());
