@@ -72,20 +72,30 @@ impl Store {
     /// Log entries in seq order starting at `from_seq`, at most `limit`: the log's rows merged
     /// with its sealed windows and runs.
     pub fn scan(&self, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>, ReadError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let rtx = self.read()?;
-        let sealed = SealedLog::open(&rtx)?.from(from_seq, limit)?;
-        // With `limit` sealed records in hand, no row past the last of them can be taken.
-        let bound = match sealed.last() {
-            Some(last) if sealed.len() == limit => last.seq,
-            _ => u64::MAX,
-        };
+        let sealed = SealedLog::open(&rtx)?;
         let log = rtx.open_table(LOG)?;
+        // The page's last seq, from seqs alone (the log's keys, the chunks' seq columns), so
+        // that only the records the page takes are decoded.
+        let mut seqs = sealed.seqs_from(from_seq, limit)?;
+        for item in log.range(from_seq..)?.take(limit) {
+            seqs.push(item?.0.value());
+        }
+        seqs.sort_unstable();
+        let Some(&bound) = seqs.get(limit - 1).or(seqs.last()) else {
+            return Ok(Vec::new());
+        };
         let mut rows = Vec::new();
-        for item in log.range(from_seq..=bound)?.take(limit) {
+        for item in log.range(from_seq..=bound)? {
             let (k, v) = item?;
             rows.push(decode_entry(k.value(), v.value())?);
         }
-        Ok(merge(sealed, rows, limit, |e| e.seq))
+        Ok(merge(sealed.between(from_seq, bound)?, rows, limit, |e| {
+            e.seq
+        }))
     }
 
     /// Log entries newest first, older than `before` when given, of one kind when given.

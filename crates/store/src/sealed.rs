@@ -33,6 +33,8 @@ pub(crate) trait Sealable {
     /// Encodes `(seq, indexed ts_ms, record)` rows, every record of [`Sealable::KIND`].
     fn encode(rows: Vec<(u64, i64, Record)>) -> Result<Vec<u8>, CodecError>;
     fn decode(bytes: &[u8]) -> Result<Self::Columns, CodecError>;
+    /// A chunk's seqs alone, the rest left undecoded.
+    fn seqs_only(bytes: &[u8]) -> Result<Vec<u64>, CodecError>;
     fn seqs(c: &Self::Columns) -> &[u64];
     fn ts(c: &Self::Columns, i: usize) -> i64;
     fn record(c: &Self::Columns, i: usize) -> Result<Record, CodecError>;
@@ -74,6 +76,10 @@ impl Sealable for Windows {
         Columns::decode(bytes)
     }
 
+    fn seqs_only(bytes: &[u8]) -> Result<Vec<u64>, CodecError> {
+        Columns::seqs_only(bytes)
+    }
+
     fn seqs(c: &Columns) -> &[u64] {
         &c.seqs
     }
@@ -107,6 +113,10 @@ impl Sealable for Runs {
 
     fn decode(bytes: &[u8]) -> Result<RunColumns, CodecError> {
         RunColumns::decode(bytes)
+    }
+
+    fn seqs_only(bytes: &[u8]) -> Result<Vec<u64>, CodecError> {
+        RunColumns::seqs_only(bytes)
     }
 
     fn seqs(c: &RunColumns) -> &[u64] {
@@ -226,6 +236,52 @@ impl<K: Sealable> Sealed<K> {
                 if out.len() == limit {
                     return Ok(out);
                 }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The seqs of sealed records with `from_seq <= seq`, in order, at most `limit`: only the
+    /// seq columns are decoded.
+    pub(crate) fn seqs_from(&self, from_seq: u64, limit: usize) -> Result<Vec<u64>, ReadError> {
+        let mut out = Vec::new();
+        for row in self.chunks.range(from_seq..)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = row?;
+            let seqs = K::seqs_only(v.value())
+                .map_err(|e| codec_read_error(K::TABLE, k.value().to_string(), e))?;
+            let start = seqs.partition_point(|&s| s < from_seq);
+            out.extend(seqs[start..].iter().take(limit - out.len()));
+        }
+        Ok(out)
+    }
+
+    /// Sealed records with `from_seq <= seq <= to_seq`, in seq order: only the chunks that
+    /// hold some are decoded, and records are built for those seqs alone.
+    pub(crate) fn between(&self, from_seq: u64, to_seq: u64) -> Result<Vec<LogEntry>, ReadError> {
+        let mut out = Vec::new();
+        if from_seq > to_seq {
+            return Ok(out);
+        }
+        for row in self.chunks.range(from_seq..)? {
+            let (k, v) = row?;
+            // This chunk's first seq, from its span: past `to_seq`, so is every later one.
+            if let Some(span) = self.spans.get(k.value())?
+                && span.value().0 > to_seq
+            {
+                break;
+            }
+            let c = columns::<K>(k.value(), v.value())?;
+            let seqs = K::seqs(&c);
+            let start = seqs.partition_point(|&s| s < from_seq);
+            let end = seqs.partition_point(|&s| s <= to_seq);
+            for i in start..end {
+                out.push(entry::<K>(&c, i)?);
+            }
+            if end < seqs.len() {
+                break;
             }
         }
         Ok(out)
@@ -382,12 +438,22 @@ impl SealedLog {
         })
     }
 
-    /// Sealed records of every kind with `from_seq <= seq`, in seq order, at most `limit`.
-    pub(crate) fn from(&self, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>, ReadError> {
+    /// The seqs of sealed records of every kind with `from_seq <= seq`, in order, at most
+    /// `limit`: only seq columns decoded.
+    pub(crate) fn seqs_from(&self, from_seq: u64, limit: usize) -> Result<Vec<u64>, ReadError> {
+        let mut seqs = self.windows.seqs_from(from_seq, limit)?;
+        seqs.extend(self.runs.seqs_from(from_seq, limit)?);
+        seqs.sort_unstable();
+        seqs.truncate(limit);
+        Ok(seqs)
+    }
+
+    /// Sealed records of every kind with `from_seq <= seq <= to_seq`, in seq order.
+    pub(crate) fn between(&self, from_seq: u64, to_seq: u64) -> Result<Vec<LogEntry>, ReadError> {
         Ok(merge(
-            self.windows.from(from_seq, limit)?,
-            self.runs.from(from_seq, limit)?,
-            limit,
+            self.windows.between(from_seq, to_seq)?,
+            self.runs.between(from_seq, to_seq)?,
+            usize::MAX,
             |e| e.seq,
         ))
     }
