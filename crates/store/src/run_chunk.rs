@@ -21,6 +21,8 @@
 //! Seqs and times are columns of their own so that a scan finds its rows without
 //! decompressing the block, and the block is decoded row by row, only for the rows taken.
 
+use std::sync::{Arc, Mutex};
+
 use kora_model::Run;
 
 use crate::chunk::CodecError;
@@ -58,6 +60,27 @@ pub(crate) fn encode(runs: &[(u64, i64, Run)]) -> Result<Vec<u8>, CodecError> {
         zstd::bulk::compress(&rows, ZSTD_LEVEL).map_err(decode_error)?,
     ];
     frame(VERSION, runs.len(), &sections, WHAT)
+}
+
+/// The last chunk decoded, with its bytes: a scan of the log pages through one run chunk
+/// several times (a chunk spans ~9,000 log records of a busy machine, a page 1,000), and each
+/// page would otherwise decompress the whole block again. Keyed by the chunk's own bytes, so
+/// it answers only for exactly these bytes, whatever store they came from.
+static LAST: Mutex<Option<(Vec<u8>, Arc<RunColumns>)>> = Mutex::new(None);
+
+/// [`RunColumns::decode`], answered from the last chunk decoded when `bytes` are its bytes.
+pub(crate) fn decode_cached(bytes: &[u8]) -> Result<Arc<RunColumns>, CodecError> {
+    if let Ok(last) = LAST.lock()
+        && let Some((b, c)) = last.as_ref()
+        && b.as_slice() == bytes
+    {
+        return Ok(c.clone());
+    }
+    let decoded = Arc::new(RunColumns::decode(bytes)?);
+    if let Ok(mut last) = LAST.lock() {
+        *last = Some((bytes.to_vec(), decoded.clone()));
+    }
+    Ok(decoded)
 }
 
 /// A decoded chunk: seqs and times as columns, rows decoded only when taken.

@@ -98,7 +98,7 @@ impl Sealable for Runs {
     const CHUNKS: TableDefinition<'static, u64, &'static [u8]> = RUN_CHUNKS;
     const SPANS: TableDefinition<'static, u64, (u64, i64, i64)> = RUN_SPANS;
     const TABLE: &'static str = "run_chunks";
-    type Columns = RunColumns;
+    type Columns = std::sync::Arc<RunColumns>;
 
     fn encode(rows: Vec<(u64, i64, Record)>) -> Result<Vec<u8>, CodecError> {
         let runs = rows
@@ -111,23 +111,23 @@ impl Sealable for Runs {
         crate::run_chunk::encode(&runs)
     }
 
-    fn decode(bytes: &[u8]) -> Result<RunColumns, CodecError> {
-        RunColumns::decode(bytes)
+    fn decode(bytes: &[u8]) -> Result<Self::Columns, CodecError> {
+        crate::run_chunk::decode_cached(bytes)
     }
 
     fn seqs_only(bytes: &[u8]) -> Result<Vec<u64>, CodecError> {
         RunColumns::seqs_only(bytes)
     }
 
-    fn seqs(c: &RunColumns) -> &[u64] {
+    fn seqs(c: &Self::Columns) -> &[u64] {
         &c.seqs
     }
 
-    fn ts(c: &RunColumns, i: usize) -> i64 {
+    fn ts(c: &Self::Columns, i: usize) -> i64 {
         c.ts(i)
     }
 
-    fn record(c: &RunColumns, i: usize) -> Result<Record, CodecError> {
+    fn record(c: &Self::Columns, i: usize) -> Result<Record, CodecError> {
         c.record(i).map(Record::Run)
     }
 }
