@@ -37,8 +37,14 @@
 //! - `state`: `&str -> bytes`: state the store keeps for a caller, a CRC-32 (little-endian, of
 //!   the payload) then the payload. `sample_deriver` is the serialized state of the
 //!   [`crate::SampleDeriver`] as of the last transaction that derived, written in that same
-//!   transaction. The table is created with a new store; a store made before it existed, or
-//!   one that never derived, has no key (no state), and opens unchanged.
+//!   transaction. Every other key is written by a [`crate::Batch::Derived`] (its `state`), in
+//!   the transaction of its records and cursor, and replaced by the next batch naming it:
+//!   `follower_checkpoint/{thresholds version}/{thresholds fingerprint}` is the follower's
+//!   newest checkpoint folded under those thresholds (kora-pipeline's `follower.rs`; earlier
+//!   builds appended it to the log as a `checkpoint` record instead, and such records are
+//!   still read). The table is created with a new store; a store made before it existed, or
+//!   one that never derived, has no key (no state), and opens unchanged: these keys need no
+//!   new format version.
 //!
 //! Format version 2 was format 3 without the window tables: every `window` record a log row.
 //! A version 2 store is converted to version 3 in one transaction when it is opened (its
@@ -76,3 +82,6 @@ pub const K_ENGINE_CURSOR: &str = "engine_cursor";
 pub const K_UNSEALED_WINDOWS: &str = "unsealed_windows";
 /// The key of the sample deriver's state in [`STATE`].
 pub const K_SAMPLE_DERIVER: &str = "sample_deriver";
+/// The prefix of the follower's checkpoint keys in [`STATE`]:
+/// `follower_checkpoint/{thresholds version}/{thresholds fingerprint}`.
+pub const K_FOLLOWER_CHECKPOINT: &str = "follower_checkpoint/";
