@@ -342,7 +342,9 @@ pub struct ExportRecord {
     pub as_of_seq: Option<u64>,
 }
 
-/// The engine's state after folding the log up to `up_to_seq`.
+/// The engine's state after folding the log up to `up_to_seq`. Only logs written by builds
+/// that kept the follower's checkpoints in the log hold this record; the service now keeps
+/// its checkpoint in the store's `state` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 pub struct CheckpointRecord {

@@ -6,7 +6,11 @@
 //! The same fold keeps the model catalog (for the capability profile) and the read models the
 //! read endpoints answer from ([`ReadModels`]), and writes a checkpoint of all of it every
 //! [`CHECKPOINT_EVERY`] entries, so that a restart resumes from the newest checkpoint instead
-//! of folding the whole log.
+//! of folding the whole log. The checkpoint is kept beside the log, in the store's `state`
+//! table, one per thresholds identity, replaced in place (it grows with history, and the log
+//! never drops a record); it is written in the transaction of the outputs and the cursor it
+//! answers. Earlier builds appended it to the log as a `checkpoint` record: a store they wrote
+//! still resumes from the newest of those until the first checkpoint of its own.
 //!
 //! Each pass publishes what it folded to the live stream ([`Events`]): the streamed records
 //! it read and the triggers that stopped firing ([`Resolutions`]), in log order; and, once its
@@ -20,6 +24,7 @@ use kora_model::{
 };
 use kora_policy::{CloudTiers, Engine, Thresholds};
 use kora_probe::ModelCatalog;
+use kora_store::tables::K_FOLLOWER_CHECKPOINT;
 use kora_store::{Batch, ReadError, Store};
 use kora_window::{CloudRuns, ProductIndex, RunMetrics};
 
@@ -89,10 +94,10 @@ impl ReadModels {
     }
 }
 
-/// What a checkpoint record holds (MessagePack with field names, in
-/// [`kora_model::CheckpointRecord::state`]): the follower's state after folding the log up to
-/// `up_to_seq`. A restart resumes from the newest checkpoint of the thresholds in force
-/// instead of folding the whole log; replay still folds the whole log and ignores them.
+/// What a checkpoint holds ([`Checkpoint::state`]; in a legacy log record, MessagePack with
+/// field names in [`kora_model::CheckpointRecord::state`]): the follower's state after folding
+/// the log up to `up_to_seq`. A restart resumes from the newest checkpoint of the thresholds in
+/// force instead of folding the whole log; replay still folds the whole log and ignores them.
 ///
 /// Checkpoints written before thresholds 1.1.0 also hold a `cpu_load_p95` (the profile no
 /// longer reads the CPU load); unknown fields are ignored, and such checkpoints belong to
@@ -111,6 +116,28 @@ struct FollowerState {
     /// Absent in checkpoints written before the stream followed resolutions.
     #[serde(default)]
     resolutions: Option<Resolutions>,
+}
+
+/// The follower's checkpoint as kept in the store's `state` table under [`checkpoint_key`]:
+/// MessagePack with field names, behind the store's CRC-32.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Checkpoint {
+    /// When it was written (the service's clock).
+    ts_ms: i64,
+    up_to_seq: u64,
+    thresholds_version: String,
+    thresholds_fingerprint: String,
+    state: FollowerState,
+}
+
+/// The `state` table key of the checkpoint folded under `thresholds`: one per version and
+/// fingerprint, replaced by each newer checkpoint of the same thresholds.
+fn checkpoint_key(thresholds: &Thresholds) -> String {
+    format!(
+        "{K_FOLLOWER_CHECKPOINT}{}/{}",
+        thresholds.version(),
+        thresholds.fingerprint()
+    )
 }
 
 /// Why the derived state could not be rebuilt at start.
@@ -159,7 +186,7 @@ struct Inner {
     recorded_profile: Option<LocalCapabilityProfile>,
     /// The last log seq folded into the engine.
     folded: u64,
-    /// The `up_to_seq` of the newest checkpoint in the log.
+    /// The `up_to_seq` of the newest checkpoint stored (or resumed from).
     checkpointed: u64,
     /// The thresholds fingerprint of each version the log's decisions were made with (the
     /// first seen).
@@ -344,6 +371,7 @@ impl Follower {
             let mut streamed = Vec::new();
             let mut decided: Vec<(u64, Decision)> = Vec::new();
             let mut checkpoint = None;
+            let mut state = Vec::new();
             {
                 let mut inner = self.lock();
                 for entry in &page {
@@ -366,15 +394,14 @@ impl Follower {
                     match inner.checkpoint(writer.clock().as_ref()) {
                         Ok(c) => {
                             checkpoint = Some(inner.folded);
-                            outputs.push(c);
-                            origins.push(last);
+                            state.push(c);
                         }
                         Err(e) => tracing::warn!(error = %e, "no checkpoint of the engine state"),
                     }
                 }
             }
             writer.events().publish(last, streamed);
-            if !outputs.is_empty() {
+            if !outputs.is_empty() || !state.is_empty() {
                 let pending: Vec<(usize, u64, Decision)> = outputs
                     .iter()
                     .zip(&origins)
@@ -387,6 +414,7 @@ impl Follower {
                         Batch::Derived {
                             records: outputs,
                             cursor: last,
+                            state,
                         },
                     )
                     .await?;
@@ -407,8 +435,55 @@ impl Follower {
 }
 
 /// The newest checkpoint of the thresholds in force at or below the engine cursor, decoded;
-/// `None` when there is none (or it cannot be used: the whole log is folded then).
+/// `None` when there is none (or it cannot be used: the whole log is folded then). The
+/// `state` table's checkpoint comes first; a store without one (written by a build that kept
+/// checkpoints in the log), or whose one is damaged, resumes from the log's `checkpoint`
+/// records.
 fn latest_checkpoint(
+    store: &Store,
+    thresholds: &Thresholds,
+    cursor: u64,
+) -> Result<Option<(u64, FollowerState)>, ReadError> {
+    let fingerprint = thresholds.fingerprint();
+    let key = checkpoint_key(thresholds);
+    match store.state(&key) {
+        Ok(Some(bytes)) => match rmp_serde::from_slice::<Checkpoint>(&bytes) {
+            Ok(c)
+                if c.up_to_seq <= cursor
+                    && c.thresholds_version == thresholds.version()
+                    && c.thresholds_fingerprint == fingerprint
+                    && c.state.engine.thresholds_fingerprint() == fingerprint =>
+            {
+                return Ok(Some((c.up_to_seq, c.state)));
+            }
+            Ok(c) => tracing::warn!(
+                key,
+                up_to_seq = c.up_to_seq,
+                engine_cursor = cursor,
+                "the stored checkpoint does not match the log or the thresholds; not resumed"
+            ),
+            Err(err) => tracing::warn!(
+                key,
+                error = %err,
+                "the stored checkpoint does not decode; not resumed"
+            ),
+        },
+        Ok(None) => {}
+        // Damaged bytes are never resumed: the fold starts from an older checkpoint, or the
+        // log's first entry, and the next checkpoint replaces them.
+        Err(err @ (ReadError::Corrupt { .. } | ReadError::Decode { .. })) => tracing::warn!(
+            key,
+            error = %err,
+            "the stored checkpoint is damaged; not resumed"
+        ),
+        Err(err) => return Err(err),
+    }
+    latest_logged_checkpoint(store, thresholds, cursor)
+}
+
+/// The newest `checkpoint` record of the thresholds in force in the log at or below the engine
+/// cursor (builds before the `state` table's checkpoint appended them there), decoded.
+fn latest_logged_checkpoint(
     store: &Store,
     thresholds: &Thresholds,
     cursor: u64,
@@ -451,8 +526,9 @@ fn latest_checkpoint(
 }
 
 impl Inner {
-    /// A checkpoint record of the state after folding up to `self.folded`.
-    fn checkpoint(&self, clock: &dyn Clock) -> Result<Record, rmp_serde::encode::Error> {
+    /// The checkpoint of the state after folding up to `self.folded`: its `state` table key
+    /// and value.
+    fn checkpoint(&self, clock: &dyn Clock) -> Result<(String, Vec<u8>), rmp_serde::encode::Error> {
         let state = FollowerState {
             engine: self.engine.state().clone(),
             catalog: self.catalog.clone(),
@@ -461,13 +537,18 @@ impl Inner {
             read: Some(self.read.clone()),
             resolutions: Some(self.resolutions.clone()),
         };
-        Ok(Record::Checkpoint(kora_model::CheckpointRecord {
+        let thresholds = self.engine.thresholds();
+        let checkpoint = Checkpoint {
             ts_ms: clock.now_ms(),
             up_to_seq: self.folded,
-            thresholds_version: self.engine.thresholds().version().to_owned(),
-            thresholds_fingerprint: Some(self.engine.thresholds().fingerprint()),
-            state: rmp_serde::to_vec_named(&state)?,
-        }))
+            thresholds_version: thresholds.version().to_owned(),
+            thresholds_fingerprint: thresholds.fingerprint(),
+            state,
+        };
+        Ok((
+            checkpoint_key(thresholds),
+            rmp_serde::to_vec_named(&checkpoint)?,
+        ))
     }
 
     /// Notes the thresholds a decision was made with (the first fingerprint of each version).
@@ -561,21 +642,38 @@ mod tests {
         })
     }
 
+    /// How a test writes the follower's checkpoint.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Checkpointing {
+        None,
+        /// Into the store's `state` table, as `catch_up` does.
+        State,
+        /// As a `checkpoint` record in the log, as builds before the `state` table did.
+        Logged,
+    }
+
     /// Folds what the follower has not folded and appends its outputs (with a checkpoint when
     /// asked), as `catch_up` does.
-    fn follow(store: &Store, inner: &mut Inner, checkpoint: bool) {
+    fn follow(store: &Store, inner: &mut Inner, checkpoint: Checkpointing) {
         let mut outputs = Vec::new();
+        let mut state = Vec::new();
         let mut last = inner.folded;
         for entry in store.scan(inner.folded + 1, usize::MAX).unwrap() {
             last = entry.seq;
             outputs.extend(inner.fold(&entry));
         }
-        if checkpoint {
-            outputs.push(
-                inner
-                    .checkpoint(&crate::ManualClock::new(1_900_000_000_000))
-                    .unwrap(),
-            );
+        match checkpoint {
+            Checkpointing::None => {}
+            Checkpointing::State => {
+                state.push(
+                    inner
+                        .checkpoint(&crate::ManualClock::new(1_900_000_000_000))
+                        .unwrap(),
+                );
+            }
+            Checkpointing::Logged => outputs.push(logged_checkpoint(inner)),
+        }
+        if checkpoint != Checkpointing::None {
             inner.checkpointed = inner.folded;
         }
         store
@@ -584,9 +682,111 @@ mod tests {
                 Batch::Derived {
                     records: outputs,
                     cursor: last,
+                    state,
                 },
             )
             .unwrap();
+    }
+
+    /// A checkpoint record of the state after folding up to `inner.folded`, as builds before
+    /// the `state` table's checkpoint appended to the log.
+    fn logged_checkpoint(inner: &Inner) -> Record {
+        let state = FollowerState {
+            engine: inner.engine.state().clone(),
+            catalog: inner.catalog.clone(),
+            recorded_profile: inner.recorded_profile.clone(),
+            fingerprints: inner.fingerprints.clone(),
+            read: Some(inner.read.clone()),
+            resolutions: Some(inner.resolutions.clone()),
+        };
+        Record::Checkpoint(kora_model::CheckpointRecord {
+            ts_ms: 1_900_000_000_000,
+            up_to_seq: inner.folded,
+            thresholds_version: inner.engine.thresholds().version().to_owned(),
+            thresholds_fingerprint: Some(inner.engine.thresholds().fingerprint()),
+            state: rmp_serde::to_vec_named(&state).unwrap(),
+        })
+    }
+
+    /// Runs that make the engine fire and suggest: one model slows down now and then.
+    fn runs(from: u64, to: u64) -> Vec<Record> {
+        (from..to)
+            .map(|i| {
+                let slow = (i / 200) % 3 == 1;
+                let model = ["llama-8b", "qwen-7b"][(i % 2) as usize];
+                run(
+                    i,
+                    model,
+                    if slow && model == "llama-8b" {
+                        9_000.0
+                    } else {
+                        800.0
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn rebuilt(store: &Store, checkpoints: bool) -> Inner {
+        Follower::rebuild(
+            store,
+            Thresholds::embedded(),
+            CloudTiers::embedded(),
+            checkpoints,
+        )
+        .unwrap()
+        .inner
+        .into_inner()
+        .unwrap()
+    }
+
+    /// The state a restart resumed equals that of a full fold of the same log.
+    fn assert_same_state(resumed: &Inner, full: &Inner) {
+        assert_eq!(full.checkpointed, 0);
+        assert_eq!(resumed.folded, full.folded);
+        assert_eq!(resumed.engine.state(), full.engine.state());
+        assert_eq!(resumed.catalog, full.catalog);
+        assert_eq!(resumed.recorded_profile, full.recorded_profile);
+        assert_eq!(resumed.fingerprints, full.fingerprints);
+        assert_eq!(resumed.read, full.read);
+        assert_eq!(resumed.resolutions, full.resolutions);
+    }
+
+    /// The keys of the store's `state` table, read through redb once the store is closed.
+    fn state_keys(path: &std::path::Path) -> Vec<String> {
+        use redb::{ReadableDatabase, ReadableTable};
+        let db = redb::Database::open(path).unwrap();
+        let rtx = db.begin_read().unwrap();
+        let table = rtx.open_table(kora_store::tables::STATE).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|item| item.unwrap().0.value().to_owned())
+            .collect()
+    }
+
+    /// Captures what `tracing` writes while `f` runs on this thread.
+    fn warnings<T>(f: impl FnOnce() -> T) -> (T, String) {
+        #[derive(Clone, Default)]
+        struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let out = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        (out, text)
     }
 
     #[test]
@@ -606,32 +806,16 @@ mod tests {
             .unwrap()
         };
         let add = |from: u64, to: u64| {
-            let runs = (from..to)
-                .map(|i| {
-                    // One model slows down now and then, so the engine fires and suggests.
-                    let slow = (i / 200) % 3 == 1;
-                    let model = ["llama-8b", "qwen-7b"][(i % 2) as usize];
-                    run(
-                        i,
-                        model,
-                        if slow && model == "llama-8b" {
-                            9_000.0
-                        } else {
-                            800.0
-                        },
-                    )
-                })
-                .collect();
             store
-                .append(1_900_000_000_000, Batch::Records(runs))
+                .append(1_900_000_000_000, Batch::Records(runs(from, to)))
                 .unwrap();
         };
         add(0, 1_500);
         let mut inner = rebuild(false);
-        follow(&store, &mut inner, true);
+        follow(&store, &mut inner, Checkpointing::State);
         let up_to = inner.folded;
         add(1_500, 2_500);
-        follow(&store, &mut inner, false);
+        follow(&store, &mut inner, Checkpointing::None);
         assert!(
             store
                 .scan(0, usize::MAX)
@@ -723,7 +907,7 @@ mod tests {
             .inner
             .into_inner()
             .unwrap();
-        follow(&store, &mut inner, true);
+        follow(&store, &mut inner, Checkpointing::State);
 
         // The same content starts, from its checkpoint, and has seen the decisions.
         let same = Follower::rebuild(&store, custom(10), CloudTiers::embedded(), true)
@@ -748,5 +932,182 @@ mod tests {
         );
         assert!(err.to_string().contains("1.9.0"), "{err}");
         assert!(err.to_string().contains("new MINOR version"), "{err}");
+    }
+
+    /// Issue 14: a checkpoint record was appended to the log every 20,000 entries and never
+    /// dropped, most of a year's data directory. Now the one checkpoint of the thresholds in
+    /// force is replaced in the `state` table, and a restart resumes from it.
+    #[test]
+    fn checkpoints_are_kept_beside_the_log_one_per_thresholds_and_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.redb");
+        let store = std::sync::Arc::new(Store::open(&path, Default::default()).unwrap());
+        let total = 2 * CHECKPOINT_EVERY + 5_000;
+        for from in (0..total).step_by(5_000) {
+            store
+                .append(1_900_000_000_000, Batch::Records(runs(from, from + 5_000)))
+                .unwrap();
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let follower =
+            Follower::rebuild(&store, Thresholds::embedded(), CloudTiers::embedded(), true)
+                .unwrap();
+        let writer = Writer::new(
+            store.clone(),
+            std::sync::Arc::new(crate::ManualClock::new(1_900_000_000_000)),
+            crate::Cardinality::load(&store, crate::Limits::default()).unwrap(),
+        );
+        rt.block_on(follower.catch_up(&writer)).unwrap();
+        let live = follower.inner.into_inner().unwrap();
+        assert!(
+            live.checkpointed >= 2 * CHECKPOINT_EVERY,
+            "two checkpoints were due: {}",
+            live.checkpointed
+        );
+
+        // No checkpoint record in the log; the state table's is the newest one.
+        assert!(
+            store
+                .recent(None, Some(RecordKind::Checkpoint), 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .scan(0, usize::MAX)
+                .unwrap()
+                .iter()
+                .all(|e| !matches!(e.record, Record::Checkpoint(_)))
+        );
+        let key = checkpoint_key(&Thresholds::embedded());
+        let stored: Checkpoint =
+            rmp_serde::from_slice(&store.state(&key).unwrap().unwrap()).unwrap();
+        assert_eq!(stored.up_to_seq, live.checkpointed);
+        assert_eq!(stored.thresholds_version, Thresholds::embedded().version());
+        assert!(
+            stored.up_to_seq <= store.engine_cursor().unwrap(),
+            "written with the cursor it answers"
+        );
+
+        let full = rebuilt(&store, false);
+        let resumed = rebuilt(&store, true);
+        assert_eq!(resumed.checkpointed, live.checkpointed, "resumed from it");
+        assert_same_state(&resumed, &full);
+        assert_eq!(resumed.engine.state(), live.engine.state());
+        assert!(resumed.read.product.rows() > 0, "the log holds decisions");
+
+        drop((writer, full, resumed));
+        std::sync::Arc::into_inner(store).unwrap().shutdown();
+        assert_eq!(
+            state_keys(&path),
+            vec![key],
+            "one checkpoint for the one thresholds fingerprint, replaced in place"
+        );
+    }
+
+    /// A store written before checkpoints moved to the `state` table holds them in the log:
+    /// it still resumes from the newest, until a checkpoint of the `state` table replaces it.
+    #[test]
+    fn a_checkpoint_record_in_the_log_is_still_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("b.redb"), Default::default()).unwrap();
+        store
+            .append(1_900_000_000_000, Batch::Records(runs(0, 1_500)))
+            .unwrap();
+        let mut inner = rebuilt(&store, false);
+        follow(&store, &mut inner, Checkpointing::Logged);
+        let logged = inner.folded;
+        store
+            .append(1_900_000_000_000, Batch::Records(runs(1_500, 2_500)))
+            .unwrap();
+        follow(&store, &mut inner, Checkpointing::None);
+        assert_eq!(
+            store
+                .recent(None, Some(RecordKind::Checkpoint), 10)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            store
+                .state(&checkpoint_key(&Thresholds::embedded()))
+                .unwrap(),
+            None
+        );
+
+        let resumed = rebuilt(&store, true);
+        assert_eq!(
+            resumed.checkpointed, logged,
+            "resumed from the log's record"
+        );
+        assert_same_state(&resumed, &rebuilt(&store, false));
+        assert_eq!(resumed.engine.state(), inner.engine.state());
+
+        // The first checkpoint of the state table is newer, and resumed instead.
+        store
+            .append(1_900_000_000_000, Batch::Records(runs(2_500, 3_000)))
+            .unwrap();
+        follow(&store, &mut inner, Checkpointing::State);
+        let resumed = rebuilt(&store, true);
+        assert_eq!(resumed.checkpointed, inner.folded);
+        assert!(inner.folded > logged);
+        assert_same_state(&resumed, &rebuilt(&store, false));
+    }
+
+    /// Damaged checkpoint bytes are reported and never resumed: the restart falls back to the
+    /// log's older checkpoint record here (or folds the whole log), with the state of a full
+    /// fold.
+    #[test]
+    fn a_damaged_checkpoint_is_reported_not_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.redb");
+        let key = checkpoint_key(&Thresholds::embedded());
+        let logged;
+        {
+            let store = Store::open(&path, Default::default()).unwrap();
+            store
+                .append(1_900_000_000_000, Batch::Records(runs(0, 1_500)))
+                .unwrap();
+            let mut inner = rebuilt(&store, false);
+            follow(&store, &mut inner, Checkpointing::Logged);
+            logged = inner.folded;
+            store
+                .append(1_900_000_000_000, Batch::Records(runs(1_500, 2_500)))
+                .unwrap();
+            follow(&store, &mut inner, Checkpointing::State);
+            assert_eq!(rebuilt(&store, true).checkpointed, inner.folded);
+            store.shutdown();
+        }
+        {
+            // Flip a byte of the stored checkpoint through redb itself, as a bad sector would.
+            use redb::ReadableTable;
+            let db = redb::Database::open(&path).unwrap();
+            let w = db.begin_write().unwrap();
+            {
+                let mut state = w.open_table(kora_store::tables::STATE).unwrap();
+                let mut bytes = state.get(key.as_str()).unwrap().unwrap().value().to_vec();
+                let middle = bytes.len() / 2;
+                bytes[middle] ^= 0x01;
+                state.insert(key.as_str(), bytes.as_slice()).unwrap();
+            }
+            w.commit().unwrap();
+        }
+        let store = Store::open(&path, Default::default()).unwrap();
+        assert!(matches!(
+            store.state(&key),
+            Err(ReadError::Corrupt { table: "state", .. })
+        ));
+        let (resumed, log) = warnings(|| rebuilt(&store, true));
+        assert_eq!(
+            resumed.checkpointed, logged,
+            "the damaged checkpoint is not resumed; the log's older one is"
+        );
+        assert!(log.contains("WARN"), "{log}");
+        assert!(log.contains("the stored checkpoint is damaged"), "{log}");
+        assert!(log.contains(&key), "the warning names the key: {log}");
+        assert_same_state(&resumed, &rebuilt(&store, false));
     }
 }

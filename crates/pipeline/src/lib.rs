@@ -7,7 +7,7 @@
 //!   ([`WindowDeriver`], the store's sample deriver), so no window is ever lost;
 //! - follows the log ([`Follower`]): folds it through the policy engine in seq order and
 //!   appends the engine's outputs with their cursor in one transaction, checkpointing its
-//!   state, and keeps the read models the read endpoints answer from ([`ReadModels`]);
+//!   state beside the log (the store's `state` table, in that same transaction), and keeps the read models the read endpoints answer from ([`ReadModels`]);
 //! - samples the hardware and applies the retention on a schedule ([`sampler`]);
 //! - publishes every decision as the follower commits it, and which decisions answer which
 //!   input records ([`Events`]: `GET /v1/stream` and `?wait=decisions`);

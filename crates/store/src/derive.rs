@@ -1,7 +1,7 @@
 //! Where the [`SampleDeriver`]'s state is kept: read once at open, written with every
-//! transaction that derived.
+//! transaction that derived; and the reading of any key of the `state` table.
 
-use redb::{Database, ReadableDatabase, WriteTransaction};
+use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
 
 use crate::SampleDeriver;
 use crate::codec::{checked, with_crc};
@@ -11,16 +11,21 @@ use crate::tables::{K_SAMPLE_DERIVER, STATE};
 /// The deriver's state stored by the last commit that derived; `None` when there is none (a
 /// new store, one that never derived, or one made before the `state` table existed).
 pub(crate) fn load_state(db: &Database) -> Result<Option<Vec<u8>>, ReadError> {
-    let rtx = db.begin_read()?;
+    read_state(&db.begin_read()?, K_SAMPLE_DERIVER)
+}
+
+/// The payload stored under `key` in the `state` table, its CRC-32 checked (a mismatch is
+/// [`ReadError::Corrupt`] naming the key); `None` when the key, or the table, is absent.
+pub(crate) fn read_state(rtx: &ReadTransaction, key: &str) -> Result<Option<Vec<u8>>, ReadError> {
     let table = match rtx.open_table(STATE) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let Some(bytes) = table.get(K_SAMPLE_DERIVER)? else {
+    let Some(bytes) = table.get(key)? else {
         return Ok(None);
     };
-    let payload = checked("state", || K_SAMPLE_DERIVER.to_owned(), bytes.value())?;
+    let payload = checked("state", || key.to_owned(), bytes.value())?;
     Ok(Some(payload.to_vec()))
 }
 

@@ -115,6 +115,12 @@ pub enum Batch {
     Derived {
         records: Vec<Record>,
         cursor: u64,
+        /// Caller state to keep beside the log (the follower's checkpoint), written into the
+        /// `state` table ([`tables`]) in the same transaction as the records and the cursor:
+        /// each `(key, bytes)` replaces what that key held. Read back with [`Store::state`].
+        /// The key `sample_deriver` is the store's own (the [`SampleDeriver`]'s state): a batch
+        /// naming it is refused, and stores nothing.
+        state: Vec<(String, Vec<u8>)>,
     },
 }
 

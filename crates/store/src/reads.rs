@@ -5,6 +5,7 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetada
 
 use crate::chunk::{self, Chunk, Item};
 use crate::codec::{codec_read_error, decode_entry, get_entry};
+use crate::derive::read_state;
 use crate::error::ReadError;
 use crate::retention::Rollup;
 use crate::run_index;
@@ -67,6 +68,13 @@ impl Store {
         let rtx = self.read()?;
         let meta = rtx.open_table(META)?;
         Ok(meta.get(K_ENGINE_CURSOR)?.map_or(0, |v| v.value()))
+    }
+
+    /// The caller state stored under `key` by a [`crate::Batch::Derived`] (see [`crate::tables`]),
+    /// its CRC-32 checked: damaged bytes are [`ReadError::Corrupt`] naming the table and the
+    /// key, never answered. `None` when the key was never written.
+    pub fn state(&self, key: &str) -> Result<Option<Vec<u8>>, ReadError> {
+        read_state(&self.read()?, key)
     }
 
     /// Log entries in seq order starting at `from_seq`, at most `limit`: the log's rows merged

@@ -54,8 +54,14 @@
 //! - `state`: `&str -> bytes`: state the store keeps for a caller, a CRC-32 (little-endian, of
 //!   the payload) then the payload. `sample_deriver` is the serialized state of the
 //!   [`crate::SampleDeriver`] as of the last transaction that derived, written in that same
-//!   transaction. The table is created with a new store; a store made before it existed, or
-//!   one that never derived, has no key (no state), and opens unchanged.
+//!   transaction. Every other key is written by a [`crate::Batch::Derived`] (its `state`), in
+//!   the transaction of its records and cursor, and replaced by the next batch naming it:
+//!   `follower_checkpoint/{thresholds version}/{thresholds fingerprint}` is the follower's
+//!   newest checkpoint folded under those thresholds (kora-pipeline's `follower.rs`; earlier
+//!   builds appended it to the log as a `checkpoint` record instead, and such records are
+//!   still read). The table is created with a new store; a store made before it existed, or
+//!   one that never derived, has no key (no state), and opens unchanged: these keys need no
+//!   new format version.
 //!
 //! Format version 3 was format 4 without the run chunks: every `run` record a log row, and
 //! its run index a row a run in `runs` (`(model_id, seq) -> bytes`). A version 3 store is
@@ -107,3 +113,6 @@ pub const K_UNSEALED_WINDOWS: &str = "unsealed_windows";
 pub const K_UNSEALED_RUNS: &str = "unsealed_runs";
 /// The key of the sample deriver's state in [`STATE`].
 pub const K_SAMPLE_DERIVER: &str = "sample_deriver";
+/// The prefix of the follower's checkpoint keys in [`STATE`]:
+/// `follower_checkpoint/{thresholds version}/{thresholds fingerprint}`.
+pub const K_FOLLOWER_CHECKPOINT: &str = "follower_checkpoint/";

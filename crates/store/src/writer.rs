@@ -12,7 +12,7 @@ use redb::{Database, ReadableTable, WriteTransaction};
 use serde::Serialize;
 
 use crate::chunk::{CHUNK_SAMPLES, Extra, Item};
-use crate::codec::{digest, encode_record};
+use crate::codec::{digest, encode_record, with_crc};
 use crate::derive::store_state;
 use crate::error::{self, WriteError};
 use crate::format::check_format;
@@ -21,9 +21,9 @@ use crate::run_index::RunIndex;
 use crate::runs;
 use crate::sealed::{Runs, SealTables, Sealable, Windows, seal_oldest};
 use crate::tables::{
-    CHUNKS, HEAD, IDS, IDS_BY_TIME, K_ENGINE_CURSOR, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES,
-    K_UNSEALED_RUNS, K_UNSEALED_WINDOWS, LOG, LOG_BY_KIND, LOG_BY_TIME, META, RUN_CHUNKS,
-    RUN_SPANS, SERIES, WINDOW_CHUNKS, WINDOW_SPANS,
+    CHUNKS, HEAD, IDS, IDS_BY_TIME, K_ENGINE_CURSOR, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLE_DERIVER,
+    K_SAMPLES, K_UNSEALED_RUNS, K_UNSEALED_WINDOWS, LOG, LOG_BY_KIND, LOG_BY_TIME, META,
+    RUN_CHUNKS, RUN_SPANS, SERIES, STATE, WINDOW_CHUNKS, WINDOW_SPANS,
 };
 use crate::{Appended, Batch, DbSlot, Job, SampleDeriver};
 
@@ -43,6 +43,7 @@ struct Tables<'t> {
     window_spans: redb::Table<'t, u64, (u64, i64, i64)>,
     run_chunks: redb::Table<'t, u64, &'static [u8]>,
     run_spans: redb::Table<'t, u64, (u64, i64, i64)>,
+    state: redb::Table<'t, &'static str, &'static [u8]>,
     /// `window` records written in this transaction.
     windows: u64,
     /// `run` records written in this transaction.
@@ -67,6 +68,7 @@ impl<'t> Tables<'t> {
             window_spans: wtx.open_table(WINDOW_SPANS).map_err(w)?,
             run_chunks: wtx.open_table(RUN_CHUNKS).map_err(w)?,
             run_spans: wtx.open_table(RUN_SPANS).map_err(w)?,
+            state: wtx.open_table(STATE).map_err(w)?,
             windows: 0,
             runs_written: 0,
         })
@@ -330,6 +332,13 @@ impl Writer {
         pending: &mut PendingSamples,
         job: &Job,
     ) -> Result<Result<Appended, WriteError>, WriteError> {
+        if let Batch::Derived { state, .. } = &job.batch
+            && state.iter().any(|(key, _)| key == K_SAMPLE_DERIVER)
+        {
+            return Ok(Err(WriteError::Storage(format!(
+                "a derived batch names the state key {K_SAMPLE_DERIVER:?}, which is the store's own"
+            ))));
+        }
         let ids = &mut t.ids;
         // Pass 1: recognise retries and refuse reused ids, before writing anything.
         let mut seqs: Vec<Option<u64>> = Vec::with_capacity(job.batch.len());
@@ -460,10 +469,15 @@ impl Writer {
             out.first_new_seq.get_or_insert(seq);
             out.last_new_seq = Some(seq);
         }
-        if let Batch::Derived { cursor, .. } = job.batch {
+        if let Batch::Derived { cursor, state, .. } = &job.batch {
             t.meta
-                .insert(K_ENGINE_CURSOR, cursor)
+                .insert(K_ENGINE_CURSOR, *cursor)
                 .map_err(error::write_error)?;
+            for (key, bytes) in state {
+                t.state
+                    .insert(key.as_str(), with_crc(bytes).as_slice())
+                    .map_err(error::write_error)?;
+            }
         }
         Ok(Ok(out))
     }

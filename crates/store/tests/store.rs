@@ -372,14 +372,88 @@ fn derived_batches_store_the_engine_cursor_atomically() {
                 Batch::Derived {
                     records: vec![window],
                     cursor: 1,
+                    state: vec![("follower_checkpoint/a".into(), b"one".to_vec())],
                 },
             )
             .unwrap();
         assert_eq!(a.seqs, vec![2]);
+        assert_eq!(
+            store.state("follower_checkpoint/a").unwrap().as_deref(),
+            Some(&b"one"[..])
+        );
+        // A later batch replaces the key in place; it adds no log record.
+        store
+            .append(
+                NOW,
+                Batch::Derived {
+                    records: vec![],
+                    cursor: 2,
+                    state: vec![("follower_checkpoint/a".into(), b"two".to_vec())],
+                },
+            )
+            .unwrap();
     }
     let store = Store::open(&path, StoreOptions::default()).unwrap();
-    assert_eq!(store.engine_cursor().unwrap(), 1);
+    assert_eq!(store.engine_cursor().unwrap(), 2);
     assert_eq!(store.stats().unwrap().log_records, 2);
+    assert_eq!(
+        store.state("follower_checkpoint/a").unwrap().as_deref(),
+        Some(&b"two"[..])
+    );
+    assert_eq!(store.state("follower_checkpoint/b").unwrap(), None);
+}
+
+#[test]
+fn derived_state_is_checked_and_the_deriver_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let key = "follower_checkpoint/1.0.0/abc";
+    {
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        let err = store
+            .append(
+                NOW,
+                Batch::Derived {
+                    records: vec![run(None, "r1")],
+                    cursor: 1,
+                    state: vec![(tables::K_SAMPLE_DERIVER.into(), b"x".to_vec())],
+                },
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("sample_deriver"), "{err}");
+        assert_eq!(store.stats().unwrap().log_records, 0, "nothing was stored");
+        assert_eq!(store.engine_cursor().unwrap(), 0);
+        store
+            .append(
+                NOW,
+                Batch::Derived {
+                    records: vec![],
+                    cursor: 0,
+                    state: vec![(key.into(), b"checkpoint".to_vec())],
+                },
+            )
+            .unwrap();
+    }
+    {
+        // Flip a byte of the stored value through redb itself, as a bad sector would.
+        let db = redb::Database::open(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut state = w.open_table(tables::STATE).unwrap();
+            let mut bytes = state.get(key).unwrap().unwrap().value().to_vec();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0xff;
+            state.insert(key, bytes.as_slice()).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let err = store.state(key).unwrap_err();
+    assert!(
+        matches!(&err, ReadError::Corrupt { table: "state", key: k } if k == key),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(key), "{err}");
 }
 
 #[test]
