@@ -793,18 +793,7 @@ mod tests {
     fn a_restart_from_a_checkpoint_has_the_state_of_a_full_fold() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("c.redb"), Default::default()).unwrap();
-        let rebuild = |checkpoints| {
-            Follower::rebuild(
-                &store,
-                Thresholds::embedded(),
-                CloudTiers::embedded(),
-                checkpoints,
-            )
-            .unwrap()
-            .inner
-            .into_inner()
-            .unwrap()
-        };
+        let rebuild = |checkpoints| rebuilt(&store, checkpoints);
         let add = |from: u64, to: u64| {
             store
                 .append(1_900_000_000_000, Batch::Records(runs(from, to)))
