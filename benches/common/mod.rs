@@ -336,6 +336,28 @@ pub fn apparent_bytes(dir: &Path) -> u64 {
     total
 }
 
+/// Where a store file's bytes are: every redb table's name, entries, bytes of its pages and
+/// bytes stored in them, largest first; and the file's page size and allocated bytes.
+pub fn store_tables(db: &Path) -> (u64, u64, Vec<(String, u64, u64, u64)>) {
+    use redb::{ReadableDatabase, ReadableTableMetadata, TableHandle};
+    let db = redb::Database::open(db).unwrap();
+    let wtx = db.begin_write().unwrap();
+    let stats = wtx.stats().unwrap();
+    wtx.abort().unwrap();
+    let page = stats.page_size() as u64;
+    let rtx = db.begin_read().unwrap();
+    let mut rows = Vec::new();
+    for handle in rtx.list_tables().unwrap() {
+        let name = handle.name().to_owned();
+        let t = rtx.open_untyped_table(handle).unwrap();
+        let s = t.stats().unwrap();
+        let bytes = (s.leaf_pages() + s.branch_pages()) * page;
+        rows.push((name, t.len().unwrap(), bytes, s.stored_bytes()));
+    }
+    rows.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    (page, stats.allocated_pages() * page, rows)
+}
+
 /// Asks the kernel to drop `file`'s cached pages (POSIX_FADV_DONTNEED, through python3: the
 /// workspace forbids `unsafe`). Answers whether it could.
 pub fn evict(file: &Path) -> bool {
@@ -560,6 +582,105 @@ pub fn stored_samples(base: &str) -> u64 {
         .read_json()
         .unwrap();
     health["samples"].as_u64().unwrap()
+}
+
+/// `GET /v1/health` of a running `serve` at `base`.
+pub fn health(base: &str) -> serde_json::Value {
+    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+    agent
+        .get(format!("{base}/v1/health"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap()
+}
+
+/// How far to move samples generated from [`DAY0_MS`] (`days` of them) so that they fill the
+/// last `days` whole UTC days before now, as a running service receives them (within its raw
+/// retention of 14 days, never from the future). A whole number of days: the data's alignment to
+/// minutes, hours and days is what it was.
+pub fn shift_to_recent_days(days: i64) -> i64 {
+    let day_ms = DAY_S * 1000;
+    let today = kora_pipeline::clock::wall_ms().div_euclid(day_ms) * day_ms;
+    today - days * day_ms - DAY0_MS
+}
+
+/// `samples` with every timestamp moved by `shift_ms`.
+pub fn shifted(samples: &[Sample], shift_ms: i64) -> Vec<Sample> {
+    samples
+        .iter()
+        .map(|s| Sample {
+            ts_ms: s.ts_ms.map(|t| t + shift_ms),
+            ..s.clone()
+        })
+        .collect()
+}
+
+/// Spawns `kora-telemetry serve` on `data_dir` with its own probe out of the way: `serve` has
+/// no switch to turn it off, so its interval is `probe_at_ms` ms. The sampler takes its first
+/// snapshot at once, stamped with its tick (now rounded to the interval: `probe_at_ms` itself
+/// while now is under 1.5 times it, that is for decades), applies the retention before it, and
+/// its next tick is decades away. Waits until that snapshot is stored; answers the child, its
+/// base URL and the samples the probe stored.
+pub fn spawn_serve_probe_at(
+    data_dir: &Path,
+    probe_at_ms: i64,
+) -> (std::process::Child, String, u64) {
+    let interval = format!("{probe_at_ms}ms");
+    let (child, base, _) = spawn_serve_with(data_dir, &["--probe-interval", &interval], "error");
+    let start = Instant::now();
+    loop {
+        let stored = stored_samples(&base);
+        if stored > 0 {
+            return (child, base, stored);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "serve's probe stored no sample within 120 s of its start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A keep-alive client posting MessagePack sample batches to `POST /v1/samples`, each answered
+/// once durable.
+pub struct SamplesPoster {
+    agent: ureq::Agent,
+    url: String,
+}
+
+impl SamplesPoster {
+    pub fn new(base: &str) -> SamplesPoster {
+        SamplesPoster {
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into(),
+            url: format!("{base}/v1/samples"),
+        }
+    }
+
+    /// The MessagePack body of `samples` (named fields, as `kora-client` sends it).
+    pub fn body(samples: Vec<Sample>) -> Vec<u8> {
+        rmp_serde::to_vec_named(&kora_model::SampleBatch { samples }).unwrap()
+    }
+
+    /// Posts one encoded batch of `n` samples and checks that all `n` were accepted.
+    pub fn post(&self, body: &[u8], n: usize) {
+        let mut resp = self
+            .agent
+            .post(&self.url)
+            .header("content-type", "application/msgpack")
+            .send(body)
+            .unwrap();
+        if resp.status() != 200 {
+            let why = resp.body_mut().read_to_string().unwrap_or_default();
+            panic!("the service answered {}: {why}", resp.status());
+        }
+        let ack: kora_model::IngestAck = resp.body_mut().read_json().unwrap();
+        assert_eq!(ack.accepted, n as u64, "samples accepted of a batch of {n}");
+    }
 }
 
 /// The real service (`kora_server::serve` over a pipeline) started in-process on
