@@ -193,14 +193,23 @@ fn through_serve(data: &[Sample], batch: usize) -> Measured {
             "  the store file by redb table ({page} B pages, {} bytes allocated in the file):",
             rate(file as f64)
         );
-        for (name, entries, bytes, stored) in tables.iter().filter(|t| t.2 > 0) {
+        for t in tables.iter().filter(|t| t.in_pages > 0) {
             println!(
-                "    {name:<16} {:>9} entries {:>10} B in pages {:>10} B stored",
-                rate(*entries as f64),
-                rate(*bytes as f64),
-                rate(*stored as f64)
+                "    {:<16} {:>9} entries {:>10} B in pages {:>10} B stored",
+                t.name,
+                rate(t.entries as f64),
+                rate(t.in_pages as f64),
+                rate(t.stored as f64)
             );
         }
+        println!(
+            "  the log's rows by kind: {}",
+            log_kinds(&db)
+                .iter()
+                .map(|(k, n, b)| format!("{k} {} rows {} B", rate(*n as f64), rate(*b as f64)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     Measured {
         allocated,

@@ -336,9 +336,17 @@ pub fn apparent_bytes(dir: &Path) -> u64 {
     total
 }
 
-/// Where a store file's bytes are: every redb table's name, entries, bytes of its pages and
-/// bytes stored in them, largest first; and the file's page size and allocated bytes.
-pub fn store_tables(db: &Path) -> (u64, u64, Vec<(String, u64, u64, u64)>) {
+/// One redb table of a store file: its entries, the bytes of its pages, the bytes stored in them.
+pub struct TableBytes {
+    pub name: String,
+    pub entries: u64,
+    pub in_pages: u64,
+    pub stored: u64,
+}
+
+/// Where a store file's bytes are: the file's page size and allocated bytes, and every redb
+/// table, most bytes in pages first.
+pub fn store_tables(db: &Path) -> (u64, u64, Vec<TableBytes>) {
     use redb::{ReadableDatabase, ReadableTableMetadata, TableHandle};
     let db = redb::Database::open(db).unwrap();
     let wtx = db.begin_write().unwrap();
@@ -352,10 +360,52 @@ pub fn store_tables(db: &Path) -> (u64, u64, Vec<(String, u64, u64, u64)>) {
         let t = rtx.open_untyped_table(handle).unwrap();
         let s = t.stats().unwrap();
         let bytes = (s.leaf_pages() + s.branch_pages()) * page;
-        rows.push((name, t.len().unwrap(), bytes, s.stored_bytes()));
+        rows.push(TableBytes {
+            name,
+            entries: t.len().unwrap(),
+            in_pages: bytes,
+            stored: s.stored_bytes(),
+        });
     }
-    rows.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    rows.sort_by(|a, b| {
+        b.in_pages
+            .cmp(&a.in_pages)
+            .then_with(|| a.name.cmp(&b.name))
+    });
     (page, stats.allocated_pages() * page, rows)
+}
+
+/// The log of a store file by record kind: the kind, its log rows and the bytes of their
+/// values, most bytes first (from the `log_by_kind` index and the `log` table).
+pub fn log_kinds(db: &Path) -> Vec<(String, u64, u64)> {
+    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+    const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+    const BY_KIND: TableDefinition<(u8, u64), ()> = TableDefinition::new("log_by_kind");
+    let db = redb::Database::open(db).unwrap();
+    let rtx = db.begin_read().unwrap();
+    let log = rtx.open_table(LOG).unwrap();
+    let by_kind = rtx.open_table(BY_KIND).unwrap();
+    let mut out: std::collections::BTreeMap<u8, (u64, u64)> = Default::default();
+    for row in by_kind.iter().unwrap() {
+        let (key, _) = row.unwrap();
+        let (kind, seq) = key.value();
+        let len = log.get(seq).unwrap().map_or(0, |v| v.value().len() as u64);
+        let e = out.entry(kind).or_default();
+        e.0 += 1;
+        e.1 += len;
+    }
+    let mut rows: Vec<(String, u64, u64)> = out
+        .into_iter()
+        .map(|(kind, (n, bytes))| {
+            let name = kora_model::RecordKind::ALL
+                .iter()
+                .find(|k| **k as u8 == kind)
+                .map_or_else(|| format!("kind {kind}"), |k| format!("{k:?}"));
+            (name, n, bytes)
+        })
+        .collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.2));
+    rows
 }
 
 /// Asks the kernel to drop `file`'s cached pages (POSIX_FADV_DONTNEED, through python3: the
