@@ -7,6 +7,16 @@
 //! installed, Prometheus's TSDB built from the same data with
 //! `promtool tsdb create-blocks-from openmetrics`.
 //!
+//! **Through the service** (issue 14): the same samples, in the same batches, sent to the real
+//! `kora-telemetry serve` binary over loopback (`POST /v1/samples`, MessagePack, one keep-alive
+//! client, each batch answered once durable), moved by a whole number of days so that they fill
+//! the last whole UTC days before now, as a running service receives them. The service stores
+//! them and derives what it derives from them (the one-minute time windows, closed in the
+//! samples' transactions; what the follower writes); `serve` is stopped cleanly (SIGTERM) and its
+//! whole data directory counted. `serve`'s own probe cannot be switched off: its interval is set
+//! so that its one snapshot, taken at start, is stamped one second before the data and the next
+//! is decades away; what it stores is reported (a handful of samples, perhaps a profile record).
+//!
 //! A plain timed program (criterion measures time, not bytes). `cargo bench --bench disk`.
 
 #![allow(clippy::unwrap_used)]
@@ -112,6 +122,102 @@ fn prometheus(data: &[Sample]) -> Option<Measured> {
     })
 }
 
+const SERVE_DB: &str = "kora-telemetry.redb";
+
+/// `data` sent to the real `kora-telemetry serve` over loopback in MessagePack batches of
+/// `batch`, then `serve` stopped cleanly and its whole data directory counted.
+fn through_serve(data: &[Sample], batch: usize) -> Measured {
+    let dir = tempdir();
+    let days = (data.len() as i64 + 10 * DAY_S - 1) / (10 * DAY_S);
+    let shift = shift_to_recent_days(days);
+    let first = data.iter().filter_map(|s| s.ts_ms).min().unwrap() + shift;
+    let (child, base, probed) = spawn_serve_probe_at(dir.path(), first - 1000);
+    let log_before = health(&base)["log_records"].as_u64().unwrap();
+    let poster = SamplesPoster::new(&base);
+    let (elapsed, ()) = time(|| {
+        for b in data.chunks(batch) {
+            poster.post(&SamplesPoster::body(shifted(b, shift)), b.len());
+        }
+    });
+    // The engine settles (the follower folds up to the last acknowledged record) before a
+    // `/v1/triggers` answer, so what the follower writes is in too.
+    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+    agent
+        .get(format!("{base}/v1/triggers"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let h = health(&base);
+    let stored = h["samples"].as_u64().unwrap();
+    assert_eq!(
+        stored,
+        data.len() as u64 + probed,
+        "every sample sent, and the probe's, stored raw"
+    );
+    let log = h["log_records"].as_u64().unwrap();
+    let stop = stop_serve(child);
+    let allocated = allocated_bytes(dir.path());
+    println!(
+        "  serve's probe stored {probed} samples (one snapshot, stamped 1 s before the data) and {log_before} log records at start; after the data: {} log records (the time windows the samples closed and what the follower wrote), stopped in {:.0} ms",
+        rate(log as f64),
+        stop.as_secs_f64() * 1e3
+    );
+    let mut files: Vec<(u64, String)> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let p = e.path();
+            let bytes = if p.is_dir() {
+                allocated_bytes(&p)
+            } else {
+                std::os::unix::fs::MetadataExt::blocks(&e.metadata().unwrap()) * 512
+            };
+            (bytes, e.file_name().to_string_lossy().into_owned())
+        })
+        .collect();
+    files.sort_by(|a, b| b.cmp(a));
+    println!(
+        "  the data dir: {}",
+        files
+            .iter()
+            .map(|(b, n)| format!("{n} {}", rate(*b as f64)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let db = dir.path().join(SERVE_DB);
+    if db.exists() {
+        let (page, file, tables) = store_tables(&db);
+        println!(
+            "  the store file by redb table ({page} B pages, {} bytes allocated in the file):",
+            rate(file as f64)
+        );
+        for t in tables.iter().filter(|t| t.in_pages > 0) {
+            println!(
+                "    {:<16} {:>9} entries {:>10} B in pages {:>10} B stored",
+                t.name,
+                rate(t.entries as f64),
+                rate(t.in_pages as f64),
+                rate(t.stored as f64)
+            );
+        }
+        println!(
+            "  the log's rows by kind: {}",
+            log_kinds(&db)
+                .iter()
+                .map(|(k, n, b)| format!("{k} {} rows {} B", rate(*n as f64), rate(*b as f64)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Measured {
+        allocated,
+        apparent: apparent_bytes(dir.path()),
+        secs: elapsed.as_secs_f64(),
+    }
+}
+
 fn report(name: &str, n: usize, m: &Measured) -> f64 {
     let per = m.allocated as f64 / n as f64;
     println!(
@@ -142,6 +248,7 @@ fn period(label: &str, days: i64, batches: &[usize]) {
         );
         let data = probe_samples_jitter(42, 0, n, jitter);
         let mut kp = f64::NAN;
+        let mut served = Vec::new();
         let tag = if jitter > 1 { "" } else { ", exact ticks" };
         for &batch in batches {
             println!(" durable batches of {batch}:");
@@ -156,6 +263,17 @@ fn period(label: &str, days: i64, batches: &[usize]) {
                 sp,
                 false,
             );
+            let v = through_serve(&data, batch);
+            let vp = report("kora via serve", n, &v);
+            compare_with(
+                &format!("disk per sample, {label}{tag}, batch {batch}, via serve"),
+                "B/sample",
+                vp,
+                "store-direct",
+                per,
+                false,
+            );
+            served.push((batch, vp));
             if kp.is_nan() {
                 kp = per;
             }
@@ -171,6 +289,16 @@ fn period(label: &str, days: i64, batches: &[usize]) {
                     pp,
                     false,
                 );
+                for (batch, vp) in served {
+                    compare_with(
+                        &format!("disk per sample, {label}{tag}, batch {batch}, via serve"),
+                        "B/sample",
+                        vp,
+                        "prometheus",
+                        pp,
+                        false,
+                    );
+                }
             }
             None => println!("  prometheus: promtool not installed (apt-get install prometheus)"),
         }

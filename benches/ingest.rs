@@ -3,7 +3,13 @@
 //! - batch 1 with 64 and 1,000 concurrent writer threads, each appending single samples and
 //!   waiting for each to be durable (kora: group commit through its writer thread; SQLite: one
 //!   connection behind a mutex, each insert its own durable commit);
-//! - one writer appending batches of 100 and of 10,000 samples (one durable commit each).
+//! - one writer appending batches of 100 and of 10,000 samples (one durable commit each); and
+//!   the same batches through the product path (issue 14): the real `kora-telemetry serve`
+//!   binary on a fresh data dir, one keep-alive client over loopback, `POST /v1/samples` with
+//!   MessagePack bodies (encoded before the clock starts), each answered once durable, the
+//!   service deriving its time windows in the samples' transactions. The samples are moved by a
+//!   whole number of days to the last whole UTC days before now, as a running service receives
+//!   them; `serve`'s own probe takes one snapshot at start, before the clock starts, and no more.
 //!
 //! Plain timed loops (fsync-bound work on fresh stores fits criterion's model poorly): each
 //! case runs 3 times on fresh data directories, alternating kora and SQLite; the median is
@@ -106,6 +112,28 @@ fn batches_sqlite(data: &[Vec<Sample>]) -> f64 {
     n as f64 / elapsed.as_secs_f64()
 }
 
+/// The same batches to the real `serve` over loopback, one keep-alive client; answers samples/s.
+fn batches_serve(data: &[Vec<Sample>]) -> f64 {
+    let dir = tempdir();
+    let n: usize = data.iter().map(Vec::len).sum();
+    let first = data.iter().flatten().filter_map(|s| s.ts_ms).min().unwrap();
+    let last = data.iter().flatten().filter_map(|s| s.ts_ms).max().unwrap();
+    let shift = shift_to_recent_days((last - first) / (DAY_S * 1000) + 1);
+    let (child, base, _) = spawn_serve_probe_at(dir.path(), first + shift - 1000);
+    let poster = SamplesPoster::new(&base);
+    let bodies: Vec<(Vec<u8>, usize)> = data
+        .iter()
+        .map(|b| (SamplesPoster::body(shifted(b, shift)), b.len()))
+        .collect();
+    let (elapsed, ()) = time(|| {
+        for (body, len) in &bodies {
+            poster.post(body, *len);
+        }
+    });
+    stop_serve(child);
+    n as f64 / elapsed.as_secs_f64()
+}
+
 fn both(what: &str, mut kora: impl FnMut() -> f64, mut sqlite: impl FnMut() -> f64) {
     let (mut k, mut s) = (Vec::new(), Vec::new());
     for _ in 0..REPS {
@@ -143,6 +171,23 @@ fn main() {
         }
         let all = probe_samples(1, 0, batch * batches);
         let data: Vec<Vec<Sample>> = all.chunks(batch).map(<[Sample]>::to_vec).collect();
-        both(&name, || batches_kora(&data), || batches_sqlite(&data));
+        let (mut k, mut s, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..REPS {
+            k.push(batches_kora(&data));
+            s.push(batches_sqlite(&data));
+            v.push(batches_serve(&data));
+        }
+        let show = |v: &[f64]| v.iter().map(|x| rate(*x)).collect::<Vec<_>>();
+        println!(
+            "  {name}: kora runs {:?}, sqlite runs {:?}, via serve runs {:?} samples/s",
+            show(&k),
+            show(&s),
+            show(&v)
+        );
+        let (k, s, v) = (median(k), median(s), median(v));
+        compare(&name, "samples/s", k, s, true);
+        let via = format!("{name}, via serve");
+        compare_with(&via, "samples/s", v, "store-direct", k, true);
+        compare(&via, "samples/s", v, s, true);
     }
 }

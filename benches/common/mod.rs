@@ -336,6 +336,78 @@ pub fn apparent_bytes(dir: &Path) -> u64 {
     total
 }
 
+/// One redb table of a store file: its entries, the bytes of its pages, the bytes stored in them.
+pub struct TableBytes {
+    pub name: String,
+    pub entries: u64,
+    pub in_pages: u64,
+    pub stored: u64,
+}
+
+/// Where a store file's bytes are: the file's page size and allocated bytes, and every redb
+/// table, most bytes in pages first.
+pub fn store_tables(db: &Path) -> (u64, u64, Vec<TableBytes>) {
+    use redb::{ReadableDatabase, ReadableTableMetadata, TableHandle};
+    let db = redb::Database::open(db).unwrap();
+    let wtx = db.begin_write().unwrap();
+    let stats = wtx.stats().unwrap();
+    wtx.abort().unwrap();
+    let page = stats.page_size() as u64;
+    let rtx = db.begin_read().unwrap();
+    let mut rows = Vec::new();
+    for handle in rtx.list_tables().unwrap() {
+        let name = handle.name().to_owned();
+        let t = rtx.open_untyped_table(handle).unwrap();
+        let s = t.stats().unwrap();
+        let bytes = (s.leaf_pages() + s.branch_pages()) * page;
+        rows.push(TableBytes {
+            name,
+            entries: t.len().unwrap(),
+            in_pages: bytes,
+            stored: s.stored_bytes(),
+        });
+    }
+    rows.sort_by(|a, b| {
+        b.in_pages
+            .cmp(&a.in_pages)
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    (page, stats.allocated_pages() * page, rows)
+}
+
+/// The log of a store file by record kind: the kind, its log rows and the bytes of their
+/// values, most bytes first (from the `log_by_kind` index and the `log` table).
+pub fn log_kinds(db: &Path) -> Vec<(String, u64, u64)> {
+    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+    const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+    const BY_KIND: TableDefinition<(u8, u64), ()> = TableDefinition::new("log_by_kind");
+    let db = redb::Database::open(db).unwrap();
+    let rtx = db.begin_read().unwrap();
+    let log = rtx.open_table(LOG).unwrap();
+    let by_kind = rtx.open_table(BY_KIND).unwrap();
+    let mut out: std::collections::BTreeMap<u8, (u64, u64)> = Default::default();
+    for row in by_kind.iter().unwrap() {
+        let (key, _) = row.unwrap();
+        let (kind, seq) = key.value();
+        let len = log.get(seq).unwrap().map_or(0, |v| v.value().len() as u64);
+        let e = out.entry(kind).or_default();
+        e.0 += 1;
+        e.1 += len;
+    }
+    let mut rows: Vec<(String, u64, u64)> = out
+        .into_iter()
+        .map(|(kind, (n, bytes))| {
+            let name = kora_model::RecordKind::ALL
+                .iter()
+                .find(|k| **k as u8 == kind)
+                .map_or_else(|| format!("kind {kind}"), |k| format!("{k:?}"));
+            (name, n, bytes)
+        })
+        .collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.2));
+    rows
+}
+
 /// Asks the kernel to drop `file`'s cached pages (POSIX_FADV_DONTNEED, through python3: the
 /// workspace forbids `unsafe`). Answers whether it could.
 pub fn evict(file: &Path) -> bool {
@@ -560,6 +632,105 @@ pub fn stored_samples(base: &str) -> u64 {
         .read_json()
         .unwrap();
     health["samples"].as_u64().unwrap()
+}
+
+/// `GET /v1/health` of a running `serve` at `base`.
+pub fn health(base: &str) -> serde_json::Value {
+    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+    agent
+        .get(format!("{base}/v1/health"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap()
+}
+
+/// How far to move samples generated from [`DAY0_MS`] (`days` of them) so that they fill the
+/// last `days` whole UTC days before now, as a running service receives them (within its raw
+/// retention of 14 days, never from the future). A whole number of days: the data's alignment to
+/// minutes, hours and days is what it was.
+pub fn shift_to_recent_days(days: i64) -> i64 {
+    let day_ms = DAY_S * 1000;
+    let today = kora_pipeline::clock::wall_ms().div_euclid(day_ms) * day_ms;
+    today - days * day_ms - DAY0_MS
+}
+
+/// `samples` with every timestamp moved by `shift_ms`.
+pub fn shifted(samples: &[Sample], shift_ms: i64) -> Vec<Sample> {
+    samples
+        .iter()
+        .map(|s| Sample {
+            ts_ms: s.ts_ms.map(|t| t + shift_ms),
+            ..s.clone()
+        })
+        .collect()
+}
+
+/// Spawns `kora-telemetry serve` on `data_dir` with its own probe out of the way: `serve` has
+/// no switch to turn it off, so its interval is `probe_at_ms` ms. The sampler takes its first
+/// snapshot at once, stamped with its tick (now rounded to the interval: `probe_at_ms` itself
+/// while now is under 1.5 times it, that is for decades), applies the retention before it, and
+/// its next tick is decades away. Waits until that snapshot is stored; answers the child, its
+/// base URL and the samples the probe stored.
+pub fn spawn_serve_probe_at(
+    data_dir: &Path,
+    probe_at_ms: i64,
+) -> (std::process::Child, String, u64) {
+    let interval = format!("{probe_at_ms}ms");
+    let (child, base, _) = spawn_serve_with(data_dir, &["--probe-interval", &interval], "error");
+    let start = Instant::now();
+    loop {
+        let stored = stored_samples(&base);
+        if stored > 0 {
+            return (child, base, stored);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "serve's probe stored no sample within 120 s of its start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A keep-alive client posting MessagePack sample batches to `POST /v1/samples`, each answered
+/// once durable.
+pub struct SamplesPoster {
+    agent: ureq::Agent,
+    url: String,
+}
+
+impl SamplesPoster {
+    pub fn new(base: &str) -> SamplesPoster {
+        SamplesPoster {
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into(),
+            url: format!("{base}/v1/samples"),
+        }
+    }
+
+    /// The MessagePack body of `samples` (named fields, as `kora-client` sends it).
+    pub fn body(samples: Vec<Sample>) -> Vec<u8> {
+        rmp_serde::to_vec_named(&kora_model::SampleBatch { samples }).unwrap()
+    }
+
+    /// Posts one encoded batch of `n` samples and checks that all `n` were accepted.
+    pub fn post(&self, body: &[u8], n: usize) {
+        let mut resp = self
+            .agent
+            .post(&self.url)
+            .header("content-type", "application/msgpack")
+            .send(body)
+            .unwrap();
+        if resp.status() != 200 {
+            let why = resp.body_mut().read_to_string().unwrap_or_default();
+            panic!("the service answered {}: {why}", resp.status());
+        }
+        let ack: kora_model::IngestAck = resp.body_mut().read_json().unwrap();
+        assert_eq!(ack.accepted, n as u64, "samples accepted of a batch of {n}");
+    }
 }
 
 /// The real service (`kora_server::serve` over a pipeline) started in-process on
