@@ -1,6 +1,7 @@
-//! The per-model run index: a fixed-width projection of each run's numbers, keyed
-//! `(model_id, seq)`, so that "the last N runs of this model" reads N small rows instead of
-//! decoding whole log records of every model.
+//! The row of the per-model run index: a fixed-width projection of each run's numbers, so
+//! that "the last N runs of this model" reads small rows instead of decoding whole log records
+//! of every model. A model's newest rows are kept one a key in `run_head`, keyed `(model
+//! number, seq)`; older ones are sealed in columns (`run_index.rs`).
 //!
 //! Row (after a CRC-32 of the rest, little-endian): `ts_ms` i64, `model_latency_ms`,
 //! `total_latency_ms`, `deterministic_stage_ms`, `model_stage_ms` (f64 each),
