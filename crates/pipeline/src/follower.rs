@@ -188,6 +188,10 @@ struct Inner {
     folded: u64,
     /// The `up_to_seq` of the newest checkpoint stored (or resumed from).
     checkpointed: u64,
+    /// Log entries folded since the newest checkpoint was taken (or resumed from). Counted in
+    /// entries, not seqs: samples take seqs but are not log entries, and counting seqs wrote a
+    /// checkpoint every 20,000 samples (43 a day at ten signals a second: benches/README.md).
+    since_checkpoint: u64,
     /// The thresholds fingerprint of each version the log's decisions were made with (the
     /// first seen).
     fingerprints: BTreeMap<String, String>,
@@ -221,6 +225,7 @@ impl Follower {
             recorded_profile: None,
             folded: 0,
             checkpointed: 0,
+            since_checkpoint: 0,
             fingerprints: BTreeMap::new(),
             read: ReadModels::default(),
             resolutions: Resolutions::default(),
@@ -390,10 +395,11 @@ impl Follower {
                     outputs.push(Record::Profile(profile));
                     origins.push(last);
                 }
-                if inner.folded - inner.checkpointed >= CHECKPOINT_EVERY {
+                if inner.since_checkpoint >= CHECKPOINT_EVERY {
                     match inner.checkpoint(writer.clock().as_ref()) {
                         Ok(c) => {
                             checkpoint = Some(inner.folded);
+                            inner.since_checkpoint = 0;
                             state.push(c);
                         }
                         Err(e) => tracing::warn!(error = %e, "no checkpoint of the engine state"),
@@ -572,6 +578,7 @@ impl Inner {
     /// Folds one entry; returns the engine's outputs for it.
     fn fold(&mut self, entry: &LogEntry) -> Vec<Record> {
         self.folded = self.folded.max(entry.seq);
+        self.since_checkpoint += 1;
         self.note_thresholds(&entry.record);
         self.read.push(entry);
         match &entry.record {
@@ -921,6 +928,44 @@ mod tests {
         );
         assert!(err.to_string().contains("1.9.0"), "{err}");
         assert!(err.to_string().contains("new MINOR version"), "{err}");
+    }
+
+    /// Samples take seqs but are not log entries: a day of ten signals a second (864,000 seqs)
+    /// wrote 43 checkpoints when they were counted in seqs. They are counted in entries.
+    #[test]
+    fn checkpoints_are_counted_in_log_entries_not_in_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(
+            Store::open(&dir.path().join("s.redb"), Default::default()).unwrap(),
+        );
+        let t0 = 1_900_000_000_000;
+        let samples: Vec<kora_model::Sample> = (0..2 * CHECKPOINT_EVERY as i64)
+            .map(|i| kora_model::Sample::reading(kora_model::Signal::RamFreeMb, t0 + i, 1.0))
+            .collect();
+        for b in samples.chunks(10_000) {
+            store.append(t0, Batch::Samples(b.to_vec())).unwrap();
+        }
+        store.append(t0, Batch::Records(runs(0, 100))).unwrap();
+        assert!(store.stats().unwrap().last_seq.unwrap() > 2 * CHECKPOINT_EVERY);
+        let follower =
+            Follower::rebuild(&store, Thresholds::embedded(), CloudTiers::embedded(), true)
+                .unwrap();
+        let writer = Writer::new(
+            store.clone(),
+            std::sync::Arc::new(crate::ManualClock::new(t0)),
+            crate::Cardinality::load(&store, crate::Limits::default()).unwrap(),
+        );
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(follower.catch_up(&writer))
+            .unwrap();
+        let live = follower.inner.into_inner().unwrap();
+        assert_eq!(live.checkpointed, 0, "100 runs are far from a checkpoint");
+        assert!(live.since_checkpoint >= 100);
+        let key = checkpoint_key(&Thresholds::embedded());
+        assert!(store.state(&key).unwrap().is_none());
     }
 
     /// Issue 14: a checkpoint record was appended to the log every 20,000 entries and never
