@@ -3,8 +3,8 @@
 //! rules, asks `suggest` for the suggestion, and keeps the ladder and the follow-ups moving.
 
 use kora_model::{
-    Category, Feedback, FeedbackAction, Firing, LogEntry, ProfileRecord, Record, Substrate,
-    Suppression, SuppressionRule, WindowRecord,
+    Category, Feedback, FeedbackAction, Firing, LogEntry, ProfileRecord, Record, SESSION_IDLE_MS,
+    Substrate, Suppression, SuppressionRule, WindowRecord,
 };
 use kora_window::{RunPoint, WINDOW_KIND_RUNS, WINDOW_KIND_TIME};
 
@@ -89,6 +89,7 @@ impl Engine {
             return out;
         };
         self.state.last_seq = Some(entry.seq);
+        sessions_at(&mut self.state, &entry.record, ts);
         out.extend(follow_up::expire(&mut self.state, &self.thresholds, ts));
         let seq = entry.seq;
         let (s, t) = (&mut self.state, &self.thresholds);
@@ -132,6 +133,7 @@ impl Engine {
             Record::SessionStarted(x) | Record::SessionEnded(x) => {
                 // A session's signatures are forgotten when it ends (or starts over).
                 s.sessions.remove(&x.session_id);
+                s.session_last_ms.remove(&x.session_id);
                 Vec::new()
             }
             Record::Readiness(r) => {
@@ -384,6 +386,14 @@ impl Engine {
             .last_suggested
             .insert(firing.category, firing.ts_ms);
         if let Some(sig) = &firing.signature {
+            if session != NO_SESSION {
+                let last = self
+                    .state
+                    .session_last_ms
+                    .entry(session.clone())
+                    .or_insert(firing.ts_ms);
+                *last = (*last).max(firing.ts_ms);
+            }
             *self
                 .state
                 .sessions
@@ -530,6 +540,48 @@ impl Engine {
         suggestion.in_answer_to = Some(suggestion_id.to_owned());
         self.remember(&suggestion, &ask);
         out.push(Record::Suggestion(suggestion));
+    }
+}
+
+/// Moves record time (the newest `ts_ms` of the runs and events) and the activity of the
+/// session `record` names. A session idle for `SESSION_IDLE_MS` of record time has ended, as
+/// the pipeline counts open sessions: its signatures are forgotten, so "once per session"
+/// starts over if its id comes back. Each hour of record time the ended sessions are swept,
+/// so the engine keeps only the sessions of the last day.
+fn sessions_at(s: &mut EngineState, record: &Record, ts: i64) {
+    let session = match record {
+        Record::Run(r) => Some(r.session_id.as_str()),
+        Record::ContextOom(c) => Some(c.session_id.as_str()),
+        Record::ContextRequest(c) => c.session_id.as_deref(),
+        Record::ModelLoad(_) | Record::SessionStarted(_) | Record::SessionEnded(_) => None,
+        _ => return,
+    };
+    let before = s.record_ms;
+    let now = before.map_or(ts, |b| b.max(ts));
+    s.record_ms = Some(now);
+    let horizon = now.saturating_sub(SESSION_IDLE_MS);
+    if let Some(id) = session
+        && let Some(last) = s.session_last_ms.get_mut(id)
+    {
+        if *last < horizon {
+            s.session_last_ms.remove(id);
+            s.sessions.remove(id);
+        } else {
+            *last = (*last).max(ts);
+        }
+    }
+    const HOUR_MS: i64 = 3_600_000;
+    if before.is_some_and(|b| b.div_euclid(HOUR_MS) != now.div_euclid(HOUR_MS)) {
+        let ended: Vec<String> = s
+            .session_last_ms
+            .iter()
+            .filter(|(_, last)| **last < horizon)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ended {
+            s.session_last_ms.remove(&id);
+            s.sessions.remove(&id);
+        }
     }
 }
 
