@@ -10,6 +10,7 @@ use kora_window::{RunPoint, WINDOW_KIND_RUNS, WINDOW_KIND_TIME};
 
 use crate::follow_up::{self, Measured};
 use crate::ladder::{CLOUD_OPTION, CLOUD_STEP, step_of_option};
+use crate::retire;
 use crate::state::{
     Candidate, EngineState, NO_SESSION, ProfileInfo, ReadinessInfo, Source, SuggestionMemo,
     VRAM_FREE_KEPT,
@@ -25,6 +26,8 @@ pub struct Engine {
     pub(crate) thresholds: Thresholds,
     pub(crate) tiers: CloudTiers,
     pub(crate) state: EngineState,
+    /// Whether idle state is swept (`retire`); off only in the oracle of the tests.
+    retire: bool,
 }
 
 impl Engine {
@@ -34,7 +37,16 @@ impl Engine {
             thresholds,
             tiers,
             state,
+            retire: true,
         }
+    }
+
+    /// The same engine keeping the state of idle models and scopes instead of retiring it
+    /// (see [`crate::STATE_IDLE_MS`]): its decisions are the same, its memory grows with
+    /// every model and scope ever seen. The oracle the property tests compare with.
+    pub fn without_retirement(mut self) -> Engine {
+        self.retire = false;
+        self
     }
 
     /// Resumes from a checkpointed state (built with the same thresholds).
@@ -43,6 +55,7 @@ impl Engine {
             thresholds,
             tiers,
             state,
+            retire: true,
         }
     }
 
@@ -89,6 +102,7 @@ impl Engine {
             return out;
         };
         self.state.last_seq = Some(entry.seq);
+        retire::on_time(&mut self.state, ts, self.retire);
         sessions_at(&mut self.state, &entry.record, ts);
         out.extend(follow_up::expire(&mut self.state, &self.thresholds, ts));
         let seq = entry.seq;
@@ -103,6 +117,7 @@ impl Engine {
                     return out;
                 };
                 follow_up::on_model_used(s, ts, &r.model_id, Some(&r.session_id));
+                retire::model_if_idle(s, &r.model_id);
                 let block = s.runs.push(&r.model_id, point);
                 let mut c = Vec::new();
                 if let Some(block) = &block {

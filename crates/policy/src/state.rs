@@ -239,6 +239,10 @@ pub struct EngineState {
     pub(crate) readiness: Option<ReadinessInfo>,
     /// Session → request signature → suggestions shown.
     pub(crate) sessions: BTreeMap<String, BTreeMap<String, u32>>,
+    /// The newest `ts_ms` of any record folded: the time state retirement goes by
+    /// (`retire`).
+    #[serde(default)]
+    pub(crate) fold_ms: Option<i64>,
     /// Record time: the newest `ts_ms` of the runs and events folded (the time the
     /// pipeline's open-session count uses too).
     #[serde(default)]
@@ -283,6 +287,7 @@ impl EngineState {
             profile: None,
             readiness: None,
             sessions: BTreeMap::new(),
+            fold_ms: None,
             record_ms: None,
             session_last_ms: BTreeMap::new(),
             sessionless_last_ms: None,
