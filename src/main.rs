@@ -19,6 +19,13 @@ mod print;
 mod report;
 mod serve;
 
+/// jemalloc, with background threads that give freed memory back to the system a few seconds
+/// after it is freed: after a burst of writes the service shrinks again instead of keeping its
+/// peak (benches/README.md, "the soak").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Logs to stderr with `filter`, or with `KORA_TELEMETRY_LOG` when `filter` is `None`
 /// (falling back to warnings only, so that the one-shot commands' output stays readable).
 fn init_tracing(filter: Option<&str>) {

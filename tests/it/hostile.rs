@@ -255,3 +255,71 @@ fn hostile_cardinality_is_refused_instead_of_growing_the_service() {
         "the stored client samples are exactly the acknowledged ones"
     );
 }
+
+/// A runtime that crashes never sends `session_ended`: its sessions count as ended after 24 h
+/// of record time without a record naming them (`kora_model::SESSION_IDLE_MS`), so crashed
+/// sessions cannot fill `max_open_sessions` for ever; a restart counts the same.
+#[test]
+fn sessions_of_a_crashed_runtime_stop_counting_after_a_day_of_record_time() {
+    const HOUR: i64 = 3_600_000;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("KORA_TELEMETRY_MAX_OPEN_SESSIONS", "3")];
+    let server = Server::start_with_env(dir.path(), &env);
+    let http = agent();
+    let now = kora_pipeline::clock::wall_ms();
+    let start = |id: &str, ts: i64| json!({"events": [{"kind": "session_started", "session_id": id, "ts_ms": ts}]});
+    let open = |server: &Server| -> Value {
+        let h = send(&http, "GET", &server.url("/v1/health"), None).body;
+        let l = h["limits"][2].clone();
+        assert_eq!(l["name"], "open_sessions", "{h}");
+        l
+    };
+    // Three sessions of a runtime that then crashed.
+    for id in ["a", "b", "c"] {
+        let a = send(
+            &http,
+            "POST",
+            &server.url("/v1/events"),
+            Some(&start(id, now - 25 * HOUR)),
+        );
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    assert_eq!(open(&server)["count"], 3);
+    // 23 h of record time later they still count: a fourth is refused.
+    let a = send(
+        &http,
+        "POST",
+        &server.url("/v1/events"),
+        Some(&start("d", now - 2 * HOUR)),
+    );
+    assert_eq!(a.status, 422, "{}", a.body);
+    assert_eq!(a.body["limit"]["name"], "open_sessions", "{}", a.body);
+    assert_eq!(a.body["limit"]["count"], 3, "{}", a.body);
+    // A run keeps b alive.
+    let mut r = run("run-b", "llama-3-8b-q4");
+    r["session_id"] = json!("b");
+    r["ts_ms"] = json!(now - HOUR);
+    let a = send(
+        &http,
+        "POST",
+        &server.url("/v1/runs"),
+        Some(&json!({ "runs": [r] })),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(open(&server)["count"], 3, "a and c are 24 h old, not more");
+    // Now a and c have been idle for more than a day: d fits.
+    let a = send(
+        &http,
+        "POST",
+        &server.url("/v1/events"),
+        Some(&start("d", now)),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(open(&server)["count"], 2, "b and d");
+    server.stop();
+    // The same count from the store after a restart.
+    let server = Server::start_with_env(dir.path(), &env);
+    assert_eq!(open(&server)["count"], 2, "after a restart");
+    assert_eq!(open(&server)["refused_batches"], 0);
+    server.stop();
+}

@@ -14,15 +14,25 @@
 //! use (a model's first run, a session's start), so the lock costs real use nothing.
 //!
 //! The service's own batches (the probe's samples) are counted but never refused.
+//!
+//! A session counts as open from its `session_started` until its `session_ended`, or until
+//! [`SESSION_IDLE_MS`] (24 h) of record time pass without a record naming it (its start, a run,
+//! a `context_request` or `context_oom`): a runtime that crashed never ends its sessions. Record time is the newest
+//! `ts_ms` of the runs and events stored, never the wall clock, and a session's activity is the
+//! newest `ts_ms` among its latest start and the records naming it after that start; both are
+//! maxima, so the count is a function of what the store holds, whatever order the commits came
+//! in, and a restart counts the same. A session back from idle (a run naming it) counts as open
+//! again: it is in use. Its id is kept until it ends (the ids of sessions never ended are what
+//! stays in memory: a few dozen bytes each).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use kora_model::{
     DEFAULT_MAX_MODELS, DEFAULT_MAX_OPEN_SESSIONS, DEFAULT_MAX_SERIES, LimitHit, LimitName,
-    LimitStatus, Record, RecordKind, Sample,
+    LimitStatus, Record, RecordKind, SESSION_IDLE_MS, Sample,
 };
-use kora_store::{Batch, ReadError, Store};
+use kora_store::{Appended, Batch, ReadError, Store};
 
 /// The limits a pipeline enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +41,7 @@ pub struct Limits {
     pub max_models: u64,
     /// Distinct sample series (signal, device, model).
     pub max_series: u64,
-    /// Sessions started and not ended.
+    /// Sessions started, not ended, and not idle for [`SESSION_IDLE_MS`] of record time.
     pub max_open_sessions: u64,
 }
 
@@ -71,8 +81,52 @@ pub struct LimitRefusal {
 struct Mentions {
     models: BTreeMap<String, Item>,
     series: BTreeMap<String, Item>,
-    /// `(item, session id, started)`, in batch order.
-    sessions: Vec<(Item, String, bool)>,
+    sessions: Vec<SessionItem>,
+    newest_ms: Option<i64>,
+}
+
+/// What an item does to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionOp {
+    /// `session_started`: open, active at its time.
+    Start,
+    /// `session_ended`.
+    End,
+    /// A run, a `context_request` or a `context_oom` naming it: active at its time, if open.
+    Touch,
+}
+
+/// An item of a batch that names a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SessionItem {
+    index: usize,
+    id: String,
+    op: SessionOp,
+    ts_ms: i64,
+}
+
+/// Whether a record moves record time (the newest `ts_ms` of the runs and events).
+fn is_runtime_record(r: &Record) -> bool {
+    matches!(
+        r,
+        Record::Run(_)
+            | Record::ModelLoad(_)
+            | Record::ContextRequest(_)
+            | Record::ContextOom(_)
+            | Record::SessionStarted(_)
+            | Record::SessionEnded(_)
+    )
+}
+
+/// The oldest activity that keeps a session open at record time `record_ms`.
+fn horizon(record_ms: Option<i64>) -> i64 {
+    record_ms.map_or(i64::MIN, |w| w.saturating_sub(SESSION_IDLE_MS))
+}
+
+/// The sessions open at record time `record_ms`.
+fn open_count(sessions: &BTreeMap<String, i64>, record_ms: Option<i64>) -> usize {
+    let h = horizon(record_ms);
+    sessions.values().filter(|last| **last >= h).count()
 }
 
 /// An item of a batch: its index and the field that names what it adds.
@@ -83,9 +137,9 @@ struct Item {
 }
 
 impl Mentions {
-    /// The names `batch` (its items named `name`) mentions. The service's own derived records
-    /// mention none.
-    fn of(name: &str, batch: &Batch) -> Mentions {
+    /// The names `batch` (its items named `name`) mentions, its records without a time
+    /// stamped `now_ms` as the store will. The service's own derived records mention none.
+    fn of(name: &str, batch: &Batch, now_ms: i64) -> Mentions {
         let mut m = Mentions::default();
         let at = |index: usize, field: &str| Item {
             index,
@@ -118,17 +172,28 @@ impl Mentions {
                     {
                         m.models.insert(model.clone(), at(i, "model_id"));
                     }
-                    match r {
-                        Record::SessionStarted(x) => {
-                            m.sessions
-                                .push((at(i, "session_id"), x.session_id.clone(), true));
-                        }
-                        Record::SessionEnded(x) => {
-                            m.sessions
-                                .push((at(i, "session_id"), x.session_id.clone(), false));
-                        }
-                        _ => {}
+                    if !is_runtime_record(r) {
+                        continue;
                     }
+                    let ts_ms = r.ts_ms().unwrap_or(now_ms);
+                    m.newest_ms = Some(m.newest_ms.map_or(ts_ms, |n| n.max(ts_ms)));
+                    let (id, op) = match r {
+                        Record::SessionStarted(x) => (&x.session_id, SessionOp::Start),
+                        Record::SessionEnded(x) => (&x.session_id, SessionOp::End),
+                        Record::Run(x) => (&x.session_id, SessionOp::Touch),
+                        Record::ContextOom(x) => (&x.session_id, SessionOp::Touch),
+                        Record::ContextRequest(kora_model::ContextRequest {
+                            session_id: Some(id),
+                            ..
+                        }) => (id, SessionOp::Touch),
+                        _ => continue,
+                    };
+                    m.sessions.push(SessionItem {
+                        index: i,
+                        id: id.clone(),
+                        op,
+                        ts_ms,
+                    });
                 }
             }
             Batch::Derived { .. } => {}
@@ -152,16 +217,24 @@ fn series_field(s: &Sample) -> &'static str {
 /// What a batch would add to the kept names.
 #[derive(Debug, Default)]
 pub(crate) struct Delta {
+    /// What the batch's items are called in errors (`runs`).
+    name: String,
     models: Vec<(String, Item)>,
     series: Vec<(String, Item)>,
-    /// Every session event, in batch order (an end changes the count too).
-    sessions: Vec<(Item, String, bool)>,
+    /// Every item naming a session, in batch order (an end changes the count too).
+    sessions: Vec<SessionItem>,
+    /// The newest time of the batch's runs and events.
+    newest_ms: Option<i64>,
 }
 
 impl Delta {
-    /// Nothing to count: the batch may be committed without the admission lock.
+    /// No name to add and no session started or ended: the batch may be committed without
+    /// the admission lock (its record time and session activity are maxima, applied in any
+    /// order).
     pub(crate) fn is_empty(&self) -> bool {
-        self.models.is_empty() && self.series.is_empty() && self.sessions.is_empty()
+        self.models.is_empty()
+            && self.series.is_empty()
+            && self.sessions.iter().all(|s| s.op == SessionOp::Touch)
     }
 }
 
@@ -169,7 +242,10 @@ impl Delta {
 struct Known {
     models: BTreeSet<String>,
     series: BTreeSet<String>,
-    open_sessions: BTreeSet<String>,
+    /// Sessions started and not ended, with their activity (see the module's documentation).
+    sessions: BTreeMap<String, i64>,
+    /// Record time: the newest `ts_ms` of the runs and events stored.
+    record_ms: Option<i64>,
     /// Batches refused per limit, in [`LimitName::ALL`] order.
     refused: [u64; 3],
     last_hit: Option<LimitHit>,
@@ -180,7 +256,7 @@ impl Known {
         let n = match name {
             LimitName::Models => self.models.len(),
             LimitName::Series => self.series.len(),
-            LimitName::OpenSessions => self.open_sessions.len(),
+            LimitName::OpenSessions => open_count(&self.sessions, self.record_ms),
         };
         u64::try_from(n).unwrap_or(u64::MAX)
     }
@@ -208,12 +284,16 @@ pub(crate) type Admission = tokio::sync::OwnedMutexGuard<()>;
 
 impl Cardinality {
     /// The names `store` holds: the models of its runs (one seek per model), of its series and
-    /// of its model events; its series; and the sessions its session events leave open. Reads
-    /// the series table, the runs index and the log's model and session events (not the
-    /// runs, samples or derived records).
+    /// of its model events; its series; the sessions its session events leave open, with
+    /// their activity; and record time. Reads the series table, the runs index, the log's
+    /// model and session events, and the log's newest records by time back to the newest run
+    /// and 24 h of record time before it (not the older runs, the samples or the sealed
+    /// windows).
     pub fn load(store: &Store, limits: Limits) -> Result<Cardinality, ReadError> {
         let mut known = Known::default();
-        for model in store.run_models()? {
+        let run_models = store.run_models()?;
+        let any_run = !run_models.is_empty();
+        for model in run_models {
             known.models.insert(model);
         }
         for key in store.series()? {
@@ -238,27 +318,89 @@ impl Cardinality {
                 };
                 from = last + 1;
                 for e in page {
+                    let ts = e.record.ts_ms().unwrap_or(i64::MIN);
+                    known.record_ms = known.record_ms.max(Some(ts));
                     match e.record {
-                        Record::ModelLoad(kora_model::ModelLoad { model_id, .. })
-                        | Record::ContextRequest(kora_model::ContextRequest { model_id, .. })
-                        | Record::ContextOom(kora_model::ContextOom { model_id, .. }) => {
+                        Record::ContextOom(kora_model::ContextOom {
+                            model_id,
+                            session_id,
+                            ..
+                        }) => {
+                            known.models.insert(model_id);
+                            sessions.push((e.seq, session_id, SessionOp::Touch, ts));
+                        }
+                        Record::ContextRequest(kora_model::ContextRequest {
+                            model_id,
+                            session_id,
+                            ..
+                        }) => {
+                            known.models.insert(model_id);
+                            if let Some(id) = session_id {
+                                sessions.push((e.seq, id, SessionOp::Touch, ts));
+                            }
+                        }
+                        Record::ModelLoad(kora_model::ModelLoad { model_id, .. }) => {
                             known.models.insert(model_id);
                         }
-                        Record::SessionStarted(x) => sessions.push((e.seq, x.session_id, true)),
-                        Record::SessionEnded(x) => sessions.push((e.seq, x.session_id, false)),
+                        Record::SessionStarted(x) => {
+                            sessions.push((e.seq, x.session_id, SessionOp::Start, ts));
+                        }
+                        Record::SessionEnded(x) => {
+                            sessions.push((e.seq, x.session_id, SessionOp::End, ts));
+                        }
                         _ => {}
                     }
                 }
             }
         }
         sessions.sort_by_key(|s| s.0);
-        for (_, id, started) in sessions {
-            if started {
-                known.open_sessions.insert(id);
-            } else {
-                known.open_sessions.remove(&id);
+        // Each open session's latest start (its seq) and activity.
+        let mut open: BTreeMap<String, (u64, i64)> = BTreeMap::new();
+        for (seq, id, op, ts) in sessions {
+            match op {
+                SessionOp::Start => {
+                    open.insert(id, (seq, ts));
+                }
+                SessionOp::End => {
+                    open.remove(&id);
+                }
+                SessionOp::Touch => {
+                    if let Some(s) = open.get_mut(&id) {
+                        s.1 = s.1.max(ts);
+                    }
+                }
             }
         }
+        if any_run {
+            // Newest first by time: the first run met is the newest; runs older than 24 h
+            // before record time cannot keep a session open now or later (record time only
+            // grows), so the walk stops there.
+            let mut before = None;
+            let mut newest_run: Option<i64> = None;
+            'walk: loop {
+                let page = store.recent_by_time(before, 1_000)?;
+                if page.is_empty() {
+                    break;
+                }
+                for e in page {
+                    let ts = e.record.ts_ms().unwrap_or(i64::MIN);
+                    before = Some((ts, e.seq));
+                    if newest_run.is_some() && ts < horizon(known.record_ms.max(newest_run)) {
+                        break 'walk;
+                    }
+                    if let Record::Run(r) = &e.record {
+                        newest_run = Some(newest_run.map_or(ts, |n| n.max(ts)));
+                        if let Some(s) = open.get_mut(&r.session_id)
+                            && e.seq > s.0
+                        {
+                            s.1 = s.1.max(ts);
+                        }
+                    }
+                }
+            }
+            known.record_ms = known.record_ms.max(newest_run);
+        }
+        known.sessions = open.into_iter().map(|(id, (_, last))| (id, last)).collect();
         Ok(Cardinality {
             limits,
             known: Mutex::new(known),
@@ -313,9 +455,10 @@ impl Cardinality {
         (page, next)
     }
 
-    /// What `batch` (its items named `name`) would add to the names kept now.
-    pub(crate) fn delta(&self, name: &str, batch: &Batch) -> Delta {
-        let mentions = Mentions::of(name, batch);
+    /// What `batch` (its items named `name`, its records without a time to be stamped
+    /// `now_ms`) would add to the names kept now.
+    pub(crate) fn delta(&self, name: &str, batch: &Batch, now_ms: i64) -> Delta {
+        let mentions = Mentions::of(name, batch, now_ms);
         let known = self.known();
         let mut models: Vec<(String, Item)> = mentions
             .models
@@ -331,9 +474,11 @@ impl Cardinality {
         models.sort_by_key(|(_, item)| item.index);
         series.sort_by_key(|(_, item)| item.index);
         Delta {
+            name: name.to_owned(),
             models,
             series,
             sessions: mentions.sessions,
+            newest_ms: mentions.newest_ms,
         }
     }
 
@@ -346,7 +491,7 @@ impl Cardinality {
     /// is counted and kept as the last hit.
     pub(crate) fn check(&self, delta: &Delta, now_ms: i64) -> Result<(), LimitRefusal> {
         let mut known = self.known();
-        let mut over: Vec<(usize, LimitName, &Item, String)> = Vec::new();
+        let mut over: Vec<(usize, LimitName, Item, String)> = Vec::new();
         for (name, added) in [
             (LimitName::Models, &delta.models),
             (LimitName::Series, &delta.series),
@@ -358,37 +503,52 @@ impl Cardinality {
                 // The first new name past the limit.
                 let at = usize::try_from(limit.saturating_sub(count)).unwrap_or(usize::MAX);
                 if let Some((value, item)) = added.get(at).or(added.last()) {
-                    over.push((item.index, name, item, value.clone()));
+                    over.push((item.index, name, item.clone(), value.clone()));
                 }
             }
         }
-        let mut open = known.open_sessions.len();
-        let mut started: BTreeSet<&str> = BTreeSet::new();
-        let mut ended: BTreeSet<&str> = BTreeSet::new();
+        // Sessions, in batch order, at the record time the batch brings: a start after 24 h
+        // of record time without a crashed runtime's sessions finds them ended.
+        let record_ms = known.record_ms.max(delta.newest_ms);
+        let h = horizon(record_ms);
+        let open_before = open_count(&known.sessions, record_ms);
+        let mut open = open_before;
+        let mut now: BTreeMap<&str, Option<i64>> = BTreeMap::new();
         let limit = usize::try_from(self.limits.max_open_sessions).unwrap_or(usize::MAX);
-        for (item, id, start) in &delta.sessions {
-            let is_open = (known.open_sessions.contains(id.as_str())
-                && !ended.contains(id.as_str()))
-                || started.contains(id.as_str());
-            if *start && !is_open {
+        for s in &delta.sessions {
+            let last = match now.get(s.id.as_str()) {
+                Some(l) => *l,
+                None => known.sessions.get(&s.id).copied(),
+            };
+            let next = match s.op {
+                SessionOp::Start => Some(s.ts_ms),
+                SessionOp::End => None,
+                SessionOp::Touch => last.map(|l| l.max(s.ts_ms)),
+            };
+            now.insert(&s.id, next);
+            let (was, is) = (last.is_some_and(|l| l >= h), next.is_some_and(|l| l >= h));
+            if is && !was {
                 open += 1;
-                started.insert(id);
-                ended.remove(id.as_str());
-                if open > limit {
-                    over.push((item.index, LimitName::OpenSessions, item, id.clone()));
+                if s.op == SessionOp::Start && open > limit {
+                    let item = Item {
+                        index: s.index,
+                        field: format!("{}[{}].session_id", delta.name, s.index),
+                    };
+                    over.push((s.index, LimitName::OpenSessions, item, s.id.clone()));
                     break;
                 }
-            } else if !*start && is_open {
+            } else if was && !is {
                 open -= 1;
-                started.remove(id.as_str());
-                ended.insert(id);
             }
         }
         let Some((_, name, item, value)) = over.into_iter().min_by_key(|o| (o.0, index_of(o.1)))
         else {
             return Ok(());
         };
-        let count = known.count(name);
+        let count = match name {
+            LimitName::OpenSessions => u64::try_from(open_before).unwrap_or(u64::MAX),
+            _ => known.count(name),
+        };
         let limit = self.limits.of(name);
         known.refused[index_of(name)] += 1;
         known.last_hit = Some(LimitHit {
@@ -415,9 +575,10 @@ impl Cardinality {
                 total = count.saturating_add(delta.series.len() as u64),
             ),
             LimitName::OpenSessions => format!(
-                "{field} starts session {value:?} while {count} sessions are open (started and \
-                 not ended), over the limit of {limit} (setting max_open_sessions); nothing of \
-                 this batch was stored. End the sessions that are over with session_ended",
+                "{field} starts session {value:?} while {count} sessions are open (started, not \
+                 ended, and named by a record within the last 24 h of record time), over the \
+                 limit of {limit} (setting max_open_sessions); nothing of this batch was \
+                 stored. End the sessions that are over with session_ended",
                 field = item.field,
             ),
         };
@@ -434,8 +595,9 @@ impl Cardinality {
     }
 
     /// Adds what a committed batch added (called by the store's writer thread, right after the
-    /// commit, whether or not anyone still waits for the answer).
-    pub(crate) fn apply(&self, delta: Delta) {
+    /// commit, whether or not anyone still waits for the answer). The session items of a
+    /// retry (stored before: `appended` gives them an older seq) change nothing.
+    pub(crate) fn apply(&self, delta: Delta, appended: &Appended) {
         let mut known = self.known();
         known
             .models
@@ -443,11 +605,27 @@ impl Cardinality {
         known
             .series
             .extend(delta.series.into_iter().map(|(s, _)| s));
-        for (_, id, started) in delta.sessions {
-            if started {
-                known.open_sessions.insert(id);
-            } else {
-                known.open_sessions.remove(&id);
+        known.record_ms = known.record_ms.max(delta.newest_ms);
+        let new = |index: usize| match (appended.first_new_seq, appended.seqs.get(index)) {
+            (Some(first), Some(seq)) => *seq >= first,
+            _ => false,
+        };
+        for s in delta.sessions {
+            if !new(s.index) {
+                continue;
+            }
+            match s.op {
+                SessionOp::Start => {
+                    known.sessions.insert(s.id, s.ts_ms);
+                }
+                SessionOp::End => {
+                    known.sessions.remove(&s.id);
+                }
+                SessionOp::Touch => {
+                    if let Some(last) = known.sessions.get_mut(&s.id) {
+                        *last = (*last).max(s.ts_ms);
+                    }
+                }
             }
         }
     }
@@ -467,10 +645,36 @@ mod tests {
         }
     }
 
+    /// Applies `d` as the commit of a batch whose every item is new.
+    fn apply(c: &Cardinality, d: Delta) {
+        let n = d
+            .sessions
+            .iter()
+            .map(|s| s.index + 1)
+            .max()
+            .unwrap_or(0)
+            .max(64);
+        let seqs: Vec<u64> = (1..=n as u64).collect();
+        c.apply(
+            d,
+            &Appended {
+                accepted: n as u64,
+                duplicates: 0,
+                first_new_seq: seqs.first().copied(),
+                last_new_seq: seqs.last().copied(),
+                seqs,
+            },
+        );
+    }
+
     fn session(id: &str, started: bool) -> Record {
+        session_at(id, started, None)
+    }
+
+    fn session_at(id: &str, started: bool, ts_ms: Option<i64>) -> Record {
         let e = SessionEvent {
             id: None,
-            ts_ms: None,
+            ts_ms,
             session_id: id.into(),
         };
         if started {
@@ -495,18 +699,18 @@ mod tests {
             ..Limits::default()
         });
         let first = Batch::Samples(vec![sample(None, None), sample(None, Some(0))]);
-        let d = c.delta("samples", &first);
+        let d = c.delta("samples", &first, 1);
         c.check(&d, 1).unwrap();
-        c.apply(d);
+        apply(&c, d);
         // The same series again add nothing (a retry).
-        assert!(c.delta("samples", &first).is_empty());
+        assert!(c.delta("samples", &first, 1).is_empty());
         let batch = Batch::Samples(vec![
             sample(None, Some(0)),
             sample(None, Some(1)),
             sample(None, Some(1)),
             sample(None, Some(2)),
         ]);
-        let refusal = c.check(&c.delta("samples", &batch), 7).unwrap_err();
+        let refusal = c.check(&c.delta("samples", &batch, 1), 7).unwrap_err();
         assert_eq!(refusal.field, "samples[3].device");
         assert_eq!(
             refusal.status,
@@ -535,7 +739,7 @@ mod tests {
             ..Limits::default()
         });
         let batch = Batch::Samples(vec![sample(Some("a"), None), sample(Some("b"), None)]);
-        let refusal = c.check(&c.delta("samples", &batch), 1).unwrap_err();
+        let refusal = c.check(&c.delta("samples", &batch, 1), 1).unwrap_err();
         assert_eq!(refusal.status.name, LimitName::Models);
         assert_eq!(refusal.field, "samples[1].model_id");
     }
@@ -551,21 +755,21 @@ mod tests {
             session("b", true),
             session("a", true),
         ]);
-        let d = c.delta("events", &b);
+        let d = c.delta("events", &b, 1);
         c.check(&d, 1).unwrap();
-        c.apply(d);
+        apply(&c, d);
         assert_eq!(c.status()[2].count, 2);
         // Ending one first makes room for a third; starting first does not.
         let ok = Batch::Records(vec![session("a", false), session("c", true)]);
-        c.check(&c.delta("events", &ok), 2).unwrap();
+        c.check(&c.delta("events", &ok, 1), 2).unwrap();
         let over = Batch::Records(vec![session("c", true), session("a", false)]);
-        let refusal = c.check(&c.delta("events", &over), 3).unwrap_err();
+        let refusal = c.check(&c.delta("events", &over, 1), 3).unwrap_err();
         assert_eq!(refusal.field, "events[0].session_id");
         assert_eq!(refusal.status.count, 2);
         // An end of a session never started changes nothing.
-        let d = c.delta("events", &Batch::Records(vec![session("zz", false)]));
+        let d = c.delta("events", &Batch::Records(vec![session("zz", false)]), 1);
         c.check(&d, 4).unwrap();
-        c.apply(d);
+        apply(&c, d);
         assert_eq!(c.status()[2].count, 2);
     }
 
@@ -575,13 +779,128 @@ mod tests {
         let d = c.delta(
             "samples",
             &Batch::Samples((0..5).map(|d| sample(None, Some(d))).collect()),
+            1,
         );
-        c.apply(d);
+        apply(&c, d);
         let (page, next) = c.series_page(None, 2);
         assert_eq!(page.len(), 2);
         let (rest, last) = c.series_page(next.as_deref(), 10);
         assert_eq!(rest.len(), 3);
         assert_eq!(last, None);
         assert!(page[1] < rest[0]);
+    }
+
+    const HOUR: i64 = 3_600_000;
+
+    fn run_at(session: &str, ts_ms: i64) -> Record {
+        Record::Run(kora_model::Run {
+            id: None,
+            ts_ms: Some(ts_ms),
+            run_id: format!("r{ts_ms}"),
+            session_id: session.into(),
+            model_id: "m".into(),
+            substrate: kora_model::Substrate::Local,
+            prompt_hash: kora_model::prompt_hash("hello"),
+            context_tokens: 4096,
+            tokens_in: Some(100),
+            tokens_out: Some(50),
+            total_tokens: Some(150),
+            model_latency_ms: 100.0,
+            total_latency_ms: 120.0,
+            deterministic_stage_ms: 20.0,
+            model_stage_ms: 100.0,
+            validation_retry_count: 0,
+            budget_breach_count: 0,
+            queue_wait_ms: None,
+            prompt_tokens_sent: None,
+            stages: None,
+        })
+    }
+
+    #[test]
+    fn a_session_idle_for_a_day_of_record_time_counts_as_ended() {
+        let c = cardinality(Limits {
+            max_open_sessions: 2,
+            ..Limits::default()
+        });
+        // Two sessions of a runtime that then crashed: never ended.
+        let d = c.delta(
+            "events",
+            &Batch::Records(vec![
+                session_at("a", true, Some(0)),
+                session_at("b", true, Some(HOUR)),
+            ]),
+            0,
+        );
+        c.check(&d, 0).unwrap();
+        apply(&c, d);
+        assert_eq!(c.status()[2].count, 2);
+        // Within 24 h of record time they are open: a third start is over the limit.
+        let third = Batch::Records(vec![session_at("c", true, Some(24 * HOUR))]);
+        let refusal = c.check(&c.delta("events", &third, 0), 0).unwrap_err();
+        assert_eq!(refusal.status.count, 2);
+        assert_eq!(refusal.field, "events[0].session_id");
+        // A minute later "a" has been idle for more than a day: the start fits, and the count
+        // says one open (b) before it.
+        let later = Batch::Records(vec![session_at("c", true, Some(24 * HOUR + 60_000))]);
+        let d = c.delta("events", &later, 0);
+        c.check(&d, 0).unwrap();
+        apply(&c, d);
+        assert_eq!(c.status()[2].count, 2, "b and c");
+        // A run naming b keeps it open; record time moves on by runs of other sessions.
+        let runs = Batch::Records(vec![run_at("b", 30 * HOUR), run_at("x", 47 * HOUR)]);
+        apply(&c, c.delta("runs", &runs, 0));
+        assert_eq!(
+            c.status()[2].count,
+            2,
+            "b (run at 30 h) and c (started at 24 h)"
+        );
+        let d = c.delta("runs", &Batch::Records(vec![run_at("x", 54 * HOUR)]), 0);
+        assert!(d.is_empty(), "runs of known models take no lock");
+        apply(&c, d);
+        assert_eq!(c.status()[2].count, 1, "c idle since 24 h: only b");
+        // A run of a session back from idle counts it again (it is in use), never refused.
+        apply(
+            &c,
+            c.delta("runs", &Batch::Records(vec![run_at("a", 54 * HOUR)]), 0),
+        );
+        assert_eq!(c.status()[2].count, 2, "a and b");
+    }
+
+    #[test]
+    fn a_retried_start_of_a_session_ended_since_opens_nothing() {
+        let c = cardinality(Limits::default());
+        let start = c.delta(
+            "events",
+            &Batch::Records(vec![session_at("a", true, Some(5))]),
+            0,
+        );
+        apply(&c, start);
+        apply(
+            &c,
+            c.delta(
+                "events",
+                &Batch::Records(vec![session_at("a", false, Some(6))]),
+                0,
+            ),
+        );
+        assert_eq!(c.status()[2].count, 0);
+        // The retry is stored under its first seq (older than the first new one).
+        let retry = c.delta(
+            "events",
+            &Batch::Records(vec![session_at("a", true, Some(5))]),
+            0,
+        );
+        c.apply(
+            retry,
+            &Appended {
+                seqs: vec![1],
+                accepted: 0,
+                duplicates: 1,
+                first_new_seq: None,
+                last_new_seq: None,
+            },
+        );
+        assert_eq!(c.status()[2].count, 0);
     }
 }

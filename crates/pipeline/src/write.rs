@@ -87,50 +87,60 @@ impl Writer {
     /// `samples[3].id`) and waits until it is durable. The new names of its samples (the
     /// probe's series) are counted, never refused.
     pub async fn append(&self, name: &str, batch: Batch) -> Result<Appended, WriteFailure> {
+        let now = self.clock.now_ms();
         if !matches!(batch, Batch::Samples(_)) {
-            return self.commit(name, batch, None).await;
+            return self.commit(name, batch, now, None).await;
         }
-        let delta = self.cardinality.delta(name, &batch);
+        let delta = self.cardinality.delta(name, &batch, now);
         if delta.is_empty() {
-            return self.commit(name, batch, None).await;
+            return self.commit(name, batch, now, Some((delta, None))).await;
         }
         let admission = self.cardinality.admit().await;
-        let delta = self.cardinality.delta(name, &batch);
-        self.commit(name, batch, Some((delta, admission))).await
+        let delta = self.cardinality.delta(name, &batch, now);
+        self.commit(name, batch, now, Some((delta, Some(admission))))
+            .await
     }
 
     /// Appends a client's batch (its items named `name` in errors, e.g. `runs[3].id`) and
     /// waits until it is durable; refuses it whole, storing nothing, when it would cross a
     /// cardinality limit.
     pub async fn append_limited(&self, name: &str, batch: Batch) -> Result<Appended, WriteFailure> {
-        if self.cardinality.delta(name, &batch).is_empty() {
-            return self.commit(name, batch, None).await;
+        let now = self.clock.now_ms();
+        let delta = self.cardinality.delta(name, &batch, now);
+        if delta.is_empty() {
+            // Its record time and session activity are counted after the commit, unlocked.
+            return self.commit(name, batch, now, Some((delta, None))).await;
         }
         // Counted again under the lock: a batch that held it may have added these names.
         let admission = self.cardinality.admit().await;
-        let delta = self.cardinality.delta(name, &batch);
+        let delta = self.cardinality.delta(name, &batch, now);
         self.cardinality
-            .check(&delta, self.clock.now_ms())
+            .check(&delta, now)
             .map_err(WriteFailure::Limit)?;
-        self.commit(name, batch, Some((delta, admission))).await
+        self.commit(name, batch, now, Some((delta, Some(admission))))
+            .await
     }
 
-    /// Submits `batch` to the group commit and waits until it is durable. `count`: the names
-    /// it adds and the admission lock, both handed to the store's writer thread, which adds
-    /// the names right after the commit and then lets the next batch be checked, even when no
-    /// one awaits this answer any more.
+    /// Submits `batch` to the group commit, its records without a time stamped `now_ms`, and
+    /// waits until it is durable. `count`: what it adds to the counted names and the
+    /// admission lock when it holds it, both handed to the store's writer thread, which counts
+    /// them right after the commit and then lets the next batch be checked, even when no one
+    /// awaits this answer any more.
     async fn commit(
         &self,
         name: &str,
         batch: Batch,
-        count: Option<(Delta, Admission)>,
+        now_ms: i64,
+        count: Option<(Delta, Option<Admission>)>,
     ) -> Result<Appended, WriteFailure> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let cardinality = self.cardinality.clone();
         self.store
-            .submit(self.clock.now_ms(), batch, move |r| {
-                if let (Ok(_), Some((delta, admission))) = (&r, count) {
-                    cardinality.apply(delta);
+            .submit(now_ms, batch, move |r| {
+                if let Some((delta, admission)) = count {
+                    if let Ok(appended) = &r {
+                        cardinality.apply(delta, appended);
+                    }
                     drop(admission);
                 }
                 let _ = tx.send(r);

@@ -3,13 +3,14 @@
 //! rules, asks `suggest` for the suggestion, and keeps the ladder and the follow-ups moving.
 
 use kora_model::{
-    Category, Feedback, FeedbackAction, Firing, LogEntry, ProfileRecord, Record, Substrate,
-    Suppression, SuppressionRule, WindowRecord,
+    Category, Feedback, FeedbackAction, Firing, LogEntry, ProfileRecord, Record, SESSION_IDLE_MS,
+    Substrate, Suppression, SuppressionRule, WindowRecord,
 };
 use kora_window::{RunPoint, WINDOW_KIND_RUNS, WINDOW_KIND_TIME};
 
 use crate::follow_up::{self, Measured};
 use crate::ladder::{CLOUD_OPTION, CLOUD_STEP, step_of_option};
+use crate::retire;
 use crate::state::{
     Candidate, EngineState, NO_SESSION, ProfileInfo, ReadinessInfo, Source, SuggestionMemo,
     VRAM_FREE_KEPT,
@@ -25,6 +26,8 @@ pub struct Engine {
     pub(crate) thresholds: Thresholds,
     pub(crate) tiers: CloudTiers,
     pub(crate) state: EngineState,
+    /// Whether idle state is swept (`retire`); off only in the oracle of the tests.
+    retire: bool,
 }
 
 impl Engine {
@@ -34,7 +37,16 @@ impl Engine {
             thresholds,
             tiers,
             state,
+            retire: true,
         }
+    }
+
+    /// The same engine keeping the state of idle models and scopes instead of retiring it
+    /// (see [`crate::STATE_IDLE_MS`]): its decisions are the same, its memory grows with
+    /// every model and scope ever seen. The oracle the property tests compare with.
+    pub fn without_retirement(mut self) -> Engine {
+        self.retire = false;
+        self
     }
 
     /// Resumes from a checkpointed state (built with the same thresholds).
@@ -43,6 +55,7 @@ impl Engine {
             thresholds,
             tiers,
             state,
+            retire: true,
         }
     }
 
@@ -89,6 +102,8 @@ impl Engine {
             return out;
         };
         self.state.last_seq = Some(entry.seq);
+        retire::on_time(&mut self.state, ts, self.retire);
+        sessions_at(&mut self.state, &entry.record, ts);
         out.extend(follow_up::expire(&mut self.state, &self.thresholds, ts));
         let seq = entry.seq;
         let (s, t) = (&mut self.state, &self.thresholds);
@@ -102,6 +117,7 @@ impl Engine {
                     return out;
                 };
                 follow_up::on_model_used(s, ts, &r.model_id, Some(&r.session_id));
+                retire::model_if_idle(s, &r.model_id);
                 let block = s.runs.push(&r.model_id, point);
                 let mut c = Vec::new();
                 if let Some(block) = &block {
@@ -132,6 +148,7 @@ impl Engine {
             Record::SessionStarted(x) | Record::SessionEnded(x) => {
                 // A session's signatures are forgotten when it ends (or starts over).
                 s.sessions.remove(&x.session_id);
+                s.session_last_ms.remove(&x.session_id);
                 Vec::new()
             }
             Record::Readiness(r) => {
@@ -384,6 +401,14 @@ impl Engine {
             .last_suggested
             .insert(firing.category, firing.ts_ms);
         if let Some(sig) = &firing.signature {
+            if session != NO_SESSION {
+                let last = self
+                    .state
+                    .session_last_ms
+                    .entry(session.clone())
+                    .or_insert(firing.ts_ms);
+                *last = (*last).max(firing.ts_ms);
+            }
             *self
                 .state
                 .sessions
@@ -530,6 +555,48 @@ impl Engine {
         suggestion.in_answer_to = Some(suggestion_id.to_owned());
         self.remember(&suggestion, &ask);
         out.push(Record::Suggestion(suggestion));
+    }
+}
+
+/// Moves record time (the newest `ts_ms` of the runs and events) and the activity of the
+/// session `record` names. A session idle for `SESSION_IDLE_MS` of record time has ended, as
+/// the pipeline counts open sessions: its signatures are forgotten, so "once per session"
+/// starts over if its id comes back. Each hour of record time the ended sessions are swept,
+/// so the engine keeps only the sessions of the last day.
+fn sessions_at(s: &mut EngineState, record: &Record, ts: i64) {
+    let session = match record {
+        Record::Run(r) => Some(r.session_id.as_str()),
+        Record::ContextOom(c) => Some(c.session_id.as_str()),
+        Record::ContextRequest(c) => c.session_id.as_deref(),
+        Record::ModelLoad(_) | Record::SessionStarted(_) | Record::SessionEnded(_) => None,
+        _ => return,
+    };
+    let before = s.record_ms;
+    let now = before.map_or(ts, |b| b.max(ts));
+    s.record_ms = Some(now);
+    let horizon = now.saturating_sub(SESSION_IDLE_MS);
+    if let Some(id) = session
+        && let Some(last) = s.session_last_ms.get_mut(id)
+    {
+        if *last < horizon {
+            s.session_last_ms.remove(id);
+            s.sessions.remove(id);
+        } else {
+            *last = (*last).max(ts);
+        }
+    }
+    const HOUR_MS: i64 = 3_600_000;
+    if before.is_some_and(|b| b.div_euclid(HOUR_MS) != now.div_euclid(HOUR_MS)) {
+        let ended: Vec<String> = s
+            .session_last_ms
+            .iter()
+            .filter(|(_, last)| **last < horizon)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ended {
+            s.session_last_ms.remove(&id);
+            s.sessions.remove(&id);
+        }
     }
 }
 

@@ -16,6 +16,7 @@ mod error;
 mod follow_up;
 mod ladder;
 mod replay;
+mod retire;
 pub mod scenario;
 mod state;
 mod status;
@@ -29,6 +30,7 @@ pub use engine::Engine;
 pub use error::ThresholdsError;
 pub use ladder::{CLOUD_OPTION, CLOUD_STEP, local_label, local_steps, step_of_option};
 pub use replay::{ReplayDifference, ReplayReport, derive_all, derived_key, replay};
+pub use retire::STATE_IDLE_MS;
 pub use state::EngineState;
 pub use status::{NOTHING_YET, TriggerFilter, TriggerState, TriggerStatus};
 pub use thresholds::{

@@ -239,6 +239,18 @@ pub struct EngineState {
     pub(crate) readiness: Option<ReadinessInfo>,
     /// Session → request signature → suggestions shown.
     pub(crate) sessions: BTreeMap<String, BTreeMap<String, u32>>,
+    /// The newest `ts_ms` of any record folded: the time state retirement goes by
+    /// (`retire`).
+    #[serde(default)]
+    pub(crate) fold_ms: Option<i64>,
+    /// Record time: the newest `ts_ms` of the runs and events folded (the time the
+    /// pipeline's open-session count uses too).
+    #[serde(default)]
+    pub(crate) record_ms: Option<i64>,
+    /// The newest `ts_ms` of a record naming each session of `sessions` (the implicit one
+    /// aside): a session idle for `kora_model::SESSION_IDLE_MS` of record time has ended.
+    #[serde(default)]
+    pub(crate) session_last_ms: BTreeMap<String, i64>,
     /// Record time of the latest request without a session (the implicit session's clock).
     #[serde(default)]
     pub(crate) sessionless_last_ms: Option<i64>,
@@ -275,6 +287,9 @@ impl EngineState {
             profile: None,
             readiness: None,
             sessions: BTreeMap::new(),
+            fold_ms: None,
+            record_ms: None,
+            session_last_ms: BTreeMap::new(),
             sessionless_last_ms: None,
             last_suggested: BTreeMap::new(),
             ladders: BTreeMap::new(),

@@ -79,8 +79,12 @@ struct Observed<'a> {
 
 fn observe<'a>(inp: Inputs<'a>, ask: &Ask<'_>) -> Observed<'a> {
     let tiers = inp.tiers;
+    // A model idle past the horizon is as if it had never run (`retire`).
+    let horizon = crate::retire::horizon(inp.state);
     let runs: Vec<&RunPoint> = if ask.scope == HOST {
-        inp.state.runs.all_last_runs()
+        inp.state.runs.all_last_runs_since(horizon)
+    } else if inp.state.runs.idle_before(ask.scope, horizon) {
+        Vec::new()
     } else {
         inp.state.runs.last_runs(ask.scope)
     };

@@ -290,6 +290,16 @@ mod generated {
         (g, prop_oneof![8 => 1u32..60, 1 => 60u32..2400])
     }
 
+    /// Items with a gap of 1 to 12 days now and then: models and scopes go idle past the
+    /// retirement horizon (7 days) and come back.
+    fn gen_item_with_gaps() -> impl Strategy<Value = (Gen, u32)> {
+        (
+            gen_item(),
+            prop_oneof![30 => Just(0u32), 1 => 86_400u32..1_036_800],
+        )
+            .prop_map(|((g, dt), gap)| (g, dt + gap))
+    }
+
     fn build(items: &[(Gen, u32)]) -> Vec<LogEntry> {
         let mut out = Vec::new();
         let mut t = T0;
@@ -372,7 +382,8 @@ mod generated {
                     session_id: format!("s{session}"),
                 }),
                 Gen::Window { metric, value } => {
-                    minute += 60_000;
+                    // The minutes follow the records' time (they keep up after a gap).
+                    minute = (minute + 60_000).max(t.div_euclid(60_000) * 60_000);
                     let name = [
                         "queue_wait_ms",
                         "active_sessions",
@@ -487,5 +498,99 @@ mod generated {
             let report = replay(as_log(&entries), &mut engine());
             prop_assert!(report.is_clean());
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Retirement is exact: the engine that retires idle models and scopes decides
+        /// exactly as the one that keeps everything, on logs with gaps of days; and its fold
+        /// cut anywhere and resumed is the whole fold.
+        #[test]
+        fn retiring_idle_state_changes_no_decision(
+            items in proptest::collection::vec(gen_item_with_gaps(), 1..400),
+            cut in any::<proptest::sample::Index>(),
+        ) {
+            let entries = build(&items);
+            let mut retiring = engine();
+            let all = fold(&mut retiring, &entries);
+            let mut oracle = engine().without_retirement();
+            prop_assert_eq!(&fold(&mut oracle, &entries), &all);
+
+            let at = cut.index(entries.len() + 1);
+            let mut first = engine();
+            let mut resumed_out = fold(&mut first, &entries[..at]);
+            let bytes = rmp_serde::to_vec_named(first.state()).unwrap();
+            let state: EngineState = rmp_serde::from_slice(&bytes).unwrap();
+            let mut second = Engine::with_state(Thresholds::embedded(), CloudTiers::embedded(), state);
+            resumed_out.extend(fold(&mut second, &entries[at..]));
+            prop_assert_eq!(&resumed_out, &all);
+            prop_assert_eq!(second.state(), retiring.state());
+            prop_assert!(check_invariants(&all).is_ok(), "{:?}", check_invariants(&all));
+        }
+    }
+
+    /// A model back after eight idle days: its state was retired (the sweep ran), and it is
+    /// decided as by the engine that kept it: its nine old runs do not close a block with
+    /// its next run.
+    #[test]
+    fn a_model_back_after_a_week_starts_afresh_in_both_engines() {
+        let mut items: Vec<(Gen, u32)> = Vec::new();
+        let slow = |model| Gen::Run {
+            model,
+            lat: 8_000,
+            retry: 0,
+            breach: false,
+            sent_extra: 0,
+            session: 0,
+        };
+        for _ in 0..29 {
+            items.push((slow(0), 10));
+        }
+        // Model 1 keeps the clock going for eight days, an hour apart.
+        for _ in 0..(8 * 24) {
+            items.push((slow(1), 3_600));
+        }
+        for _ in 0..31 {
+            items.push((slow(0), 10));
+        }
+        let entries = build(&items);
+        let away = 29 + 8 * 24;
+        let mut retiring = engine();
+        let mut all = fold(&mut retiring, &entries[..away]);
+        let mut oracle = engine().without_retirement();
+        let mut expected = fold(&mut oracle, &entries[..away]);
+        assert_eq!(retiring.state().runs().runs_seen("m0"), 0, "m0 was retired");
+        assert_eq!(
+            oracle.state().runs().runs_seen("m0"),
+            29,
+            "the oracle kept m0"
+        );
+        all.extend(fold(&mut retiring, &entries[away..]));
+        expected.extend(fold(&mut oracle, &entries[away..]));
+        assert_eq!(expected, all);
+        assert_eq!(retiring.state().runs().runs_seen("m0"), 31);
+        assert_eq!(
+            oracle.state().runs().runs_seen("m0"),
+            31,
+            "m0 started afresh"
+        );
+        // m0's blocks after the gap hold only its new runs.
+        let blocks: Vec<(u64, u64)> = all
+            .iter()
+            .filter_map(|r| match r {
+                Record::Window(w) if w.scope == "m0" && w.metric == "model_latency_ms" => {
+                    Some((w.first_seq.unwrap(), w.count))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(blocks.len(), 2 + 3, "{blocks:?}");
+        assert!(
+            blocks[2..]
+                .iter()
+                .all(|(first, n)| *first > 29 + 8 * 24 && *n == 10),
+            "{blocks:?}"
+        );
     }
 }

@@ -78,7 +78,10 @@ pub const FORMAT_VERSION: u64 = 4;
 /// Tunables of the store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// redb's page cache (bytes). The default 1 GiB is far more than a sidecar should take.
+    /// redb's page cache and write buffer (bytes): 32 MiB by default. redb's own default, 1 GiB,
+    /// is far more than a sidecar should take. The cache only grows until it is full, so after
+    /// a burst of writes (or hours of them) it is that much of the service's RSS; 4 MiB made a
+    /// burst of one-run commits too slow (benches/README.md, "the soak").
     pub cache_bytes: usize,
     /// How many batches may wait for the writer before `submit` answers `Busy`.
     pub queue_batches: usize,

@@ -106,6 +106,26 @@ impl Store {
         }))
     }
 
+    /// Log rows newest `ts_ms` first (ties: the higher seq first), below `before` (a
+    /// `(ts_ms, seq)`) when given, at most `limit`, from the log's time index. Sealed windows
+    /// are not among them (every one is older than every window in the log).
+    pub fn recent_by_time(
+        &self,
+        before: Option<(i64, u64)>,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, ReadError> {
+        let rtx = self.read()?;
+        let log = rtx.open_table(LOG)?;
+        let idx = rtx.open_table(LOG_BY_TIME)?;
+        let end = before.unwrap_or((i64::MAX, u64::MAX));
+        let mut out = Vec::new();
+        for item in idx.range(..end)?.rev().take(limit) {
+            let (k, _) = item?;
+            out.push(get_entry(&log, k.value().1)?);
+        }
+        Ok(out)
+    }
+
     /// Log entries newest first, older than `before` when given, of one kind when given.
     pub fn recent(
         &self,

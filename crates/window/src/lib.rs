@@ -30,8 +30,10 @@
 //! [`TimeWindows`]: tumbling windows of `window_ms` aligned to the Unix epoch, per series key.
 //! A window closes when the watermark (the newest sample time seen across all series) minus
 //! the grace passes its end. An empty window produces no record (a gap). A sample older than
-//! the end of its series' last closed window is late: it is reported as such and never changes
-//! a closed window.
+//! the end of its series' last closed window, or more than [`SERIES_IDLE_MS`] (7 days) older
+//! than the watermark, is late: it is reported as such and never changes a closed window. So a
+//! series with no window open or closed in those 7 days is forgotten (swept at the first
+//! sample of each hour) without changing any window: memory follows the series in use.
 //!
 //! # Product metrics and cloud runs
 //!
@@ -58,4 +60,4 @@ pub use run_metrics::{
     RunSeries,
 };
 pub use runs::{RunBlock, RunPoint, RunWindows, WINDOW_KIND_RUNS};
-pub use time::{PushOutcome, TimeWindows, WINDOW_KIND_TIME, scope_of_series};
+pub use time::{PushOutcome, SERIES_IDLE_MS, TimeWindows, WINDOW_KIND_TIME, scope_of_series};

@@ -214,6 +214,42 @@ impl RunWindows {
     pub fn models(&self) -> impl Iterator<Item = &str> {
         self.models.keys().map(String::as_str)
     }
+
+    /// The newest time among a model's last N runs: when it last ran, as its windows know.
+    pub fn newest_ms(&self, model_id: &str) -> Option<i64> {
+        self.models
+            .get(model_id)
+            .and_then(|m| m.recent.iter().map(|p| p.ts_ms).max())
+    }
+
+    /// Whether a model has runs and every one of its last N is older than `horizon`.
+    pub fn idle_before(&self, model_id: &str, horizon: i64) -> bool {
+        self.newest_ms(model_id).is_some_and(|t| t < horizon)
+    }
+
+    /// The last (up to) N runs of every model not [`Self::idle_before`] `horizon`.
+    pub fn all_last_runs_since(&self, horizon: i64) -> Vec<&RunPoint> {
+        self.models
+            .iter()
+            .filter(|(id, _)| !self.idle_before(id, horizon))
+            .flat_map(|(_, m)| m.recent.iter())
+            .collect()
+    }
+
+    /// The models [`Self::idle_before`] `horizon`, in order.
+    pub fn models_idle_before(&self, horizon: i64) -> Vec<String> {
+        self.models
+            .keys()
+            .filter(|id| self.idle_before(id, horizon))
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets a model: its open block, its last N runs and its count, as if it had never
+    /// run.
+    pub fn forget(&mut self, model_id: &str) {
+        self.models.remove(model_id);
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,18 @@ use crate::quantile::Digest;
 /// The window kind of an epoch-aligned time window in a `window` record.
 pub const WINDOW_KIND_TIME: &str = "time";
 
+/// How far behind the watermark a sample may be and still count: 7 days. An older sample is
+/// late for every series (stored, never in a window), so a series with no open window and
+/// nothing closed within 7 days of the watermark can be forgotten without changing any
+/// window: its next sample is judged as it would have been.
+pub const SERIES_IDLE_MS: i64 = 7 * 24 * 3_600_000;
+
+const HOUR_MS: i64 = 3_600_000;
+
+fn yes() -> bool {
+    true
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct OpenWindow {
     first_seq: u64,
@@ -52,6 +64,9 @@ pub struct TimeWindows {
     /// The newest sample time seen, across all series.
     watermark: Option<i64>,
     series: BTreeMap<String, Series>,
+    /// Whether idle series are forgotten (off only in the tests' oracle).
+    #[serde(skip, default = "yes")]
+    retire: bool,
 }
 
 impl TimeWindows {
@@ -62,7 +77,21 @@ impl TimeWindows {
             grace_ms: grace_ms.max(0),
             watermark: None,
             series: BTreeMap::new(),
+            retire: true,
         }
+    }
+
+    /// The same windows keeping every series ever seen (the oracle of the tests): the
+    /// windows they close are the same.
+    pub fn without_retirement(mut self) -> TimeWindows {
+        self.retire = false;
+        self
+    }
+
+    /// The series kept: those with an open window or one closed within [`SERIES_IDLE_MS`]
+    /// of the watermark (swept at the first sample of each hour).
+    pub fn series_kept(&self) -> usize {
+        self.series.len()
     }
 
     pub fn window_ms(&self) -> i64 {
@@ -85,6 +114,13 @@ impl TimeWindows {
     /// Adds one sample of `series` and closes every window the new watermark passes.
     pub fn push(&mut self, series: &str, seq: u64, ts_ms: i64, value: f64) -> PushOutcome {
         let start = self.window_start(ts_ms);
+        let too_old = self
+            .watermark
+            .is_some_and(|w| ts_ms < w.saturating_sub(SERIES_IDLE_MS));
+        if too_old {
+            let closed = self.advance(ts_ms);
+            return PushOutcome { late: true, closed };
+        }
         let s = self.series.entry(series.to_owned()).or_default();
         let late = s.closed_until.is_some_and(|until| ts_ms < until);
         if !late {
@@ -103,8 +139,14 @@ impl TimeWindows {
 
     /// Moves the watermark to `ts_ms` (it never goes back) and returns the windows that close.
     pub fn advance(&mut self, ts_ms: i64) -> Vec<WindowRecord> {
-        let wm = self.watermark.map_or(ts_ms, |w| w.max(ts_ms));
+        let before = self.watermark;
+        let wm = before.map_or(ts_ms, |w| w.max(ts_ms));
         self.watermark = Some(wm);
+        if self.retire && before.is_some_and(|b| b.div_euclid(HOUR_MS) != wm.div_euclid(HOUR_MS)) {
+            let horizon = wm.saturating_sub(SERIES_IDLE_MS);
+            self.series
+                .retain(|_, s| !s.open.is_empty() || s.closed_until.is_some_and(|c| c >= horizon));
+        }
         let cutoff = wm.saturating_sub(self.grace_ms);
         let mut closed: Vec<WindowRecord> = Vec::new();
         for (key, s) in self.series.iter_mut() {
@@ -245,5 +287,52 @@ mod tests {
         let json = serde_json::to_string(&tw).unwrap();
         let back: TimeWindows = serde_json::from_str(&json).unwrap();
         assert_eq!(back, tw);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Forgetting idle series closes the same windows as keeping them, on samples of a
+        /// few series with gaps of days, some of them late or more than a week old.
+        #[test]
+        fn forgetting_idle_series_changes_no_window(
+            items in proptest::collection::vec(
+                (0u8..6, -600_000i64..120_000, 0u32..40, 0.0f64..100.0),
+                1..300,
+            ),
+        ) {
+            let mut kept = TimeWindows::new(60_000, 5_000).without_retirement();
+            let mut retiring = TimeWindows::new(60_000, 5_000);
+            let mut t = T0;
+            for (seq, (series, back, gap_hours, value)) in items.into_iter().enumerate() {
+                // Mostly forward, now and then a gap of up to 40 hours or a sample from the
+                // past (up to 10 minutes, or 10 days when the gap draws 0).
+                t += i64::from(gap_hours % 20 / 19) * i64::from(gap_hours) * HOUR_MS + 7_000;
+                let ts = if gap_hours == 0 { t + back * 1_440 } else { t + back.min(0) / 10 };
+                let key = format!("s{series}");
+                let a = kept.push(&key, seq as u64 + 1, ts, value);
+                let b = retiring.push(&key, seq as u64 + 1, ts, value);
+                proptest::prop_assert_eq!(a, b);
+            }
+            proptest::prop_assert!(retiring.series_kept() <= kept.series_kept());
+        }
+    }
+
+    #[test]
+    fn a_series_idle_for_a_week_is_forgotten_and_a_sample_older_than_a_week_is_late() {
+        let mut tw = TimeWindows::new(60_000, 5_000);
+        tw.push("idle", 1, T0, 1.0);
+        tw.push("busy", 2, T0 + 1_000, 1.0);
+        let week = SERIES_IDLE_MS;
+        tw.push("busy", 3, T0 + week, 1.0);
+        assert_eq!(tw.series_kept(), 2, "idle closed a week ago, to the minute");
+        tw.push("busy", 4, T0 + week + 2 * HOUR_MS, 1.0);
+        assert_eq!(tw.series_kept(), 1);
+        let old = tw.push("idle", 5, T0 + 3 * 60_000, 9.0);
+        assert!(old.late, "more than a week behind the watermark");
+        assert_eq!(tw.series_kept(), 1);
+        let back = tw.push("idle", 6, T0 + week + 2 * HOUR_MS, 9.0);
+        assert!(!back.late);
+        assert_eq!(tw.series_kept(), 2);
     }
 }

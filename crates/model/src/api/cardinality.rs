@@ -19,8 +19,16 @@ pub const DEFAULT_MAX_MODELS: u64 = 1_000;
 /// full (each series costs about 4.5 KiB, each model about 20 KiB: `benches/hostile.rs`).
 pub const DEFAULT_MAX_SERIES: u64 = 4_000;
 /// The default limit on sessions open at once (`session_started` without its
-/// `session_ended`): a machine serves a few dozen concurrent sessions at most.
+/// `session_ended`, active within [`SESSION_IDLE_MS`]): a machine serves a few dozen
+/// concurrent sessions at most.
 pub const DEFAULT_MAX_OPEN_SESSIONS: u64 = 1_000;
+/// How long a session may go without a record naming it (its `session_started`, a run, a
+/// `context_oom`) before it counts as ended: 24 hours of record time, the newest `ts_ms` of
+/// the runs and events stored (never the wall clock, so the same log always gives the same
+/// count). A runtime that crashed never sends its `session_ended`; without this its sessions
+/// would stay open for ever and fill `max_open_sessions`. The policy engine ends a session at
+/// the same horizon (its request signatures are forgotten, as at a `session_ended`).
+pub const SESSION_IDLE_MS: i64 = 24 * 3_600_000;
 /// The default of the most items one page of a scope view (`GET /v1/triggers`, the list of
 /// `GET /v1/series`) may hold: `?limit=` may ask for fewer, never more.
 pub const DEFAULT_MAX_VIEW_SCOPES: usize = 1_000;
@@ -37,7 +45,8 @@ pub enum LimitName {
     /// Distinct sample series (signal, device and model: `GET /v1/series`; setting
     /// `max_series`).
     Series,
-    /// Sessions open now: a `session_started` whose `session_ended` has not come (setting
+    /// Sessions open now: a `session_started` whose `session_ended` has not come, named by a
+    /// record within the last [`SESSION_IDLE_MS`] of record time (setting
     /// `max_open_sessions`).
     OpenSessions,
 }

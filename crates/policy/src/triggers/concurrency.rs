@@ -222,6 +222,7 @@ fn minute(s: &mut EngineState, t: &Thresholds, input: MinuteInput) -> Option<Can
     let window_ms = t.window_ms();
     let sustain = t.file().concurrency.sustain_windows;
     let scope = input.scope.clone();
+    crate::retire::scope_if_idle(s, &scope);
     let c = s.concurrency.entry(scope.clone()).or_default();
     let at = input.start_ms;
     // A minute that ended without a breach resolves a firing scope (at that minute's end);
