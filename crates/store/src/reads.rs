@@ -106,9 +106,10 @@ impl Store {
         }))
     }
 
-    /// Log rows newest `ts_ms` first (ties: the higher seq first), below `before` (a
-    /// `(ts_ms, seq)`) when given, at most `limit`, from the log's time index. Sealed windows
-    /// are not among them (every one is older than every window in the log).
+    /// Log entries newest `ts_ms` first (ties: the higher seq first), below `before` (a
+    /// `(ts_ms, seq)`) when given, at most `limit`: the log's time index merged with the sealed
+    /// windows and runs (a sealed run may be newer by time than a run still in the log, and
+    /// is within the last day on a busy machine).
     pub fn recent_by_time(
         &self,
         before: Option<(i64, u64)>,
@@ -123,7 +124,10 @@ impl Store {
             let (k, _) = item?;
             out.push(get_entry(&log, k.value().1)?);
         }
-        Ok(out)
+        let sealed = SealedLog::open(&rtx)?.before_time(end, limit)?;
+        Ok(merge(out, sealed, limit, |e| {
+            std::cmp::Reverse((e.record.ts_ms(), e.seq))
+        }))
     }
 
     /// Log entries newest first, older than `before` when given, of one kind when given.

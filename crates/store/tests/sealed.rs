@@ -275,6 +275,18 @@ fn assert_reads_match(store: &Store, expected: &[LogEntry]) {
     want.sort_by_key(|e| (e.record.ts_ms(), e.seq));
     assert_eq!(store.scan_time(from_ms, to_ms, max).unwrap(), want);
     assert_eq!(store.scan_time(from_ms, to_ms, 9).unwrap(), want[..9]);
+    // Newest by time first, page by page, through rows and both kinds of chunks.
+    let mut want: Vec<_> = expected.to_vec();
+    want.sort_by_key(|e| std::cmp::Reverse((e.record.ts_ms(), e.seq)));
+    let mut got = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.recent_by_time(before, 17).unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some((last.record.ts_ms().unwrap(), last.seq));
+        got.extend(page);
+    }
+    assert_eq!(got, want);
     assert_eq!(store.stats().unwrap().log_records, expected.len() as u64);
 }
 
