@@ -911,36 +911,21 @@ fn store_open_ms(data: &Path) -> f64 {
 /// Where the store file's bytes are: every redb table's entries, the bytes of its pages and
 /// the bytes stored in them, and the file's pages no table holds.
 fn tables_report(data: &Path) {
-    use redb::{ReadableDatabase, ReadableTableMetadata, TableHandle};
-    let db = redb::Database::open(data.join(DB_FILE)).unwrap();
-    let wtx = db.begin_write().unwrap();
-    let stats = wtx.stats().unwrap();
-    wtx.abort().unwrap();
-    let page = stats.page_size() as u64;
-    let rtx = db.begin_read().unwrap();
-    let mut in_tables = 0;
-    let mut rows = Vec::new();
-    for handle in rtx.list_tables().unwrap() {
-        let name = handle.name().to_owned();
-        let t = rtx.open_untyped_table(handle).unwrap();
-        let s = t.stats().unwrap();
-        let bytes = (s.leaf_pages() + s.branch_pages()) * page;
-        in_tables += bytes;
-        rows.push((bytes, name, t.len().unwrap(), s.stored_bytes()));
-    }
-    rows.sort_by(|a, b| b.cmp(a));
+    let (page, allocated, rows) = common::store_tables(&data.join(DB_FILE));
+    let in_tables: u64 = rows.iter().map(|t| t.in_pages).sum();
     println!(
         "  the store file by table (redb, {page} B pages; {} in pages of its tables, {} allocated in all):",
         mb(in_tables as f64),
-        mb((stats.allocated_pages() * page) as f64)
+        mb(allocated as f64)
     );
-    for (bytes, name, entries, stored) in rows {
+    for t in rows {
         println!(
-            "    {name:<14} {:>12} entries {:>10} in pages, {:>10} stored ({:.0} B an entry)",
-            rate(entries as f64),
-            mb(bytes as f64),
-            mb(stored as f64),
-            stored as f64 / entries.max(1) as f64
+            "    {:<14} {:>12} entries {:>10} in pages, {:>10} stored ({:.0} B an entry)",
+            t.name,
+            rate(t.entries as f64),
+            mb(t.in_pages as f64),
+            mb(t.stored as f64),
+            t.stored as f64 / t.entries.max(1) as f64
         );
     }
 }
