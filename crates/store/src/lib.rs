@@ -91,7 +91,8 @@ pub struct StoreOptions {
     /// many wait in the log (see [`tables`]).
     pub window_chunk: usize,
     /// How many `run` records are sealed together into one compressed chunk, once that many
-    /// wait in the log.
+    /// wait in the log; and how many rows of one model's run index are sealed into one chunk
+    /// of columns, once that many wait in its head.
     pub run_chunk: usize,
 }
 
