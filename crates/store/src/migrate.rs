@@ -10,7 +10,7 @@ use crate::codec::{decode, decode_entry};
 use crate::error::OpenError;
 use crate::heads::seal;
 use crate::runs;
-use crate::sealed::{Runs, SealTables, Sealable, Windows, seal_oldest};
+use crate::sealed::{Runs, SealTables, Sealable, Windows, seal_kind};
 use crate::tables::{
     CHUNKS, HEAD, IDS, IDS_BY_TIME, K_FORMAT_VERSION, K_UNSEALED_RUNS, K_UNSEALED_WINDOWS, LOG,
     LOG_BY_KIND, LOG_BY_TIME, META, ROLLUPS, RUNS_V3, SAMPLES_V1,
@@ -107,20 +107,23 @@ pub(crate) fn migrate_v1(db: &Database, path: &Path) -> Result<(), OpenError> {
 }
 
 /// Seals every record of kind `K` in the log, oldest first, in chunks of `chunk`, inside
-/// `wtx`; answers how many were sealed and how many stay in the log (fewer than `chunk`).
+/// `wtx`, and sets `counter` to those left in the log (fewer than `chunk`); answers how many
+/// were sealed and how many are left.
 fn seal_all<K: Sealable>(
     wtx: &WriteTransaction,
+    counter: &'static str,
     chunk: usize,
     fail: &dyn Fn(String) -> OpenError,
-) -> Result<(usize, usize), OpenError> {
+) -> Result<(u64, u64), OpenError> {
     let o = |e: redb::TableError| fail(e.to_string());
     let mut log = wtx.open_table(LOG).map_err(o)?;
     let mut by_kind = wtx.open_table(LOG_BY_KIND).map_err(o)?;
     let mut by_time = wtx.open_table(LOG_BY_TIME).map_err(o)?;
     let mut chunks = wtx.open_table(K::CHUNKS).map_err(o)?;
     let mut spans = wtx.open_table(K::SPANS).map_err(o)?;
+    let mut meta = wtx.open_table(META).map_err(o)?;
     let c = K::KIND.code();
-    let mut total = 0usize;
+    let mut total = 0u64;
     for row in by_kind
         .range((c, 0)..=(c, u64::MAX))
         .map_err(|e| fail(e.to_string()))?
@@ -128,7 +131,8 @@ fn seal_all<K: Sealable>(
         row.map_err(|e| fail(e.to_string()))?;
         total += 1;
     }
-    let chunk = chunk.max(1);
+    // Every record of the kind is counted here, so the count starts from none.
+    meta.insert(counter, 0).map_err(|e| fail(e.to_string()))?;
     let mut t = SealTables {
         log: &mut log,
         by_kind: &mut by_kind,
@@ -136,15 +140,9 @@ fn seal_all<K: Sealable>(
         chunks: &mut chunks,
         spans: &mut spans,
     };
-    let mut sealed = 0usize;
-    while total - sealed >= chunk {
-        let moved = seal_oldest::<K>(&mut t, chunk).map_err(|e| fail(e.to_string()))?;
-        if moved == 0 {
-            break;
-        }
-        sealed += moved;
-    }
-    Ok((sealed, total - sealed))
+    let unsealed = seal_kind::<K>(&mut meta, &mut t, total, counter, chunk)
+        .map_err(|e| fail(e.to_string()))?;
+    Ok((total - unsealed, unsealed))
 }
 
 /// Converts a format 2 store (every `window` record a log row) to format 3 in one transaction:
@@ -157,11 +155,9 @@ pub(crate) fn migrate_v2(db: &Database, path: &Path, chunk: usize) -> Result<(),
         reason: format!("converting format 2 to 3 failed: {e}"),
     };
     let wtx = db.begin_write().map_err(|e| fail(e.to_string()))?;
-    let (sealed, unsealed) = seal_all::<Windows>(&wtx, chunk, &fail)?;
+    let (sealed, unsealed) = seal_all::<Windows>(&wtx, K_UNSEALED_WINDOWS, chunk, &fail)?;
     {
         let mut meta = wtx.open_table(META).map_err(|e| fail(e.to_string()))?;
-        meta.insert(K_UNSEALED_WINDOWS, unsealed as u64)
-            .map_err(|e| fail(e.to_string()))?;
         meta.insert(K_FORMAT_VERSION, 3)
             .map_err(|e| fail(e.to_string()))?;
     }
@@ -181,12 +177,10 @@ pub(crate) fn migrate_v3(db: &Database, path: &Path, chunk: usize) -> Result<(),
     };
     let wtx = db.begin_write().map_err(|e| fail(e.to_string()))?;
     let ids = date_ids(&wtx).map_err(|e| fail(e.to_string()))?;
-    let (sealed, unsealed) = seal_all::<Runs>(&wtx, chunk, &fail)?;
+    let (sealed, unsealed) = seal_all::<Runs>(&wtx, K_UNSEALED_RUNS, chunk, &fail)?;
     let indexed = crate::run_index::convert_v3(&wtx, chunk).map_err(|e| fail(e.to_string()))?;
     {
         let mut meta = wtx.open_table(META).map_err(|e| fail(e.to_string()))?;
-        meta.insert(K_UNSEALED_RUNS, unsealed as u64)
-            .map_err(|e| fail(e.to_string()))?;
         meta.insert(K_FORMAT_VERSION, 4)
             .map_err(|e| fail(e.to_string()))?;
     }

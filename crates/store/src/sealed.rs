@@ -194,6 +194,36 @@ pub(crate) fn seal_oldest<K: Sealable>(
     Ok(keys.len())
 }
 
+/// Adds `written` records of kind `K` to `meta`'s count `counter` of those still in the log,
+/// and seals the oldest into chunks of `chunk` while at least that many wait. Answers how many
+/// are left in the log.
+pub(crate) fn seal_kind<K: Sealable>(
+    meta: &mut Table<'_, &'static str, u64>,
+    t: &mut SealTables<'_, '_>,
+    written: u64,
+    counter: &'static str,
+    chunk: usize,
+) -> Result<u64, WriteError> {
+    let mut unsealed = meta
+        .get(counter)
+        .map_err(error::write_error)?
+        .map_or(0, |v| v.value());
+    if written == 0 {
+        return Ok(unsealed);
+    }
+    unsealed += written;
+    let chunk = chunk.max(1);
+    while unsealed >= chunk as u64 {
+        let moved = seal_oldest::<K>(t, chunk)?;
+        if moved == 0 {
+            break;
+        }
+        unsealed = unsealed.saturating_sub(moved as u64);
+    }
+    meta.insert(counter, unsealed).map_err(error::write_error)?;
+    Ok(unsealed)
+}
+
 /// The read side of one sealed kind: its chunk and span tables in one read transaction.
 pub(crate) struct Sealed<K: Sealable> {
     pub chunks: ReadOnlyTable<u64, &'static [u8]>,

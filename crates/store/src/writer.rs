@@ -19,7 +19,7 @@ use crate::format::check_format;
 use crate::heads::{HeadState, append_head, seal, take_head};
 use crate::run_index::RunIndex;
 use crate::runs;
-use crate::sealed::{Runs, SealTables, Sealable, Windows, seal_oldest};
+use crate::sealed::{Runs, SealTables, Windows, seal_kind};
 use crate::tables::{
     CHUNKS, HEAD, IDS, IDS_BY_TIME, K_ENGINE_CURSOR, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLE_DERIVER,
     K_SAMPLES, K_UNSEALED_RUNS, K_UNSEALED_WINDOWS, LOG, LOG_BY_KIND, LOG_BY_TIME, META,
@@ -104,35 +104,6 @@ impl<'t> Tables<'t> {
         seal_kind::<Runs>(meta, &mut t, runs, K_UNSEALED_RUNS, run_chunk)?;
         self.run_index.seal(run_chunk)
     }
-}
-
-/// Adds `written` records of kind `K` to the count `counter` of those still in the log, and
-/// seals the oldest into chunks of `chunk` while at least that many wait.
-fn seal_kind<K: Sealable>(
-    meta: &mut redb::Table<'_, &'static str, u64>,
-    t: &mut SealTables<'_, '_>,
-    written: u64,
-    counter: &'static str,
-    chunk: usize,
-) -> Result<(), WriteError> {
-    if written == 0 {
-        return Ok(());
-    }
-    let mut unsealed = meta
-        .get(counter)
-        .map_err(error::write_error)?
-        .map_or(0, |v| v.value())
-        + written;
-    let chunk = chunk.max(1);
-    while unsealed >= chunk as u64 {
-        let moved = seal_oldest::<K>(t, chunk)?;
-        if moved == 0 {
-            break;
-        }
-        unsealed = unsealed.saturating_sub(moved as u64);
-    }
-    meta.insert(counter, unsealed).map_err(error::write_error)?;
-    Ok(())
 }
 
 pub(crate) struct Writer {
