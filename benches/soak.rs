@@ -54,6 +54,13 @@
 //! the final store (idle, then after the dashboards' reads) beside that of the calibration's
 //! service on its empty store.
 //!
+//! **History**: a machine in use has a store that already holds its past, larger than redb's
+//! page cache (32 MiB), which its reads fill; an empty store grows under the soak, and the
+//! cache with it, so the RSS it measures then is the cache's first fill, not a leak.
+//! `KORA_SOAK_FROM=DIR` starts the service on a copy of the data dir `DIR`, e.g. a month of one
+//! machine built by the year bench (`KORA_YEAR_DAYS=30 KORA_YEAR_KEEP=DIR cargo bench --bench
+//! year`); without it the store starts empty.
+//!
 //! `KORA_SOAK_MINUTES=60 cargo bench --bench soak` (at least 3 minutes).
 
 #![allow(clippy::unwrap_used)]
@@ -908,6 +915,15 @@ fn main() {
     let tmp = tempdir();
     let data_dir = tmp.path().join("data");
     let spool_dir = tmp.path().join("spool");
+    let history = std::env::var_os("KORA_SOAK_FROM").map(std::path::PathBuf::from);
+    if let Some(from) = &history {
+        copy_dir(from, &data_dir);
+        println!(
+            "history: a copy of {} ({:.1} MB allocated)",
+            from.display(),
+            allocated_bytes(&data_dir) as f64 / 1e6
+        );
+    }
     let (child, base, took) = spawn_serve(&data_dir);
     let listen = base.trim_start_matches("http://").to_owned();
     println!(

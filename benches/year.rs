@@ -56,6 +56,9 @@
 //! Prometheus server (retention 400 days) compacted them as it compacts its own: a year in 2 h
 //! blocks is not what a running Prometheus keeps.
 //!
+//! `KORA_YEAR_KEEP=DIR` copies the data dir to `DIR` (which must not exist) after the build
+//! and the retention, and stops there: the soak starts from such a store (`KORA_SOAK_FROM`).
+//!
 //! A plain program: `KORA_YEAR_DAYS=30 cargo bench --bench year`.
 
 #![allow(clippy::unwrap_used)]
@@ -1224,6 +1227,18 @@ fn main() {
         None => println!(
             "growth at steady state: not measurable on {days} days (needs two full {restart_days}-day segments that start more than {RAW_DAYS} days before the last day)"
         ),
+    }
+
+    if let Some(keep) = std::env::var_os("KORA_YEAR_KEEP") {
+        // The store as a year-old service leaves it, for another bench to start from (the
+        // soak's `KORA_SOAK_FROM`); the measurements below are skipped.
+        let keep = std::path::PathBuf::from(keep);
+        copy_dir(&data, &keep);
+        println!(
+            "KORA_YEAR_KEEP: the data dir copied to {}; the measurements are skipped",
+            keep.display()
+        );
+        return;
     }
 
     // 3. replay and backtest of the whole log.

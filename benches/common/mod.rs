@@ -422,6 +422,21 @@ pub fn evict(file: &Path) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Copies the directory `from` to `to` (which must not exist yet), files and subdirectories.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir(to)
+        .unwrap_or_else(|e| panic!("cannot create {} ({e}): it must not exist", to.display()));
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     // Under the target dir's filesystem, not a tmpfs, so that fsync and block counts are real.
     let base = std::env::var_os("KORA_BENCH_DIR")
