@@ -154,10 +154,17 @@ impl Resolutions {
 
     /// After `engine` folded the entry at `seq` and made `outputs`: the triggers that stopped
     /// firing. Costs nothing while no trigger fires (a trigger starts firing only with a
-    /// firing record among the outputs).
+    /// firing record among the outputs), and one state per firing trigger while some do.
     pub fn after(&mut self, engine: &Engine, seq: u64, outputs: &[Record]) -> Vec<Resolution> {
         let fired = outputs.iter().any(|r| matches!(r, Record::Firing(_)));
-        if self.firing.is_empty() && !fired {
+        // Without a firing record nothing starts firing, so while every trigger that fired
+        // still does, nothing resolved: asked per trigger, without building every status.
+        if !fired
+            && self
+                .firing
+                .iter()
+                .all(|(c, scope)| engine.is_firing(*c, scope))
+        {
             return Vec::new();
         }
         let statuses = engine.triggers();

@@ -286,9 +286,8 @@ impl Cardinality {
     /// The names `store` holds: the models of its runs (one seek per model), of its series and
     /// of its model events; its series; the sessions its session events leave open, with
     /// their activity; and record time. Reads the series table, the runs index, the log's
-    /// model and session events, and the log's newest records by time back to the newest run
-    /// and 24 h of record time before it (not the older runs, the samples or the sealed
-    /// windows).
+    /// model and session events, and the runs of the 24 h of record time before the newest
+    /// run (`Store::runs_since`: no older run and no other kind).
     pub fn load(store: &Store, limits: Limits) -> Result<Cardinality, ReadError> {
         let mut known = Known::default();
         let run_models = store.run_models()?;
@@ -372,32 +371,20 @@ impl Cardinality {
             }
         }
         if any_run {
-            // Newest first by time: the first run met is the newest; runs older than 24 h
-            // before record time cannot keep a session open now or later (record time only
-            // grows), so the walk stops there.
-            let mut before = None;
-            let mut newest_run: Option<i64> = None;
-            'walk: loop {
-                let page = store.recent_by_time(before, 1_000)?;
-                if page.is_empty() {
-                    break;
-                }
-                for e in page {
-                    let ts = e.record.ts_ms().unwrap_or(i64::MIN);
-                    before = Some((ts, e.seq));
-                    if newest_run.is_some() && ts < horizon(known.record_ms.max(newest_run)) {
-                        break 'walk;
+            // Runs older than 24 h before record time cannot keep a session open now or later
+            // (record time only grows), so only the runs since then are read.
+            let record_ms = known.record_ms;
+            let newest_run = store.runs_since(
+                |newest| horizon(record_ms.max(Some(newest))),
+                |e| {
+                    if let (Record::Run(r), Some(ts)) = (&e.record, e.record.ts_ms())
+                        && let Some(s) = open.get_mut(&r.session_id)
+                        && e.seq > s.0
+                    {
+                        s.1 = s.1.max(ts);
                     }
-                    if let Record::Run(r) = &e.record {
-                        newest_run = Some(newest_run.map_or(ts, |n| n.max(ts)));
-                        if let Some(s) = open.get_mut(&r.session_id)
-                            && e.seq > s.0
-                        {
-                            s.1 = s.1.max(ts);
-                        }
-                    }
-                }
-            }
+                },
+            )?;
             known.record_ms = known.record_ms.max(newest_run);
         }
         known.sessions = open.into_iter().map(|(id, (_, last))| (id, last)).collect();

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
 use crate::state::EvalState;
+use crate::thresholds::Thresholds;
 
 /// Where one category stands for one scope.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,33 +132,57 @@ impl Engine {
         (out, false)
     }
 
+    /// Whether category `c` is firing for `scope`: [`TriggerState::Firing`] in
+    /// [`Engine::triggers`], without building the status.
+    pub fn is_firing(&self, c: Category, scope: &str) -> bool {
+        self.state_of(c, scope) == TriggerState::Firing
+    }
+
     /// The state of category `c` for `scope` ([`NOTHING_YET`] when the category saw nothing).
     fn status_of(&self, c: Category, scope: &str) -> TriggerStatus {
         let s = &self.state;
-        let n = self.thresholds.runs_per_block();
-        let sustain = match c {
-            Category::Latency => Some(self.thresholds.file().latency.sustain_blocks),
-            Category::Concurrency => Some(self.thresholds.file().concurrency.sustain_windows),
-            _ => None,
-        };
-        let evals = s.evals.get(&c);
-        let seen = evals.is_some_and(|m| !m.is_empty())
-            || (c == Category::Latency && s.runs.models().next().is_some());
-        if !seen {
+        let sustain = sustain_of(&self.thresholds, c);
+        let eval = s.evals.get(&c).and_then(|m| m.get(scope));
+        let state = self.state_of(c, scope);
+        if !self.seen(c) {
             return TriggerStatus {
                 category: c,
                 scope: NOTHING_YET.to_owned(),
-                state: TriggerState::InsufficientEvidence {
-                    reason: nothing_yet(c).to_owned(),
-                },
+                state,
                 sustain_required: sustain,
                 evidence: Vec::new(),
                 last_firing_id: None,
                 updated_ms: None,
             };
         }
-        let eval = evals.and_then(|m| m.get(scope));
         let last_firing_id = s.last_firing.get(&c).and_then(|m| m.get(scope)).cloned();
+        TriggerStatus {
+            category: c,
+            scope: scope.to_owned(),
+            state,
+            sustain_required: sustain,
+            evidence: eval.map(|e| e.evidence.clone()).unwrap_or_default(),
+            last_firing_id,
+            updated_ms: eval.map(|e| e.ts_ms),
+        }
+    }
+
+    /// Whether category `c` has seen anything (an evaluation, or a run for latency).
+    fn seen(&self, c: Category) -> bool {
+        let s = &self.state;
+        s.evals.get(&c).is_some_and(|m| !m.is_empty())
+            || (c == Category::Latency && s.runs.models().next().is_some())
+    }
+
+    fn state_of(&self, c: Category, scope: &str) -> TriggerState {
+        let s = &self.state;
+        if !self.seen(c) {
+            return TriggerState::InsufficientEvidence {
+                reason: nothing_yet(c).to_owned(),
+            };
+        }
+        let n = self.thresholds.runs_per_block();
+        let eval = s.evals.get(&c).and_then(|m| m.get(scope));
         let streak = match c {
             Category::Latency => s.latency.get(scope).map(|x| x.k),
             Category::Concurrency => s.concurrency.get(scope).map(|x| x.streak.k),
@@ -168,7 +193,7 @@ impl Engine {
             .and_then(|a| a.resolved_ms)
             .map(|resolved_ms| TriggerState::Resolved { resolved_ms });
         let idle = || resolved.clone().unwrap_or(TriggerState::Idle);
-        let state = match (eval, sustain) {
+        match (eval, sustain_of(&self.thresholds, c)) {
             (None, _) => TriggerState::InsufficientEvidence {
                 reason: format!(
                     "{} of the {n} runs of the first block of {scope} so far",
@@ -190,15 +215,15 @@ impl Engine {
                 EvalState::Breach => TriggerState::Firing,
                 _ => idle(),
             },
-        };
-        TriggerStatus {
-            category: c,
-            scope: scope.to_owned(),
-            state,
-            sustain_required: sustain,
-            evidence: eval.map(|e| e.evidence.clone()).unwrap_or_default(),
-            last_firing_id,
-            updated_ms: eval.map(|e| e.ts_ms),
         }
+    }
+}
+
+/// The windows or blocks a category's breach must be sustained for, where it has such a rule.
+fn sustain_of(thresholds: &Thresholds, c: Category) -> Option<u32> {
+    match c {
+        Category::Latency => Some(thresholds.file().latency.sustain_blocks),
+        Category::Concurrency => Some(thresholds.file().concurrency.sustain_windows),
+        _ => None,
     }
 }

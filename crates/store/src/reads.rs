@@ -106,28 +106,45 @@ impl Store {
         }))
     }
 
-    /// Log entries newest `ts_ms` first (ties: the higher seq first), below `before` (a
-    /// `(ts_ms, seq)`) when given, at most `limit`: the log's time index merged with the sealed
-    /// windows and runs (a sealed run may be newer by time than a run still in the log, and
-    /// is within the last day on a busy machine).
-    pub fn recent_by_time(
+    /// The `run` records of recent time: `horizon` is given the newest run's `ts_ms` and
+    /// answers the earliest `ts_ms` wanted; `each` is called with every run at or after it
+    /// (in no particular order; seq order within the log and within each sealed chunk).
+    /// Answers the newest run's `ts_ms` (`None`, and no call, when there is no run). Reads the
+    /// runs still in the log and the sealed run chunks whose time span reaches the horizon,
+    /// one chunk decoded at a time; no other kind.
+    pub fn runs_since(
         &self,
-        before: Option<(i64, u64)>,
-        limit: usize,
-    ) -> Result<Vec<LogEntry>, ReadError> {
+        horizon: impl FnOnce(i64) -> i64,
+        mut each: impl FnMut(LogEntry),
+    ) -> Result<Option<i64>, ReadError> {
         let rtx = self.read()?;
         let log = rtx.open_table(LOG)?;
-        let idx = rtx.open_table(LOG_BY_TIME)?;
-        let end = before.unwrap_or((i64::MAX, u64::MAX));
-        let mut out = Vec::new();
-        for item in idx.range(..end)?.rev().take(limit) {
+        let idx = rtx.open_table(LOG_BY_KIND)?;
+        let c = RecordKind::Run.code();
+        // Every run still in the log: fewer than a chunk's worth plus the last batch, as runs
+        // are sealed once a chunk's worth waits.
+        let mut unsealed = Vec::new();
+        for item in idx.range((c, 0)..=(c, u64::MAX))? {
             let (k, _) = item?;
-            out.push(get_entry(&log, k.value().1)?);
+            unsealed.push(get_entry(&log, k.value().1)?);
         }
-        let sealed = SealedLog::open(&rtx)?.before_time(end, limit)?;
-        Ok(merge(out, sealed, limit, |e| {
-            std::cmp::Reverse((e.record.ts_ms(), e.seq))
-        }))
+        let sealed = Sealed::<Runs>::open(&rtx)?;
+        let Some(newest) = unsealed
+            .iter()
+            .filter_map(|e| e.record.ts_ms())
+            .max()
+            .max(sealed.newest_ts()?)
+        else {
+            return Ok(None);
+        };
+        let from = horizon(newest);
+        sealed.each_in_time(from, i64::MAX, &mut each)?;
+        for e in unsealed {
+            if e.record.ts_ms().is_some_and(|ts| ts >= from) {
+                each(e);
+            }
+        }
+        Ok(Some(newest))
     }
 
     /// Log entries newest first, older than `before` when given, of one kind when given.

@@ -377,6 +377,21 @@ impl<K: Sealable> Sealed<K> {
         limit: usize,
     ) -> Result<Vec<LogEntry>, ReadError> {
         let mut out = Vec::new();
+        self.each_in_time(from_ms, to_ms, |e| out.push(e))?;
+        out.sort_by_key(|e| (e.record.ts_ms(), e.seq));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Calls `each` with every sealed record with `from_ms <= ts_ms < to_ms`, chunk by chunk
+    /// (seq order within a chunk, chunks in seq order), holding one decoded chunk at a time.
+    /// Only chunks whose span meets the range are decoded.
+    pub(crate) fn each_in_time(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        mut each: impl FnMut(LogEntry),
+    ) -> Result<(), ReadError> {
         for row in self.spans.iter()? {
             let (k, v) = row?;
             let (_, min_ts, max_ts) = v.value();
@@ -388,57 +403,22 @@ impl<K: Sealable> Sealed<K> {
                 let c = columns::<K>(last, bytes.value())?;
                 for i in 0..K::seqs(&c).len() {
                     if (from_ms..to_ms).contains(&K::ts(&c, i)) {
-                        out.push(entry::<K>(&c, i)?);
+                        each(entry::<K>(&c, i)?);
                     }
                 }
             }
         }
-        out.sort_by_key(|e| (e.record.ts_ms(), e.seq));
-        out.truncate(limit);
-        Ok(out)
+        Ok(())
     }
-}
 
-impl<K: Sealable> Sealed<K> {
-    /// Sealed records with `(ts_ms, seq) < before`, newest `(ts_ms, seq)` first, at most
-    /// `limit`. Chunks are visited newest `max ts` first, and the walk stops at a chunk whose
-    /// newest time is older than the page already holds.
-    pub(crate) fn before_time(
-        &self,
-        before: (i64, u64),
-        limit: usize,
-    ) -> Result<Vec<LogEntry>, ReadError> {
-        let mut out: Vec<LogEntry> = Vec::new();
-        if limit == 0 {
-            return Ok(out);
-        }
-        let mut candidates = Vec::new();
+    /// The newest `ts_ms` of the sealed records, from the chunks' spans (nothing decoded).
+    pub(crate) fn newest_ts(&self) -> Result<Option<i64>, ReadError> {
+        let mut newest = None;
         for row in self.spans.iter()? {
-            let (k, v) = row?;
-            let (_, min_ts, max_ts) = v.value();
-            if min_ts <= before.0 {
-                candidates.push((max_ts, k.value()));
-            }
+            let (_, v) = row?;
+            newest = newest.max(Some(v.value().2));
         }
-        candidates.sort_unstable_by(|a, b| b.cmp(a));
-        let key = |e: &LogEntry| (e.record.ts_ms().unwrap_or(i64::MIN), e.seq);
-        for (max_ts, last) in candidates {
-            if out.len() >= limit && out.last().is_some_and(|e| max_ts < key(e).0) {
-                break;
-            }
-            let Some(bytes) = self.chunks.get(last)? else {
-                continue;
-            };
-            let c = columns::<K>(last, bytes.value())?;
-            for i in 0..K::seqs(&c).len() {
-                if (K::ts(&c, i), K::seqs(&c)[i]) < before {
-                    out.push(entry::<K>(&c, i)?);
-                }
-            }
-            out.sort_unstable_by_key(|e| std::cmp::Reverse(key(e)));
-            out.truncate(limit);
-        }
-        Ok(out)
+        Ok(newest)
     }
 }
 
@@ -543,21 +523,6 @@ impl SealedLog {
             self.runs.before(before, floor, limit)?,
             limit,
             |e| std::cmp::Reverse(e.seq),
-        ))
-    }
-
-    /// Sealed records of every kind with `(ts_ms, seq) < before`, newest first, at most `limit`.
-    pub(crate) fn before_time(
-        &self,
-        before: (i64, u64),
-        limit: usize,
-    ) -> Result<Vec<LogEntry>, ReadError> {
-        let key = |e: &LogEntry| std::cmp::Reverse((e.record.ts_ms(), e.seq));
-        Ok(merge(
-            self.windows.before_time(before, limit)?,
-            self.runs.before_time(before, limit)?,
-            limit,
-            key,
         ))
     }
 

@@ -275,18 +275,37 @@ fn assert_reads_match(store: &Store, expected: &[LogEntry]) {
     want.sort_by_key(|e| (e.record.ts_ms(), e.seq));
     assert_eq!(store.scan_time(from_ms, to_ms, max).unwrap(), want);
     assert_eq!(store.scan_time(from_ms, to_ms, 9).unwrap(), want[..9]);
-    // Newest by time first, page by page, through rows and both kinds of chunks.
-    let mut want: Vec<_> = expected.to_vec();
-    want.sort_by_key(|e| std::cmp::Reverse((e.record.ts_ms(), e.seq)));
-    let mut got = Vec::new();
-    let mut before = None;
-    loop {
-        let page = store.recent_by_time(before, 17).unwrap();
-        let Some(last) = page.last() else { break };
-        before = Some((last.record.ts_ms().unwrap(), last.seq));
-        got.extend(page);
+    // The runs since a horizon reckoned from the newest run, through rows and run chunks.
+    let runs: Vec<_> = expected
+        .iter()
+        .filter(|e| e.record.kind() == RecordKind::Run)
+        .cloned()
+        .collect();
+    let newest = runs.iter().filter_map(|e| e.record.ts_ms()).max();
+    assert!(newest.is_some());
+    for back in [0, MINUTE, 25 * MINUTE, i64::MAX / 2] {
+        let mut got = Vec::new();
+        let mut told = None;
+        let answered = store
+            .runs_since(
+                |n| {
+                    told = Some(n);
+                    n.saturating_sub(back)
+                },
+                |e| got.push(e),
+            )
+            .unwrap();
+        assert_eq!((answered, told), (newest, newest));
+        got.sort_by_key(|e| e.seq);
+        let from = newest.unwrap().saturating_sub(back);
+        let want: Vec<_> = runs
+            .iter()
+            .filter(|e| e.record.ts_ms().is_some_and(|t| t >= from))
+            .cloned()
+            .collect();
+        assert!(!want.is_empty());
+        assert_eq!(got, want, "runs since {back} ms before the newest");
     }
-    assert_eq!(got, want);
     assert_eq!(store.stats().unwrap().log_records, expected.len() as u64);
 }
 
