@@ -217,6 +217,24 @@ pub struct Store {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Durable transactions committed since open.
     commits: Arc<std::sync::atomic::AtomicU64>,
+    /// Whether anything may have been written to the file since it was opened (by the open
+    /// itself, a batch, or the retention): the close then checks every page again.
+    written: Arc<std::sync::atomic::AtomicBool>,
+    /// How the file was checked when it was opened.
+    check: OpenCheck,
+}
+
+/// How [`Store::open`] checked the file it opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenCheck {
+    /// There was no file: a new store.
+    New,
+    /// Every page checksum of the committed trees was verified.
+    PagesVerified,
+    /// The file's bytes are exactly those a clean close checked (every page) and recorded
+    /// (length and CRC-32, in the file beside it named like the store with `.checked`
+    /// appended), so the page check was not run again.
+    UnchangedSinceCheckedClose,
 }
 
 impl std::fmt::Debug for Store {
@@ -229,6 +247,11 @@ impl Store {
     /// every batch shares one with the batches committed with it (group commit).
     pub fn commits(&self) -> u64 {
         self.commits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How the file was checked when it was opened.
+    pub fn open_check(&self) -> OpenCheck {
+        self.check
     }
 
     /// The file this store lives in.
@@ -272,7 +295,9 @@ impl Store {
         rx.recv().unwrap_or(Err(WriteError::ShuttingDown))
     }
 
-    /// Stops taking writes, lets the writer commit everything already queued, and waits for it.
+    /// Stops taking writes, lets the writer commit everything already queued, and waits for
+    /// it; then closes the file and, when nothing else still holds it, checks it and records
+    /// the check ([`OpenCheck::UnchangedSinceCheckedClose`]). Reads fail after this.
     pub fn shutdown(&self) {
         if let Ok(mut s) = self.sender.lock() {
             s.take();
@@ -282,6 +307,20 @@ impl Store {
             && h.join().is_err()
         {
             tracing::error!("the store writer thread panicked");
+            return;
+        }
+        let Some(db) = self.db.write().ok().and_then(|mut slot| slot.take()) else {
+            return;
+        };
+        // A reader still holding the file closes it when it is done; the next open then
+        // checks every page.
+        let Ok(db) = Arc::try_unwrap(db) else {
+            return;
+        };
+        drop(db);
+        let written = self.written.load(std::sync::atomic::Ordering::Acquire);
+        if let Err(e) = verify::record_checked_close(&self.path, !written) {
+            tracing::error!(path = %self.path.display(), error = %e, "the store did not check out at its close: the next start checks every page");
         }
     }
 
@@ -299,6 +338,8 @@ impl Store {
             .ok_or_else(|| WriteError::Storage("the store is being reopened".into()))?;
         let mut wtx = db.begin_write().map_err(error::write_error)?;
         wtx.set_quick_repair(true);
+        self.written
+            .store(true, std::sync::atomic::Ordering::Release);
         let done = retention::compact(&wtx, now_ms, retention, 256)?;
         if done == Compacted::default() {
             wtx.abort().map_err(error::write_error)?;

@@ -18,7 +18,7 @@ use crate::tables::{
 };
 use crate::verify;
 use crate::writer::Writer;
-use crate::{DbSlot, FORMAT_VERSION, SampleDeriver, Store, StoreOptions};
+use crate::{DbSlot, FORMAT_VERSION, OpenCheck, SampleDeriver, Store, StoreOptions};
 
 impl Store {
     /// Opens the store at `path`, creating it when there is no file. An existing file must be a
@@ -67,21 +67,34 @@ impl Store {
                 reason: other.to_string(),
             },
         };
+        // Whether this open writes to the file before any batch does (a new file, a crash
+        // recovery, a format conversion): such bytes were never checked.
+        let mut open_writes = !existed;
+        let mut check = OpenCheck::New;
         if existed {
             // Check the format without writing a byte: a file this build must refuse is left
             // exactly as it was. A file that needs crash recovery cannot be opened read-only;
             // it is checked right after the writable open below, before anything is written.
             match guarded(path, || builder.open_read_only(path))? {
                 Ok(ro) => {
-                    guarded(path, || check_format(&ro, path))??;
+                    let (version, _) = guarded(path, || check_format(&ro, path))??;
+                    open_writes |= version < FORMAT_VERSION;
                     ro.close().map_err(open_err)?;
                 }
-                Err(redb::DatabaseError::RepairAborted) => {}
+                Err(redb::DatabaseError::RepairAborted) => open_writes = true,
                 Err(e) => return Err(open_err(e)),
             }
             // Every page checksum, checked against a copy-on-write view: redb checks them on
-            // no ordinary read, and its own check repairs (writes) what it finds.
-            verify::verify(path)?;
+            // no ordinary read, and its own check repairs (writes) what it finds. Unless these
+            // are exactly the bytes a clean close checked and vouched for.
+            check = if verify::unchanged_since_checked_close(path) {
+                OpenCheck::UnchangedSinceCheckedClose
+            } else {
+                verify::verify(path)?;
+                OpenCheck::PagesVerified
+            };
+            verify::forget_checked_close(path);
+            tracing::debug!(path = %path.display(), ?check, "store checked");
         }
         let db = guarded(path, || {
             if existed {
@@ -160,6 +173,7 @@ impl Store {
         let db: DbSlot = Arc::new(std::sync::RwLock::new(Some(Arc::new(db))));
         let (sender, receiver) = sync_channel(options.queue_batches.max(1));
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let written = Arc::new(std::sync::atomic::AtomicBool::new(open_writes));
         let writer = Writer {
             db: db.clone(),
             path: path.to_owned(),
@@ -172,6 +186,7 @@ impl Store {
             heads,
             deriver,
             commits: commits.clone(),
+            written: written.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("kora-store-writer".into())
@@ -187,6 +202,8 @@ impl Store {
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(handle)),
             commits,
+            written,
+            check,
         };
         // Warm the counts answered while the file is being reopened after a failure.
         let _ = store.stats();

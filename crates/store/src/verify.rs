@@ -1,5 +1,6 @@
 //! The start-time integrity check: every page checksum of the committed trees, verified
-//! without changing a byte of the file.
+//! without changing a byte of the file; and the record of a checked clean close, which lets
+//! the next open of the same bytes skip it.
 //!
 //! redb verifies page checksums only in its integrity check, and that check repairs (and so
 //! writes) what it finds. Here it runs against [`Overlay`], a view of the file whose writes
@@ -8,8 +9,9 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use redb::{Database, StorageBackend};
@@ -179,4 +181,81 @@ pub(crate) fn verify(path: &Path) -> Result<(), OpenError> {
             Err(e) => Err(refuse(format!("the file is damaged ({e})"))),
         }
     })?
+}
+
+/// The file beside the store that vouches for its bytes: written at a clean close, after the
+/// page check, with the file's length and CRC-32; removed by the next open before it writes.
+fn checked_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".checked");
+    PathBuf::from(p)
+}
+
+const CHECKED_HEADER: &str = "kora-telemetry store checked at its close, v1";
+
+/// The length of `path` and the CRC-32 of all its bytes, read in 1 MiB blocks.
+fn fingerprint(path: &Path) -> std::io::Result<(u64, u32)> {
+    let mut file = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut hasher = crc32fast::Hasher::new();
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((len, hasher.finalize()))
+}
+
+fn checked_text(len: u64, crc: u32) -> String {
+    format!("{CHECKED_HEADER}\nlen {len}\ncrc32 {crc:08x}\n")
+}
+
+/// Whether `path` holds exactly the bytes a clean close checked and vouched for: every page
+/// checksum verified then, not a byte changed since, so the page check need not run again.
+/// Any doubt (no such record, an unreadable or different one, a changed length or CRC)
+/// answers `false`, and the open checks every page.
+pub(crate) fn unchanged_since_checked_close(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(checked_path(path)) else {
+        return false;
+    };
+    match fingerprint(path) {
+        Ok((len, crc)) => text == checked_text(len, crc),
+        Err(_) => false,
+    }
+}
+
+/// Removes the record of a checked close: done before the file is opened for writing, so the
+/// record never outlives the bytes it describes (were it left, a CRC that no longer matches
+/// would still send the next open to the page check).
+pub(crate) fn forget_checked_close(path: &Path) {
+    let checked = checked_path(path);
+    if let Err(e) = std::fs::remove_file(&checked)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %checked.display(), error = %e, "cannot remove the record of the store's last checked close; the next start checks every page");
+    }
+}
+
+/// At a clean close, the file closed: checks every page checksum (unless nothing was written
+/// since an open that checked them, `pages_checked`), then records the file's length and
+/// CRC-32 beside it (written to a temporary file, then renamed over), so that the next open
+/// of these same bytes skips the page check. A file whose pages do not verify gets no record.
+pub(crate) fn record_checked_close(path: &Path, pages_checked: bool) -> Result<(), OpenError> {
+    let io = |source| OpenError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if !pages_checked {
+        verify(path)?;
+    }
+    let (len, crc) = fingerprint(path).map_err(io)?;
+    let checked = checked_path(path);
+    let mut tmp = checked.clone().into_os_string();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, checked_text(len, crc)).map_err(io)?;
+    std::fs::rename(&tmp, &checked).map_err(io)
 }

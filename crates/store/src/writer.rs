@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 
 use kora_model::{Record, Sample, Signal};
@@ -124,6 +124,8 @@ pub(crate) struct Writer {
     pub(crate) deriver: Option<Box<dyn SampleDeriver>>,
     /// Durable transactions committed since open ([`crate::Store::commits`]).
     pub(crate) commits: Arc<AtomicU64>,
+    /// Set before any write transaction (the close then checks every page again).
+    pub(crate) written: Arc<AtomicBool>,
 }
 
 /// The samples of one group commit, gathered per series and written when the group ends.
@@ -167,6 +169,7 @@ impl Writer {
         // Whether the deriver saw samples in this transaction (and so must learn its outcome).
         let mut derived = false;
         let result = (|| -> Result<(), WriteError> {
+            self.written.store(true, Ordering::Release);
             let db = self.database()?;
             let mut wtx = db.begin_write().map_err(error::write_error)?;
             wtx.set_quick_repair(true);

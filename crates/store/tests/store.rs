@@ -494,3 +494,59 @@ fn the_run_index_answers_the_last_runs_of_one_model_newest_first() {
     assert_eq!(store.recent_runs("llama-8b", None, 1000).unwrap().len(), 20);
     assert!(store.recent_runs("nope", None, 10).unwrap().is_empty());
 }
+
+/// A clean close checks the file and records its length and CRC-32 beside it; the next open of
+/// exactly those bytes skips the page check, and removes the record before it writes. Bytes
+/// changed since (damage, or a record that does not match) send the open to the page check.
+#[test]
+fn a_clean_close_vouches_for_the_bytes_the_next_open_finds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kora.redb");
+    let checked = dir.path().join("kora.redb.checked");
+    let open = || Store::open(&path, StoreOptions::default());
+    {
+        let store = open().unwrap();
+        assert_eq!(store.open_check(), OpenCheck::New);
+        store
+            .append(NOW, Batch::Records(vec![run(None, "r1"), run(None, "r2")]))
+            .unwrap();
+        assert!(!checked.exists());
+    }
+    assert!(checked.exists(), "a clean close leaves its record");
+    for round in 0..3 {
+        let store = open().unwrap();
+        assert_eq!(
+            store.open_check(),
+            OpenCheck::UnchangedSinceCheckedClose,
+            "round {round}"
+        );
+        assert!(!checked.exists(), "removed before anything is written");
+        assert_eq!(store.stats().unwrap().log_records, 2 + round);
+        // A close after writes checks the pages again; one after none only records.
+        if round < 2 {
+            store
+                .append(NOW, Batch::Records(vec![run(None, &format!("x{round}"))]))
+                .unwrap();
+        }
+    }
+    // A record that does not match the bytes: every page is checked.
+    let text = std::fs::read_to_string(&checked).unwrap();
+    std::fs::write(&checked, text.replace("crc32 ", "crc32 0")).unwrap();
+    let store = open().unwrap();
+    assert_eq!(store.open_check(), OpenCheck::PagesVerified);
+    drop(store);
+    // Damage after a clean close: the record no longer matches, and the page check refuses
+    // the file (bit flips in every page of the file's second half, as a failing disk would).
+    assert!(checked.exists());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let len = bytes.len();
+    for page in (len / 2 / 4096)..(len / 4096) {
+        bytes[page * 4096 + 100] ^= 0x10;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    match open() {
+        Err(OpenError::NotAStore { .. }) => {}
+        Ok(store) => panic!("a damaged file was opened ({:?})", store.open_check()),
+        Err(e) => panic!("refused for another reason: {e}"),
+    }
+}
