@@ -104,7 +104,7 @@ impl Store {
                 migrate_v2(&db, path, options.window_chunk)?;
             }
             if version < 4 {
-                migrate_v3(&db, path, options.run_chunk)?;
+                migrate_v3(&db, path, options.run_chunk, options.run_index_chunk)?;
             }
             next_seq
         } else {
@@ -168,6 +168,7 @@ impl Store {
             group_max_records: options.group_max_records.max(1),
             window_chunk: options.window_chunk.max(1),
             run_chunk: options.run_chunk.max(1),
+            run_index_chunk: options.run_index_chunk.max(1),
             series,
             heads,
             deriver,
@@ -187,6 +188,7 @@ impl Store {
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(handle)),
             commits,
+            run_index_cache: Default::default(),
         };
         // Warm the counts answered while the file is being reopened after a failure.
         let _ = store.stats();
