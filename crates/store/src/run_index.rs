@@ -150,6 +150,7 @@ impl<'t> RunIndex<'t> {
     pub(crate) fn seal(&mut self, chunk: usize) -> Result<(), WriteError> {
         let chunk = chunk.max(1);
         for (model_id, (number, mut len)) in std::mem::take(&mut self.touched) {
+            let mut sealed = false;
             while len >= chunk as u64 {
                 let mut rows = Vec::with_capacity(chunk);
                 for row in self
@@ -177,8 +178,12 @@ impl<'t> RunIndex<'t> {
                     .insert((number, last), bytes.as_slice())
                     .map_err(error::write_error)?;
                 len = len.saturating_sub(rows.len() as u64);
+                sealed = true;
             }
-            self.merge(model_id.as_str(), number, chunk * MERGE)?;
+            // Only a new small chunk can bring the small ones to twice a merged chunk.
+            if sealed {
+                self.merge(model_id.as_str(), number, chunk * MERGE)?;
+            }
             self.models
                 .insert(model_id.as_str(), (number, len))
                 .map_err(error::write_error)?;
