@@ -182,7 +182,7 @@ impl<'t> RunIndex<'t> {
             }
             // Only a new small chunk can bring the small ones to twice a merged chunk.
             if sealed {
-                self.merge(model_id.as_str(), number, chunk * MERGE)?;
+                self.merge(number, chunk * MERGE)?;
             }
             self.models
                 .insert(model_id.as_str(), (number, len))
@@ -196,11 +196,10 @@ impl RunIndex<'_> {
     /// Merges the oldest of model `number`'s newest chunks of fewer than `merged` rows into one
     /// of at least `merged` rows, while those small chunks hold `2 * merged` rows or more. So
     /// its newest `merged` to `2 * merged - 1` sealed rows stay in small chunks (what "the last
-    /// N runs" decodes), and the older ones take the few bytes a run of a large chunk.
-    fn merge(&mut self, model_id: &str, number: u32, merged: usize) -> Result<(), WriteError> {
-        let fail = |last: u64, e: CodecError| {
-            codec_write_error(&format!("run index chunk {model_id}#{last}"), e)
-        };
+    /// N runs" decodes), and the older ones take the few bytes a run of a large chunk. A chunk
+    /// that does not decode is left as it is, and so are the chunks older than it: merging is
+    /// a saving, never a reason to refuse the runs of this commit (the reads name the damage).
+    fn merge(&mut self, number: u32, merged: usize) -> Result<(), WriteError> {
         loop {
             // The newest small chunks, newest first: (last seq, rows).
             let mut small = Vec::new();
@@ -211,41 +210,42 @@ impl RunIndex<'_> {
                 .rev()
             {
                 let (k, v) = row.map_err(error::write_error)?;
-                let last = k.value().1;
-                let (rows, _) =
-                    unframe::<SECTIONS>(v.value(), VERSION, WHAT).map_err(|e| fail(last, e))?;
-                if rows >= merged {
-                    break;
+                match unframe::<SECTIONS>(v.value(), VERSION, WHAT) {
+                    Ok((rows, _)) if rows < merged => small.push((k.value().1, rows)),
+                    _ => break,
                 }
-                small.push((last, rows));
             }
             if small.iter().map(|(_, n)| n).sum::<usize>() < 2 * merged {
                 return Ok(());
             }
             let mut take = Vec::new();
-            let mut n = 0;
-            for &(last, rows) in small.iter().rev() {
+            let mut rows = Vec::new();
+            for &(last, _) in small.iter().rev() {
+                let Some(bytes) = self
+                    .chunks
+                    .get((number, last))
+                    .map_err(error::write_error)?
+                else {
+                    return Ok(());
+                };
+                let Ok(decoded) = decode(bytes.value()) else {
+                    return Ok(());
+                };
                 take.push(last);
-                n += rows;
-                if n >= merged {
+                rows.extend(decoded);
+                if rows.len() >= merged {
                     break;
                 }
-            }
-            let mut rows = Vec::with_capacity(n);
-            for &last in &take {
-                let bytes = self
-                    .chunks
-                    .remove((number, last))
-                    .map_err(error::write_error)?
-                    .ok_or_else(|| {
-                        WriteError::Storage(format!("{WHAT} {model_id}#{last} vanished"))
-                    })?;
-                rows.extend(decode(bytes.value()).map_err(|e| fail(last, e))?);
             }
             let Some(last) = take.last().copied() else {
                 return Ok(());
             };
             let bytes = encode(&rows).map_err(|e| codec_write_error(WHAT, e))?;
+            for &old in &take {
+                self.chunks
+                    .remove((number, old))
+                    .map_err(error::write_error)?;
+            }
             self.chunks
                 .insert((number, last), bytes.as_slice())
                 .map_err(error::write_error)?;

@@ -742,3 +742,52 @@ fn a_run_index_sealed_at_another_size_reads_the_same_and_is_sealed_down_at_the_n
         );
     }
 }
+
+#[test]
+fn a_damaged_run_index_chunk_is_not_merged_and_refuses_no_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.redb");
+    let options = StoreOptions {
+        run_chunk: CHUNK,
+        run_index_chunk: 4,
+        ..StoreOptions::default()
+    };
+    let mut want = Default::default();
+    let store = Store::open(&path, options.clone()).unwrap();
+    append_runs(&store, &["qwen-7b"], 0, 48, &mut want);
+    drop(store);
+    assert_eq!(index_layout(&path, "qwen-7b"), (0, vec![4; 12]));
+    // Damage the oldest chunk's payload (redb's own page checksums stay right).
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let wtx = db.begin_write().unwrap();
+        {
+            let mut t = wtx.open_table(RUN_INDEX).unwrap();
+            let (key, mut bytes) = {
+                let (k, v) = redb::ReadableTable::first(&t).unwrap().unwrap();
+                (k.value(), v.value().to_vec())
+            };
+            let at = bytes.len() - 3;
+            bytes[at] ^= 0x40;
+            t.insert(key, bytes.as_slice()).unwrap();
+        }
+        wtx.commit().unwrap();
+    }
+    // Enough runs to bring the small chunks to twice a merged chunk: every one is stored, the
+    // chunks from the damaged one on are left as they are, the newer ones merge.
+    let store = Store::open(&path, options).unwrap();
+    append_runs(&store, &["qwen-7b"], 100, 60, &mut want);
+    let rows = &want["qwen-7b"];
+    assert_eq!(rows.len(), 108);
+    assert_recent(&store, "qwen-7b", rows, None, 104);
+    let err = store.recent_runs("qwen-7b", None, 105).unwrap_err();
+    assert!(err.to_string().contains("run_index"), "{err}");
+    drop(store);
+    let (head, chunks) = index_layout(&path, "qwen-7b");
+    assert_eq!(head + chunks.iter().sum::<usize>(), 108);
+    assert_eq!(chunks[0], 4, "{chunks:?}");
+    assert!(
+        chunks[1..].iter().any(|n| *n >= 32),
+        "the newer chunks merged: {chunks:?}"
+    );
+}
