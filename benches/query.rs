@@ -6,9 +6,12 @@
 //!   SQL; warm (criterion) and cold (a plain loop: store closed, its file's pages dropped from
 //!   the OS cache with `POSIX_FADV_DONTNEED`, reopened, then the query timed alone);
 //! - the p95 of `model_latency_ms` over the last 10 and the last 1,000 runs of one model (9,000
-//!   runs of three models interleaved): kora reading its run index (a fixed-width row per run
-//!   keyed by `(model, seq)`), SQLite through an index on `(model, seq)`; and, for reference, the engine's
-//!   in-memory window of the last N runs (`RunWindows`), which needs no store at all.
+//!   runs of three models interleaved): kora reading its run index (`Store::recent_runs`: a
+//!   head of fewer than 128 fixed-width rows keyed by `(model number, seq)`, then chunks of pco
+//!   columns, which the store keeps decoded after the first read, so the warm figure decodes
+//!   none and the cold one decodes all it reads), SQLite through an index on `(model, seq)`;
+//!   and, for reference, the engine's in-memory window of the last N runs (`RunWindows`),
+//!   which needs no store at all.
 //!
 //! `cargo bench --bench query` (a criterion filter may follow `--`).
 
@@ -71,8 +74,8 @@ fn sqlite_sql_p95(c: &Connection) -> f64 {
     .unwrap()
 }
 
-/// The p95 of the model latency of the last `n` runs of `model`, from kora's run index (a
-/// fixed-width row per run, keyed by model and seq).
+/// The p95 of the model latency of the last `n` runs of `model`, from kora's run index (its
+/// head rows and sealed chunks, `run_index.rs`).
 fn kora_runs_p95(store: &Store, model: &str, n: usize) -> f64 {
     let v: Vec<f64> = store
         .recent_runs(model, None, n)

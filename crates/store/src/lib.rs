@@ -72,6 +72,14 @@ pub const WINDOW_CHUNK: usize = 1024;
 /// an old run more decompression for little more ratio.
 pub const RUN_CHUNK: usize = 1024;
 
+/// How many rows of one model's run index are sealed into one chunk of columns by default:
+/// 128. The head (fewer than this, one B-tree entry a row) is what "the last N runs" walks
+/// row by row; sealed chunks of the newest runs are answered from the store's cache of
+/// decoded chunks (see `run_index.rs`). A store sealed at another size reads the same: every
+/// reader takes chunks of any length, and a longer head is sealed down at its model's next
+/// run.
+pub const RUN_INDEX_CHUNK: usize = 128;
+
 /// The on-disk format this build writes. A store with a newer one is refused at open.
 pub const FORMAT_VERSION: u64 = 4;
 
@@ -93,9 +101,11 @@ pub struct StoreOptions {
     /// many wait in the log (see [`tables`]).
     pub window_chunk: usize,
     /// How many `run` records are sealed together into one compressed chunk, once that many
-    /// wait in the log; and how many rows of one model's run index are sealed into one chunk
-    /// of columns, once that many wait in its head.
+    /// wait in the log.
     pub run_chunk: usize,
+    /// How many rows of one model's run index are sealed into one chunk of columns, once that
+    /// many wait in its head ([`RUN_INDEX_CHUNK`]).
+    pub run_index_chunk: usize,
 }
 
 impl Default for StoreOptions {
@@ -106,6 +116,7 @@ impl Default for StoreOptions {
             group_max_records: 50_000,
             window_chunk: WINDOW_CHUNK,
             run_chunk: RUN_CHUNK,
+            run_index_chunk: RUN_INDEX_CHUNK,
         }
     }
 }
@@ -224,6 +235,8 @@ pub struct Store {
     written: Arc<std::sync::atomic::AtomicBool>,
     /// How the file was checked when it was opened.
     check: OpenCheck,
+    /// The run index chunks decoded lately ([`Store::recent_runs`]).
+    run_index_cache: run_index::ChunkCache,
 }
 
 /// How [`Store::open`] checked the file it opened.

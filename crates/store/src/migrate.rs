@@ -169,8 +169,13 @@ pub(crate) fn migrate_v2(db: &Database, path: &Path, chunk: usize) -> Result<(),
 /// Converts a format 3 store (every `run` record a log row, the run index a row a run) to
 /// format 4 in one transaction, the way [`migrate_v2`] seals windows: its runs are sealed
 /// oldest first in chunks of `chunk`, the rest stay in the log and are counted; the run index
-/// moves to model numbers, each model's rows sealed in chunks of `chunk` but the newest.
-pub(crate) fn migrate_v3(db: &Database, path: &Path, chunk: usize) -> Result<(), OpenError> {
+/// moves to model numbers, each model's rows sealed in chunks of `index_chunk` but the newest.
+pub(crate) fn migrate_v3(
+    db: &Database,
+    path: &Path,
+    chunk: usize,
+    index_chunk: usize,
+) -> Result<(), OpenError> {
     let fail = |e: String| OpenError::NotAStore {
         path: path.to_owned(),
         reason: format!("converting format 3 to 4 failed: {e}"),
@@ -178,7 +183,8 @@ pub(crate) fn migrate_v3(db: &Database, path: &Path, chunk: usize) -> Result<(),
     let wtx = db.begin_write().map_err(|e| fail(e.to_string()))?;
     let ids = date_ids(&wtx).map_err(|e| fail(e.to_string()))?;
     let (sealed, unsealed) = seal_all::<Runs>(&wtx, K_UNSEALED_RUNS, chunk, &fail)?;
-    let indexed = crate::run_index::convert_v3(&wtx, chunk).map_err(|e| fail(e.to_string()))?;
+    let indexed =
+        crate::run_index::convert_v3(&wtx, index_chunk).map_err(|e| fail(e.to_string()))?;
     {
         let mut meta = wtx.open_table(META).map_err(|e| fail(e.to_string()))?;
         meta.insert(K_FORMAT_VERSION, 4)

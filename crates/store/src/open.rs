@@ -117,7 +117,7 @@ impl Store {
                 migrate_v2(&db, path, options.window_chunk)?;
             }
             if version < 4 {
-                migrate_v3(&db, path, options.run_chunk)?;
+                migrate_v3(&db, path, options.run_chunk, options.run_index_chunk)?;
             }
             next_seq
         } else {
@@ -182,6 +182,7 @@ impl Store {
             group_max_records: options.group_max_records.max(1),
             window_chunk: options.window_chunk.max(1),
             run_chunk: options.run_chunk.max(1),
+            run_index_chunk: options.run_index_chunk.max(1),
             series,
             heads,
             deriver,
@@ -204,6 +205,7 @@ impl Store {
             commits,
             written,
             check,
+            run_index_cache: Default::default(),
         };
         // Warm the counts answered while the file is being reopened after a failure.
         let _ = store.stats();

@@ -306,8 +306,8 @@ impl Store {
     }
 
     /// The last `limit` runs of `model_id` with a seq below `before` (all when `None`), newest
-    /// first, from the run index: the model's head rows, then its sealed chunks; no log record
-    /// decoded.
+    /// first, from the run index: the model's head rows, then its sealed chunks (kept decoded
+    /// for the next call while they fit the store's cache); no log record decoded.
     pub fn recent_runs(
         &self,
         model_id: &str,
@@ -328,6 +328,7 @@ impl Store {
         run_index::recent(
             &rtx.open_table(RUN_HEAD)?,
             &rtx.open_table(RUN_INDEX)?,
+            &self.run_index_cache,
             model_id,
             number,
             before.unwrap_or(u64::MAX),

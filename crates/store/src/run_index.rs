@@ -1,16 +1,26 @@
 //! The per-model run index, headed and sealed like a sample series: each model has a number
 //! (`run_models`), its newest runs are fixed-width rows (`run_head`, encoding in
-//! [`crate::runs`]), and every [`crate::StoreOptions::run_chunk`] of them are sealed into one
-//! chunk of pco columns (`run_index`), so that "the last N runs of this model" reads at most a
-//! head of small rows and a chunk or two, and a year of runs takes a few bytes a run instead
-//! of a row each.
+//! [`crate::runs`]), and every [`crate::StoreOptions::run_index_chunk`] of them (128 by
+//! default) are sealed into one chunk of pco columns (`run_index`); once a model's small chunks
+//! hold twice [`MERGE`] chunks' worth, the oldest [`MERGE`] are merged into one (1,024 rows by
+//! default). So "the last N runs of this model" reads a short head of small rows and the small
+//! chunks before it (fewer than 2,048 rows, at least 1,024 once it has that many), and a year
+//! of runs takes a few bytes a run in large chunks instead of a row each.
+//!
+//! A head row costs a B-tree step (~0.1 µs); a chunk costs pco about 2.5 µs a column plus a
+//! few ns a number to decode, so the head is kept short and the chunks a query decodes are kept
+//! decoded by the store ([`ChunkCache`], a few thousand rows, each entry answered only for the
+//! exact bytes it was decoded from). Chunks may hold any number of rows: a store sealed at
+//! another size (every chunk 1,024 rows and heads up to 1,023 before `run_index_chunk` had
+//! its own default) reads the same, and a longer head is sealed down at its model's next run.
 //!
 //! Chunk layout (the frame of [`crate::sections`], version 1, 11 sections, each a pco column):
 //! seq (increasing), `ts_ms`, `model_latency_ms`, `total_latency_ms`, `deterministic_stage_ms`,
 //! `model_stage_ms`, `validation_retry_count`, `budget_breach_count`, `context_tokens`,
 //! `tokens_in` and `tokens_out` (`u64::MAX` when absent).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use redb::{ReadOnlyTable, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
@@ -135,10 +145,12 @@ impl<'t> RunIndex<'t> {
     }
 
     /// Seals the oldest `chunk` rows of every touched model's head while at least that many
-    /// wait, and records each touched model's head length.
+    /// wait, merges its older small chunks ([`RunIndex::merge`], into `chunk * MERGE` rows),
+    /// and records each touched model's head length.
     pub(crate) fn seal(&mut self, chunk: usize) -> Result<(), WriteError> {
         let chunk = chunk.max(1);
         for (model_id, (number, mut len)) in std::mem::take(&mut self.touched) {
+            let mut sealed = false;
             while len >= chunk as u64 {
                 let mut rows = Vec::with_capacity(chunk);
                 for row in self
@@ -166,6 +178,11 @@ impl<'t> RunIndex<'t> {
                     .insert((number, last), bytes.as_slice())
                     .map_err(error::write_error)?;
                 len = len.saturating_sub(rows.len() as u64);
+                sealed = true;
+            }
+            // Only a new small chunk can bring the small ones to twice a merged chunk.
+            if sealed {
+                self.merge(number, chunk * MERGE)?;
             }
             self.models
                 .insert(model_id.as_str(), (number, len))
@@ -175,11 +192,118 @@ impl<'t> RunIndex<'t> {
     }
 }
 
+impl RunIndex<'_> {
+    /// Merges the oldest of model `number`'s newest chunks of fewer than `merged` rows into one
+    /// of at least `merged` rows, while those small chunks hold `2 * merged` rows or more. So
+    /// its newest `merged` to `2 * merged - 1` sealed rows stay in small chunks (what "the last
+    /// N runs" decodes), and the older ones take the few bytes a run of a large chunk. A chunk
+    /// that does not decode is left as it is, and so are the chunks older than it: merging is
+    /// a saving, never a reason to refuse the runs of this commit (the reads name the damage).
+    fn merge(&mut self, number: u32, merged: usize) -> Result<(), WriteError> {
+        loop {
+            // The newest small chunks, newest first: (last seq, rows).
+            let mut small = Vec::new();
+            for row in self
+                .chunks
+                .range((number, 0)..=(number, u64::MAX))
+                .map_err(error::write_error)?
+                .rev()
+            {
+                let (k, v) = row.map_err(error::write_error)?;
+                match unframe::<SECTIONS>(v.value(), VERSION, WHAT) {
+                    Ok((rows, _)) if rows < merged => small.push((k.value().1, rows)),
+                    _ => break,
+                }
+            }
+            if small.iter().map(|(_, n)| n).sum::<usize>() < 2 * merged {
+                return Ok(());
+            }
+            let mut take = Vec::new();
+            let mut rows = Vec::new();
+            for &(last, _) in small.iter().rev() {
+                let Some(bytes) = self
+                    .chunks
+                    .get((number, last))
+                    .map_err(error::write_error)?
+                else {
+                    return Ok(());
+                };
+                let Ok(decoded) = decode(bytes.value()) else {
+                    return Ok(());
+                };
+                take.push(last);
+                rows.extend(decoded);
+                if rows.len() >= merged {
+                    break;
+                }
+            }
+            let Some(last) = take.last().copied() else {
+                return Ok(());
+            };
+            let bytes = encode(&rows).map_err(|e| codec_write_error(WHAT, e))?;
+            for &old in &take {
+                self.chunks
+                    .remove((number, old))
+                    .map_err(error::write_error)?;
+            }
+            self.chunks
+                .insert((number, last), bytes.as_slice())
+                .map_err(error::write_error)?;
+        }
+    }
+}
+
+/// How many sealed chunks of the head's size one merged chunk holds ([`RunIndex::merge`]):
+/// 8, so 1,024 rows at the default `run_index_chunk`, the size every chunk had before.
+pub(crate) const MERGE: usize = 8;
+
+/// How many decoded rows a [`ChunkCache`] keeps at most (about 96 bytes each): the last 1,000
+/// runs of four models at the default chunk size.
+const CACHE_ROWS: usize = 4096;
+
+/// The run index chunks a store decoded most recently, least recently used first, at most
+/// [`CACHE_ROWS`] rows in all. An entry answers only for exactly the bytes it was decoded
+/// from, so a chunk rewritten, removed or read from another file is never answered from it.
+#[derive(Default)]
+pub(crate) struct ChunkCache(Mutex<VecDeque<Decoded>>);
+
+/// A chunk's bytes and its rows.
+type Decoded = (Vec<u8>, Arc<Vec<RunRow>>);
+
+impl ChunkCache {
+    /// [`decode`], answered from the cache when these bytes were decoded lately.
+    fn decode(&self, bytes: &[u8]) -> Result<Arc<Vec<RunRow>>, CodecError> {
+        if let Ok(mut cache) = self.0.lock()
+            && let Some(at) = cache.iter().position(|(b, _)| b.as_slice() == bytes)
+            && let Some(hit) = cache.remove(at)
+        {
+            let rows = hit.1.clone();
+            cache.push_back(hit);
+            return Ok(rows);
+        }
+        let rows = Arc::new(decode(bytes)?);
+        if rows.len() <= CACHE_ROWS
+            && let Ok(mut cache) = self.0.lock()
+        {
+            cache.push_back((bytes.to_vec(), rows.clone()));
+            let mut held: usize = cache.iter().map(|(_, r)| r.len()).sum();
+            while held > CACHE_ROWS
+                && let Some((_, old)) = cache.pop_front()
+            {
+                held -= old.len();
+            }
+        }
+        Ok(rows)
+    }
+}
+
 /// The last `limit` rows of model `number` with a seq below `before`, newest first: its head
-/// rows, then its chunks, newest first (every sealed row is older than every head row).
+/// rows, then its chunks, newest first (every sealed row is older than every head row),
+/// decoded through `cache`.
 pub(crate) fn recent(
     head: &ReadOnlyTable<(u32, u64), &[u8]>,
     chunks: &ReadOnlyTable<(u32, u64), &[u8]>,
+    cache: &ChunkCache,
     model_id: &str,
     number: u32,
     before: u64,
@@ -204,10 +328,11 @@ pub(crate) fn recent(
     for row in straddling.into_iter().chain(older) {
         let (k, v) = row?;
         let last = k.value().1;
-        let rows = decode(v.value())
+        let rows = cache
+            .decode(v.value())
             .map_err(|e| codec_read_error("run_index", format!("{model_id}#{last}"), e))?;
-        for r in rows.into_iter().rev().filter(|r| r.seq < before) {
-            out.push(r);
+        for r in rows.iter().rev().filter(|r| r.seq < before) {
+            out.push(*r);
             if out.len() == limit {
                 return Ok(out);
             }
@@ -280,5 +405,35 @@ mod tests {
         let at = damaged.len() / 2;
         damaged[at] ^= 1;
         assert_eq!(decode(&damaged), Err(CodecError::Checksum));
+    }
+
+    #[test]
+    fn the_chunk_cache_answers_only_the_same_bytes_and_holds_a_bounded_number_of_rows() {
+        let cache = ChunkCache::default();
+        let rows: Vec<RunRow> = (0..(CACHE_ROWS + 1024) as u64).map(row).collect();
+        let chunks: Vec<Vec<u8>> = rows.chunks(128).map(|c| encode(c).unwrap()).collect();
+        let first = cache.decode(&chunks[0]).unwrap();
+        assert_eq!(*first, rows[..128]);
+        assert!(Arc::ptr_eq(&first, &cache.decode(&chunks[0]).unwrap()));
+        // Other bytes are decoded, not answered from the cache: damaged ones of the same length
+        // fail their check, other rows decode to themselves.
+        let mut damaged = chunks[0].clone();
+        damaged[40] ^= 1;
+        assert_eq!(cache.decode(&damaged), Err(CodecError::Checksum));
+        let mut other = rows[..128].to_vec();
+        other[5].model_latency_ms += 1.0;
+        assert_eq!(*cache.decode(&encode(&other).unwrap()).unwrap(), other);
+        // More rows than it holds: it keeps at most CACHE_ROWS, the most recently used.
+        for (i, c) in chunks.iter().enumerate() {
+            assert_eq!(*cache.decode(c).unwrap(), rows[i * 128..(i + 1) * 128]);
+        }
+        let held: usize = cache.0.lock().unwrap().iter().map(|(_, r)| r.len()).sum();
+        assert!(held <= CACHE_ROWS && held > CACHE_ROWS - 128, "{held}");
+        let last = cache.decode(chunks.last().unwrap()).unwrap();
+        assert!(Arc::ptr_eq(
+            &last,
+            &cache.decode(chunks.last().unwrap()).unwrap()
+        ));
+        assert!(!Arc::ptr_eq(&first, &cache.decode(&chunks[0]).unwrap()));
     }
 }

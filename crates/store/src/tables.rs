@@ -45,12 +45,14 @@
 //! - `run_models`: `model_id -> (model number u32, rows in its head u64)`, for every model
 //!   with a logged run.
 //! - `run_head`: `(model number, seq) -> bytes`: the numbers of each model's newest runs,
-//!   fixed-width (encoding in [`crate::runs`]), fewer than [`crate::StoreOptions::run_chunk`]
-//!   a model.
-//! - `run_index`: `(model number, last seq) -> bytes`: a model's older runs' numbers,
-//!   [`crate::StoreOptions::run_chunk`] to a chunk of pco columns (encoding in `run_index.rs`),
-//!   sealed from its head in the transaction that filled it. So the last N runs of one model
-//!   are a head of small rows and a chunk or two.
+//!   fixed-width (encoding in [`crate::runs`]), fewer than
+//!   [`crate::StoreOptions::run_index_chunk`] a model (a store sealed at a larger size keeps
+//!   its longer head until the model's next run).
+//! - `run_index`: `(model number, last seq) -> bytes`: a model's older runs' numbers in chunks
+//!   of pco columns (encoding in `run_index.rs`) of any length, disjoint and increasing:
+//!   [`crate::StoreOptions::run_index_chunk`] rows sealed from its head in the transaction
+//!   that filled it, and the oldest eight of those merged into one once sixteen wait. So the
+//!   last N runs of one model are a short head of small rows and a few small chunks.
 //! - `state`: `&str -> bytes`: state the store keeps for a caller, a CRC-32 (little-endian, of
 //!   the payload) then the payload. `sample_deriver` is the serialized state of the
 //!   [`crate::SampleDeriver`] as of the last transaction that derived, written in that same
@@ -66,7 +68,8 @@
 //! Format version 3 was format 4 without the run chunks: every `run` record a log row, and
 //! its run index a row a run in `runs` (`(model_id, seq) -> bytes`). A version 3 store is
 //! converted to version 4 in one transaction when it is opened (its runs sealed, oldest first,
-//! in chunks of `run_chunk`; its run index moved to model numbers and sealed the same way).
+//! in chunks of `run_chunk`; its run index moved to model numbers and sealed in chunks of
+//! `run_index_chunk`).
 //!
 //! Format version 2 was format 3 without the window tables: every `window` record a log row.
 //! A version 2 store is converted to version 3 in one transaction when it is opened (its

@@ -76,8 +76,14 @@ impl<'t> Tables<'t> {
 
     /// Counts the windows and runs this transaction wrote into `unsealed_windows` and
     /// `unsealed_runs`, and seals the oldest of each kind into chunks of `window_chunk` and
-    /// `run_chunk` while at least that many wait in the log.
-    fn seal(&mut self, window_chunk: usize, run_chunk: usize) -> Result<(), WriteError> {
+    /// `run_chunk` while at least that many wait in the log; and each touched model's run index
+    /// head in chunks of `run_index_chunk`.
+    fn seal(
+        &mut self,
+        window_chunk: usize,
+        run_chunk: usize,
+        run_index_chunk: usize,
+    ) -> Result<(), WriteError> {
         let windows = std::mem::take(&mut self.windows);
         let runs = std::mem::take(&mut self.runs_written);
         let Tables {
@@ -102,7 +108,7 @@ impl<'t> Tables<'t> {
         t.chunks = run_chunks;
         t.spans = run_spans;
         seal_kind::<Runs>(meta, &mut t, runs, K_UNSEALED_RUNS, run_chunk)?;
-        self.run_index.seal(run_chunk)
+        self.run_index.seal(run_index_chunk)
     }
 }
 
@@ -116,6 +122,9 @@ pub(crate) struct Writer {
     pub(crate) window_chunk: usize,
     /// How many runs one sealed chunk holds ([`crate::StoreOptions::run_chunk`]).
     pub(crate) run_chunk: usize,
+    /// How many rows of a model's run index one sealed chunk holds
+    /// ([`crate::StoreOptions::run_index_chunk`]).
+    pub(crate) run_index_chunk: usize,
     /// Every series key and its number, as committed.
     pub(crate) series: HashMap<String, u32>,
     /// Each series' head, as committed.
@@ -187,7 +196,7 @@ impl Writer {
                     outcomes.push(outcome);
                 }
                 heads = self.flush_samples(&mut tables, &mut pending.items)?;
-                tables.seal(self.window_chunk, self.run_chunk)?;
+                tables.seal(self.window_chunk, self.run_chunk, self.run_index_chunk)?;
             }
             if derived && let Some(deriver) = &self.deriver {
                 store_state(&wtx, deriver.as_ref())?;

@@ -7,7 +7,7 @@
 use kora_model::*;
 use kora_store::tables::{
     IDS, IDS_BY_TIME, K_FORMAT_VERSION, K_UNSEALED_RUNS, K_UNSEALED_WINDOWS, LOG, META, RUN_CHUNKS,
-    WINDOW_CHUNKS,
+    RUN_HEAD, RUN_INDEX, RUN_MODELS, WINDOW_CHUNKS,
 };
 use kora_store::*;
 use redb::{ReadableDatabase, ReadableTableMetadata};
@@ -20,6 +20,8 @@ fn options() -> StoreOptions {
     StoreOptions {
         window_chunk: CHUNK,
         run_chunk: CHUNK,
+        // 50 runs a model: head rows, chunks of 2 and chunks merged from 8 of them.
+        run_index_chunk: 2,
         ..StoreOptions::default()
     }
 }
@@ -528,4 +530,283 @@ fn a_format_2_store_written_by_the_previous_build_converts_at_open_record_for_re
             "{model}"
         );
     }
+}
+
+/// A run of `model` with a latency of its own, so rows are told apart by more than their seq.
+fn run_of(model: &str, i: i64) -> Record {
+    let Record::Run(mut r) = run(i) else {
+        unreachable!()
+    };
+    r.model_id = model.into();
+    r.id = Some(format!("{model}-{i}"));
+    r.model_latency_ms = 500.0 + (i * 37 % 1000) as f64 / 4.0;
+    Record::Run(r)
+}
+
+/// Appends `n` runs of the models in `models`, in batches of 1 to 40 runs, checking after
+/// each batch that the last 40 runs of every model are exactly the runs appended; answers
+/// what it appended into `want` (`model -> (seq, model_latency_ms)`, oldest first).
+fn append_runs(
+    store: &Store,
+    models: &[&str],
+    from: i64,
+    n: i64,
+    want: &mut std::collections::BTreeMap<String, Vec<(u64, f64)>>,
+) {
+    let mut i = from;
+    let mut batch = 1;
+    while i < from + n {
+        let size = batch.min(from + n - i);
+        let records: Vec<Record> = (i..i + size)
+            .map(|j| run_of(models[(j * 7 % 11) as usize % models.len()], j))
+            .collect();
+        let appended = store.append(T0, Batch::Records(records.clone())).unwrap();
+        for (seq, r) in appended.seqs.into_iter().zip(&records) {
+            let Record::Run(r) = r else { unreachable!() };
+            want.entry(r.model_id.clone())
+                .or_default()
+                .push((seq, r.model_latency_ms));
+        }
+        i += size;
+        batch = batch * 3 % 41;
+        for (model, rows) in want.iter() {
+            assert_recent(store, model, rows, None, 40);
+        }
+    }
+}
+
+/// `store.recent_runs(model, before, limit)` is exactly the newest of `rows` below `before`.
+fn assert_recent(
+    store: &Store,
+    model: &str,
+    rows: &[(u64, f64)],
+    before: Option<u64>,
+    limit: usize,
+) {
+    let want: Vec<(u64, f64)> = rows
+        .iter()
+        .rev()
+        .filter(|(seq, _)| before.is_none_or(|b| *seq < b))
+        .take(limit)
+        .copied()
+        .collect();
+    let got: Vec<(u64, f64)> = store
+        .recent_runs(model, before, limit)
+        .unwrap()
+        .iter()
+        .map(|r| (r.seq, r.model_latency_ms))
+        .collect();
+    assert_eq!(got, want, "{model} before {before:?} limit {limit}");
+}
+
+/// Every page of every model, newest first, at several page sizes and from several seqs.
+fn assert_index_exact(store: &Store, want: &std::collections::BTreeMap<String, Vec<(u64, f64)>>) {
+    for (model, rows) in want {
+        for limit in [1, 7, 33, 1_000, 100_000] {
+            let mut before = None;
+            let mut got = Vec::new();
+            loop {
+                let page = store.recent_runs(model, before, limit).unwrap();
+                let Some(last) = page.last() else { break };
+                before = Some(last.seq);
+                got.extend(page.iter().map(|r| (r.seq, r.model_latency_ms)));
+            }
+            assert_eq!(
+                got,
+                rows.iter().rev().copied().collect::<Vec<_>>(),
+                "{model} pages of {limit}"
+            );
+        }
+        for at in [0, 1, rows.len() / 3, rows.len() / 2, rows.len() - 1] {
+            assert_recent(store, model, rows, Some(rows[at].0), 100);
+            assert_recent(store, model, rows, Some(rows[at].0 + 1), 1_000);
+        }
+    }
+}
+
+/// One model's run index as stored: `(head rows, rows of each chunk, oldest first)`.
+fn index_layout(path: &std::path::Path, model: &str) -> (usize, Vec<usize>) {
+    let db = redb::Database::open(path).unwrap();
+    let rtx = db.begin_read().unwrap();
+    let (number, head_len) = rtx
+        .open_table(RUN_MODELS)
+        .unwrap()
+        .get(model)
+        .unwrap()
+        .unwrap()
+        .value();
+    let head = rtx
+        .open_table(RUN_HEAD)
+        .unwrap()
+        .range((number, 0)..=(number, u64::MAX))
+        .unwrap()
+        .count();
+    assert_eq!(head as u64, head_len, "{model}: run_models counts its head");
+    let chunks = rtx
+        .open_table(RUN_INDEX)
+        .unwrap()
+        .range((number, 0)..=(number, u64::MAX))
+        .unwrap()
+        .map(|row| {
+            // The frame: a CRC-32, the version byte, then the row count (u32 LE).
+            let v = row.unwrap().1;
+            u32::from_le_bytes(v.value()[5..9].try_into().unwrap()) as usize
+        })
+        .collect();
+    (head, chunks)
+}
+
+#[test]
+fn the_run_index_answers_exactly_through_its_head_small_chunks_and_merged_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.redb");
+    let options = StoreOptions {
+        run_chunk: CHUNK,
+        run_index_chunk: 4,
+        ..StoreOptions::default()
+    };
+    let models = ["qwen-7b", "llama-8b", "phi-3"];
+    let mut want = Default::default();
+    let store = Store::open(&path, options.clone()).unwrap();
+    append_runs(&store, &models, 0, 700, &mut want);
+    assert_index_exact(&store, &want);
+    drop(store);
+    // Chunks of 4 rows are merged 8 at a time once 64 rows wait in small chunks: each model
+    // keeps its newest 32 to 63 sealed rows in chunks of 4, the older in merged chunks.
+    for model in models {
+        let (head, chunks) = index_layout(&path, model);
+        assert!(head < 4, "{model}: head of {head}");
+        let small: usize = chunks.iter().rev().take_while(|n| **n < 32).sum();
+        assert!((32..64).contains(&small), "{model}: {chunks:?}");
+        assert!(
+            chunks.iter().all(|n| *n == 4 || *n >= 32),
+            "{model}: {chunks:?}"
+        );
+        assert!(
+            chunks.iter().filter(|n| **n >= 32).count() >= 2,
+            "{model}: {chunks:?}"
+        );
+        assert_eq!(
+            head + chunks.iter().sum::<usize>(),
+            want[model].len(),
+            "{model}"
+        );
+    }
+    let store = Store::open(&path, options).unwrap();
+    assert_index_exact(&store, &want);
+}
+
+#[test]
+fn a_run_index_sealed_at_another_size_reads_the_same_and_is_sealed_down_at_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.redb");
+    // The layout before `run_index_chunk` had its own default: 1,024-row chunks and heads.
+    let old = StoreOptions {
+        run_index_chunk: 1024,
+        ..StoreOptions::default()
+    };
+    let models = ["qwen-7b", "llama-8b"];
+    let mut want = Default::default();
+    let store = Store::open(&path, old).unwrap();
+    append_runs(&store, &models, 0, 2_800, &mut want);
+    drop(store);
+    let before: Vec<(usize, Vec<usize>)> = models.iter().map(|m| index_layout(&path, m)).collect();
+    for (model, (head, chunks)) in models.iter().zip(&before) {
+        assert!(
+            *head >= 128,
+            "{model}: the old head is longer than a new one: {head}"
+        );
+        assert_eq!(chunks, &[1024], "{model}");
+    }
+    // Opened with the default: read as it is, nothing rewritten at open.
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    assert_index_exact(&store, &want);
+    drop(store);
+    for (model, layout) in models.iter().zip(&before) {
+        assert_eq!(&index_layout(&path, model), layout, "{model}");
+    }
+    // One run of the first model seals its head down; the other keeps its long head.
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let appended = store
+        .append(T0, Batch::Records(vec![run_of(models[0], 10_000)]))
+        .unwrap();
+    want.get_mut(models[0])
+        .unwrap()
+        .push((appended.seqs[0], 500.0 + (10_000 * 37 % 1000) as f64 / 4.0));
+    assert_index_exact(&store, &want);
+    drop(store);
+    let (head, chunks) = index_layout(&path, models[0]);
+    assert!(head < 128, "{head}");
+    assert_eq!(chunks[0], 1024);
+    assert!(chunks[1..].iter().all(|n| *n == 128), "{chunks:?}");
+    assert_eq!(head + chunks.iter().sum::<usize>(), want[models[0]].len());
+    assert_eq!(index_layout(&path, models[1]), before[1]);
+    // More runs: the small chunks merge after the old chunk, and every read stays exact.
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    append_runs(&store, &models, 20_000, 3_000, &mut want);
+    assert_index_exact(&store, &want);
+    drop(store);
+    for model in models {
+        let (head, chunks) = index_layout(&path, model);
+        assert!(head < 128, "{model}: {head}");
+        assert_eq!(chunks[0], 1024, "{model}");
+        assert!(
+            chunks.iter().all(|n| *n == 128 || *n >= 1024),
+            "{model}: {chunks:?}"
+        );
+        assert_eq!(
+            head + chunks.iter().sum::<usize>(),
+            want[model].len(),
+            "{model}"
+        );
+    }
+}
+
+#[test]
+fn a_damaged_run_index_chunk_is_not_merged_and_refuses_no_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.redb");
+    let options = StoreOptions {
+        run_chunk: CHUNK,
+        run_index_chunk: 4,
+        ..StoreOptions::default()
+    };
+    let mut want = Default::default();
+    let store = Store::open(&path, options.clone()).unwrap();
+    append_runs(&store, &["qwen-7b"], 0, 48, &mut want);
+    drop(store);
+    assert_eq!(index_layout(&path, "qwen-7b"), (0, vec![4; 12]));
+    // Damage the oldest chunk's payload (redb's own page checksums stay right).
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let wtx = db.begin_write().unwrap();
+        {
+            let mut t = wtx.open_table(RUN_INDEX).unwrap();
+            let (key, mut bytes) = {
+                let (k, v) = redb::ReadableTable::first(&t).unwrap().unwrap();
+                (k.value(), v.value().to_vec())
+            };
+            let at = bytes.len() - 3;
+            bytes[at] ^= 0x40;
+            t.insert(key, bytes.as_slice()).unwrap();
+        }
+        wtx.commit().unwrap();
+    }
+    // Enough runs to bring the small chunks to twice a merged chunk: every one is stored, the
+    // chunks from the damaged one on are left as they are, the newer ones merge.
+    let store = Store::open(&path, options).unwrap();
+    append_runs(&store, &["qwen-7b"], 100, 60, &mut want);
+    let rows = &want["qwen-7b"];
+    assert_eq!(rows.len(), 108);
+    assert_recent(&store, "qwen-7b", rows, None, 104);
+    let err = store.recent_runs("qwen-7b", None, 105).unwrap_err();
+    assert!(err.to_string().contains("run_index"), "{err}");
+    drop(store);
+    let (head, chunks) = index_layout(&path, "qwen-7b");
+    assert_eq!(head + chunks.iter().sum::<usize>(), 108);
+    assert_eq!(chunks[0], 4, "{chunks:?}");
+    assert!(
+        chunks[1..].iter().any(|n| *n >= 32),
+        "the newer chunks merged: {chunks:?}"
+    );
 }
