@@ -286,7 +286,8 @@ impl Cardinality {
     /// The names `store` holds: the models of its runs (one seek per model), of its series and
     /// of its model events; its series; the sessions its session events leave open, with
     /// their activity; and record time. Reads the series table, the runs index, the log's
-    /// model and session events, and the runs of the 24 h of record time before the newest
+    /// model and session events (one pass over the log's rows, `Store::each_in_rows_of`),
+    /// and the runs of the 24 h of record time before the newest
     /// run (`Store::runs_since`: no older run and no other kind).
     pub fn load(store: &Store, limits: Limits) -> Result<Cardinality, ReadError> {
         let mut known = Known::default();
@@ -302,57 +303,50 @@ impl Cardinality {
             known.series.insert(key);
         }
         let mut sessions = Vec::new();
-        for kind in [
-            RecordKind::ModelLoad,
-            RecordKind::ContextRequest,
-            RecordKind::ContextOom,
-            RecordKind::SessionStarted,
-            RecordKind::SessionEnded,
-        ] {
-            let mut from = 0;
-            loop {
-                let page = store.scan_kind(kind, from, 1_000)?;
-                let Some(last) = page.last().map(|e| e.seq) else {
-                    break;
-                };
-                from = last + 1;
-                for e in page {
-                    let ts = e.record.ts_ms().unwrap_or(i64::MIN);
-                    known.record_ms = known.record_ms.max(Some(ts));
-                    match e.record {
-                        Record::ContextOom(kora_model::ContextOom {
-                            model_id,
-                            session_id,
-                            ..
-                        }) => {
-                            known.models.insert(model_id);
-                            sessions.push((e.seq, session_id, SessionOp::Touch, ts));
-                        }
-                        Record::ContextRequest(kora_model::ContextRequest {
-                            model_id,
-                            session_id,
-                            ..
-                        }) => {
-                            known.models.insert(model_id);
-                            if let Some(id) = session_id {
-                                sessions.push((e.seq, id, SessionOp::Touch, ts));
-                            }
-                        }
-                        Record::ModelLoad(kora_model::ModelLoad { model_id, .. }) => {
-                            known.models.insert(model_id);
-                        }
-                        Record::SessionStarted(x) => {
-                            sessions.push((e.seq, x.session_id, SessionOp::Start, ts));
-                        }
-                        Record::SessionEnded(x) => {
-                            sessions.push((e.seq, x.session_id, SessionOp::End, ts));
-                        }
-                        _ => {}
+        store.each_in_rows_of(
+            &[
+                RecordKind::ModelLoad,
+                RecordKind::ContextRequest,
+                RecordKind::ContextOom,
+                RecordKind::SessionStarted,
+                RecordKind::SessionEnded,
+            ],
+            |e| {
+                let ts = e.record.ts_ms().unwrap_or(i64::MIN);
+                known.record_ms = known.record_ms.max(Some(ts));
+                match e.record {
+                    Record::ContextOom(kora_model::ContextOom {
+                        model_id,
+                        session_id,
+                        ..
+                    }) => {
+                        known.models.insert(model_id);
+                        sessions.push((e.seq, session_id, SessionOp::Touch, ts));
                     }
+                    Record::ContextRequest(kora_model::ContextRequest {
+                        model_id,
+                        session_id,
+                        ..
+                    }) => {
+                        known.models.insert(model_id);
+                        if let Some(id) = session_id {
+                            sessions.push((e.seq, id, SessionOp::Touch, ts));
+                        }
+                    }
+                    Record::ModelLoad(kora_model::ModelLoad { model_id, .. }) => {
+                        known.models.insert(model_id);
+                    }
+                    Record::SessionStarted(x) => {
+                        sessions.push((e.seq, x.session_id, SessionOp::Start, ts));
+                    }
+                    Record::SessionEnded(x) => {
+                        sessions.push((e.seq, x.session_id, SessionOp::End, ts));
+                    }
+                    _ => {}
                 }
-            }
-        }
-        sessions.sort_by_key(|s| s.0);
+            },
+        )?;
+        // In seq order already (one pass over the log's rows).
         // Each open session's latest start (its seq) and activity.
         let mut open: BTreeMap<String, (u64, i64)> = BTreeMap::new();
         for (seq, id, op, ts) in sessions {

@@ -37,6 +37,16 @@ pub(crate) fn get_entry(
     }
 }
 
+/// The kind of a stored log value, read from its first bytes without checking or decoding it:
+/// `None` for a value that is not kind-prefixed (format 2) or too short to say, which must be
+/// decoded to tell.
+pub(crate) fn stored_kind(bytes: &[u8]) -> Option<RecordKind> {
+    match bytes.get(4..6) {
+        Some([KIND_PREFIXED, code]) => RecordKind::from_code(*code),
+        _ => None,
+    }
+}
+
 pub(crate) fn decode_entry(seq: u64, bytes: &[u8]) -> Result<LogEntry, ReadError> {
     let key = || seq.to_string();
     let payload = checked("log", key, bytes)?;

@@ -4,7 +4,7 @@ use kora_model::{LogEntry, RecordKind, Sample, StoredSample};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::chunk::{self, Chunk, Item};
-use crate::codec::{codec_read_error, decode_entry, get_entry};
+use crate::codec::{codec_read_error, decode_entry, get_entry, stored_kind};
 use crate::derive::read_state;
 use crate::error::ReadError;
 use crate::retention::Rollup;
@@ -104,6 +104,30 @@ impl Store {
         Ok(merge(sealed.between(from_seq, bound)?, rows, limit, |e| {
             e.seq
         }))
+    }
+
+    /// Calls `each` with every entry of the log's rows of one of `kinds`, in seq order: one
+    /// pass over the rows, each row's kind read from its first bytes and only the rows of
+    /// `kinds` checked and decoded (a row of format 2 is decoded to tell). Sealed records
+    /// (`window`, `run`) are not in the rows: `kinds` should name neither.
+    pub fn each_in_rows_of(
+        &self,
+        kinds: &[RecordKind],
+        mut each: impl FnMut(LogEntry),
+    ) -> Result<(), ReadError> {
+        let rtx = self.read()?;
+        for item in rtx.open_table(LOG)?.iter()? {
+            let (k, v) = item?;
+            match stored_kind(v.value()) {
+                Some(kind) if !kinds.contains(&kind) => continue,
+                _ => {}
+            }
+            let entry = decode_entry(k.value(), v.value())?;
+            if kinds.contains(&entry.record.kind()) {
+                each(entry);
+            }
+        }
+        Ok(())
     }
 
     /// The `run` records of recent time: `horizon` is given the newest run's `ts_ms` and

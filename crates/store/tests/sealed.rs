@@ -277,6 +277,21 @@ fn assert_reads_match(store: &Store, expected: &[LogEntry]) {
     want.sort_by_key(|e| (e.record.ts_ms(), e.seq));
     assert_eq!(store.scan_time(from_ms, to_ms, max).unwrap(), want);
     assert_eq!(store.scan_time(from_ms, to_ms, 9).unwrap(), want[..9]);
+    // The log's rows of some kinds, in one pass, in seq order.
+    for kinds in [
+        vec![RecordKind::SessionStarted],
+        vec![RecordKind::SessionStarted, RecordKind::ModelLoad],
+        vec![RecordKind::Feedback],
+    ] {
+        let want: Vec<_> = expected
+            .iter()
+            .filter(|e| kinds.contains(&e.record.kind()))
+            .cloned()
+            .collect();
+        let mut got = Vec::new();
+        store.each_in_rows_of(&kinds, |e| got.push(e)).unwrap();
+        assert_eq!(got, want, "{kinds:?}");
+    }
     // The runs since a horizon reckoned from the newest run, through rows and run chunks.
     let runs: Vec<_> = expected
         .iter()
