@@ -57,6 +57,7 @@ use kora_model::{Record, Sample};
 use redb::Database;
 
 pub use error::{OpenError, ReadError, WriteError};
+pub use format::FORMAT_VERSION;
 pub use retention::{Compacted, Retention, Rollup};
 pub use runs::RunRow;
 
@@ -79,9 +80,6 @@ pub const RUN_CHUNK: usize = 1024;
 /// reader takes chunks of any length, and a longer head is sealed down at its model's next
 /// run.
 pub const RUN_INDEX_CHUNK: usize = 128;
-
-/// The on-disk format this build writes. A store with a newer one is refused at open.
-pub const FORMAT_VERSION: u64 = 4;
 
 /// Tunables of the store.
 #[derive(Debug, Clone)]
