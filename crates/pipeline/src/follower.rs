@@ -30,6 +30,7 @@ use kora_window::{CloudRuns, ProductIndex, RunMetrics};
 
 use crate::clock::Clock;
 use crate::events::{Position, Resolution, Resolutions, StreamEvent, decision_of, is_streamed};
+use crate::limits::Names;
 use crate::profile::{materially_changed, profile_of};
 use crate::write::{WriteFailure, Writer};
 
@@ -116,6 +117,10 @@ struct FollowerState {
     /// Absent in checkpoints written before the stream followed resolutions.
     #[serde(default)]
     resolutions: Option<Resolutions>,
+    /// Absent in checkpoints written before the follower kept the names: they are then read
+    /// from the log up to the checkpoint once, at start ([`Names::load`]).
+    #[serde(default)]
+    names: Option<Names>,
 }
 
 /// The follower's checkpoint as kept in the store's `state` table under [`checkpoint_key`]:
@@ -200,6 +205,9 @@ struct Inner {
     resolutions: Resolutions,
     /// The resolutions of the entries folded since the pass last took them.
     fresh: Vec<Resolution>,
+    /// What the cardinality limits need of the log, kept for the checkpoints: the pipeline's
+    /// [`crate::Cardinality`] keeps the live names from the batches it admits.
+    names: Names,
 }
 
 impl Follower {
@@ -212,6 +220,18 @@ impl Follower {
         tiers: CloudTiers,
         checkpoints: bool,
     ) -> Result<Follower, RebuildError> {
+        Ok(Follower::rebuild_with_names(store, thresholds, tiers, checkpoints)?.0)
+    }
+
+    /// [`Follower::rebuild`], and the names of the whole log for the cardinality limits
+    /// ([`crate::Cardinality::with_names`]): those of the checkpoint resumed from, with the
+    /// entries after it folded in the same pass (past the engine cursor too).
+    pub fn rebuild_with_names(
+        store: &Store,
+        thresholds: Thresholds,
+        tiers: CloudTiers,
+        checkpoints: bool,
+    ) -> Result<(Follower, Names), RebuildError> {
         let cursor = store.engine_cursor()?;
         let resume = if checkpoints {
             latest_checkpoint(store, &thresholds, cursor)?
@@ -230,6 +250,7 @@ impl Follower {
             read: ReadModels::default(),
             resolutions: Resolutions::default(),
             fresh: Vec::new(),
+            names: Names::default(),
         };
         let mut from = 0;
         if let Some((up_to, state)) = resume {
@@ -245,13 +266,23 @@ impl Follower {
                 Some(r) => r,
                 None => Resolutions::of_engine(&inner.engine),
             };
+            inner.names = match state.names {
+                Some(names) => names,
+                None => {
+                    // Read once: the first pass writes a checkpoint that holds them.
+                    inner.since_checkpoint = CHECKPOINT_EVERY;
+                    Names::load(store, Some(up_to))?
+                }
+            };
             inner.folded = up_to;
             inner.checkpointed = up_to;
             from = up_to + 1;
         }
         // Fold the inputs whose outputs are already recorded.
         // Past the cursor only the thresholds each decision was made with are noted (the
-        // follower folds the rest once serving): the last pass's decisions lie there.
+        // follower folds the rest once serving): the last pass's decisions lie there. The
+        // names are folded to the end, in a copy.
+        let mut past_cursor: Option<Names> = None;
         loop {
             let page = store.scan(from, PAGE)?;
             let Some(last) = page.last() else { break };
@@ -259,11 +290,15 @@ impl Follower {
             for entry in &page {
                 if entry.seq > cursor {
                     inner.note_thresholds(&entry.record);
+                    past_cursor
+                        .get_or_insert_with(|| inner.names.clone())
+                        .push(entry);
                 } else {
                     inner.fold(entry);
                 }
             }
         }
+        let names = past_cursor.unwrap_or_else(|| inner.names.clone());
         // Those resolutions were published before the restart; they are kept for resumes.
         inner.fresh.clear();
         let version = inner.engine.thresholds().version().to_owned();
@@ -277,10 +312,13 @@ impl Follower {
                 now,
             });
         }
-        Ok(Follower {
-            inner: Mutex::new(inner),
-            pass: tokio::sync::Mutex::new(()),
-        })
+        Ok((
+            Follower {
+                inner: Mutex::new(inner),
+                pass: tokio::sync::Mutex::new(()),
+            },
+            names,
+        ))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -542,6 +580,7 @@ impl Inner {
             fingerprints: self.fingerprints.clone(),
             read: Some(self.read.clone()),
             resolutions: Some(self.resolutions.clone()),
+            names: Some(self.names.clone()),
         };
         let thresholds = self.engine.thresholds();
         let checkpoint = Checkpoint {
@@ -581,6 +620,7 @@ impl Inner {
         self.since_checkpoint += 1;
         self.note_thresholds(&entry.record);
         self.read.push(entry);
+        self.names.push(entry);
         match &entry.record {
             Record::Profile(p) => self.recorded_profile = Some(p.profile.clone()),
             record => {
@@ -650,7 +690,7 @@ mod tests {
     }
 
     /// How a test writes the follower's checkpoint.
-    #[derive(Clone, Copy, PartialEq)]
+    #[derive(Clone, Copy, Debug, PartialEq)]
     enum Checkpointing {
         None,
         /// Into the store's `state` table, as `catch_up` does.
@@ -705,6 +745,8 @@ mod tests {
             fingerprints: inner.fingerprints.clone(),
             read: Some(inner.read.clone()),
             resolutions: Some(inner.resolutions.clone()),
+            // Builds that logged their checkpoints kept no names.
+            names: None,
         };
         Record::Checkpoint(kora_model::CheckpointRecord {
             ts_ms: 1_900_000_000_000,
@@ -757,6 +799,7 @@ mod tests {
         assert_eq!(resumed.fingerprints, full.fingerprints);
         assert_eq!(resumed.read, full.read);
         assert_eq!(resumed.resolutions, full.resolutions);
+        assert_eq!(resumed.names, full.names);
     }
 
     /// The keys of the store's `state` table, read through redb once the store is closed.
@@ -1040,6 +1083,107 @@ mod tests {
             vec![key],
             "one checkpoint for the one thresholds fingerprint, replaced in place"
         );
+    }
+
+    /// Session events for sessions `ids`, at `at` seconds after the runs' first time.
+    fn sessions(ids: std::ops::Range<u64>, at: i64, started: bool) -> Vec<Record> {
+        ids.map(|i| {
+            let e = kora_model::SessionEvent {
+                id: None,
+                ts_ms: Some(1_800_000_000_000 + at * 1000),
+                session_id: format!("s{i}"),
+            };
+            if started {
+                Record::SessionStarted(e)
+            } else {
+                Record::SessionEnded(e)
+            }
+        })
+        .collect()
+    }
+
+    /// Issue 14: a start read a year of model and session events to count the models and the
+    /// open sessions. The follower keeps those names and checkpoints them; a start folds only
+    /// the log after the checkpoint, past the engine cursor too, and has the names a read of
+    /// the whole store has, from a checkpoint of the `state` table, from one logged by an
+    /// earlier build (without names: read up to it), or from none.
+    #[test]
+    fn a_start_has_the_names_of_the_whole_log_from_a_checkpoint_and_the_log_after_it() {
+        for checkpointing in [
+            Checkpointing::State,
+            Checkpointing::Logged,
+            Checkpointing::None,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("n.redb"), Default::default()).unwrap();
+            let add = |records: Vec<Record>| {
+                store
+                    .append(1_900_000_000_000, Batch::Records(records))
+                    .unwrap();
+            };
+            // Runs i name session s{i/10}: s0..s150 over 1,500 runs.
+            add(sessions(0..100, 0, true));
+            add(runs(0, 1_500));
+            add(sessions(0..40, 1_500, false));
+            let mut inner = rebuilt(&store, false);
+            follow(&store, &mut inner, checkpointing);
+            // Followed, after the checkpoint: more sessions start and end, runs touch them.
+            add(sessions(100..200, 1_500, true));
+            add(sessions(40..60, 1_600, false));
+            add(runs(1_500, 2_000));
+            follow(&store, &mut inner, Checkpointing::None);
+            // Past the engine cursor: not followed yet.
+            add(sessions(60..70, 2_100, false));
+            add(sessions(0..5, 2_100, true));
+            add(runs(2_000, 2_100));
+            assert!(store.engine_cursor().unwrap() < store.stats().unwrap().last_seq.unwrap());
+
+            let whole = Names::load(&store, None).unwrap();
+            let (follower, names) = Follower::rebuild_with_names(
+                &store,
+                Thresholds::embedded(),
+                CloudTiers::embedded(),
+                true,
+            )
+            .unwrap();
+            let resumed = follower.inner.into_inner().unwrap();
+            if checkpointing != Checkpointing::None {
+                assert!(resumed.checkpointed > 0, "resumed from a checkpoint");
+            }
+            // A checkpoint without names has them read up to it, once: the first pass
+            // writes a checkpoint that holds them.
+            assert_eq!(
+                resumed.since_checkpoint >= CHECKPOINT_EVERY,
+                checkpointing == Checkpointing::Logged,
+                "{checkpointing:?}"
+            );
+            assert_eq!(names, whole, "{checkpointing:?}");
+            let folded = rebuilt(&store, false);
+            assert_eq!(
+                resumed.names, folded.names,
+                "the follower's own, at its cursor"
+            );
+            assert_ne!(
+                resumed.names, names,
+                "the follower's own names stop at the engine cursor"
+            );
+            // What the names say: s0..s4 restarted, s5..s39 ended, s40..s69 ended after the
+            // checkpoint, s70..s199 open; the runs of s0..s209 touched those open then.
+            let card =
+                crate::Cardinality::with_names(&store, crate::Limits::default(), names).unwrap();
+            let open = card
+                .status()
+                .into_iter()
+                .find(|s| s.name == kora_model::LimitName::OpenSessions)
+                .unwrap();
+            assert_eq!(open.count, 5 + 130);
+            let models = card
+                .status()
+                .into_iter()
+                .find(|s| s.name == kora_model::LimitName::Models)
+                .unwrap();
+            assert_eq!(models.count, 2);
+        }
     }
 
     /// A store written before checkpoints moved to the `state` table holds them in the log:

@@ -48,7 +48,7 @@ pub use events::{Events, HealthChange, Position, Resolution, StreamEvent};
 pub use faults::Faults;
 pub use follower::{CHECKPOINT_EVERY, FollowError, Follower, ReadModels, RebuildError};
 pub use health::HealthFlag;
-pub use limits::{Cardinality, LimitRefusal, Limits};
+pub use limits::{Cardinality, LimitRefusal, Limits, Names};
 pub use windows::WindowDeriver;
 pub use write::{WriteFailure, Writer};
 
@@ -116,8 +116,10 @@ impl Pipeline {
         let store = Store::open_with_deriver(path, store, move |saved| {
             Box::new(WindowDeriver::resume(&windows, saved))
         })?;
-        let follower = Follower::rebuild(&store, thresholds, tiers, checkpoints)?;
-        let cardinality = Cardinality::load(&store, limits).map_err(RebuildError::Read)?;
+        let (follower, names) =
+            Follower::rebuild_with_names(&store, thresholds, tiers, checkpoints)?;
+        let cardinality =
+            Cardinality::with_names(&store, limits, names).map_err(RebuildError::Read)?;
         let started_ms = clock.now_ms();
         let writer = Writer::new(Arc::new(store), clock, cardinality);
         writer.events().start_at(follower.folded());

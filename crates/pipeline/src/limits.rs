@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use kora_model::{
     DEFAULT_MAX_MODELS, DEFAULT_MAX_OPEN_SESSIONS, DEFAULT_MAX_SERIES, LimitHit, LimitName,
-    LimitStatus, Record, RecordKind, SESSION_IDLE_MS, Sample,
+    LimitStatus, LogEntry, Record, RecordKind, SESSION_IDLE_MS, Sample,
 };
 use kora_store::{Appended, Batch, ReadError, Store};
 
@@ -270,38 +270,73 @@ fn index_of(name: LimitName) -> usize {
     LimitName::ALL.iter().position(|n| *n == name).unwrap_or(0)
 }
 
-/// The names the store holds, the limits on them, and the lock that orders the batches that
-/// add names.
-#[derive(Debug)]
-pub struct Cardinality {
-    limits: Limits,
-    known: Mutex<Known>,
-    admission: Arc<tokio::sync::Mutex<()>>,
+/// What the cardinality limits need of the log, folded in seq order ([`Names::push`]): the
+/// models its runs and events name, the sessions its records leave open with their activity,
+/// and record time. The follower keeps it with its state and checkpoints it, so a start reads
+/// only the log after the newest checkpoint ([`crate::Follower::rebuild_with_names`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Names {
+    models: BTreeSet<String>,
+    /// Sessions started and not ended, with their activity.
+    sessions: BTreeMap<String, i64>,
+    record_ms: Option<i64>,
 }
 
-/// Held from a batch's check until its commit has updated the names.
-pub(crate) type Admission = tokio::sync::OwnedMutexGuard<()>;
+impl Names {
+    /// Folds the next entry of the log (entries come in seq order).
+    pub fn push(&mut self, entry: &LogEntry) {
+        let r = &entry.record;
+        if !is_runtime_record(r) {
+            return;
+        }
+        let ts = r.ts_ms().unwrap_or(i64::MIN);
+        self.record_ms = self.record_ms.max(Some(ts));
+        let (model, session) = match r {
+            Record::Run(x) => (Some(&x.model_id), Some((&x.session_id, SessionOp::Touch))),
+            Record::ModelLoad(x) => (Some(&x.model_id), None),
+            Record::ContextRequest(x) => (
+                Some(&x.model_id),
+                x.session_id.as_ref().map(|id| (id, SessionOp::Touch)),
+            ),
+            Record::ContextOom(x) => (Some(&x.model_id), Some((&x.session_id, SessionOp::Touch))),
+            Record::SessionStarted(x) => (None, Some((&x.session_id, SessionOp::Start))),
+            Record::SessionEnded(x) => (None, Some((&x.session_id, SessionOp::End))),
+            _ => (None, None),
+        };
+        if let Some(model) = model
+            && !self.models.contains(model)
+        {
+            self.models.insert(model.clone());
+        }
+        match session {
+            Some((id, SessionOp::Start)) => {
+                self.sessions.insert(id.clone(), ts);
+            }
+            Some((id, SessionOp::End)) => {
+                self.sessions.remove(id);
+            }
+            Some((id, SessionOp::Touch)) => {
+                if let Some(last) = self.sessions.get_mut(id) {
+                    *last = (*last).max(ts);
+                }
+            }
+            None => {}
+        }
+    }
 
-impl Cardinality {
-    /// The names `store` holds: the models of its runs (one seek per model), of its series and
-    /// of its model events; its series; the sessions its session events leave open, with
-    /// their activity; and record time. Reads the series table, the runs index, the log's
-    /// model and session events (one pass over the log's rows, `Store::each_in_rows_of`),
-    /// and the runs of the 24 h of record time before the newest
-    /// run (`Store::runs_since`: no older run and no other kind).
-    pub fn load(store: &Store, limits: Limits) -> Result<Cardinality, ReadError> {
-        let mut known = Known::default();
+    /// The names of `store`'s log up to seq `up_to` (all of it when `None`), read without
+    /// folding the log: the models of its runs (the runs index, one seek per model), its model
+    /// and session events (one pass over the log's rows, `Store::each_in_rows_of`), and the
+    /// runs of the 24 h of record time before the newest run (`Store::runs_since`: no older
+    /// run and no other kind). For a checkpoint written before names were kept, and for
+    /// [`Cardinality::load`].
+    pub fn load(store: &Store, up_to: Option<u64>) -> Result<Names, ReadError> {
+        let up_to = up_to.unwrap_or(u64::MAX);
+        let mut names = Names::default();
         let run_models = store.run_models()?;
         let any_run = !run_models.is_empty();
-        for model in run_models {
-            known.models.insert(model);
-        }
-        for key in store.series()? {
-            if let Some((_, _, Some(model))) = Sample::parse_series_key(&key) {
-                known.models.insert(model);
-            }
-            known.series.insert(key);
-        }
+        // Models are a set: a run after `up_to` adds its model again when folded.
+        names.models.extend(run_models);
         let mut sessions = Vec::new();
         store.each_in_rows_of(
             &[
@@ -312,15 +347,18 @@ impl Cardinality {
                 RecordKind::SessionEnded,
             ],
             |e| {
+                if e.seq > up_to {
+                    return;
+                }
                 let ts = e.record.ts_ms().unwrap_or(i64::MIN);
-                known.record_ms = known.record_ms.max(Some(ts));
+                names.record_ms = names.record_ms.max(Some(ts));
                 match e.record {
                     Record::ContextOom(kora_model::ContextOom {
                         model_id,
                         session_id,
                         ..
                     }) => {
-                        known.models.insert(model_id);
+                        names.models.insert(model_id);
                         sessions.push((e.seq, session_id, SessionOp::Touch, ts));
                     }
                     Record::ContextRequest(kora_model::ContextRequest {
@@ -328,13 +366,13 @@ impl Cardinality {
                         session_id,
                         ..
                     }) => {
-                        known.models.insert(model_id);
+                        names.models.insert(model_id);
                         if let Some(id) = session_id {
                             sessions.push((e.seq, id, SessionOp::Touch, ts));
                         }
                     }
                     Record::ModelLoad(kora_model::ModelLoad { model_id, .. }) => {
-                        known.models.insert(model_id);
+                        names.models.insert(model_id);
                     }
                     Record::SessionStarted(x) => {
                         sessions.push((e.seq, x.session_id, SessionOp::Start, ts));
@@ -367,24 +405,85 @@ impl Cardinality {
         if any_run {
             // Runs older than 24 h before record time cannot keep a session open now or later
             // (record time only grows), so only the runs since then are read.
-            let record_ms = known.record_ms;
-            let newest_run = store.runs_since(
+            let record_ms = names.record_ms;
+            let mut newest_run = None;
+            store.runs_since(
                 |newest| horizon(record_ms.max(Some(newest))),
+                // Under `up_to`, the horizon may be that of a newer run: a session whose
+                // activity lies before it is idle once that run is folded, whatever its
+                // activity was, so nothing the fold after `up_to` ends with is missed.
                 |e| {
-                    if let (Record::Run(r), Some(ts)) = (&e.record, e.record.ts_ms())
-                        && let Some(s) = open.get_mut(&r.session_id)
+                    let (Record::Run(r), Some(ts)) = (&e.record, e.record.ts_ms()) else {
+                        return;
+                    };
+                    if e.seq > up_to {
+                        return;
+                    }
+                    newest_run = newest_run.max(Some(ts));
+                    if let Some(s) = open.get_mut(&r.session_id)
                         && e.seq > s.0
                     {
                         s.1 = s.1.max(ts);
                     }
                 },
             )?;
-            known.record_ms = known.record_ms.max(newest_run);
+            names.record_ms = names.record_ms.max(newest_run);
         }
-        known.sessions = open.into_iter().map(|(id, (_, last))| (id, last)).collect();
+        names.sessions = open.into_iter().map(|(id, (_, last))| (id, last)).collect();
+        Ok(names)
+    }
+}
+
+/// The names the store holds, the limits on them, and the lock that orders the batches that
+/// add names.
+#[derive(Debug)]
+pub struct Cardinality {
+    limits: Limits,
+    known: Mutex<Known>,
+    admission: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Held from a batch's check until its commit has updated the names.
+pub(crate) type Admission = tokio::sync::OwnedMutexGuard<()>;
+
+impl Cardinality {
+    /// The names `store` holds, read from the whole store: [`Names::load`], then
+    /// [`Cardinality::with_names`]. A pipeline's start takes the follower's names instead
+    /// ([`crate::Follower::rebuild_with_names`]: checkpointed, so only the log after the newest
+    /// checkpoint is read).
+    pub fn load(store: &Store, limits: Limits) -> Result<Cardinality, ReadError> {
+        let names = Names::load(store, None)?;
+        Cardinality::with_names(store, limits, names)
+    }
+
+    /// The names `store` holds, given `names`, those of its whole log: adds the models and
+    /// keys of its series (the series table).
+    pub fn with_names(
+        store: &Store,
+        limits: Limits,
+        names: Names,
+    ) -> Result<Cardinality, ReadError> {
+        let Names {
+            mut models,
+            sessions,
+            record_ms,
+        } = names;
+        let mut series = BTreeSet::new();
+        for key in store.series()? {
+            if let Some((_, _, Some(model))) = Sample::parse_series_key(&key) {
+                models.insert(model);
+            }
+            series.insert(key);
+        }
         Ok(Cardinality {
             limits,
-            known: Mutex::new(known),
+            known: Mutex::new(Known {
+                models,
+                series,
+                sessions,
+                record_ms,
+                ..Known::default()
+            }),
             admission: Arc::default(),
         })
     }
