@@ -86,24 +86,31 @@ impl Store {
         let rtx = self.read()?;
         let sealed = SealedLog::open(&rtx)?;
         let log = rtx.open_table(LOG)?;
-        // The page's last seq, from seqs alone (the log's keys, the chunks' seq columns), so
-        // that only the records the page takes are decoded.
-        let mut seqs = sealed.seqs_from(from_seq, limit)?;
-        for item in log.range(from_seq..)?.take(limit) {
-            seqs.push(item?.0.value());
+        // The log's rows and each sealed kind's chunks, merged by seq as they are walked: each
+        // record is built once, only when it is the page's next.
+        let mut windows = sealed.windows.cursor(from_seq)?;
+        let mut runs = sealed.runs.cursor(from_seq)?;
+        let mut rows = log.range(from_seq..)?;
+        let mut row = rows.next().transpose()?;
+        let mut out = Vec::with_capacity(limit.min(16_384));
+        while out.len() < limit {
+            let in_rows = row.as_ref().map(|(k, _)| k.value());
+            let (w, r) = (windows.peek()?, runs.peek()?);
+            let next = [in_rows, w, r].into_iter().flatten().min();
+            let entry = match next {
+                None => break,
+                Some(seq) if Some(seq) == in_rows => {
+                    let Some((k, v)) = row.take() else { break };
+                    let e = decode_entry(k.value(), v.value())?;
+                    row = rows.next().transpose()?;
+                    Some(e)
+                }
+                Some(seq) if Some(seq) == w => windows.take()?,
+                Some(_) => runs.take()?,
+            };
+            out.extend(entry);
         }
-        seqs.sort_unstable();
-        let Some(&bound) = seqs.get(limit - 1).or(seqs.last()) else {
-            return Ok(Vec::new());
-        };
-        let mut rows = Vec::new();
-        for item in log.range(from_seq..=bound)? {
-            let (k, v) = item?;
-            rows.push(decode_entry(k.value(), v.value())?);
-        }
-        Ok(merge(sealed.between(from_seq, bound)?, rows, limit, |e| {
-            e.seq
-        }))
+        Ok(out)
     }
 
     /// Calls `each` with every entry of the log's rows of one of `kinds`, in seq order: one

@@ -94,12 +94,6 @@ pub(crate) struct RunColumns {
 }
 
 impl RunColumns {
-    /// The seqs of a chunk, its rows left compressed (the CRC is checked).
-    pub(crate) fn seqs_only(bytes: &[u8]) -> Result<Vec<u64>, CodecError> {
-        let (len, sections) = unframe::<SECTIONS>(bytes, VERSION, WHAT)?;
-        column(sections[0], len, WHAT)
-    }
-
     /// Decodes a sealed chunk. The CRC is checked first: damaged bytes are
     /// [`CodecError::Checksum`], never a wrong record.
     pub(crate) fn decode(bytes: &[u8]) -> Result<RunColumns, CodecError> {

@@ -33,8 +33,6 @@ pub(crate) trait Sealable {
     /// Encodes `(seq, indexed ts_ms, record)` rows, every record of [`Sealable::KIND`].
     fn encode(rows: Vec<(u64, i64, Record)>) -> Result<Vec<u8>, CodecError>;
     fn decode(bytes: &[u8]) -> Result<Self::Columns, CodecError>;
-    /// A chunk's seqs alone, the rest left undecoded.
-    fn seqs_only(bytes: &[u8]) -> Result<Vec<u64>, CodecError>;
     fn seqs(c: &Self::Columns) -> &[u64];
     fn ts(c: &Self::Columns, i: usize) -> i64;
     fn record(c: &Self::Columns, i: usize) -> Result<Record, CodecError>;
@@ -76,10 +74,6 @@ impl Sealable for Windows {
         Columns::decode(bytes)
     }
 
-    fn seqs_only(bytes: &[u8]) -> Result<Vec<u64>, CodecError> {
-        Columns::seqs_only(bytes)
-    }
-
     fn seqs(c: &Columns) -> &[u64] {
         &c.seqs
     }
@@ -113,10 +107,6 @@ impl Sealable for Runs {
 
     fn decode(bytes: &[u8]) -> Result<Self::Columns, CodecError> {
         crate::run_chunk::decode_cached(bytes)
-    }
-
-    fn seqs_only(bytes: &[u8]) -> Result<Vec<u64>, CodecError> {
-        RunColumns::seqs_only(bytes)
     }
 
     fn seqs(c: &Self::Columns) -> &[u64] {
@@ -250,69 +240,22 @@ impl<K: Sealable> Sealed<K> {
         })
     }
 
+    /// A walk over the sealed records with `from_seq <= seq`, in seq order.
+    pub(crate) fn cursor(&self, from_seq: u64) -> Result<Cursor<K>, ReadError> {
+        Ok(Cursor {
+            chunks: self.chunks.range(from_seq..)?,
+            from_seq,
+            current: None,
+            at: 0,
+        })
+    }
+
     /// Sealed records with `from_seq <= seq`, in seq order, at most `limit`.
     pub(crate) fn from(&self, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>, ReadError> {
+        let mut cursor = self.cursor(from_seq)?;
         let mut out = Vec::new();
-        if limit == 0 {
-            return Ok(out);
-        }
-        for row in self.chunks.range(from_seq..)? {
-            let (k, v) = row?;
-            let c = columns::<K>(k.value(), v.value())?;
-            let seqs = K::seqs(&c);
-            let start = seqs.partition_point(|&s| s < from_seq);
-            for i in start..seqs.len() {
-                out.push(entry::<K>(&c, i)?);
-                if out.len() == limit {
-                    return Ok(out);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// The seqs of sealed records with `from_seq <= seq`, in order, at most `limit`: only the
-    /// seq columns are decoded.
-    pub(crate) fn seqs_from(&self, from_seq: u64, limit: usize) -> Result<Vec<u64>, ReadError> {
-        let mut out = Vec::new();
-        for row in self.chunks.range(from_seq..)? {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = row?;
-            let seqs = K::seqs_only(v.value())
-                .map_err(|e| codec_read_error(K::TABLE, k.value().to_string(), e))?;
-            let start = seqs.partition_point(|&s| s < from_seq);
-            out.extend(seqs[start..].iter().take(limit - out.len()));
-        }
-        Ok(out)
-    }
-
-    /// Sealed records with `from_seq <= seq <= to_seq`, in seq order: only the chunks that
-    /// hold some are decoded, and records are built for those seqs alone.
-    pub(crate) fn between(&self, from_seq: u64, to_seq: u64) -> Result<Vec<LogEntry>, ReadError> {
-        let mut out = Vec::new();
-        if from_seq > to_seq {
-            return Ok(out);
-        }
-        for row in self.chunks.range(from_seq..)? {
-            let (k, v) = row?;
-            // This chunk's first seq, from its span: past `to_seq`, so is every later one.
-            if let Some(span) = self.spans.get(k.value())?
-                && span.value().0 > to_seq
-            {
-                break;
-            }
-            let c = columns::<K>(k.value(), v.value())?;
-            let seqs = K::seqs(&c);
-            let start = seqs.partition_point(|&s| s < from_seq);
-            let end = seqs.partition_point(|&s| s <= to_seq);
-            for i in start..end {
-                out.push(entry::<K>(&c, i)?);
-            }
-            if end < seqs.len() {
-                break;
-            }
+        while out.len() < limit && cursor.peek()?.is_some() {
+            out.extend(cursor.take()?);
         }
         Ok(out)
     }
@@ -476,6 +419,48 @@ impl Sealed<Windows> {
     }
 }
 
+/// A walk over one sealed kind's records in seq order, from a seq on: one chunk decoded at a
+/// time, each record built only when taken ([`Cursor::take`]).
+pub(crate) struct Cursor<K: Sealable> {
+    chunks: redb::Range<'static, u64, &'static [u8]>,
+    from_seq: u64,
+    current: Option<K::Columns>,
+    at: usize,
+}
+
+impl<K: Sealable> Cursor<K> {
+    /// The seq of the next record, `None` past the last one (decodes the next chunk when the
+    /// current one is done).
+    pub(crate) fn peek(&mut self) -> Result<Option<u64>, ReadError> {
+        loop {
+            if let Some(&seq) = self.current.as_ref().and_then(|c| K::seqs(c).get(self.at)) {
+                return Ok(Some(seq));
+            }
+            let Some(row) = self.chunks.next() else {
+                self.current = None;
+                return Ok(None);
+            };
+            let (k, v) = row?;
+            let c = columns::<K>(k.value(), v.value())?;
+            self.at = K::seqs(&c).partition_point(|&s| s < self.from_seq);
+            self.current = Some(c);
+        }
+    }
+
+    /// The next record: call after [`Cursor::peek`] answered its seq.
+    pub(crate) fn take(&mut self) -> Result<Option<LogEntry>, ReadError> {
+        let Some(c) = &self.current else {
+            return Ok(None);
+        };
+        if self.at >= K::seqs(c).len() {
+            return Ok(None);
+        }
+        let e = entry::<K>(c, self.at)?;
+        self.at += 1;
+        Ok(Some(e))
+    }
+}
+
 /// Every sealed kind of one read transaction, read together: what the log's scans merge with
 /// its rows.
 pub(crate) struct SealedLog {
@@ -489,26 +474,6 @@ impl SealedLog {
             windows: Sealed::open(rtx)?,
             runs: Sealed::open(rtx)?,
         })
-    }
-
-    /// The seqs of sealed records of every kind with `from_seq <= seq`, in order, at most
-    /// `limit`: only seq columns decoded.
-    pub(crate) fn seqs_from(&self, from_seq: u64, limit: usize) -> Result<Vec<u64>, ReadError> {
-        let mut seqs = self.windows.seqs_from(from_seq, limit)?;
-        seqs.extend(self.runs.seqs_from(from_seq, limit)?);
-        seqs.sort_unstable();
-        seqs.truncate(limit);
-        Ok(seqs)
-    }
-
-    /// Sealed records of every kind with `from_seq <= seq <= to_seq`, in seq order.
-    pub(crate) fn between(&self, from_seq: u64, to_seq: u64) -> Result<Vec<LogEntry>, ReadError> {
-        Ok(merge(
-            self.windows.between(from_seq, to_seq)?,
-            self.runs.between(from_seq, to_seq)?,
-            usize::MAX,
-            |e| e.seq,
-        ))
     }
 
     /// Sealed records of every kind with `floor < seq < before`, newest first, at most `limit`.

@@ -112,12 +112,6 @@ pub(crate) struct Columns {
 }
 
 impl Columns {
-    /// The seqs of a chunk, its other columns left compressed (the CRC is checked).
-    pub(crate) fn seqs_only(bytes: &[u8]) -> Result<Vec<u64>, CodecError> {
-        let (len, sections) = unframe::<SECTIONS>(bytes, VERSION, WHAT)?;
-        column(sections[1], len, WHAT)
-    }
-
     /// The `(window_kind, metric, scope)` names a chunk holds, read without decompressing a
     /// column (the CRC is checked).
     pub(crate) fn names(bytes: &[u8]) -> Result<Vec<Key>, CodecError> {
