@@ -3,7 +3,8 @@
 //!
 //! A client's batch that would cross a limit is refused whole, before anything of it is
 //! stored; nothing already stored is ever dropped to make room. The names the store holds are
-//! kept here in memory ([`Cardinality`]): loaded from the store when the pipeline opens, and
+//! kept here in memory ([`Cardinality`]): the log's ([`Names`], which the follower folds and
+//! checkpoints) and the series table's when the pipeline opens, and
 //! updated by the store's writer thread right after the commit that stored them, so a count is
 //! exactly what the store holds, and a retried batch (its names already stored) adds nothing.
 //!
