@@ -12,12 +12,14 @@ use crate::state::{Candidate, EngineState, EvalState};
 use crate::text::num;
 use crate::thresholds::Thresholds;
 
-/// The measurements over `window` (runs of `model` in log order): every evidence item and the
-/// breaching ones, and the retry p95 when there were N runs.
+/// The measurements over `window` (runs of `model` in log order): every evidence item (when
+/// `every`; else none), the breaching ones, and the retry p95 when there were N runs. An item's
+/// text is written only when it is answered.
 fn measure(
     t: &Thresholds,
     model: &str,
     window: &[RunPoint],
+    every: bool,
 ) -> (Vec<Evidence>, Vec<Evidence>, Option<f64>, usize) {
     let n = t.runs_per_block();
     let limits = &t.file().reliability;
@@ -47,34 +49,44 @@ fn measure(
         .iter()
         .filter(|p| p.budget_breach_count > limits.budget_breach_limit)
         .count();
-    let budget = mk(
-        "budget_breach_count",
-        max_breach,
-        limits.budget_breach_limit,
-        format!(
-            "most budget breaches in one of the last {} runs of {model}; {breached_runs} run(s) breached",
-            window.len()
-        ),
-    );
-    if max_breach > limits.budget_breach_limit {
-        breaching.push(budget.clone());
+    let budget_breached = max_breach > limits.budget_breach_limit;
+    if every || budget_breached {
+        let budget = mk(
+            "budget_breach_count",
+            max_breach,
+            limits.budget_breach_limit,
+            format!(
+                "most budget breaches in one of the last {} runs of {model}; {breached_runs} run(s) breached",
+                window.len()
+            ),
+        );
+        if budget_breached {
+            breaching.push(budget.clone());
+        }
+        if every {
+            all.push(budget);
+        }
     }
-    all.push(budget);
     let mut retry_p95 = None;
     if window.len() >= n {
         let retries: Vec<f64> = window.iter().map(|p| p.validation_retry_count).collect();
         if let Some(p95) = quantile(&retries, 0.95) {
             retry_p95 = Some(p95);
-            let e = mk(
-                "validation_retry_count_p95",
-                p95,
-                limits.retry_p95_limit,
-                format!("p95 of validation_retry_count over the last {n} runs of {model}"),
-            );
-            if p95 > limits.retry_p95_limit {
-                breaching.insert(0, e.clone());
+            let retry_breached = p95 > limits.retry_p95_limit;
+            if every || retry_breached {
+                let e = mk(
+                    "validation_retry_count_p95",
+                    p95,
+                    limits.retry_p95_limit,
+                    format!("p95 of validation_retry_count over the last {n} runs of {model}"),
+                );
+                if retry_breached {
+                    breaching.insert(0, e.clone());
+                }
+                if every {
+                    all.insert(0, e);
+                }
             }
-            all.insert(0, e);
         }
     }
     (all, breaching, retry_p95, breached_runs)
@@ -91,17 +103,24 @@ pub(crate) fn after_run(
 ) -> Option<Candidate> {
     let n = t.runs_per_block();
     let limit = t.file().reliability.retry_p95_limit;
-    let fresh = {
-        let f = s.reliability_fresh.entry(model.to_owned()).or_insert(0);
-        *f = (*f + 1).min(n as u64);
-        *f as usize
+    // The model's runs not counted by a firing yet (its key allocated once, not per run).
+    let fresh = match s.reliability_fresh.get_mut(model) {
+        Some(f) => {
+            *f = (*f + 1).min(n as u64);
+            *f as usize
+        }
+        None => {
+            let f = 1u64.min(n as u64);
+            s.reliability_fresh.insert(model.to_owned(), f);
+            f as usize
+        }
     };
     let last: Vec<RunPoint> = s.runs.last_runs(model).into_iter().cloned().collect();
     if last.is_empty() {
         return None;
     }
     // The condition, over the whole last N runs: what the state shows.
-    let (all, condition, _, _) = measure(t, model, &last);
+    let (all, condition, _, _) = measure(t, model, &last, true);
     let state = if !condition.is_empty() {
         EvalState::Breach
     } else if s.runs.runs_seen(model) < n as u64 {
@@ -115,7 +134,7 @@ pub(crate) fn after_run(
     s.set_eval(Category::Reliability, model, seq, ts, state, all);
     // A firing: only runs no earlier firing counted.
     let window = &last[last.len().saturating_sub(fresh)..];
-    let (_, breaching, retry_p95, breached_runs) = measure(t, model, window);
+    let (_, breaching, retry_p95, breached_runs) = measure(t, model, window, false);
     if breaching.is_empty() {
         return None;
     }
