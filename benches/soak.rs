@@ -55,7 +55,7 @@
 //! service on its empty store.
 //!
 //! **History**: a machine in use has a store that already holds its past, larger than redb's
-//! page cache (8 MiB), which its reads fill; an empty store grows under the soak, and the
+//! page cache (2 MiB), which its reads fill; an empty store grows under the soak, and the
 //! cache with it, so the RSS it measures then is the cache's first fill, not a leak.
 //! `KORA_SOAK_FROM=DIR` starts the service on a copy of the data dir `DIR`, e.g. a month of one
 //! machine built by the year bench (`KORA_YEAR_DAYS=30 KORA_YEAR_KEEP=DIR cargo bench --bench
