@@ -23,15 +23,20 @@
 //! newest `ts_ms` among its latest start and the records naming it after that start; both are
 //! maxima, so the count is a function of what the store holds, whatever order the commits came
 //! in, and a restart counts the same. A session back from idle (a run naming it) counts as open
-//! again: it is in use. Its id is kept until it ends (the ids of sessions never ended are what
-//! stays in memory: a few dozen bytes each).
+//! again: it is in use. Its id is kept until it ends, or until [`SESSION_FORGET_MS`] (7 days) of
+//! record time pass without a record naming it: then it is forgotten (checked once a day of
+//! record time), and a run naming it changes nothing. So a client that starts sessions and
+//! never ends them holds at most 7 days of them in memory (a few dozen bytes each). The
+//! follower's [`Names`] and the live [`Cardinality`] fold the same records in the same order
+//! (seq order) with the same function ([`fold_session`]), record by record, so they forget the
+//! same ids and a restart still counts the same.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use kora_model::{
     DEFAULT_MAX_MODELS, DEFAULT_MAX_OPEN_SESSIONS, DEFAULT_MAX_SERIES, LimitHit, LimitName,
-    LimitStatus, LogEntry, Record, RecordKind, SESSION_IDLE_MS, Sample,
+    LimitStatus, LogEntry, Record, RecordKind, SESSION_FORGET_MS, SESSION_IDLE_MS, Sample,
 };
 use kora_store::{Appended, Batch, ReadError, Store};
 
@@ -95,6 +100,9 @@ enum SessionOp {
     End,
     /// A run, a `context_request` or a `context_oom` naming it: active at its time, if open.
     Touch,
+    /// A run or event naming no session (a `model_load`, a `context_request` without one): it
+    /// moves record time only.
+    Time,
 }
 
 /// An item of a batch that names a session.
@@ -123,6 +131,43 @@ fn is_runtime_record(r: &Record) -> bool {
 fn horizon(record_ms: Option<i64>) -> i64 {
     record_ms.map_or(i64::MIN, |w| w.saturating_sub(SESSION_IDLE_MS))
 }
+
+/// Folds one run or event (`ts`, and what it does to session `id`) into the sessions kept and
+/// record time. The follower's [`Names`] and the live [`Cardinality`] both apply it, record by
+/// record in seq order, so that they keep the same ids. When record time enters a new day,
+/// the ids of sessions idle for [`SESSION_FORGET_MS`] are forgotten.
+fn fold_session(
+    sessions: &mut BTreeMap<String, i64>,
+    record_ms: &mut Option<i64>,
+    ts: i64,
+    id: &str,
+    op: SessionOp,
+) {
+    let before = *record_ms;
+    *record_ms = before.max(Some(ts));
+    match op {
+        SessionOp::Start => {
+            sessions.insert(id.to_owned(), ts);
+        }
+        SessionOp::End => {
+            sessions.remove(id);
+        }
+        SessionOp::Touch => {
+            if let Some(last) = sessions.get_mut(id) {
+                *last = (*last).max(ts);
+            }
+        }
+        SessionOp::Time => {}
+    }
+    if let Some(now) = *record_ms
+        && before.is_none_or(|b| b.div_euclid(DAY_MS) < now.div_euclid(DAY_MS))
+    {
+        let keep_from = now.saturating_sub(SESSION_FORGET_MS);
+        sessions.retain(|_, last| *last >= keep_from);
+    }
+}
+
+const DAY_MS: i64 = 24 * 3_600_000;
 
 /// The sessions open at record time `record_ms`.
 fn open_count(sessions: &BTreeMap<String, i64>, record_ms: Option<i64>) -> usize {
@@ -187,7 +232,15 @@ impl Mentions {
                             session_id: Some(id),
                             ..
                         }) => (id, SessionOp::Touch),
-                        _ => continue,
+                        _ => {
+                            m.sessions.push(SessionItem {
+                                index: i,
+                                id: String::new(),
+                                op: SessionOp::Time,
+                                ts_ms,
+                            });
+                            continue;
+                        }
                     };
                     m.sessions.push(SessionItem {
                         index: i,
@@ -222,7 +275,8 @@ pub(crate) struct Delta {
     name: String,
     models: Vec<(String, Item)>,
     series: Vec<(String, Item)>,
-    /// Every item naming a session, in batch order (an end changes the count too).
+    /// Every run and event, in batch order: those naming a session (an end changes the count
+    /// too) and the others ([`SessionOp::Time`]), which move record time.
     sessions: Vec<SessionItem>,
     /// The newest time of the batch's runs and events.
     newest_ms: Option<i64>,
@@ -235,7 +289,10 @@ impl Delta {
     pub(crate) fn is_empty(&self) -> bool {
         self.models.is_empty()
             && self.series.is_empty()
-            && self.sessions.iter().all(|s| s.op == SessionOp::Touch)
+            && self
+                .sessions
+                .iter()
+                .all(|s| matches!(s.op, SessionOp::Touch | SessionOp::Time))
     }
 }
 
@@ -243,7 +300,8 @@ impl Delta {
 struct Known {
     models: BTreeSet<String>,
     series: BTreeSet<String>,
-    /// Sessions started and not ended, with their activity (see the module's documentation).
+    /// Sessions started, not ended and not forgotten, with their activity (see the module's
+    /// documentation).
     sessions: BTreeMap<String, i64>,
     /// Record time: the newest `ts_ms` of the runs and events stored.
     record_ms: Option<i64>,
@@ -278,7 +336,8 @@ fn index_of(name: LimitName) -> usize {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Names {
     models: BTreeSet<String>,
-    /// Sessions started and not ended, with their activity.
+    /// Sessions started, not ended and not forgotten ([`SESSION_FORGET_MS`]), with their
+    /// activity.
     sessions: BTreeMap<String, i64>,
     record_ms: Option<i64>,
 }
@@ -291,7 +350,6 @@ impl Names {
             return;
         }
         let ts = r.ts_ms().unwrap_or(i64::MIN);
-        self.record_ms = self.record_ms.max(Some(ts));
         let (model, session) = match r {
             Record::Run(x) => (Some(&x.model_id), Some((&x.session_id, SessionOp::Touch))),
             Record::ModelLoad(x) => (Some(&x.model_id), None),
@@ -309,20 +367,8 @@ impl Names {
         {
             self.models.insert(model.clone());
         }
-        match session {
-            Some((id, SessionOp::Start)) => {
-                self.sessions.insert(id.clone(), ts);
-            }
-            Some((id, SessionOp::End)) => {
-                self.sessions.remove(id);
-            }
-            Some((id, SessionOp::Touch)) => {
-                if let Some(last) = self.sessions.get_mut(id) {
-                    *last = (*last).max(ts);
-                }
-            }
-            None => {}
-        }
+        let (id, op) = session.map_or(("", SessionOp::Time), |(id, op)| (id.as_str(), op));
+        fold_session(&mut self.sessions, &mut self.record_ms, ts, id, op);
     }
 
     /// The names of `store`'s log up to seq `up_to` (all of it when `None`), read without
@@ -401,6 +447,7 @@ impl Names {
                         s.1 = s.1.max(ts);
                     }
                 }
+                SessionOp::Time => {}
             }
         }
         if any_run {
@@ -430,6 +477,11 @@ impl Names {
             )?;
             names.record_ms = names.record_ms.max(newest_run);
         }
+        // The ids the fold would have forgotten (idle for SESSION_FORGET_MS) are kept here
+        // until the fold's next day of record time forgets them; a session with runs older
+        // than the last 24 h has its start's time as its activity here, so it may be
+        // forgotten sooner than the fold would. Such a read happens once, for a checkpoint of
+        // an earlier build, and only a run naming such a session again could tell.
         names.sessions = open.into_iter().map(|(id, (_, last))| (id, last)).collect();
         Ok(names)
     }
@@ -597,6 +649,9 @@ impl Cardinality {
         let mut now: BTreeMap<&str, Option<i64>> = BTreeMap::new();
         let limit = usize::try_from(self.limits.max_open_sessions).unwrap_or(usize::MAX);
         for s in &delta.sessions {
+            if s.op == SessionOp::Time {
+                continue;
+            }
             let last = match now.get(s.id.as_str()) {
                 Some(l) => *l,
                 None => known.sessions.get(&s.id).copied(),
@@ -604,7 +659,7 @@ impl Cardinality {
             let next = match s.op {
                 SessionOp::Start => Some(s.ts_ms),
                 SessionOp::End => None,
-                SessionOp::Touch => last.map(|l| l.max(s.ts_ms)),
+                SessionOp::Touch | SessionOp::Time => last.map(|l| l.max(s.ts_ms)),
             };
             now.insert(&s.id, next);
             let (was, is) = (last.is_some_and(|l| l >= h), next.is_some_and(|l| l >= h));
@@ -686,28 +741,19 @@ impl Cardinality {
         known
             .series
             .extend(delta.series.into_iter().map(|(s, _)| s));
-        known.record_ms = known.record_ms.max(delta.newest_ms);
         let new = |index: usize| match (appended.first_new_seq, appended.seqs.get(index)) {
             (Some(first), Some(seq)) => *seq >= first,
             _ => false,
         };
-        for s in delta.sessions {
-            if !new(s.index) {
-                continue;
-            }
-            match s.op {
-                SessionOp::Start => {
-                    known.sessions.insert(s.id, s.ts_ms);
-                }
-                SessionOp::End => {
-                    known.sessions.remove(&s.id);
-                }
-                SessionOp::Touch => {
-                    if let Some(last) = known.sessions.get_mut(&s.id) {
-                        *last = (*last).max(s.ts_ms);
-                    }
-                }
-            }
+        // Record by record, as the follower's `Names` folds the log (a retried item, stored
+        // before, was folded then).
+        let Known {
+            sessions,
+            record_ms,
+            ..
+        } = &mut *known;
+        for s in delta.sessions.iter().filter(|s| new(s.index)) {
+            fold_session(sessions, record_ms, s.ts_ms, &s.id, s.op);
         }
     }
 }
@@ -946,6 +992,65 @@ mod tests {
             c.delta("runs", &Batch::Records(vec![run_at("a", 54 * HOUR)]), 0),
         );
         assert_eq!(c.status()[2].count, 2, "a and b");
+    }
+
+    /// A client that starts sessions and never ends them: the ids are forgotten after a week
+    /// of record time, so memory holds about a week of them; the live count and the
+    /// follower's fold of the same log keep the same ids, batch after batch, also when one
+    /// batch moves record time into a new day before it names a session forgotten by it.
+    #[test]
+    fn a_session_never_ended_is_forgotten_after_a_week_the_same_in_the_live_count_and_the_fold() {
+        const DAY: i64 = 24 * HOUR;
+        let c = cardinality(Limits::default());
+        let mut names = Names::default();
+        let mut seq = 0;
+        let mut both = |records: Vec<Record>| {
+            let d = c.delta("events", &Batch::Records(records.clone()), 0);
+            c.check(&d, 0).unwrap();
+            apply(&c, d);
+            for record in records {
+                seq += 1;
+                names.push(&LogEntry { seq, record });
+            }
+            let known = c.known();
+            assert_eq!(known.sessions, names.sessions);
+            assert_eq!(known.record_ms, names.record_ms);
+            known.sessions.len()
+        };
+        // 12 days, 50 sessions a day, each started and run once, none ended.
+        let mut kept = Vec::new();
+        for day in 0..12 {
+            for i in 0..50 {
+                let id = format!("d{day}-{i}");
+                let ts = day * DAY + i * 60_000;
+                kept.push(both(vec![
+                    session_at(&id, true, Some(ts)),
+                    run_at(&id, ts + 1_000),
+                ]));
+            }
+        }
+        // Never more than the last 7 days and the day in progress; the last 7 days are there.
+        assert!(kept.iter().all(|n| *n <= 8 * 50), "{kept:?}");
+        assert_eq!(c.known().sessions.len(), 8 * 50, "days 4 to 11");
+        assert!(!c.known().sessions.contains_key("d3-49"));
+        assert!(c.known().sessions.contains_key("d4-0"));
+        // One batch: a run that moves record time into day 12 (forgetting day 4's sessions),
+        // then a run naming one of them, stamped before. Record by record, as the log is
+        // folded, the second finds it forgotten.
+        both(vec![
+            run_at("d11-0", 12 * DAY + HOUR),
+            run_at("d4-10", 11 * DAY + 23 * HOUR),
+        ]);
+        assert!(!c.known().sessions.contains_key("d4-10"));
+        assert!(!c.known().sessions.contains_key("d4-49"));
+        // Within the week a session back from idle still counts as open again.
+        let open = c.status()[2].count;
+        both(vec![run_at("d8-3", 12 * DAY + 2 * HOUR)]);
+        assert_eq!(
+            c.status()[2].count,
+            open + 1,
+            "d8-3, idle since day 8, in use again"
+        );
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub const DEFAULT_MAX_OPEN_SESSIONS: u64 = 1_000;
 /// would stay open for ever and fill `max_open_sessions`. The policy engine ends a session at
 /// the same horizon (its request signatures are forgotten, as at a `session_ended`).
 pub const SESSION_IDLE_MS: i64 = 24 * 3_600_000;
+/// How long the limits keep the id of a session that was never ended: 7 days of record time
+/// without a record naming it (the horizon at which the engine retires the state of an idle
+/// model or scope). Until then a run naming it counts it as open again; after it the id is
+/// forgotten and such a run changes nothing, so a client that starts sessions and never ends
+/// them holds at most 7 days of them in memory, not every one since the store began.
+pub const SESSION_FORGET_MS: i64 = 7 * 24 * 3_600_000;
 /// The default of the most items one page of a scope view (`GET /v1/triggers`, the list of
 /// `GET /v1/series`) may hold: `?limit=` may ask for fewer, never more.
 pub const DEFAULT_MAX_VIEW_SCOPES: usize = 1_000;
