@@ -41,6 +41,34 @@ fn measure(
     };
     let mut all = Vec::new();
     let mut breaching = Vec::new();
+    // An item, in order (the retry p95 first): kept when it breaches, and in `all` when
+    // `every`; its text is written only then.
+    let mut keep = |breached: bool, item: &dyn Fn() -> Evidence| {
+        if every || breached {
+            let e = item();
+            if breached {
+                breaching.push(e.clone());
+            }
+            if every {
+                all.push(e);
+            }
+        }
+    };
+    let mut retry_p95 = None;
+    if window.len() >= n {
+        let retries: Vec<f64> = window.iter().map(|p| p.validation_retry_count).collect();
+        if let Some(p95) = quantile(&retries, 0.95) {
+            retry_p95 = Some(p95);
+            keep(p95 > limits.retry_p95_limit, &|| {
+                mk(
+                    "validation_retry_count_p95",
+                    p95,
+                    limits.retry_p95_limit,
+                    format!("p95 of validation_retry_count over the last {n} runs of {model}"),
+                )
+            });
+        }
+    }
     let max_breach = window
         .iter()
         .map(|p| p.budget_breach_count)
@@ -49,9 +77,8 @@ fn measure(
         .iter()
         .filter(|p| p.budget_breach_count > limits.budget_breach_limit)
         .count();
-    let budget_breached = max_breach > limits.budget_breach_limit;
-    if every || budget_breached {
-        let budget = mk(
+    keep(max_breach > limits.budget_breach_limit, &|| {
+        mk(
             "budget_breach_count",
             max_breach,
             limits.budget_breach_limit,
@@ -59,36 +86,8 @@ fn measure(
                 "most budget breaches in one of the last {} runs of {model}; {breached_runs} run(s) breached",
                 window.len()
             ),
-        );
-        if budget_breached {
-            breaching.push(budget.clone());
-        }
-        if every {
-            all.push(budget);
-        }
-    }
-    let mut retry_p95 = None;
-    if window.len() >= n {
-        let retries: Vec<f64> = window.iter().map(|p| p.validation_retry_count).collect();
-        if let Some(p95) = quantile(&retries, 0.95) {
-            retry_p95 = Some(p95);
-            let retry_breached = p95 > limits.retry_p95_limit;
-            if every || retry_breached {
-                let e = mk(
-                    "validation_retry_count_p95",
-                    p95,
-                    limits.retry_p95_limit,
-                    format!("p95 of validation_retry_count over the last {n} runs of {model}"),
-                );
-                if retry_breached {
-                    breaching.insert(0, e.clone());
-                }
-                if every {
-                    all.insert(0, e);
-                }
-            }
-        }
-    }
+        )
+    });
     (all, breaching, retry_p95, breached_runs)
 }
 
