@@ -99,10 +99,10 @@ pub struct StoreOptions {
     /// The most records one group commit takes before committing.
     pub group_max_records: usize,
     /// How many `window` records are sealed together into one compressed chunk, once that
-    /// many wait in the log (see [`tables`]).
+    /// many wait in the log (see [`tables`]); fewer when that fills a shorter run of pages.
     pub window_chunk: usize,
     /// How many `run` records are sealed together into one compressed chunk, once that many
-    /// wait in the log.
+    /// wait in the log; fewer when that fills a shorter run of pages.
     pub run_chunk: usize,
     /// How many rows of one model's run index are sealed into one chunk of columns, once that
     /// many wait in its head ([`RUN_INDEX_CHUNK`]).

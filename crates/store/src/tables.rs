@@ -12,7 +12,8 @@
 //!   and never reused; gaps are the seqs given to samples, which live in the series store.
 //!   Once [`crate::StoreOptions::window_chunk`] `window` records wait in the log, the oldest of
 //!   them move to `window_chunks` in the transaction that crossed the count: their log rows and
-//!   index rows go, one chunk comes. `run` records move to `run_chunks` the same way, once
+//!   index rows go, one chunk comes (of fewer records when that fills a shorter run of pages:
+//!   redb gives a value larger than a page a power of two of them; see `sealed.rs`). `run` records move to `run_chunks` the same way, once
 //!   [`crate::StoreOptions::run_chunk`] wait. Every scan of the log merges the three by seq.
 //! - `window_chunks`: `last seq (u64) -> bytes`: sealed `window` records, column by column
 //!   (encoding in `window_chunk.rs`); the chunks cover disjoint, increasing seq ranges,
