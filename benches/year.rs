@@ -39,6 +39,14 @@
 //! (the other four come from the runtime). The measurements after the build run `serve` with
 //! its default 5 s probe.
 //!
+//! Client ids are dated by the service's clock when they arrive, and forgotten 30 days later;
+//! the bench sends a year in about three minutes, so by the service's clock every id would be
+//! minutes old and none forgotten. So each start of `serve` (the restarts and the one after the
+//! last day) is given `--retain-ids` of the real time since the bench sent the first hour of the
+//! 30 simulated days before that start: the ids older than that (by a simulated hour or two:
+//! the start's retention pass runs some 40 ms after the time is taken) are forgotten, as a
+//! service running through the year would have forgotten them.
+//!
 //! **Reported**: the data directory's allocated bytes after a clean stop (and the store file's
 //! bytes by redb table, which says what holds them); growth per day at steady state (two sizes
 //! taken after clean stops at restarts that both left the same raw window, one restart period of
@@ -93,6 +101,8 @@ const DB_FILE: &str = "kora-telemetry.redb";
 const SUPPORTED_CONTEXT: u64 = 32_768;
 /// The raw retention `serve` applies by default.
 const RAW_DAYS: i64 = 14;
+/// How long `serve` remembers client ids by default.
+const IDS_DAYS: i64 = 30;
 const LATENCY_REQUESTS: usize = 200;
 /// An endpoint slower than this in all gets fewer requests (20 at least).
 const LATENCY_BUDGET: Duration = Duration::from_secs(10);
@@ -585,26 +595,31 @@ struct Boundary {
     allocated: u64,
 }
 
+/// Builds the year through `serve`; answers the totals, the sizes at the segments' ends, each
+/// hour's simulated start with the wall time it was sent, and the time it all took.
 fn build(
     data: &Path,
     start_ms: i64,
     segments: &[(i64, i64)],
     probe_ticks: &[i64],
     hz: f64,
-) -> (Totals, Vec<Boundary>, Duration) {
+) -> (Totals, Vec<Boundary>, Vec<(i64, i64)>, Duration) {
     let end_ms = segments.last().unwrap().1;
     let (rx, producer) = hours(start_ms, end_ms, probe_ticks.to_vec());
     let mut t = Totals::default();
     let mut boundaries = Vec::new();
     let began = Instant::now();
     let days_total = (end_ms - start_ms) / DAY_MS;
+    let mut sent = Vec::new();
     for &(seg_start, seg_end) in segments {
         let seg_began = Instant::now();
         let before = (t.samples, t.runs, t.events);
         let probe_at = seg_start - TICK_MS;
         let interval = format!("{probe_at}ms");
-        let (child, base, listening) =
-            spawn_serve_with(data, &["--probe-interval", &interval], "error");
+        let mut args = vec!["--probe-interval".to_owned(), interval];
+        args.extend(retain_ids_args(&sent, seg_start));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (child, base, listening) = spawn_serve_with(data, &args, "error");
         let pid = child.id().to_string();
         let cpu0 = cpu_ticks(&pid);
         let probed = wait_for_probe(&base, probe_at, probe_at);
@@ -615,6 +630,7 @@ fn build(
             let (waited, hour) = time(|| rx.recv().unwrap());
             t.waiting_s += waited.as_secs_f64();
             assert_eq!(hour.start_ms, hour_start);
+            sent.push((hour_start, kora_pipeline::clock::wall_ms()));
             let n = hour.samples.len() as u64;
             let (took, ack) = time(|| {
                 samples
@@ -683,7 +699,23 @@ fn build(
         let _ = std::io::stdout().flush();
     }
     producer.join().unwrap();
-    (t, boundaries, began.elapsed())
+    (t, boundaries, sent, began.elapsed())
+}
+
+/// The `--retain-ids` a start of `serve` at simulated time `sim_now_ms` takes, from `sent` (each
+/// hour's simulated start and the wall time its samples were sent, in order): the wall time
+/// since the first hour of the [`IDS_DAYS`] simulated days before `sim_now_ms` was sent. None
+/// while those days reach back before the first hour (nothing to forget yet).
+fn retain_ids_args(sent: &[(i64, i64)], sim_now_ms: i64) -> Vec<String> {
+    let cut = sim_now_ms - IDS_DAYS * DAY_MS;
+    if sent.first().is_none_or(|(sim, _)| *sim >= cut) {
+        return Vec::new();
+    }
+    let Some((_, wall)) = sent.iter().find(|(sim, _)| *sim >= cut) else {
+        return Vec::new();
+    };
+    let ms = (kora_pipeline::clock::wall_ms() - wall).max(1);
+    vec!["--retain-ids".to_owned(), format!("{ms}ms")]
 }
 
 /// Bytes a day at steady state: between two sizes taken after clean stops whose restarts left
@@ -1166,7 +1198,7 @@ fn main() {
     );
 
     // 1. The store, through the service.
-    let (totals, boundaries, built) = build(&data, start_ms, &segments, &probe_ticks, hz);
+    let (totals, boundaries, sent, built) = build(&data, start_ms, &segments, &probe_ticks, hz);
     let bench_cpu = (cpu_ticks("self") - bench_cpu0) as f64 / hz;
     println!(
         "built in {:.1} s: {} samples, {} runs, {} events in {} requests; time in the samples requests {:.1} s ({} samples/s), runs {:.1} s, events {:.1} s, waiting for the generator {:.1} s, engine catching up at segment ends {:.1} s, restarts {:.1} s, stops {:.1} s; serve used {:.1} s of CPU, the bench (client and generator) {bench_cpu:.1} s",
@@ -1187,7 +1219,9 @@ fn main() {
     );
 
     // 2. The retention once more, as a service running now applies it at start.
-    let (child, base, _) = spawn_serve_with(&data, &[], "error");
+    let retain = retain_ids_args(&sent, end_ms);
+    let retain: Vec<&str> = retain.iter().map(String::as_str).collect();
+    let (child, base, _) = spawn_serve_with(&data, &retain, "error");
     let probed_at = kora_pipeline::clock::wall_ms();
     wait_for_probe(&base, probed_at - 2 * TICK_MS, probed_at + 2 * TICK_MS);
     let (_, health) = settle(&base);

@@ -229,6 +229,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollup_step: Option<HumanDuration>,
+    /// How long client ids are remembered, more than 0: a record sent again with the id of
+    /// one stored within this time is recognised as a retry and not stored twice; after it,
+    /// the id is forgotten [config: retain_ids; env: KORA_TELEMETRY_RETAIN_IDS; default: 30d].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retain_ids: Option<HumanDuration>,
     /// A thresholds file to use instead of the embedded default (schema/thresholds.json)
     /// [config: thresholds, relative to the data directory; env: KORA_TELEMETRY_THRESHOLDS].
     /// It is checked at start: changed content without a MINOR version bump is refused.

@@ -160,6 +160,8 @@ pub struct Settings {
     pub retain_rollups: HumanDuration,
     /// The width of a rollup bucket.
     pub rollup_step: HumanDuration,
+    /// How long client ids are remembered, so that a retry of a stored record is recognised.
+    pub retain_ids: HumanDuration,
     /// A thresholds file instead of the embedded set; in `config.toml`, relative to the data
     /// directory.
     pub thresholds: Option<PathBuf>,
@@ -187,6 +189,7 @@ impl Default for Settings {
             retain_raw: duration("14d", Duration::from_secs(14 * DAY_S)),
             retain_rollups: duration("400d", Duration::from_secs(400 * DAY_S)),
             rollup_step: duration("1h", Duration::from_secs(3_600)),
+            retain_ids: duration("30d", Duration::from_secs(30 * DAY_S)),
             thresholds: None,
             log: "info".into(),
             max_models: kora_model::DEFAULT_MAX_MODELS,
@@ -212,7 +215,7 @@ struct Spec {
 }
 
 /// Every setting, in the order `config` prints them.
-const SPECS: [Spec; 13] = [
+const SPECS: [Spec; 14] = [
     Spec {
         key: "listen",
         env: Some("KORA_TELEMETRY_LISTEN"),
@@ -247,6 +250,11 @@ const SPECS: [Spec; 13] = [
         key: "rollup_step",
         env: Some("KORA_TELEMETRY_ROLLUP_STEP"),
         flag: "--rollup-step",
+    },
+    Spec {
+        key: "retain_ids",
+        env: Some("KORA_TELEMETRY_RETAIN_IDS"),
+        flag: "--retain-ids",
     },
     Spec {
         key: "thresholds",
@@ -436,11 +444,13 @@ impl Layered {
                 format!("must be at least 100ms; got {}", s.probe_interval),
             ));
         }
-        if s.rollup_step.get().is_zero() {
-            return Err(refuse(
-                "rollup_step",
-                format!("must be more than 0; got {}", s.rollup_step),
-            ));
+        for (key, d) in [
+            ("rollup_step", &s.rollup_step),
+            ("retain_ids", &s.retain_ids),
+        ] {
+            if d.get().is_zero() {
+                return Err(refuse(key, format!("must be more than 0; got {d}")));
+            }
         }
         let ms = |d: &HumanDuration| i64::try_from(d.get().as_millis()).unwrap_or(i64::MAX);
         let thresholds_file = s
@@ -478,7 +488,7 @@ impl Layered {
                 raw_ms: ms(&s.retain_raw),
                 rollup_step_ms: ms(&s.rollup_step),
                 rollup_ms: ms(&s.retain_rollups),
-                ..kora_store::Retention::default()
+                ids_ms: ms(&s.retain_ids),
             },
             thresholds,
             log: s.log.clone(),
@@ -690,6 +700,7 @@ mod tests {
             d.retain_raw,
             d.retain_rollups,
             d.rollup_step,
+            d.retain_ids,
         ] {
             assert_eq!(h.to_string().parse::<HumanDuration>().unwrap(), h);
         }
@@ -728,12 +739,14 @@ mod tests {
             (
                 &settings.retain_raw,
                 &settings.retain_rollups,
-                &settings.rollup_step
+                &settings.rollup_step,
+                &settings.retain_ids
             ),
             (
                 &defaults.retain_raw,
                 &defaults.retain_rollups,
-                &defaults.rollup_step
+                &defaults.rollup_step,
+                &defaults.retain_ids
             ),
         );
         assert_eq!(
@@ -804,6 +817,36 @@ mod tests {
             assert!(e.contains(key) && e.contains("must be 1 to"), "{e}");
             assert!(e.contains("KORA_TELEMETRY_"), "{e}");
         }
+    }
+
+    /// `retain_ids` is the store's retry horizon for client ids; 0 is refused with its source.
+    #[test]
+    fn the_id_retention_reaches_the_store_and_zero_is_refused() {
+        let mut layered = Layered {
+            data_dir: DataDir {
+                path: PathBuf::from("/nonexistent"),
+                source: Source::Default,
+            },
+            file: PathBuf::from("/nonexistent").join(CONFIG_FILE),
+            file_read: false,
+            settings: Settings::default(),
+            sources: BTreeMap::new(),
+        };
+        assert_eq!(
+            layered.validate().unwrap().retention.ids_ms,
+            30 * 86_400_000
+        );
+        layered.settings.retain_ids = "2h".parse().unwrap();
+        assert_eq!(layered.validate().unwrap().retention.ids_ms, 7_200_000);
+        layered.settings.retain_ids = "0s".parse().unwrap();
+        layered
+            .sources
+            .insert("retain_ids", Source::Flag("--retain-ids"));
+        let e = layered.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("--retain-ids") && e.contains("must be more than 0"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -12,13 +12,14 @@ use serde_json::Value;
 use super::common::{BIN, Server};
 
 /// Every environment variable that sets something, so that a test sees only its own.
-const SETTING_ENV: [&str; 8] = [
+const SETTING_ENV: [&str; 9] = [
     "KORA_TELEMETRY_DATA_DIR",
     "KORA_TELEMETRY_LISTEN",
     "KORA_TELEMETRY_PROBE_INTERVAL",
     "KORA_TELEMETRY_RETAIN_RAW",
     "KORA_TELEMETRY_RETAIN_ROLLUPS",
     "KORA_TELEMETRY_ROLLUP_STEP",
+    "KORA_TELEMETRY_RETAIN_IDS",
     "KORA_TELEMETRY_THRESHOLDS",
     "KORA_TELEMETRY_LOG",
 ];
@@ -282,6 +283,7 @@ fn config_prints_the_source_of_each_setting() {
     );
     assert_eq!(line("listen"), "listen 127.0.0.1:7433 default");
     assert_eq!(line("retain_raw"), "retain_raw 14d default");
+    assert_eq!(line("retain_ids"), "retain_ids 30d default");
     assert_eq!(line("thresholds"), "thresholds (embedded) default");
     assert_eq!(
         line("max_models"),
@@ -301,7 +303,7 @@ fn config_prints_the_source_of_each_setting() {
     // The JSON form names every setting, each with a source.
     let v = effective(dir.path(), &env, &["--probe-interval", "750ms"]);
     let settings = v["settings"].as_object().unwrap();
-    assert_eq!(settings.len(), 13, "{v}");
+    assert_eq!(settings.len(), 14, "{v}");
     for (key, s) in settings {
         let source = s["source"].as_str().unwrap();
         assert!(
