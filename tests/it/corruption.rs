@@ -7,8 +7,17 @@ use std::time::{Duration, Instant};
 
 use super::common::{BIN, Server, agent};
 
+/// How the service that wrote a store stopped.
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    /// SIGTERM: a clean close, which vouches for the bytes (the record is not copied here).
+    Clean,
+    /// SIGKILL after the writes: no close at all.
+    Kill,
+}
+
 /// A store with some records, written by the real service.
-fn healthy_store() -> (tempfile::TempDir, Vec<u8>) {
+fn healthy_store(stop: Stop) -> (tempfile::TempDir, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let http = agent();
@@ -40,43 +49,27 @@ fn healthy_store() -> (tempfile::TempDir, Vec<u8>) {
         .send_json(serde_json::json!({ "samples": samples }))
         .unwrap();
     assert_eq!(r.status(), 200);
-    server.stop();
+    match stop {
+        Stop::Clean => server.stop(),
+        Stop::Kill => server.kill(),
+    }
     let bytes = std::fs::read(dir.path().join("kora-telemetry.redb")).unwrap();
     (dir, bytes)
 }
 
-#[test]
-fn damaged_files_are_refused_at_start_and_left_untouched() {
-    let (_healthy, base) = healthy_store();
-    let mut variants: Vec<(&str, Vec<u8>)> = Vec::new();
-    let mut zeroed = base.clone();
-    zeroed[..4096].fill(0);
-    variants.push(("zeroed header", zeroed));
-    variants.push(("truncated to half", base[..base.len() / 2].to_vec()));
-    variants.push(("truncated to 100 bytes", base[..100].to_vec()));
-    variants.push(("truncated to 0 bytes", Vec::new()));
+/// A generator of pseudo-random numbers (xorshift), the same every run.
+fn xorshift() -> impl FnMut() -> u64 {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = move || {
+    move || {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         x
-    };
-    variants.push(("garbage", (0..base.len()).map(|_| next() as u8).collect()));
-    // redb's file header: both commit slots (at 64 and 192, 128 bytes each) and the page size.
-    let mut slots = base.clone();
-    for i in (72..104).chain(200..232) {
-        slots[i] ^= 0x5a;
     }
-    variants.push(("damaged commit slots", slots));
-    let mut page_size = base.clone();
-    for b in &mut page_size[10..16] {
-        *b ^= 0x5a;
-    }
-    variants.push(("damaged page size", page_size));
-    // Random bit flips anywhere in the file: 20 files, 50 flips each. redb checks page
-    // checksums on no ordinary read; the store checks them all at start, on a copy-on-write
-    // view of the file.
+}
+
+/// 20 copies of `base`, each with 50 bits flipped anywhere, named "bit flips 1" to 20.
+fn bit_flips(base: &[u8], next: &mut impl FnMut() -> u64) -> Vec<(&'static str, Vec<u8>)> {
     const FLIP_NAMES: [&str; 20] = [
         "bit flips 1",
         "bit flips 2",
@@ -99,16 +92,70 @@ fn damaged_files_are_refused_at_start_and_left_untouched() {
         "bit flips 19",
         "bit flips 20",
     ];
-    for name in FLIP_NAMES {
-        let mut flipped = base.clone();
-        for _ in 0..50 {
-            let at = (next() % flipped.len() as u64) as usize;
-            flipped[at] ^= 1 << (next() % 8);
-        }
-        variants.push((name, flipped));
+    FLIP_NAMES
+        .into_iter()
+        .map(|name| {
+            let mut flipped = base.to_vec();
+            for _ in 0..50 {
+                let at = (next() % flipped.len() as u64) as usize;
+                flipped[at] ^= 1 << (next() % 8);
+            }
+            (name, flipped)
+        })
+        .collect()
+}
+
+#[test]
+fn damaged_files_are_refused_at_start_and_left_untouched() {
+    let (_healthy, base) = healthy_store(Stop::Clean);
+    let mut variants: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut zeroed = base.clone();
+    zeroed[..4096].fill(0);
+    variants.push(("zeroed header", zeroed));
+    variants.push(("truncated to half", base[..base.len() / 2].to_vec()));
+    variants.push(("truncated to 100 bytes", base[..100].to_vec()));
+    variants.push(("truncated to 0 bytes", Vec::new()));
+    let mut next = xorshift();
+    variants.push(("garbage", (0..base.len()).map(|_| next() as u8).collect()));
+    // redb's file header: both commit slots (at 64 and 192, 128 bytes each) and the page size.
+    let mut slots = base.clone();
+    for i in (72..104).chain(200..232) {
+        slots[i] ^= 0x5a;
     }
+    variants.push(("damaged commit slots", slots));
+    let mut page_size = base.clone();
+    for b in &mut page_size[10..16] {
+        *b ^= 0x5a;
+    }
+    variants.push(("damaged page size", page_size));
+    // Random bit flips anywhere in the file: 20 files, 50 flips each. redb checks page
+    // checksums on no ordinary read; the store checks them all at start, on a copy-on-write
+    // view of the file.
+    variants.extend(bit_flips(&base, &mut next));
+    assert_refused_untouched(&variants);
+}
+
+/// A store killed while it was being written has no clean close to vouch for it, so the start
+/// checks every page of it: damage done to it since (bit flips, its commit slots) is refused
+/// and the file left as it is.
+#[test]
+fn a_killed_store_damaged_since_is_refused_at_start_and_left_untouched() {
+    let (_killed, base) = healthy_store(Stop::Kill);
+    let mut next = xorshift();
+    let mut variants = bit_flips(&base, &mut next);
+    let mut slots = base.clone();
+    for i in (72..104).chain(200..232) {
+        slots[i] ^= 0x5a;
+    }
+    variants.push(("damaged commit slots", slots));
+    assert_refused_untouched(&variants);
+}
+
+/// Starts the service on each of `variants` (a file's name and bytes) in a data dir of its own
+/// and checks that it refuses the file, names it, and leaves it byte for byte as it was.
+fn assert_refused_untouched(variants: &[(&str, Vec<u8>)]) {
     let mut refused = 0;
-    for (name, bytes) in &variants {
+    for (name, bytes) in variants {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("kora-telemetry.redb");
         std::fs::write(&file, bytes).unwrap();

@@ -72,6 +72,7 @@ impl Store {
         let mut open_writes = !existed;
         let mut check = OpenCheck::New;
         if existed {
+            let mut last_stop = verify::LastStop::Consistent;
             // Check the format without writing a byte: a file this build must refuse is left
             // exactly as it was. A file that needs crash recovery cannot be opened read-only;
             // it is checked right after the writable open below, before anything is written.
@@ -81,7 +82,10 @@ impl Store {
                     open_writes |= version < FORMAT_VERSION;
                     ro.close().map_err(open_err)?;
                 }
-                Err(redb::DatabaseError::RepairAborted) => open_writes = true,
+                Err(redb::DatabaseError::RepairAborted) => {
+                    open_writes = true;
+                    last_stop = verify::LastStop::NeedsRecovery;
+                }
                 Err(e) => return Err(open_err(e)),
             }
             // Every page checksum, checked against a copy-on-write view: redb checks them on
@@ -90,7 +94,7 @@ impl Store {
             check = if verify::unchanged_since_checked_close(path) {
                 OpenCheck::UnchangedSinceCheckedClose
             } else {
-                verify::verify(path)?;
+                verify::verify_pages(path, last_stop)?;
                 OpenCheck::PagesVerified
             };
             verify::forget_checked_close(path);

@@ -1,17 +1,26 @@
-//! The start-time integrity check: every page checksum of the committed trees, verified
-//! without changing a byte of the file; and the record of a checked clean close, which lets
-//! the next open of the same bytes skip it.
+//! The start-time page check: every page checksum of the committed trees, verified without
+//! changing a byte of the file; the clean close's integrity check; and the record of a checked
+//! clean close, which lets the next open of the same bytes skip the page check.
 //!
 //! redb verifies page checksums only in its integrity check, and that check repairs (and so
 //! writes) what it finds. Here it runs against [`Overlay`], a view of the file whose writes
 //! land in memory: a file that verifies is opened for real; one that does not, or that the
 //! check would have had to repair, is refused as it is.
+//!
+//! The two checks differ by one walk of the file. A start verifies every page checksum
+//! ([`verify_pages`]): that is what finds bytes changed outside redb, and it reads each page of
+//! the trees once. A clean close also rebuilds redb's allocator state from the trees and compares
+//! it with the one redb recorded ([`verify`]), which finds a recorded state that disagrees with
+//! the trees (a fault of redb's, not of the disk) before the file is vouched for. Every commit
+//! records that state (quick repair), and the open after a kill loads it as redb always does; a
+//! start does not compare it, so that a start after a kill reads the file once, not twice.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, StorageBackend};
 
@@ -138,13 +147,118 @@ impl StorageBackend for Overlay {
     }
 }
 
-/// Verifies every page checksum of `path`'s committed trees. `Ok` when the file verifies as
-/// it is; otherwise the reason it is refused. The file is opened read-only and never written.
+/// How the file's last writer stopped, as the read-only open found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LastStop {
+    /// redb finds nothing to recover (a close, or a kill after a commit that recorded the
+    /// allocator state: every commit of the store's writer does).
+    Consistent,
+    /// redb must recover the file before it can be written (a kill after a commit of another
+    /// kind: the store's creation or a format conversion).
+    NeedsRecovery,
+}
+
+/// The progress redb's check reports once the trees it keeps have verified, before it rebuilds
+/// the allocator state from them (redb 4: 0.0 at the start, 0.3 when the last commit did not
+/// verify and the one before it is tried, 0.6 here, 0.9 during the rebuild).
+const TREES_VERIFIED: f64 = 0.6;
+
+/// The start's page check: verifies every page checksum of `path`'s committed trees, in one
+/// walk. `Ok` when they verify; otherwise the reason the file is refused. The file is opened
+/// read-only and never written.
+///
+/// It is redb's integrity check on open, stopped when the trees have verified, before the
+/// rebuild. When the last commit's trees do not verify, redb tries the commit before it: after
+/// a stop that left the file to recover, that is its recovery from a torn commit, which the
+/// open repeats on the file; after a stop that left it consistent, the last commit was whole,
+/// so its pages were damaged since, and the file is refused.
+pub(crate) fn verify_pages(path: &Path, last_stop: LastStop) -> Result<(), OpenError> {
+    const FELL_BACK: u8 = 1;
+    const VERIFIED: u8 = 2;
+    let refuse = |reason: String| OpenError::NotAStore {
+        path: path.to_owned(),
+        reason,
+    };
+    let overlay = overlay(path)?;
+    crate::format::guarded(path, || -> Result<(), OpenError> {
+        let seen = Arc::new(AtomicU8::new(0));
+        let mut builder = Database::builder();
+        builder.set_cache_size(4 * 1024 * 1024);
+        builder.set_check_integrity_on_open(true);
+        let saw = seen.clone();
+        builder.set_repair_callback(move |session| {
+            let progress = session.progress();
+            if progress >= TREES_VERIFIED {
+                saw.fetch_or(VERIFIED, Ordering::SeqCst);
+                session.abort();
+            } else if progress > 0.0 {
+                saw.fetch_or(FELL_BACK, Ordering::SeqCst);
+            }
+        });
+        match builder.create_with_backend(overlay) {
+            // The check did not run: redb skips it for a file that never committed. Should it
+            // skip it for another reason, the full check runs instead.
+            Ok(mut db) => integrity(&mut db, path),
+            Err(redb::DatabaseError::RepairAborted) => {
+                let seen = seen.load(Ordering::SeqCst);
+                if seen & VERIFIED == 0 {
+                    Err(refuse(
+                        "the page check stopped before the pages verified".into(),
+                    ))
+                } else if seen & FELL_BACK != 0 && last_stop == LastStop::Consistent {
+                    Err(refuse(
+                        "the last commit's pages do not verify: the file is damaged (redb could \
+                         only open it by dropping that commit, which is not done here)"
+                            .into(),
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            Err(e) => Err(refuse(format!("the file is damaged ({e})"))),
+        }
+    })?
+}
+
+/// A clean close's check: every page checksum of `path`'s committed trees, and redb's allocator
+/// state rebuilt from them and compared with the recorded one (redb's integrity check: two
+/// walks of the file). `Ok` when the file verifies as it is; otherwise the reason it gets no
+/// record of a checked close. The file is opened read-only and never written.
 pub(crate) fn verify(path: &Path) -> Result<(), OpenError> {
     let refuse = |reason: String| OpenError::NotAStore {
         path: path.to_owned(),
         reason,
     };
+    let overlay = overlay(path)?;
+    crate::format::guarded(path, || -> Result<(), OpenError> {
+        let mut builder = Database::builder();
+        builder.set_cache_size(4 * 1024 * 1024);
+        let mut db = builder
+            .create_with_backend(overlay)
+            .map_err(|e| refuse(format!("the file is damaged ({e})")))?;
+        integrity(&mut db, path)
+    })?
+}
+
+/// redb's integrity check of `db` (an overlay): `Ok` when it finds the file clean.
+fn integrity(db: &mut Database, path: &Path) -> Result<(), OpenError> {
+    let refuse = |reason: String| OpenError::NotAStore {
+        path: path.to_owned(),
+        reason,
+    };
+    match db.check_integrity() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(refuse(
+            "a page checksum does not match: the file is damaged (redb could only repair it by \
+             dropping data, which is not done here)"
+                .into(),
+        )),
+        Err(e) => Err(refuse(format!("the file is damaged ({e})"))),
+    }
+}
+
+/// `path` behind a copy-on-write [`Overlay`].
+fn overlay(path: &Path) -> Result<Overlay, OpenError> {
     let file = File::open(path).map_err(|source| OpenError::Io {
         path: path.to_owned(),
         source,
@@ -156,30 +270,14 @@ pub(crate) fn verify(path: &Path) -> Result<(), OpenError> {
             source,
         })?
         .len();
-    let overlay = Overlay {
+    Ok(Overlay {
         file,
         state: Mutex::new(OverlayState {
             len,
             file_len: len,
             pages: HashMap::new(),
         }),
-    };
-    crate::format::guarded(path, || -> Result<(), OpenError> {
-        let mut builder = Database::builder();
-        builder.set_cache_size(4 * 1024 * 1024);
-        let mut db = builder
-            .create_with_backend(overlay)
-            .map_err(|e| refuse(format!("the file is damaged ({e})")))?;
-        match db.check_integrity() {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(refuse(
-                "a page checksum does not match: the file is damaged (redb could only repair it by \
-                 dropping data, which is not done here)"
-                    .into(),
-            )),
-            Err(e) => Err(refuse(format!("the file is damaged ({e})"))),
-        }
-    })?
+    })
 }
 
 /// The file beside the store that vouches for its bytes: written at a clean close, after the
