@@ -675,22 +675,27 @@ pub fn load_thresholds(file: Option<&Path>) -> Result<Thresholds> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_setting_has_a_spec_and_the_defaults_are_valid() {
-        let serde_json::Value::Object(keys) = serde_json::to_value(Settings::default()).unwrap()
-        else {
-            panic!("not an object");
-        };
-        let layered = Layered {
+    /// `settings` as if they were all defaults of a data dir that does not exist.
+    fn layered(settings: Settings) -> Layered {
+        Layered {
             data_dir: DataDir {
                 path: PathBuf::from("/nonexistent"),
                 source: Source::Default,
             },
             file: PathBuf::from("/nonexistent").join(CONFIG_FILE),
             file_read: false,
-            settings: Settings::default(),
+            settings,
             sources: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn every_setting_has_a_spec_and_the_defaults_are_valid() {
+        let serde_json::Value::Object(keys) = serde_json::to_value(Settings::default()).unwrap()
+        else {
+            panic!("not an object");
         };
+        let layered = layered(Settings::default());
         let config = layered.validate().unwrap();
         assert_eq!(config.probe_interval, Duration::from_secs(5));
         assert_eq!(config.retention.rollup_step_ms, 3_600_000);
@@ -767,20 +772,11 @@ mod tests {
 
     #[test]
     fn limits_are_checked_and_named_with_their_source() {
-        let mut layered = Layered {
-            data_dir: DataDir {
-                path: PathBuf::from("/nonexistent"),
-                source: Source::Default,
-            },
-            file: PathBuf::from("/nonexistent").join(CONFIG_FILE),
-            file_read: false,
-            settings: Settings {
-                max_models: 50,
-                max_view_scopes: 20,
-                ..Settings::default()
-            },
-            sources: BTreeMap::new(),
-        };
+        let mut layered = layered(Settings {
+            max_models: 50,
+            max_view_scopes: 20,
+            ..Settings::default()
+        });
         let config = layered.validate().unwrap();
         assert_eq!(config.limits.max_models, 50);
         assert_eq!(config.limits.max_series, kora_model::DEFAULT_MAX_SERIES);
@@ -822,16 +818,7 @@ mod tests {
     /// `retain_ids` is the store's retry horizon for client ids; 0 is refused with its source.
     #[test]
     fn the_id_retention_reaches_the_store_and_zero_is_refused() {
-        let mut layered = Layered {
-            data_dir: DataDir {
-                path: PathBuf::from("/nonexistent"),
-                source: Source::Default,
-            },
-            file: PathBuf::from("/nonexistent").join(CONFIG_FILE),
-            file_read: false,
-            settings: Settings::default(),
-            sources: BTreeMap::new(),
-        };
+        let mut layered = layered(Settings::default());
         assert_eq!(
             layered.validate().unwrap().retention.ids_ms,
             30 * 86_400_000
