@@ -649,9 +649,6 @@ impl Cardinality {
         let mut now: BTreeMap<&str, Option<i64>> = BTreeMap::new();
         let limit = usize::try_from(self.limits.max_open_sessions).unwrap_or(usize::MAX);
         for s in &delta.sessions {
-            if s.op == SessionOp::Time {
-                continue;
-            }
             let last = match now.get(s.id.as_str()) {
                 Some(l) => *l,
                 None => known.sessions.get(&s.id).copied(),
@@ -659,7 +656,9 @@ impl Cardinality {
             let next = match s.op {
                 SessionOp::Start => Some(s.ts_ms),
                 SessionOp::End => None,
-                SessionOp::Touch | SessionOp::Time => last.map(|l| l.max(s.ts_ms)),
+                SessionOp::Touch => last.map(|l| l.max(s.ts_ms)),
+                // Names no session: record time is counted above.
+                SessionOp::Time => continue,
             };
             now.insert(&s.id, next);
             let (was, is) = (last.is_some_and(|l| l >= h), next.is_some_and(|l| l >= h));

@@ -205,7 +205,7 @@ const LEAF_OVERHEAD: usize = 32;
 /// The bytes redb allocates for a chunk of `len` bytes. A leaf holding a value larger than a
 /// page gets a run of pages of its own, a power of two of them long: a chunk of 8.7 KB takes
 /// 16 KiB, one of 98 KB takes 128 KiB.
-pub(crate) fn allocated(len: usize) -> usize {
+fn allocated(len: usize) -> usize {
     (len + LEAF_OVERHEAD).div_ceil(PAGE).next_power_of_two() * PAGE
 }
 

@@ -175,10 +175,6 @@ const TREES_VERIFIED: f64 = 0.6;
 pub(crate) fn verify_pages(path: &Path, last_stop: LastStop) -> Result<(), OpenError> {
     const FELL_BACK: u8 = 1;
     const VERIFIED: u8 = 2;
-    let refuse = |reason: String| OpenError::NotAStore {
-        path: path.to_owned(),
-        reason,
-    };
     let overlay = overlay(path)?;
     crate::format::guarded(path, || -> Result<(), OpenError> {
         let seen = Arc::new(AtomicU8::new(0));
@@ -203,10 +199,12 @@ pub(crate) fn verify_pages(path: &Path, last_stop: LastStop) -> Result<(), OpenE
                 let seen = seen.load(Ordering::SeqCst);
                 if seen & VERIFIED == 0 {
                     Err(refuse(
+                        path,
                         "the page check stopped before the pages verified".into(),
                     ))
                 } else if seen & FELL_BACK != 0 && last_stop == LastStop::Consistent {
                     Err(refuse(
+                        path,
                         "the last commit's pages do not verify: the file is damaged (redb could \
                          only open it by dropping that commit, which is not done here)"
                             .into(),
@@ -215,7 +213,7 @@ pub(crate) fn verify_pages(path: &Path, last_stop: LastStop) -> Result<(), OpenE
                     Ok(())
                 }
             }
-            Err(e) => Err(refuse(format!("the file is damaged ({e})"))),
+            Err(e) => Err(refuse(path, format!("the file is damaged ({e})"))),
         }
     })?
 }
@@ -225,35 +223,36 @@ pub(crate) fn verify_pages(path: &Path, last_stop: LastStop) -> Result<(), OpenE
 /// walks of the file). `Ok` when the file verifies as it is; otherwise the reason it gets no
 /// record of a checked close. The file is opened read-only and never written.
 pub(crate) fn verify(path: &Path) -> Result<(), OpenError> {
-    let refuse = |reason: String| OpenError::NotAStore {
-        path: path.to_owned(),
-        reason,
-    };
     let overlay = overlay(path)?;
     crate::format::guarded(path, || -> Result<(), OpenError> {
         let mut builder = Database::builder();
         builder.set_cache_size(4 * 1024 * 1024);
         let mut db = builder
             .create_with_backend(overlay)
-            .map_err(|e| refuse(format!("the file is damaged ({e})")))?;
+            .map_err(|e| refuse(path, format!("the file is damaged ({e})")))?;
         integrity(&mut db, path)
     })?
 }
 
 /// redb's integrity check of `db` (an overlay): `Ok` when it finds the file clean.
 fn integrity(db: &mut Database, path: &Path) -> Result<(), OpenError> {
-    let refuse = |reason: String| OpenError::NotAStore {
-        path: path.to_owned(),
-        reason,
-    };
     match db.check_integrity() {
         Ok(true) => Ok(()),
         Ok(false) => Err(refuse(
+            path,
             "a page checksum does not match: the file is damaged (redb could only repair it by \
              dropping data, which is not done here)"
                 .into(),
         )),
-        Err(e) => Err(refuse(format!("the file is damaged ({e})"))),
+        Err(e) => Err(refuse(path, format!("the file is damaged ({e})"))),
+    }
+}
+
+/// Why `path` is refused.
+fn refuse(path: &Path, reason: String) -> OpenError {
+    OpenError::NotAStore {
+        path: path.to_owned(),
+        reason,
     }
 }
 
