@@ -7,13 +7,16 @@
 //! not at all: a crash or a failed commit at any point leaves the windows a crash-free run
 //! writes, a retried batch (duplicates) feeds nothing, and a restart resumes the open windows
 //! exactly, without re-reading samples. One fsync per samples request.
+//!
+//! Only the signals the engine reads are windowed ([`kora_policy::WINDOWED_SIGNALS`]); a sample
+//! of another signal still moves the watermark, so every window closes when it did before.
 
 use kora_model::{Record, Sample};
-use kora_policy::Thresholds;
+use kora_policy::{Thresholds, WINDOWED_SIGNALS};
 use kora_store::SampleDeriver;
 use kora_window::TimeWindows;
 
-/// The time windows of every sampled series, as the store's sample deriver.
+/// The time windows of every series of a signal the engine reads, as the store's sample deriver.
 #[derive(Debug)]
 pub struct WindowDeriver {
     windows: TimeWindows,
@@ -65,13 +68,14 @@ impl WindowDeriver {
             let (Some(value), Some(ts)) = (sample.value, sample.ts_ms) else {
                 continue;
             };
-            closed.extend(
+            let windows = if WINDOWED_SIGNALS.contains(&sample.signal) {
                 self.windows
                     .push(&sample.series_key(), *seq, ts, value)
                     .closed
-                    .into_iter()
-                    .map(Record::Window),
-            );
+            } else {
+                self.windows.advance(ts)
+            };
+            closed.extend(windows.into_iter().map(Record::Window));
         }
         closed
     }

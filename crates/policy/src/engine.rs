@@ -4,7 +4,7 @@
 
 use kora_model::{
     Category, Feedback, FeedbackAction, Firing, LogEntry, ProfileRecord, Record, SESSION_IDLE_MS,
-    Substrate, Suppression, SuppressionRule, WindowRecord,
+    Signal, Substrate, Suppression, SuppressionRule, WindowRecord,
 };
 use kora_window::{RunPoint, WINDOW_KIND_RUNS, WINDOW_KIND_TIME};
 
@@ -19,6 +19,24 @@ use crate::suggest::{self, Ask, Inputs};
 use crate::thresholds::Thresholds;
 use crate::tiers::CloudTiers;
 use crate::triggers::{concurrency, context, latency, model_fit, reliability};
+
+/// The sampled signals whose 60 s time windows the engine reads, so the only ones the service
+/// writes `window` records for (DESIGN.md section 2: "each sampled signal the triggers use").
+/// Model fit reads `gpu_vram_free_mb` and `gpu_vram_total_mb`; concurrency reads
+/// `active_sessions` and `queue_wait_ms` (the host's and each model's). Any other time window
+/// only tells the engine that a minute is over (it closes the minutes of the queue waits runs
+/// report, [`concurrency`]); `cpu_cores` carries that clock: every probe samples it, on
+/// machines with no GPU and no runtime sending samples too, and it never changes, so a sealed window of
+/// it takes about 4 bytes (8.9 for the average window of a year's store). The other signals (CPU load, RAM, active generations) are kept
+/// as samples and hourly rollups for the charts; a window of theirs would be read by no one.
+/// Windows that logs written before this hold are still folded the same way.
+pub const WINDOWED_SIGNALS: [Signal; 5] = [
+    Signal::GpuVramTotalMb,
+    Signal::GpuVramFreeMb,
+    Signal::ActiveSessions,
+    Signal::QueueWaitMs,
+    Signal::CpuCores,
+];
 
 /// The policy engine. See the crate documentation for the rules it applies.
 #[derive(Debug, Clone)]

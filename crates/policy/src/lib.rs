@@ -26,7 +26,7 @@ mod thresholds;
 mod tiers;
 mod triggers;
 
-pub use engine::Engine;
+pub use engine::{Engine, WINDOWED_SIGNALS};
 pub use error::ThresholdsError;
 pub use ladder::{CLOUD_OPTION, CLOUD_STEP, local_label, local_steps, step_of_option};
 pub use replay::{ReplayDifference, ReplayReport, derive_all, derived_key, replay};

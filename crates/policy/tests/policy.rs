@@ -223,8 +223,9 @@ mod generated {
     use super::*;
     use kora_model::{
         ContextOom, ContextRequest, Feedback, FeedbackAction, LoadOutcome, ModelLoad, Readiness,
-        Run, SessionEvent, Substrate, WindowRecord,
+        Run, SessionEvent, Signal, Substrate, WindowRecord,
     };
+    use kora_policy::WINDOWED_SIGNALS;
     use proptest::prelude::*;
 
     const T0: i64 = 1_699_999_980_000;
@@ -238,6 +239,7 @@ mod generated {
             breach: bool,
             sent_extra: u8,
             session: u8,
+            wait: Option<u16>,
         },
         Load {
             model: u8,
@@ -274,14 +276,14 @@ mod generated {
 
     fn gen_item() -> impl Strategy<Value = (Gen, u32)> {
         let g = prop_oneof![
-            6 => (0u8..3, 500u32..9000, 0u8..5, proptest::bool::weighted(0.05), 0u8..3, 0u8..3)
-                .prop_map(|(model, lat, retry, breach, sent_extra, session)| Gen::Run { model, lat, retry, breach, sent_extra, session }),
+            6 => (0u8..3, 500u32..9000, 0u8..5, proptest::bool::weighted(0.05), 0u8..3, 0u8..3, proptest::option::weighted(0.3, 0u16..3000))
+                .prop_map(|(model, lat, retry, breach, sent_extra, session, wait)| Gen::Run { model, lat, retry, breach, sent_extra, session, wait }),
             1 => (0u8..3, 1000u32..20000, proptest::bool::weighted(0.2))
                 .prop_map(|(model, vram, failed)| Gen::Load { model, vram, failed }),
             1 => (0u8..3, 1000u32..40000, 4000u32..20000, 0u8..3, 0u8..2)
                 .prop_map(|(model, req, sup, session, prompt)| Gen::Ctx { model, req, sup, session, prompt }),
             1 => (0u8..3, 0u8..3).prop_map(|(model, session)| Gen::Oom { model, session }),
-            3 => (0u8..4, 0u32..3000).prop_map(|(metric, value)| Gen::Window { metric, value }),
+            3 => (0u8..5, 0u32..3000).prop_map(|(metric, value)| Gen::Window { metric, value }),
             1 => (0u8..3).prop_map(|session| Gen::SessionEnd { session }),
             1 => any::<bool>().prop_map(|ok| Gen::Ready { ok }),
             2 => (0u8..10, any::<bool>(), any::<bool>()).prop_map(|(back, accept, insist)| Gen::Feedback { back, accept, insist }),
@@ -318,6 +320,7 @@ mod generated {
                     breach,
                     sent_extra,
                     session,
+                    wait,
                 } => Record::Run(Run {
                     id: None,
                     ts_ms: Some(t),
@@ -336,7 +339,7 @@ mod generated {
                     model_stage_ms: f64::from(*lat),
                     validation_retry_count: u32::from(*retry),
                     budget_breach_count: u32::from(*breach),
-                    queue_wait_ms: None,
+                    queue_wait_ms: wait.map(f64::from),
                     prompt_tokens_sent: Some(1500 + u64::from(*sent_extra / 2) * 100),
                     stages: None,
                 }),
@@ -389,7 +392,9 @@ mod generated {
                         "active_sessions",
                         "gpu_vram_free_mb",
                         "gpu_vram_total_mb",
-                    ][*metric as usize % 4];
+                        // The clock the service windows (see `WINDOWED_SIGNALS`).
+                        "cpu_cores",
+                    ][*metric as usize % 5];
                     let v = if *metric == 1 {
                         f64::from(*value % 6)
                     } else {
@@ -530,6 +535,46 @@ mod generated {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// The engine reads the values of the windows of `WINDOWED_SIGNALS` only: a window of
+        /// any other signal, whatever its values, tells it that a minute is over, exactly as the
+        /// `cpu_cores` window the service writes for that does. So a log with windows of those
+        /// signals only (what the service writes now) is decided as one with windows of all.
+        #[test]
+        fn a_window_of_a_signal_the_engine_does_not_read_is_only_a_clock(
+            items in proptest::collection::vec(gen_item(), 1..400),
+            which in any::<proptest::sample::Index>(),
+            scale in 0.0f64..1e6,
+        ) {
+            let unread: Vec<Signal> = Signal::ALL
+                .into_iter()
+                .filter(|s| !WINDOWED_SIGNALS.contains(s))
+                .collect();
+            let name = which.get(&unread).as_str();
+            let entries = build(&items);
+            let renamed: Vec<LogEntry> = entries
+                .iter()
+                .map(|e| match &e.record {
+                    Record::Window(w) if w.metric == "cpu_cores" => LogEntry {
+                        seq: e.seq,
+                        record: Record::Window(WindowRecord {
+                            metric: name.to_owned(),
+                            min: w.min * scale,
+                            max: w.max * scale + 1.0,
+                            p50: w.p50 * scale + 0.5,
+                            p95: w.p95 * scale + 1.0,
+                            ..w.clone()
+                        }),
+                    },
+                    _ => e.clone(),
+                })
+                .collect();
+            prop_assert_eq!(fold(&mut engine(), &renamed), fold(&mut engine(), &entries));
+        }
+    }
+
     /// A model back after eight idle days: its state was retired (the sweep ran), and it is
     /// decided as by the engine that kept it: its nine old runs do not close a block with
     /// its next run.
@@ -543,6 +588,7 @@ mod generated {
             breach: false,
             sent_extra: 0,
             session: 0,
+            wait: None,
         };
         for _ in 0..29 {
             items.push((slow(0), 10));

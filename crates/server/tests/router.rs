@@ -748,14 +748,16 @@ async fn the_workloads_own_cpu_load_does_not_lower_concurrency() {
     let (s, v) = app.post("/v1/samples", json!({"samples": samples})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     app.state.pipeline.catch_up().await.unwrap();
-    let (_, w) = app.get("/v1/windows?kind=time&metric=cpu_load_pct").await;
+    let (_, w) = app
+        .get(&format!(
+            "/v1/series?series=cpu_load_pct&from_ms={start}&to_ms={}&points=5",
+            start + 300_000
+        ))
+        .await;
+    let points = w["points"].as_array().unwrap();
     assert!(
-        w["windows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|w| w["window"]["p95"].as_f64() == Some(95.0)),
-        "the premise: closed windows of 95% CPU load: {w}"
+        points.len() == 5 && points.iter().all(|p| p["max"].as_f64() == Some(95.0)),
+        "the premise: five minutes of 95% CPU load stored: {w}"
     );
     let (s, v) = app
         .post(
@@ -776,6 +778,63 @@ async fn the_workloads_own_cpu_load_does_not_lower_concurrency() {
         "{v}"
     );
     assert!(v["hardware"].get("cpu_load_p95").is_none(), "{v}");
+}
+
+/// Only the signals the engine reads get time windows (`kora_policy::WINDOWED_SIGNALS`); every
+/// signal is stored, and a sample of any signal moves the watermark that closes the windows.
+#[tokio::test]
+async fn time_windows_are_written_for_the_signals_the_engine_reads_only() {
+    let app = app();
+    let start = (now() - 10 * 60_000).div_euclid(60_000) * 60_000;
+    // Three minutes of every signal at 5 s, then one CPU load sample two minutes later: it
+    // alone moves the watermark past the third minute (plus the grace).
+    let mut samples: Vec<Value> = Vec::new();
+    for i in 0..36 {
+        for signal in kora_model::Signal::ALL {
+            let value = if signal.is_percent() { 40.0 } else { 3.0 };
+            samples.push(
+                json!({"signal": signal.as_str(), "value": value, "ts_ms": start + i * 5000}),
+            );
+        }
+    }
+    samples.push(json!({"signal": "cpu_load_pct", "value": 50.0, "ts_ms": start + 5 * 60_000}));
+    let (s, v) = app.post("/v1/samples", json!({"samples": samples})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, w) = app.get("/v1/windows?kind=time&limit=1000").await;
+    let mut got: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for w in w["windows"].as_array().unwrap() {
+        got.entry(w["window"]["metric"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(w["window"]["start_ms"].as_i64().unwrap());
+    }
+    let want: std::collections::BTreeMap<String, Vec<i64>> = kora_policy::WINDOWED_SIGNALS
+        .iter()
+        .map(|s| {
+            let minutes = (0..3).rev().map(|m| start + m * 60_000).collect();
+            (s.as_str().to_owned(), minutes)
+        })
+        .collect();
+    assert_eq!(got, want, "{w}");
+    for signal in kora_model::Signal::ALL {
+        let (_, series) = app
+            .get(&format!(
+                "/v1/series?series={}&from_ms={start}&to_ms={}&points=1",
+                signal.as_str(),
+                start + 6 * 60_000
+            ))
+            .await;
+        let stored = series["points"][0]["n"].as_u64();
+        let want = if signal == kora_model::Signal::CpuLoadPct {
+            37
+        } else {
+            36
+        };
+        assert_eq!(
+            stored,
+            Some(want),
+            "{signal}: every sample is stored: {series}"
+        );
+    }
 }
 
 #[tokio::test]
