@@ -37,6 +37,7 @@ mod heads;
 mod migrate;
 mod open;
 mod reads;
+mod repack;
 mod retention;
 mod run_chunk;
 mod run_index;
@@ -312,8 +313,9 @@ impl Store {
     }
 
     /// Stops taking writes, lets the writer commit everything already queued, and waits for
-    /// it; then, when nothing else still holds the file, gives back its free pages when they
-    /// are a tenth of it or more, closes it, checks it and records the check
+    /// it; then, when nothing else still holds the file, rebuilds the tables that removals left
+    /// sparse (`repack.rs`), gives back the file's free pages when that freed any or they are a
+    /// tenth of it or more, closes it, checks it and records the check
     /// ([`OpenCheck::UnchangedSinceCheckedClose`]). Reads fail after this.
     pub fn shutdown(&self) {
         if let Ok(mut s) = self.sender.lock() {
@@ -336,7 +338,17 @@ impl Store {
         };
         let written = self.written.load(std::sync::atomic::Ordering::Acquire);
         if written {
-            compact_if_sparse(&mut db, &self.path);
+            let repacked = match repack::sparse_tables(&db) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "the store's sparse tables were not rebuilt at its close; nothing is lost");
+                    0
+                }
+            };
+            if repacked > 0 {
+                tracing::info!(path = %self.path.display(), bytes = repacked, "rebuilt the store's sparse tables with full pages");
+            }
+            compact_if_sparse(&mut db, &self.path, repacked > 0);
         }
         drop(db);
         if let Err(e) = verify::record_checked_close(&self.path, !written) {
@@ -388,9 +400,10 @@ const COMPACT_PASSES: usize = 4;
 /// shrinks by itself), redb's compaction moves the pages in use to the front and truncates
 /// the file, so the data directory gives that space back. A day of samples through the service
 /// frees about a fifth of its file this way, in milliseconds; a year's store, whose free pages
-/// are a few percent, is left as it is. A compaction that fails leaves a consistent file (redb
-/// commits it like any transaction): the failure is logged and the close goes on.
-fn compact_if_sparse(db: &mut Database, path: &Path) {
+/// are a few percent, is left as it is, unless `repacked` (tables were just rebuilt, and the
+/// pages they took are free). A compaction that fails leaves a consistent file (redb commits it
+/// like any transaction): the failure is logged and the close goes on.
+fn compact_if_sparse(db: &mut Database, path: &Path, repacked: bool) {
     let free_share = (|| -> Option<f64> {
         let wtx = db.begin_write().ok()?;
         let stats = wtx.stats().ok()?;
@@ -402,7 +415,7 @@ fn compact_if_sparse(db: &mut Database, path: &Path) {
     let Some(free_share) = free_share else {
         return;
     };
-    if free_share < COMPACT_FREE_SHARE {
+    if free_share < COMPACT_FREE_SHARE && !repacked {
         return;
     }
     for _ in 0..COMPACT_PASSES {
