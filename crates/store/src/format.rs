@@ -9,7 +9,7 @@ use crate::error::OpenError;
 use crate::tables::{K_FORMAT_VERSION, K_NEXT_SEQ, META};
 
 /// The on-disk format this build writes. A store with a newer one is refused at open.
-pub const FORMAT_VERSION: u64 = 4;
+pub const FORMAT_VERSION: u64 = 5;
 
 /// Runs a redb call on a file that may be damaged. redb's debug builds panic on some damaged
 /// structures (release builds return `Corrupted`); either way the file is refused, never

@@ -195,6 +195,26 @@ pub(crate) fn migrate_v3(
     Ok(())
 }
 
+/// Marks a format 4 store as format 5. Format 5 seals runs field by field (run chunks of
+/// version 2); the chunks a format 4 store holds (version 1) are read as they are, so nothing
+/// else changes. The mark is what keeps a build that reads only version 1 chunks from opening
+/// the store once it holds the new ones.
+pub(crate) fn migrate_v4(db: &Database, path: &Path) -> Result<(), OpenError> {
+    let fail = |e: String| OpenError::NotAStore {
+        path: path.to_owned(),
+        reason: format!("converting format 4 to 5 failed: {e}"),
+    };
+    let wtx = db.begin_write().map_err(|e| fail(e.to_string()))?;
+    {
+        let mut meta = wtx.open_table(META).map_err(|e| fail(e.to_string()))?;
+        meta.insert(K_FORMAT_VERSION, 5)
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    wtx.commit().map_err(|e| fail(e.to_string()))?;
+    tracing::info!(path = %path.display(), "store converted from format 4 to 5 (runs sealed from now on field by field; the chunks sealed before are read as they are)");
+    Ok(())
+}
+
 /// Gives every client id of a format 3 store (which kept them for good) a row in
 /// `ids_by_time`, dated the newest record time of the log: the time the store was last
 /// written, as near as the file tells it (format 3 kept no time of storing). So the ids of an

@@ -10,7 +10,7 @@ use crate::derive::load_state;
 use crate::error::{OpenError, ReadError};
 use crate::format::{check_format, guarded};
 use crate::heads::load_series;
-use crate::migrate::{migrate_v1, migrate_v2, migrate_v3};
+use crate::migrate::{migrate_v1, migrate_v2, migrate_v3, migrate_v4};
 use crate::tables::{
     CHUNKS, HEAD, IDS, IDS_BY_TIME, K_FORMAT_VERSION, K_LOG_RECORDS, K_NEXT_SEQ, K_SAMPLES,
     K_UNSEALED_RUNS, K_UNSEALED_WINDOWS, LOG, LOG_BY_KIND, LOG_BY_TIME, META, ROLLUPS, RUN_CHUNKS,
@@ -122,6 +122,9 @@ impl Store {
             }
             if version < 4 {
                 migrate_v3(&db, path, options.run_chunk, options.run_index_chunk)?;
+            }
+            if version < 5 {
+                migrate_v4(&db, path)?;
             }
             next_seq
         } else {

@@ -3,37 +3,82 @@
 //! A run is most of a busy user's log: a handful of ids and hashes, a dozen numbers and up to
 //! a few dozen named stages. Kept as a log row each (named MessagePack, plus a row in the kind
 //! and time indexes) one took about 800 bytes on disk. Sealed, a thousand runs share one zstd
-//! frame: the field and stage names, the model and session ids, the repeated stage layout and
-//! the hex digits of the hashes all compress to a fraction of a byte, and what is left is the
-//! entropy of the ids, hashes and measured latencies themselves.
+//! frame, field by field: every run's `model_latency_ms`, then every run's `tokens_in`, and so
+//! on, so that zstd sees like next to like. The field and stage names, the model and session
+//! ids, the repeated stage layout and the hex digits of the hashes compress to a fraction of a
+//! byte, and what is left is the entropy of the ids, hashes and measured numbers themselves:
+//! on a year's store 70.9 bytes a run a chunk, against 94.9 when each run's fields stayed
+//! together (version 1, still read).
 //!
-//! Every run is kept exactly: a row is the run's own named MessagePack, the same bytes a log
-//! row holds after its kind prefix, so a sealed run decodes to the very record that was
-//! appended, and a field added to `Run` later is sealed with no change here.
+//! Every run is kept exactly: a run is split into the fields of its own named MessagePack, and
+//! decoding joins them back into a map of the same fields and values, which deserializes to the
+//! very record that was appended; a field added to `Run` later is sealed with no change here.
 //!
-//! Layout (after the CRC-32 of the rest): version `1` (u8), run count (u32 LE), then the byte
+//! Layout (after the CRC-32 of the rest): version `2` (u8), run count (u32 LE), then the byte
 //! lengths of the 4 sections (u32 LE each), then the sections:
 //! 1. pco of the seqs (strictly increasing);
 //! 2. pco of each run's `ts_ms` (the time the log's time index held);
-//! 3. pco of each row's byte length (u32);
-//! 4. zstd of the rows, one after the other.
+//! 3. MessagePack of the field names, in the order of the columns;
+//! 4. zstd of the columns, one after the other: for each field, each run's value as
+//!    MessagePack, `nil` for a run without that field; in the `ts_ms` column, the byte `0xc1`
+//!    (never a MessagePack value) for a run whose `ts_ms` is the time of section 2.
+//!
+//! Version 1 had, as sections 3 and 4, pco of each run's byte length and zstd of the runs'
+//! named MessagePack one after the other.
 //!
 //! Seqs and times are columns of their own so that a scan finds its rows without
-//! decompressing the block, and the block is decoded row by row, only for the rows taken.
+//! decompressing the block.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use kora_model::Run;
 
 use crate::chunk::CodecError;
-use crate::sections::{column, compress, decode_error, frame, unframe};
+use crate::sections::{column, compress, decode_error, frame, unframe_versions};
 
-const VERSION: u8 = 1;
+/// Runs' fields one after the other (read only).
+const ROWS: u8 = 1;
+/// Field by field (written).
+const COLUMNS: u8 = 2;
 const SECTIONS: usize = 4;
 const WHAT: &str = "run chunk";
-/// zstd's level for the rows: sealing happens inside a write transaction, once every
-/// thousand runs; level 3 (the library's default) takes a few milliseconds for a chunk.
-const ZSTD_LEVEL: i32 = 3;
+/// zstd's level for the columns: sealing happens inside a write transaction, once every
+/// thousand runs or so. On a year's chunks (about 690 runs each) level 9 takes 3.2 ms a chunk
+/// and 70.9 bytes a run, level 3 (the library's default) 2.0 ms and 72.5 bytes.
+const ZSTD_LEVEL: i32 = 9;
+/// MessagePack's `nil`: the value of a field a run does not have.
+const NIL: u8 = 0xc0;
+
+/// In the `ts_ms` column: the run's `ts_ms` is the time the chunk indexes it under (section 2).
+/// The byte `0xc1` is never a MessagePack value.
+const INDEXED_TS: u8 = 0xc1;
+
+/// The integer a `ts_ms` value holds.
+fn run_ts(value: &[u8]) -> Option<i64> {
+    rmp_serde::from_slice(value).ok()
+}
+
+/// The byte length of the MessagePack value at the start of `bytes`.
+fn value_len(bytes: &[u8]) -> Result<usize, CodecError> {
+    let mut rest = bytes;
+    rmpv::decode::read_value_ref(&mut rest).map_err(decode_error)?;
+    Ok(bytes.len() - rest.len())
+}
+
+/// The fields of one run's named MessagePack: `(name, value bytes)` in their order.
+fn fields(row: &[u8]) -> Result<Vec<(&str, &[u8])>, CodecError> {
+    let mut rest = row;
+    let n = rmp::decode::read_map_len(&mut rest).map_err(decode_error)?;
+    let mut out = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let (name, after) = rmp::decode::read_str_from_slice(rest).map_err(decode_error)?;
+        let len = value_len(after)?;
+        out.push((name, &after[..len]));
+        rest = &after[len..];
+    }
+    Ok(out)
+}
 
 /// Encodes `runs` (`(seq, ts_ms, run)` in increasing seq order, not empty) as one sealed
 /// chunk. `ts_ms` is the time the run is indexed under (its own, stamped when stored).
@@ -44,22 +89,44 @@ pub(crate) fn encode(runs: &[(u64, i64, Run)]) -> Result<Vec<u8>, CodecError> {
     if runs.windows(2).any(|w| w[0].0 >= w[1].0) {
         return Err(decode_error("run seqs must increase"));
     }
-    let mut rows = Vec::new();
-    let mut lengths = Vec::with_capacity(runs.len());
-    for (_, _, run) in runs {
-        let before = rows.len();
-        rmp_serde::encode::write_named(&mut rows, run).map_err(decode_error)?;
-        lengths.push(u32::try_from(rows.len() - before).map_err(decode_error)?);
+    let rows = runs
+        .iter()
+        .map(|(_, _, run)| rmp_serde::to_vec_named(run).map_err(decode_error))
+        .collect::<Result<Vec<Vec<u8>>, CodecError>>()?;
+    let mut names: Vec<&str> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    // cells[field][run]: the value's bytes, or none.
+    let mut cells: Vec<Vec<Option<&[u8]>>> = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        for (name, value) in fields(row)? {
+            let c = *index.entry(name).or_insert_with(|| {
+                names.push(name);
+                cells.push(Vec::new());
+                names.len() - 1
+            });
+            let column = &mut cells[c];
+            column.resize(i, None);
+            // The time the chunk indexes the run under is its own, almost always.
+            let own_ts = name == "ts_ms" && run_ts(value) == Some(runs[i].1);
+            column.push(Some(if own_ts { &[INDEXED_TS] } else { value }));
+        }
+    }
+    let mut columns = Vec::new();
+    for column in &mut cells {
+        column.resize(runs.len(), None);
+        for cell in column.iter() {
+            columns.extend_from_slice(cell.unwrap_or(&[NIL]));
+        }
     }
     let seqs: Vec<u64> = runs.iter().map(|(s, _, _)| *s).collect();
     let ts: Vec<i64> = runs.iter().map(|(_, t, _)| *t).collect();
     let sections: [Vec<u8>; SECTIONS] = [
         compress(&seqs)?,
         compress(&ts)?,
-        compress(&lengths)?,
-        zstd::bulk::compress(&rows, ZSTD_LEVEL).map_err(decode_error)?,
+        rmp_serde::to_vec(&names).map_err(decode_error)?,
+        zstd::bulk::compress(&columns, ZSTD_LEVEL).map_err(decode_error)?,
     ];
-    frame(VERSION, runs.len(), &sections, WHAT)
+    frame(COLUMNS, runs.len(), &sections, WHAT)
 }
 
 /// The last chunk decoded, with its bytes: a scan of the log pages through one run chunk
@@ -94,29 +161,18 @@ pub(crate) struct RunColumns {
 }
 
 impl RunColumns {
-    /// Decodes a sealed chunk. The CRC is checked first: damaged bytes are
+    /// Decodes a sealed chunk (either version). The CRC is checked first: damaged bytes are
     /// [`CodecError::Checksum`], never a wrong record.
     pub(crate) fn decode(bytes: &[u8]) -> Result<RunColumns, CodecError> {
-        let (len, [seqs, ts, lengths, rows]) = unframe::<SECTIONS>(bytes, VERSION, WHAT)?;
+        let (version, len, [seqs, ts, third, fourth]) =
+            unframe_versions::<SECTIONS>(bytes, &[ROWS, COLUMNS], WHAT)?;
         let seqs = column(seqs, len, WHAT)?;
         let ts = column(ts, len, WHAT)?;
-        let lengths: Vec<u32> = column(lengths, len, WHAT)?;
-        let mut offsets = Vec::with_capacity(len + 1);
-        let mut at = 0usize;
-        offsets.push(at);
-        for l in &lengths {
-            at = at
-                .checked_add(*l as usize)
-                .ok_or_else(|| decode_error("run rows too long"))?;
-            offsets.push(at);
-        }
-        let rows = zstd::bulk::decompress(rows, at).map_err(decode_error)?;
-        if rows.len() != at {
-            return Err(decode_error(format!(
-                "run rows hold {} bytes, their lengths say {at}",
-                rows.len()
-            )));
-        }
+        let (offsets, rows) = if version == ROWS {
+            rows_of_v1(third, fourth, len)?
+        } else {
+            rows_of_columns(third, fourth, &ts)?
+        };
         Ok(RunColumns {
             seqs,
             ts,
@@ -135,6 +191,106 @@ impl RunColumns {
     pub(crate) fn ts(&self, i: usize) -> i64 {
         self.ts[i]
     }
+}
+
+/// Version 1's rows: each run's named MessagePack, their lengths a pco column.
+fn rows_of_v1(
+    lengths: &[u8],
+    block: &[u8],
+    len: usize,
+) -> Result<(Vec<usize>, Vec<u8>), CodecError> {
+    let lengths: Vec<u32> = column(lengths, len, WHAT)?;
+    let mut offsets = Vec::with_capacity(len + 1);
+    let mut at = 0usize;
+    offsets.push(at);
+    for l in &lengths {
+        at = at
+            .checked_add(*l as usize)
+            .ok_or_else(|| decode_error("run rows too long"))?;
+        offsets.push(at);
+    }
+    let rows = zstd::bulk::decompress(block, at).map_err(decode_error)?;
+    if rows.len() != at {
+        return Err(decode_error(format!(
+            "run rows hold {} bytes, their lengths say {at}",
+            rows.len()
+        )));
+    }
+    Ok((offsets, rows))
+}
+
+/// The bytes one chunk's columns may decompress to at most: a run's fields are bounded by the
+/// service's limits (ids and names of 256 bytes, at most 64 stages), far under 256 KiB.
+const MAX_COLUMN_BYTES_A_RUN: usize = 256 << 10;
+
+/// Version 2's columns joined back into each run's named MessagePack.
+fn rows_of_columns(
+    names: &[u8],
+    block: &[u8],
+    ts: &[i64],
+) -> Result<(Vec<usize>, Vec<u8>), CodecError> {
+    let len = ts.len();
+    let names: Vec<String> = rmp_serde::from_slice(names).map_err(decode_error)?;
+    // The frame says its size (zstd writes it); more than the runs could hold is refused
+    // before anything is allocated.
+    let size = zstd::zstd_safe::get_frame_content_size(block)
+        .ok()
+        .flatten()
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n <= len.saturating_mul(MAX_COLUMN_BYTES_A_RUN))
+        .ok_or_else(|| decode_error("run columns of no or too large a size"))?;
+    let columns = zstd::bulk::decompress(block, size).map_err(decode_error)?;
+    if columns.len() != size {
+        return Err(decode_error("run columns shorter than their frame says"));
+    }
+    // Where each cell starts and ends, column after column.
+    let mut spans: Vec<(usize, usize)> = Vec::with_capacity(names.len() * len);
+    let mut at = 0usize;
+    for _ in 0..names.len() * len {
+        let rest = columns
+            .get(at..)
+            .ok_or_else(|| decode_error("run columns cut short"))?;
+        let end = at
+            + if rest.first() == Some(&INDEXED_TS) {
+                1
+            } else {
+                value_len(rest)?
+            };
+        spans.push((at, end));
+        at = end;
+    }
+    if at != columns.len() {
+        return Err(decode_error(format!(
+            "run columns hold {} bytes, their values {at}",
+            columns.len()
+        )));
+    }
+    let mut rows = Vec::with_capacity(columns.len() + len * names.len() * 16);
+    let mut offsets = Vec::with_capacity(len + 1);
+    offsets.push(0);
+    for (i, &indexed) in ts.iter().enumerate() {
+        let cell = |c: usize| &columns[spans[c * len + i].0..spans[c * len + i].1];
+        let present: Vec<usize> = (0..names.len()).filter(|&c| cell(c) != [NIL]).collect();
+        let n = u32::try_from(present.len()).map_err(decode_error)?;
+        rmp::encode::write_map_len(&mut rows, n).map_err(decode_error)?;
+        for c in present {
+            rmp::encode::write_str(&mut rows, &names[c]).map_err(decode_error)?;
+            match cell(c) {
+                [INDEXED_TS] if names[c] == "ts_ms" => {
+                    rmp::encode::write_sint(&mut rows, indexed).map_err(decode_error)?;
+                }
+                [INDEXED_TS] => {
+                    return Err(decode_error(format!(
+                        "run field {:?} holds the byte 0xc1",
+                        names[c]
+                    )));
+                }
+                value => rows.extend_from_slice(value),
+            }
+        }
+        offsets.push(rows.len());
+    }
+    Ok((offsets, rows))
 }
 
 #[cfg(test)]
@@ -207,6 +363,49 @@ mod tests {
         assert!(
             per_run < per_row / 4.0,
             "{per_run} bytes a run, rows {per_row}"
+        );
+    }
+
+    /// Version 1's encoder, as it was: each run's named MessagePack, one after the other.
+    fn encode_v1(runs: &[(u64, i64, Run)]) -> Vec<u8> {
+        let mut rows = Vec::new();
+        let mut lengths = Vec::new();
+        for (_, _, run) in runs {
+            let before = rows.len();
+            rmp_serde::encode::write_named(&mut rows, run).unwrap();
+            lengths.push(u32::try_from(rows.len() - before).unwrap());
+        }
+        let seqs: Vec<u64> = runs.iter().map(|(s, _, _)| *s).collect();
+        let ts: Vec<i64> = runs.iter().map(|(_, t, _)| *t).collect();
+        let sections = [
+            compress(&seqs).unwrap(),
+            compress(&ts).unwrap(),
+            compress(&lengths).unwrap(),
+            zstd::bulk::compress(&rows, 3).unwrap(),
+        ];
+        frame(ROWS, runs.len(), &sections, WHAT).unwrap()
+    }
+
+    /// Chunks sealed before the columns are read as they were, and the columns take less.
+    #[test]
+    fn a_chunk_of_version_1_reads_the_same_runs_and_the_columns_take_less() {
+        let runs: Vec<(u64, i64, Run)> = (0..700u64)
+            .map(|i| {
+                let r = run(i);
+                // Most runs are indexed under their own time; some (stamped otherwise) not.
+                let ts = if i % 50 == 0 { 17 } else { r.ts_ms.unwrap() };
+                (10 + i * 7, ts, r)
+            })
+            .collect();
+        let v1 = encode_v1(&runs);
+        let v2 = encode(&runs).unwrap();
+        assert_eq!(decode_all(&v1), runs);
+        assert_eq!(decode_all(&v2), runs);
+        assert!(
+            v2.len() * 10 < v1.len() * 9,
+            "columns {} bytes, rows {}",
+            v2.len(),
+            v1.len()
         );
     }
 

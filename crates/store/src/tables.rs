@@ -1,6 +1,6 @@
 //! Every redb table of the store, defined once.
 //!
-//! Encoding (format version 4):
+//! Encoding (format version 5):
 //! - `meta`: `&str -> u64`: `format_version`, `next_seq`, `log_records` (sealed records
 //!   included), `samples`, `engine_cursor` (the last log seq whose derived records are stored),
 //!   `unsealed_windows` and `unsealed_runs` (the `window` and `run` records still in `log`).
@@ -20,9 +20,10 @@
 //!   all below the seq of any window still in `log`.
 //! - `window_spans`: `last seq (u64) -> (first seq, min ts_ms, max ts_ms)` of each sealed
 //!   chunk, so a scan from a seq or over a time range decodes only the chunks it needs.
-//! - `run_chunks`: `last seq (u64) -> bytes`: sealed `run` records, each its own named
-//!   MessagePack, in one zstd block (encoding in `run_chunk.rs`); disjoint, increasing seq
-//!   ranges, all below the seq of any run still in `log`.
+//! - `run_chunks`: `last seq (u64) -> bytes`: sealed `run` records, field by field in one
+//!   zstd block (version 2; a format 4 store's chunks are version 1, each run's named
+//!   MessagePack one after the other, and are read as they are; encoding in `run_chunk.rs`);
+//!   disjoint, increasing seq ranges, all below the seq of any run still in `log`.
 //! - `run_spans`: like `window_spans`, for `run_chunks`.
 //! - `log_by_kind`: `(kind code u8, seq) -> ()`, to scan one kind without reading the others.
 //! - `log_by_time`: `(ts_ms i64, seq) -> ()`, to scan a time range.
@@ -65,6 +66,9 @@
 //!   still read). The table is created with a new store; a store made before it existed, or
 //!   one that never derived, has no key (no state), and opens unchanged: these keys need no
 //!   new format version.
+//!
+//! Format version 4 was format 5 with run chunks of version 1 only. A version 4 store is
+//! marked version 5 when it is opened; its chunks are not rewritten.
 //!
 //! Format version 3 was format 4 without the run chunks: every `run` record a log row, and
 //! its run index a row a run in `runs` (`(model_id, seq) -> bytes`). A version 3 store is

@@ -895,3 +895,72 @@ fn a_damaged_run_index_chunk_is_not_merged_and_refuses_no_run() {
         "the newer chunks merged: {chunks:?}"
     );
 }
+
+/// The version byte (after the CRC) of every run chunk, oldest first.
+fn run_chunk_versions(path: &std::path::Path) -> Vec<u8> {
+    let db = redb::Database::open(path).unwrap();
+    let rtx = db.begin_read().unwrap();
+    let chunks = rtx.open_table(RUN_CHUNKS).unwrap();
+    redb::ReadableTable::iter(&chunks)
+        .unwrap()
+        .map(|row| row.unwrap().1.value()[4])
+        .collect()
+}
+
+/// A format 4 store written by the previous build (`tests/fixtures/v4-runs`: `fill` with
+/// `options()`, its log printed as `Store::recent` gave it), whose run chunks hold each run's
+/// MessagePack one after the other (version 1), opens as format 5 without a chunk rewritten:
+/// every record reads as it was printed, and the runs sealed from then on are columns
+/// (version 2) beside the old chunks, read in one log with them.
+#[test]
+fn a_format_4_store_written_by_the_previous_build_reads_record_for_record_beside_new_chunks() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v4-runs");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kora-telemetry.redb");
+    std::fs::copy(fixture.join("kora-telemetry.redb"), &path).unwrap();
+    assert_eq!(layout(&path).3, 4, "the fixture is a format 4 store");
+    assert_eq!(run_chunk_versions(&path), vec![1; 6]);
+    // Compared as printed (a float parsed back from JSON may differ in its last digit).
+    let printed: Vec<String> = std::fs::read_to_string(fixture.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(printed.len(), 500);
+    let read = |store: &Store| -> Vec<String> {
+        store
+            .recent(None, None, 10_000)
+            .unwrap()
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap())
+            .collect()
+    };
+    let store = Store::open(&path, options()).unwrap();
+    assert_eq!(read(&store), printed);
+    // 40 runs more: with the 4 left in the log, 2 chunks of 16 and 12 in the log.
+    let records: Vec<Record> = (100..140).map(run).collect();
+    store
+        .append(T0 + 140 * MINUTE, Batch::Records(records))
+        .unwrap();
+    drop(store);
+    assert_eq!(layout(&path).3, FORMAT_VERSION);
+    assert_eq!(
+        run_chunk_versions(&path),
+        vec![1, 1, 1, 1, 1, 1, 2, 2],
+        "the old chunks are kept as they are, the new ones are columns"
+    );
+    let store = Store::open(&path, options()).unwrap();
+    let all = read(&store);
+    assert_eq!(all.len(), 540);
+    assert_eq!(all[40..], printed[..], "the old records read as they did");
+    let new_runs: Vec<serde_json::Value> = all[..40]
+        .iter()
+        .rev()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (minute, got) in (100..140).zip(new_runs) {
+        assert_eq!(got["kind"], "run");
+        assert_eq!(got["run_id"], format!("run-{minute}"));
+        assert_eq!(got["context_tokens"], 1_000 + minute);
+    }
+}
