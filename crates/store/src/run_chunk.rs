@@ -3,25 +3,29 @@
 //! A run is most of a busy user's log: a handful of ids and hashes, a dozen numbers and up to
 //! a few dozen named stages. Kept as a log row each (named MessagePack, plus a row in the kind
 //! and time indexes) one took about 800 bytes on disk. Sealed, a thousand runs share one zstd
-//! frame, field by field: every run's `model_latency_ms`, then every run's `tokens_in`, and so
-//! on, so that zstd sees like next to like. The field and stage names, the model and session
-//! ids, the repeated stage layout and the hex digits of the hashes compress to a fraction of a
-//! byte, and what is left is the entropy of the ids, hashes and measured numbers themselves:
-//! on a year's store 70.9 bytes a run a chunk, against 94.9 when each run's fields stayed
-//! together (version 1, still read).
+//! block, field by field: every run's `model_latency_ms`, then every run's `tokens_in`, and so
+//! on, the numbers compressed with pco and the hex digits of the hashes kept as the bytes they
+//! spell. The field and stage names, the model and session ids and the repeated stage layout
+//! compress to a fraction of a byte, and what is left is the entropy of the ids, hashes and
+//! measured numbers themselves: on a year's store 57.6 bytes a run, against 94.9 when each run's
+//! fields stayed together (version 1, still read).
 //!
 //! Every run is kept exactly: a run is split into the fields of its own named MessagePack, and
 //! decoding joins them back into a map of the same fields and values, which deserializes to the
 //! very record that was appended; a field added to `Run` later is sealed with no change here.
 //!
 //! Layout (after the CRC-32 of the rest): version `2` (u8), run count (u32 LE), then the byte
-//! lengths of the 4 sections (u32 LE each), then the sections:
+//! lengths of the 5 sections (u32 LE each), then the sections:
 //! 1. pco of the seqs (strictly increasing);
 //! 2. pco of each run's `ts_ms` (the time the log's time index held);
-//! 3. MessagePack of the field names, in the order of the columns;
-//! 4. zstd of the columns, one after the other: for each field, each run's value as
-//!    MessagePack, `nil` for a run without that field; in the `ts_ms` column, the byte `0xc1`
-//!    (never a MessagePack value) for a run whose `ts_ms` is the time of section 2.
+//! 3. MessagePack of the columns, in order: `[(field name, encoding)]`;
+//! 4. zstd of the columns of encoding 0, one after the other: each run's value as MessagePack,
+//!    `nil` for a run without that field (in the `ts_ms` column, the byte `0xc1`, never a
+//!    MessagePack value, for a run whose `ts_ms` is the time of section 2);
+//! 5. the other columns, one after the other, each its byte length (u32 LE) then its bytes:
+//!    encoding 1, every run's value an integer: pco of them (as i64); 2, every value a 64-bit
+//!    float: pco of them; 3, every value a string of 64 lowercase hex digits: zstd of the 32
+//!    bytes each spells, run after run.
 //!
 //! Version 1 had, as sections 3 and 4, pco of each run's byte length and zstd of the runs'
 //! named MessagePack one after the other.
@@ -35,17 +39,19 @@ use std::sync::{Arc, Mutex};
 use kora_model::Run;
 
 use crate::chunk::CodecError;
-use crate::sections::{column, compress, decode_error, frame, unframe_versions};
+use crate::sections::{column, compress, decode_error, frame, unframe};
 
 /// Runs' fields one after the other (read only).
 const ROWS: u8 = 1;
+const ROWS_SECTIONS: usize = 4;
 /// Field by field (written).
 const COLUMNS: u8 = 2;
-const SECTIONS: usize = 4;
+const COLUMNS_SECTIONS: usize = 5;
 const WHAT: &str = "run chunk";
-/// zstd's level for the columns: sealing happens inside a write transaction, once every
-/// thousand runs or so. On a year's chunks (about 690 runs each) level 9 takes 3.2 ms a chunk
-/// and 70.9 bytes a run, level 3 (the library's default) 2.0 ms and 72.5 bytes.
+/// zstd's level for the MessagePack columns: sealing happens inside a write transaction, once
+/// every thousand runs or so. On a year's chunks (about 690 runs each) the whole encoding takes
+/// 3.1 ms a chunk at level 9 for 57.6 bytes a run, 2.3 ms at level 3 (the library's default)
+/// for 58.8.
 const ZSTD_LEVEL: i32 = 9;
 /// MessagePack's `nil`: the value of a field a run does not have.
 const NIL: u8 = 0xc0;
@@ -54,9 +60,87 @@ const NIL: u8 = 0xc0;
 /// The byte `0xc1` is never a MessagePack value.
 const INDEXED_TS: u8 = 0xc1;
 
-/// The integer a `ts_ms` value holds.
-fn run_ts(value: &[u8]) -> Option<i64> {
-    rmp_serde::from_slice(value).ok()
+/// The integer a MessagePack value is, when it is one (and nothing more).
+fn int(value: &[u8]) -> Option<i64> {
+    let mut rest = value;
+    let v = rmp::decode::read_int(&mut rest).ok()?;
+    rest.is_empty().then_some(v)
+}
+
+/// The float a MessagePack value is, when it is a 64-bit one.
+fn float(value: &[u8]) -> Option<f64> {
+    match value {
+        [0xcb, bits @ ..] => Some(f64::from_be_bytes(bits.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// The 32 bytes a MessagePack string of 64 lowercase hex digits spells (a SHA-256 as clients
+/// send `prompt_hash`), when it is one.
+fn hex32(value: &[u8]) -> Option<[u8; 32]> {
+    let digits = value.strip_prefix(&[0xd9, 64])?;
+    if digits.iter().any(|d| d.is_ascii_uppercase()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(digits, &mut out).ok()?;
+    Some(out)
+}
+
+/// How a column of a chunk is stored: as its runs' MessagePack values in the zstd block, or,
+/// when every run of the chunk has the field and every value is of one kind, as numbers
+/// (pco, which finds the few bits a measured number holds better than zstd does) or as the
+/// bytes a hex string spells (half its length; zstd gets the digits to about that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    MessagePack = 0,
+    Int = 1,
+    Float = 2,
+    Hex32 = 3,
+}
+
+impl Encoding {
+    fn of(code: u8) -> Result<Encoding, CodecError> {
+        [Self::MessagePack, Self::Int, Self::Float, Self::Hex32]
+            .into_iter()
+            .find(|e| *e as u8 == code)
+            .ok_or_else(|| decode_error(format!("run column encoding {code}")))
+    }
+
+    /// The encoding for `cells` (every run's value of one field, `None` where it has none).
+    fn choose(cells: &[Option<&[u8]>]) -> Encoding {
+        let all = |f: &dyn Fn(&[u8]) -> bool| cells.iter().all(|c| c.is_some_and(f));
+        if all(&|v| int(v).is_some()) {
+            Encoding::Int
+        } else if all(&|v| float(v).is_some()) {
+            Encoding::Float
+        } else if all(&|v| hex32(v).is_some()) {
+            Encoding::Hex32
+        } else {
+            Encoding::MessagePack
+        }
+    }
+
+    /// The column's bytes for section 5 (`None` for a column in section 4).
+    fn typed(self, cells: &[Option<&[u8]>]) -> Result<Option<Vec<u8>>, CodecError> {
+        let values = cells.iter().flatten();
+        Ok(match self {
+            Encoding::MessagePack => None,
+            Encoding::Int => Some(compress(
+                &values.filter_map(|v| int(v)).collect::<Vec<_>>(),
+            )?),
+            Encoding::Float => Some(compress(
+                &values.filter_map(|v| float(v)).collect::<Vec<_>>(),
+            )?),
+            // A zstd frame of its own: random hashes take their 32 bytes (zstd stores what it
+            // cannot compress as it is), hashes with a pattern less. In the block of the
+            // MessagePack columns they would make those compress worse.
+            Encoding::Hex32 => {
+                let bytes: Vec<u8> = values.filter_map(|v| hex32(v)).flatten().collect();
+                Some(zstd::bulk::compress(&bytes, ZSTD_LEVEL).map_err(decode_error)?)
+            }
+        })
+    }
 }
 
 /// The byte length of the MessagePack value at the start of `bytes`.
@@ -107,24 +191,38 @@ pub(crate) fn encode(runs: &[(u64, i64, Run)]) -> Result<Vec<u8>, CodecError> {
             let column = &mut cells[c];
             column.resize(i, None);
             // The time the chunk indexes the run under is its own, almost always.
-            let own_ts = name == "ts_ms" && run_ts(value) == Some(runs[i].1);
+            let own_ts = name == "ts_ms" && int(value) == Some(runs[i].1);
             column.push(Some(if own_ts { &[INDEXED_TS] } else { value }));
         }
     }
-    let mut columns = Vec::new();
-    for column in &mut cells {
+    let mut heads: Vec<(&str, u8)> = Vec::with_capacity(names.len());
+    let mut messagepack = Vec::new();
+    let mut typed = Vec::new();
+    for (name, column) in names.iter().zip(&mut cells) {
         column.resize(runs.len(), None);
-        for cell in column.iter() {
-            columns.extend_from_slice(cell.unwrap_or(&[NIL]));
+        let encoding = Encoding::choose(column);
+        heads.push((name, encoding as u8));
+        match encoding.typed(column)? {
+            Some(bytes) => {
+                let len = u32::try_from(bytes.len()).map_err(decode_error)?;
+                typed.extend_from_slice(&len.to_le_bytes());
+                typed.extend_from_slice(&bytes);
+            }
+            None => {
+                for cell in column.iter() {
+                    messagepack.extend_from_slice(cell.unwrap_or(&[NIL]));
+                }
+            }
         }
     }
     let seqs: Vec<u64> = runs.iter().map(|(s, _, _)| *s).collect();
     let ts: Vec<i64> = runs.iter().map(|(_, t, _)| *t).collect();
-    let sections: [Vec<u8>; SECTIONS] = [
+    let sections: [Vec<u8>; COLUMNS_SECTIONS] = [
         compress(&seqs)?,
         compress(&ts)?,
-        rmp_serde::to_vec(&names).map_err(decode_error)?,
-        zstd::bulk::compress(&columns, ZSTD_LEVEL).map_err(decode_error)?,
+        rmp_serde::to_vec(&heads).map_err(decode_error)?,
+        zstd::bulk::compress(&messagepack, ZSTD_LEVEL).map_err(decode_error)?,
+        typed,
     ];
     frame(COLUMNS, runs.len(), &sections, WHAT)
 }
@@ -164,14 +262,19 @@ impl RunColumns {
     /// Decodes a sealed chunk (either version). The CRC is checked first: damaged bytes are
     /// [`CodecError::Checksum`], never a wrong record.
     pub(crate) fn decode(bytes: &[u8]) -> Result<RunColumns, CodecError> {
-        let (version, len, [seqs, ts, third, fourth]) =
-            unframe_versions::<SECTIONS>(bytes, &[ROWS, COLUMNS], WHAT)?;
-        let seqs = column(seqs, len, WHAT)?;
-        let ts = column(ts, len, WHAT)?;
-        let (offsets, rows) = if version == ROWS {
-            rows_of_v1(third, fourth, len)?
+        // The version decides how many sections to read; `unframe` checks the CRC before it.
+        let (seqs, ts, (offsets, rows)) = if bytes.get(4) == Some(&ROWS) {
+            let (len, [seqs, ts, lengths, block]) = unframe::<ROWS_SECTIONS>(bytes, ROWS, WHAT)?;
+            let seqs = column(seqs, len, WHAT)?;
+            let ts = column(ts, len, WHAT)?;
+            (seqs, ts, rows_of_v1(lengths, block, len)?)
         } else {
-            rows_of_columns(third, fourth, &ts)?
+            let (len, [seqs, ts, heads, block, typed]) =
+                unframe::<COLUMNS_SECTIONS>(bytes, COLUMNS, WHAT)?;
+            let seqs = column(seqs, len, WHAT)?;
+            let ts: Vec<i64> = column(ts, len, WHAT)?;
+            let rows = rows_of_columns(heads, block, typed, &ts)?;
+            (seqs, ts, rows)
         };
         Ok(RunColumns {
             seqs,
@@ -223,14 +326,57 @@ fn rows_of_v1(
 /// service's limits (ids and names of 256 bytes, at most 64 stages), far under 256 KiB.
 const MAX_COLUMN_BYTES_A_RUN: usize = 256 << 10;
 
+/// One column of a version 2 chunk, decoded.
+enum Column<'a> {
+    /// Each run's value's bytes (`nil` where it has none, `[INDEXED_TS]` for its indexed time).
+    MessagePack(Vec<&'a [u8]>),
+    Int(Vec<i64>),
+    Float(Vec<f64>),
+    /// 32 bytes a run.
+    Hex32(Vec<u8>),
+}
+
+impl Column<'_> {
+    /// Writes row `i`'s value (present: see [`Column::present`]); `ts` is its indexed time.
+    fn write(&self, name: &str, i: usize, ts: i64, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        match self {
+            Column::MessagePack(cells) => match cells[i] {
+                [INDEXED_TS] if name == "ts_ms" => {
+                    rmp::encode::write_sint(out, ts).map_err(decode_error)?;
+                }
+                [INDEXED_TS] => {
+                    return Err(decode_error(format!(
+                        "run field {name:?} holds the byte 0xc1"
+                    )));
+                }
+                value => out.extend_from_slice(value),
+            },
+            Column::Int(v) => {
+                rmp::encode::write_sint(out, v[i]).map_err(decode_error)?;
+            }
+            Column::Float(v) => rmp::encode::write_f64(out, v[i]).map_err(decode_error)?,
+            Column::Hex32(bytes) => {
+                rmp::encode::write_str(out, &hex::encode(&bytes[i * 32..(i + 1) * 32]))
+                    .map_err(decode_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn present(&self, i: usize) -> bool {
+        !matches!(self, Column::MessagePack(cells) if cells[i] == [NIL])
+    }
+}
+
 /// Version 2's columns joined back into each run's named MessagePack.
 fn rows_of_columns(
-    names: &[u8],
+    heads: &[u8],
     block: &[u8],
+    typed: &[u8],
     ts: &[i64],
 ) -> Result<(Vec<usize>, Vec<u8>), CodecError> {
     let len = ts.len();
-    let names: Vec<String> = rmp_serde::from_slice(names).map_err(decode_error)?;
+    let heads: Vec<(String, u8)> = rmp_serde::from_slice(heads).map_err(decode_error)?;
     // The frame says its size (zstd writes it); more than the runs could hold is refused
     // before anything is allocated.
     let size = zstd::zstd_safe::get_frame_content_size(block)
@@ -239,53 +385,67 @@ fn rows_of_columns(
         .and_then(|n| usize::try_from(n).ok())
         .filter(|&n| n <= len.saturating_mul(MAX_COLUMN_BYTES_A_RUN))
         .ok_or_else(|| decode_error("run columns of no or too large a size"))?;
-    let columns = zstd::bulk::decompress(block, size).map_err(decode_error)?;
-    if columns.len() != size {
+    let messagepack = zstd::bulk::decompress(block, size).map_err(decode_error)?;
+    if messagepack.len() != size {
         return Err(decode_error("run columns shorter than their frame says"));
     }
-    // Where each cell starts and ends, column after column.
-    let mut spans: Vec<(usize, usize)> = Vec::with_capacity(names.len() * len);
-    let mut at = 0usize;
-    for _ in 0..names.len() * len {
-        let rest = columns
-            .get(at..)
-            .ok_or_else(|| decode_error("run columns cut short"))?;
-        let end = at
-            + if rest.first() == Some(&INDEXED_TS) {
-                1
-            } else {
-                value_len(rest)?
-            };
-        spans.push((at, end));
-        at = end;
+    let (mut at, mut typed) = (0usize, typed);
+    let mut columns = Vec::with_capacity(heads.len());
+    for (name, code) in &heads {
+        let encoding = Encoding::of(*code)?;
+        if encoding == Encoding::MessagePack {
+            let mut cells = Vec::with_capacity(len);
+            for _ in 0..len {
+                let rest = messagepack
+                    .get(at..)
+                    .ok_or_else(|| decode_error("run columns cut short"))?;
+                let n = if rest.first() == Some(&INDEXED_TS) {
+                    1
+                } else {
+                    value_len(rest)?
+                };
+                cells.push(&messagepack[at..at + n]);
+                at += n;
+            }
+            columns.push(Column::MessagePack(cells));
+            continue;
+        }
+        let (n, rest) = typed
+            .split_first_chunk::<4>()
+            .ok_or_else(|| decode_error(format!("run column {name:?} cut short")))?;
+        let n = u32::from_le_bytes(*n) as usize;
+        let (bytes, rest) = rest
+            .split_at_checked(n)
+            .ok_or_else(|| decode_error(format!("run column {name:?} cut short")))?;
+        typed = rest;
+        columns.push(match encoding {
+            Encoding::Int => Column::Int(column(bytes, len, WHAT)?),
+            Encoding::Float => Column::Float(column(bytes, len, WHAT)?),
+            _ => {
+                let hashes = zstd::bulk::decompress(bytes, len * 32).map_err(decode_error)?;
+                if hashes.len() != len * 32 {
+                    return Err(decode_error(format!("run column {name:?} cut short")));
+                }
+                Column::Hex32(hashes)
+            }
+        });
     }
-    if at != columns.len() {
-        return Err(decode_error(format!(
-            "run columns hold {} bytes, their values {at}",
-            columns.len()
-        )));
+    if at != messagepack.len() || !typed.is_empty() {
+        return Err(decode_error(
+            "run columns hold more bytes than their values",
+        ));
     }
-    let mut rows = Vec::with_capacity(columns.len() + len * names.len() * 16);
+    let mut rows = Vec::with_capacity(size + len * heads.len() * 24);
     let mut offsets = Vec::with_capacity(len + 1);
     offsets.push(0);
     for (i, &indexed) in ts.iter().enumerate() {
-        let cell = |c: usize| &columns[spans[c * len + i].0..spans[c * len + i].1];
-        let present: Vec<usize> = (0..names.len()).filter(|&c| cell(c) != [NIL]).collect();
-        let n = u32::try_from(present.len()).map_err(decode_error)?;
+        let present = columns.iter().filter(|c| c.present(i)).count();
+        let n = u32::try_from(present).map_err(decode_error)?;
         rmp::encode::write_map_len(&mut rows, n).map_err(decode_error)?;
-        for c in present {
-            rmp::encode::write_str(&mut rows, &names[c]).map_err(decode_error)?;
-            match cell(c) {
-                [INDEXED_TS] if names[c] == "ts_ms" => {
-                    rmp::encode::write_sint(&mut rows, indexed).map_err(decode_error)?;
-                }
-                [INDEXED_TS] => {
-                    return Err(decode_error(format!(
-                        "run field {:?} holds the byte 0xc1",
-                        names[c]
-                    )));
-                }
-                value => rows.extend_from_slice(value),
+        for ((name, _), c) in heads.iter().zip(&columns) {
+            if c.present(i) {
+                rmp::encode::write_str(&mut rows, name).map_err(decode_error)?;
+                c.write(name, i, indexed, &mut rows)?;
             }
         }
         offsets.push(rows.len());
@@ -407,6 +567,47 @@ mod tests {
             v2.len(),
             v1.len()
         );
+    }
+
+    /// A column is stored as numbers or bytes only when every run's value is one: a hash in
+    /// capitals, an integer beyond i64 or a field some runs lack keeps the column MessagePack,
+    /// and every run still reads back exactly.
+    #[test]
+    fn one_run_unlike_the_others_keeps_its_column_messagepack() {
+        let base: Vec<(u64, i64, Run)> = (0..64u64)
+            .map(|i| {
+                let r = run(i);
+                (1 + i, r.ts_ms.unwrap(), r)
+            })
+            .collect();
+        let typed = encode(&base).unwrap();
+        let mut odd = base.clone();
+        odd[5].2.prompt_hash = odd[5].2.prompt_hash.to_uppercase();
+        odd[6].2.context_tokens = u64::MAX;
+        odd[7].2.tokens_out = None;
+        let bytes = encode(&odd).unwrap();
+        assert_eq!(decode_all(&bytes), odd);
+        assert_eq!(decode_all(&typed), base);
+        let encodings = |bytes: &[u8]| -> Vec<(String, u8)> {
+            let (_, [_, _, heads, _, _]) =
+                unframe::<COLUMNS_SECTIONS>(bytes, COLUMNS, WHAT).unwrap();
+            rmp_serde::from_slice::<Vec<(String, u8)>>(heads)
+                .unwrap()
+                .into_iter()
+                .filter(|(name, _)| {
+                    ["prompt_hash", "context_tokens", "tokens_out"].contains(&name.as_str())
+                })
+                .collect()
+        };
+        let named = |h: u8, c: u8, t: u8| {
+            vec![
+                ("prompt_hash".to_owned(), h),
+                ("context_tokens".to_owned(), c),
+                ("tokens_out".to_owned(), t),
+            ]
+        };
+        assert_eq!(encodings(&typed), named(3, 1, 1));
+        assert_eq!(encodings(&bytes), named(0, 0, 0));
     }
 
     #[test]

@@ -62,23 +62,11 @@ pub(crate) fn unframe<'a, const N: usize>(
     version: u8,
     what: &str,
 ) -> Result<(usize, [&'a [u8]; N]), CodecError> {
-    unframe_versions(bytes, &[version], what).map(|(_, rows, sections)| (rows, sections))
-}
-
-/// [`unframe`] for a kind of chunk written in more than one layout: which of `versions` the
-/// frame is, its row count and its sections.
-pub(crate) fn unframe_versions<'a, const N: usize>(
-    bytes: &'a [u8],
-    versions: &[u8],
-    what: &str,
-) -> Result<(u8, usize, [&'a [u8]; N]), CodecError> {
     let mut c = Cursor(checked(bytes)?);
     let [v] = c.array::<1>()?;
-    if !versions.contains(&v) {
-        let reads: Vec<String> = versions.iter().map(u8::to_string).collect();
+    if v != version {
         return Err(decode_error(format!(
-            "{what} version {v}, this build reads {}",
-            reads.join(" and ")
+            "{what} version {v}, this build reads {version}"
         )));
     }
     let rows = c.u32()? as usize;
@@ -90,5 +78,5 @@ pub(crate) fn unframe_versions<'a, const N: usize>(
     for (o, l) in out.iter_mut().zip(lens) {
         *o = c.take(l)?;
     }
-    Ok((v, rows, out))
+    Ok((rows, out))
 }
