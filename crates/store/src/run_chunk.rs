@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use kora_model::Run;
 
 use crate::chunk::CodecError;
-use crate::sections::{column, compress, decode_error, frame, unframe};
+use crate::sections::{column, compress, decode_error, frame, unframe, unzstd};
 
 /// Runs' fields one after the other (read only).
 const ROWS: u8 = 1;
@@ -377,18 +377,7 @@ fn rows_of_columns(
 ) -> Result<(Vec<usize>, Vec<u8>), CodecError> {
     let len = ts.len();
     let heads: Vec<(String, u8)> = rmp_serde::from_slice(heads).map_err(decode_error)?;
-    // The frame says its size (zstd writes it); more than the runs could hold is refused
-    // before anything is allocated.
-    let size = zstd::zstd_safe::get_frame_content_size(block)
-        .ok()
-        .flatten()
-        .and_then(|n| usize::try_from(n).ok())
-        .filter(|&n| n <= len.saturating_mul(MAX_COLUMN_BYTES_A_RUN))
-        .ok_or_else(|| decode_error("run columns of no or too large a size"))?;
-    let messagepack = zstd::bulk::decompress(block, size).map_err(decode_error)?;
-    if messagepack.len() != size {
-        return Err(decode_error("run columns shorter than their frame says"));
-    }
+    let messagepack = unzstd(block, len.saturating_mul(MAX_COLUMN_BYTES_A_RUN), WHAT)?;
     let (mut at, mut typed) = (0usize, typed);
     let mut columns = Vec::with_capacity(heads.len());
     for (name, code) in &heads {
@@ -422,7 +411,7 @@ fn rows_of_columns(
             Encoding::Int => Column::Int(column(bytes, len, WHAT)?),
             Encoding::Float => Column::Float(column(bytes, len, WHAT)?),
             _ => {
-                let hashes = zstd::bulk::decompress(bytes, len * 32).map_err(decode_error)?;
+                let hashes = unzstd(bytes, len * 32, WHAT)?;
                 if hashes.len() != len * 32 {
                     return Err(decode_error(format!("run column {name:?} cut short")));
                 }
@@ -435,7 +424,7 @@ fn rows_of_columns(
             "run columns hold more bytes than their values",
         ));
     }
-    let mut rows = Vec::with_capacity(size + len * heads.len() * 24);
+    let mut rows = Vec::with_capacity(messagepack.len() + len * heads.len() * 24);
     let mut offsets = Vec::with_capacity(len + 1);
     offsets.push(0);
     for (i, &indexed) in ts.iter().enumerate() {

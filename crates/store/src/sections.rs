@@ -12,6 +12,24 @@ pub(crate) fn decode_error(what: impl std::fmt::Display) -> CodecError {
     CodecError::Decode(what.to_string())
 }
 
+/// A zstd frame decompressed, when it says its size (zstd writes it) and that is at most
+/// `max`: a frame claiming more is refused before anything is allocated.
+pub(crate) fn unzstd(bytes: &[u8], max: usize, what: &str) -> Result<Vec<u8>, CodecError> {
+    let size = zstd::zstd_safe::get_frame_content_size(bytes)
+        .ok()
+        .flatten()
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n <= max)
+        .ok_or_else(|| decode_error(format!("{what}: a zstd frame of no or too large a size")))?;
+    let out = zstd::bulk::decompress(bytes, size).map_err(decode_error)?;
+    if out.len() != size {
+        return Err(decode_error(format!(
+            "{what}: a zstd frame shorter than it says"
+        )));
+    }
+    Ok(out)
+}
+
 /// One column compressed with pco. Level 4, as for sample chunks: nearly the ratio of the
 /// default, about twice as fast.
 pub(crate) fn compress<T: Number>(values: &[T]) -> Result<Vec<u8>, CodecError> {
