@@ -195,10 +195,10 @@ pub(crate) fn migrate_v3(
     Ok(())
 }
 
-/// Marks a format 4 store as format 5. Format 5 seals runs field by field (run chunks of
-/// version 2); the chunks a format 4 store holds (version 1) are read as they are, so nothing
-/// else changes. The mark is what keeps a build that reads only version 1 chunks from opening
-/// the store once it holds the new ones.
+/// Marks a format 4 store as format 5. Format 5 seals runs field by field and windows with
+/// fewer bytes of bookkeeping (run and window chunks of version 2); the chunks a format 4 store
+/// holds (version 1) are read as they are, so nothing else changes. The mark is what keeps a
+/// build that reads only version 1 chunks from opening the store once it holds new ones.
 pub(crate) fn migrate_v4(db: &Database, path: &Path) -> Result<(), OpenError> {
     let fail = |e: String| OpenError::NotAStore {
         path: path.to_owned(),
@@ -211,7 +211,7 @@ pub(crate) fn migrate_v4(db: &Database, path: &Path) -> Result<(), OpenError> {
             .map_err(|e| fail(e.to_string()))?;
     }
     wtx.commit().map_err(|e| fail(e.to_string()))?;
-    tracing::info!(path = %path.display(), "store converted from format 4 to 5 (runs sealed from now on field by field; the chunks sealed before are read as they are)");
+    tracing::info!(path = %path.display(), "store converted from format 4 to 5 (run and window chunks sealed from now on in their version 2 layouts; the chunks sealed before are read as they are)");
     Ok(())
 }
 

@@ -16,7 +16,7 @@
 //!   redb gives a value larger than a page a power of two of them; see `sealed.rs`). `run` records move to `run_chunks` the same way, once
 //!   [`crate::StoreOptions::run_chunk`] wait. Every scan of the log merges the three by seq.
 //! - `window_chunks`: `last seq (u64) -> bytes`: sealed `window` records, column by column
-//!   (encoding in `window_chunk.rs`); the chunks cover disjoint, increasing seq ranges,
+//!   (version 2; a format 4 store's are version 1, still read; encoding in `window_chunk.rs`); the chunks cover disjoint, increasing seq ranges,
 //!   all below the seq of any window still in `log`.
 //! - `window_spans`: `last seq (u64) -> (first seq, min ts_ms, max ts_ms)` of each sealed
 //!   chunk, so a scan from a seq or over a time range decodes only the chunks it needs.
@@ -67,8 +67,9 @@
 //!   one that never derived, has no key (no state), and opens unchanged: these keys need no
 //!   new format version.
 //!
-//! Format version 4 was format 5 with run chunks of version 1 only. A version 4 store is
-//! marked version 5 when it is opened; its chunks are not rewritten.
+//! Format version 4 was format 5 with run and window chunks of version 1 only. A version 4
+//! store is marked version 5 when it is opened; its chunks are not rewritten (both versions
+//! are read).
 //!
 //! Format version 3 was format 4 without the run chunks: every `run` record a log row, and
 //! its run index a row a run in `runs` (`(model_id, seq) -> bytes`). A version 3 store is
