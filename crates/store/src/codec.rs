@@ -166,9 +166,16 @@ pub(crate) fn checked<'b>(
     Ok(payload)
 }
 
+/// The bytes of a content digest kept with a client id: the first 16 of the SHA-256. Telling
+/// a retry from a reused id needs no more (two different items share them with a chance of
+/// 2^-128), and an id's row is 16 bytes shorter: on a year's store, 2 MB of the ids' pages.
+pub(crate) const DIGEST_LEN: usize = 16;
+
 /// The content digest of an item as the client sent it (before the server stamped a time).
-pub(crate) fn digest(value: &impl Serialize) -> Result<[u8; 32], WriteError> {
+pub(crate) fn digest(value: &impl Serialize) -> Result<[u8; DIGEST_LEN], WriteError> {
     let bytes = rmp_serde::to_vec_named(value)
         .map_err(|e| WriteError::Storage(format!("cannot encode a record: {e}")))?;
-    Ok(Sha256::digest(&bytes).into())
+    let mut out = [0u8; DIGEST_LEN];
+    out.copy_from_slice(&Sha256::digest(&bytes)[..DIGEST_LEN]);
+    Ok(out)
 }

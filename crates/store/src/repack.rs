@@ -25,7 +25,7 @@ use crate::tables::{LOG, LOG_BY_KIND, LOG_BY_TIME, ROLLUPS};
 
 /// A table is rebuilt when its rows fill less than this share of its pages (a rebuilt table's
 /// rows fill about 0.9 of them: the rest is redb's own page metadata).
-const REPACK_BELOW_FILL: f64 = 0.75;
+const REPACK_BELOW_FILL: f64 = 0.8;
 
 /// Nor smaller tables than this many bytes of pages: what they would give back is not worth
 /// a rewrite at every close.

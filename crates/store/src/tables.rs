@@ -27,8 +27,9 @@
 //! - `run_spans`: like `window_spans`, for `run_chunks`.
 //! - `log_by_kind`: `(kind code u8, seq) -> ()`, to scan one kind without reading the others.
 //! - `log_by_time`: `(ts_ms i64, seq) -> ()`, to scan a time range.
-//! - `ids`: `client id -> seq (u64 LE) ++ SHA-256 of the record as the client sent it`, so a
-//!   retried batch is recognised and a reused id with other content is refused. Kept for
+//! - `ids`: `client id -> seq (u64 LE) ++ the first 16 bytes of the SHA-256 of the record as
+//!   the client sent it` (a format 4 store's rows hold all 32, compared on their first 16), so
+//!   a retried batch is recognised and a reused id with other content is refused. Kept for
 //!   [`crate::Retention::ids_ms`] after the item was stored, then forgotten by
 //!   [`crate::Store::compact`].
 //! - `ids_by_time`: `(stored at ms, seq) -> client id`: the order in which ids are forgotten.

@@ -12,7 +12,7 @@ use redb::{Database, ReadableTable, WriteTransaction};
 use serde::Serialize;
 
 use crate::chunk::{CHUNK_SAMPLES, Extra, Item};
-use crate::codec::{digest, encode_record, with_crc};
+use crate::codec::{DIGEST_LEN, digest, encode_record, with_crc};
 use crate::derive::store_state;
 use crate::error::{self, WriteError};
 use crate::format::check_format;
@@ -325,7 +325,7 @@ impl Writer {
         let ids = &mut t.ids;
         // Pass 1: recognise retries and refuse reused ids, before writing anything.
         let mut seqs: Vec<Option<u64>> = Vec::with_capacity(job.batch.len());
-        let mut digests: Vec<Option<[u8; 32]>> = Vec::with_capacity(job.batch.len());
+        let mut digests: Vec<Option<[u8; DIGEST_LEN]>> = Vec::with_capacity(job.batch.len());
         for index in 0..job.batch.len() {
             let (id, d) = match &job.batch {
                 Batch::Samples(v) => (v[index].id.as_deref(), digest_if(&v[index])?),
@@ -339,8 +339,9 @@ impl Writer {
             };
             match ids.get(id).map_err(error::write_error)? {
                 Some(v) => {
+                    // A store before format 5 kept all 32 bytes of the SHA-256.
                     let v = v.value();
-                    if v.len() != 40 || v[8..] != d {
+                    if (v.len() != 8 + DIGEST_LEN && v.len() != 40) || v[8..8 + DIGEST_LEN] != d {
                         return Ok(Err(WriteError::IdConflict {
                             index,
                             id: id.to_owned(),
@@ -436,7 +437,7 @@ impl Writer {
                     Batch::Derived { .. } => None,
                 };
                 if let Some(id) = id {
-                    let mut value = [0u8; 40];
+                    let mut value = [0u8; 8 + DIGEST_LEN];
                     value[..8].copy_from_slice(&seq.to_le_bytes());
                     value[8..].copy_from_slice(&d);
                     t.ids
@@ -535,7 +536,7 @@ fn write_record(
 }
 
 /// Only items with a client id need a digest.
-fn digest_if<T: Serialize + HasClientId>(item: &T) -> Result<Option<[u8; 32]>, WriteError> {
+fn digest_if<T: Serialize + HasClientId>(item: &T) -> Result<Option<[u8; DIGEST_LEN]>, WriteError> {
     if item.has_client_id() {
         digest(item).map(Some)
     } else {

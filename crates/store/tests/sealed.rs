@@ -937,6 +937,20 @@ fn a_format_4_store_written_by_the_previous_build_reads_record_for_record_beside
     };
     let store = Store::open(&path, options()).unwrap();
     assert_eq!(read(&store), printed);
+    // The client ids the previous build remembered (with all 32 bytes of their SHA-256) still
+    // recognise a retry and refuse an id reused for other content.
+    let again = store
+        .append(T0 + 100 * MINUTE, Batch::Records(vec![run(7)]))
+        .unwrap();
+    assert_eq!((again.duplicates, again.accepted), (1, 0));
+    let mut other = run(8);
+    if let Record::Run(r) = &mut other {
+        r.model_latency_ms += 1.0;
+    }
+    assert!(matches!(
+        store.append(T0 + 100 * MINUTE, Batch::Records(vec![other])),
+        Err(WriteError::IdConflict { .. })
+    ));
     // 40 runs more: with the 4 left in the log, 2 chunks of 16 and 12 in the log.
     let records: Vec<Record> = (100..140).map(run).collect();
     store
