@@ -1,5 +1,6 @@
 //! Conversion of older formats, run at open.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use kora_model::{Record, RecordKind, Sample};
@@ -9,11 +10,12 @@ use crate::chunk::{CHUNK_SAMPLES, Extra, Item};
 use crate::codec::{decode, decode_entry};
 use crate::error::OpenError;
 use crate::heads::seal;
+use crate::retention::{Rollup, block_of, encode_block};
 use crate::runs;
 use crate::sealed::{Runs, SealTables, Sealable, Windows, seal_kind};
 use crate::tables::{
     CHUNKS, HEAD, IDS, IDS_BY_TIME, K_FORMAT_VERSION, K_UNSEALED_RUNS, K_UNSEALED_WINDOWS, LOG,
-    LOG_BY_KIND, LOG_BY_TIME, META, ROLLUPS, RUNS_V3, SAMPLES_V1,
+    LOG_BY_KIND, LOG_BY_TIME, META, ROLLUPS, RUNS_V3, SAMPLES_V1, SERIES,
 };
 
 /// Converts a format 1 store (a row per sample) to format 2 (head rows and sealed chunks) in
@@ -205,14 +207,56 @@ pub(crate) fn migrate_v4(db: &Database, path: &Path) -> Result<(), OpenError> {
         reason: format!("converting format 4 to 5 failed: {e}"),
     };
     let wtx = db.begin_write().map_err(|e| fail(e.to_string()))?;
+    let buckets = rollups_by_day(&wtx).map_err(fail)?;
     {
         let mut meta = wtx.open_table(META).map_err(|e| fail(e.to_string()))?;
         meta.insert(K_FORMAT_VERSION, 5)
             .map_err(|e| fail(e.to_string()))?;
     }
     wtx.commit().map_err(|e| fail(e.to_string()))?;
-    tracing::info!(path = %path.display(), "store converted from format 4 to 5 (run and window chunks sealed from now on in their version 2 layouts; the chunks sealed before are read as they are)");
+    tracing::info!(path = %path.display(), buckets, "store converted from format 4 to 5 (rollups a day to a row; run and window chunks sealed from now on in their version 2 layouts, the chunks sealed before read as they are)");
     Ok(())
+}
+
+/// Moves every series' rollups from a row a bucket (format 4) to a row a day, series by
+/// series (so what is held at once is one series' buckets); answers how many buckets.
+fn rollups_by_day(wtx: &WriteTransaction) -> Result<u64, String> {
+    let e = |e: redb::Error| e.to_string();
+    let sids: Vec<u32> = {
+        let series = wtx.open_table(SERIES).map_err(|x| e(x.into()))?;
+        let mut v = Vec::new();
+        for row in series.iter().map_err(|x| e(x.into()))? {
+            v.push(row.map_err(|x| e(x.into()))?.1.value());
+        }
+        v
+    };
+    let mut rollups = wtx.open_table(ROLLUPS).map_err(|x| e(x.into()))?;
+    let mut moved = 0u64;
+    for sid in sids {
+        let mut days: BTreeMap<i64, Vec<Rollup>> = BTreeMap::new();
+        for row in rollups
+            .range((sid, i64::MIN)..=(sid, i64::MAX))
+            .map_err(|x| e(x.into()))?
+        {
+            let (k, v) = row.map_err(|x| e(x.into()))?;
+            let start = k.value().1;
+            let b = Rollup::decode_v4(start, v.value())
+                .map_err(|x| format!("rollup {sid}@{start}: {x:?}"))?;
+            days.entry(block_of(start)).or_default().push(b);
+        }
+        rollups
+            .retain_in((sid, i64::MIN)..=(sid, i64::MAX), |_, _| false)
+            .map_err(|x| e(x.into()))?;
+        for (day, buckets) in days {
+            moved += buckets.len() as u64;
+            let bytes =
+                encode_block(&buckets).map_err(|x| format!("rollups {sid}@{day}: {x:?}"))?;
+            rollups
+                .insert((sid, day), bytes.as_slice())
+                .map_err(|x| e(x.into()))?;
+        }
+    }
+    Ok(moved)
 }
 
 /// Gives every client id of a format 3 store (which kept them for good) a row in

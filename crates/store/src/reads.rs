@@ -7,7 +7,7 @@ use crate::chunk::{self, Chunk, Item};
 use crate::codec::{codec_read_error, decode_entry, get_entry, stored_kind};
 use crate::derive::read_state;
 use crate::error::ReadError;
-use crate::retention::Rollup;
+use crate::retention::{Rollup, block_of, decode_block};
 use crate::run_index;
 use crate::runs::RunRow;
 use crate::sealed::{Runs, Sealed, SealedLog, Windows, merge};
@@ -324,13 +324,16 @@ impl Store {
         }
         for row in rtx
             .open_table(ROLLUPS)?
-            .range((sid, from_ms)..(sid, to_ms))?
+            .range((sid, block_of(from_ms))..(sid, to_ms))?
         {
             let (k, v) = row?;
-            let start = k.value().1;
-            out.push(
-                Rollup::decode(start, v.value())
-                    .map_err(|e| codec_read_error("rollups", format!("{series_key}@{start}"), e))?,
+            let block = k.value().1;
+            let buckets = decode_block(v.value())
+                .map_err(|e| codec_read_error("rollups", format!("{series_key}@{block}"), e))?;
+            out.extend(
+                buckets
+                    .into_iter()
+                    .filter(|b| (from_ms..to_ms).contains(&b.start_ms)),
             );
         }
         Ok(out)

@@ -2,6 +2,12 @@
 //! per-bucket aggregates (count, min, max, sum) and dropped whole; rollups older than their own
 //! retention are dropped. And of client ids: an id stored longer ago than its retention is
 //! forgotten, so a retry arriving after that is stored anew. The log is never touched here.
+//!
+//! A series' rollups are kept a UTC day to a row (`rollups`: `(series, day start) -> block`),
+//! column by column: a block is the frame of [`crate::sections`] (version 1, CRC-32 first)
+//! with 5 pco columns, the buckets' start times (i64, increasing), counts (u64), and minimums,
+//! maximums and sums (f64). An hourly bucket kept a row of its own took 48 bytes and a share
+//! of a half-empty page (5.3 MB of a year's store); a day of 24 takes a few hundred bytes.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +15,59 @@ use redb::{ReadableTable, WriteTransaction};
 
 use crate::chunk::{Chunk, CodecError};
 use crate::error::{self, WriteError};
+use crate::sections::{column, compress, frame, unframe};
 use crate::tables::{CHUNKS, IDS, IDS_BY_TIME, K_SAMPLES, META, ROLLUPS, SERIES};
+
+/// The span of one row of rollups: a UTC day.
+const BLOCK_MS: i64 = 24 * 3600 * 1000;
+const BLOCK_VERSION: u8 = 1;
+const BLOCK_SECTIONS: usize = 5;
+const BLOCK_WHAT: &str = "rollup block";
+
+/// The start of the row that holds the bucket starting at `start_ms`.
+pub(crate) fn block_of(start_ms: i64) -> i64 {
+    start_ms.div_euclid(BLOCK_MS).saturating_mul(BLOCK_MS)
+}
+
+/// Encodes `buckets` (increasing starts, not empty) as one row.
+pub(crate) fn encode_block(buckets: &[Rollup]) -> Result<Vec<u8>, CodecError> {
+    let starts: Vec<i64> = buckets.iter().map(|b| b.start_ms).collect();
+    let counts: Vec<u64> = buckets.iter().map(|b| b.count).collect();
+    let f = |v: fn(&Rollup) -> f64| buckets.iter().map(v).collect::<Vec<f64>>();
+    let sections = [
+        compress(&starts)?,
+        compress(&counts)?,
+        compress(&f(|b| b.min))?,
+        compress(&f(|b| b.max))?,
+        compress(&f(|b| b.sum))?,
+    ];
+    frame(BLOCK_VERSION, buckets.len(), &sections, BLOCK_WHAT)
+}
+
+/// Decodes a row of rollups (the CRC checked first), oldest first.
+pub(crate) fn decode_block(bytes: &[u8]) -> Result<Vec<Rollup>, CodecError> {
+    let (len, [starts, counts, mins, maxs, sums]) =
+        unframe::<BLOCK_SECTIONS>(bytes, BLOCK_VERSION, BLOCK_WHAT)?;
+    let starts: Vec<i64> = column(starts, len, BLOCK_WHAT)?;
+    let counts: Vec<u64> = column(counts, len, BLOCK_WHAT)?;
+    let mins: Vec<f64> = column(mins, len, BLOCK_WHAT)?;
+    let maxs: Vec<f64> = column(maxs, len, BLOCK_WHAT)?;
+    let sums: Vec<f64> = column(sums, len, BLOCK_WHAT)?;
+    Ok((0..len)
+        .map(|i| Rollup {
+            start_ms: starts[i],
+            count: counts[i],
+            min: mins[i],
+            max: maxs[i],
+            sum: sums[i],
+        })
+        .collect())
+}
+
+/// How many buckets a row holds, read from its frame (the CRC checked).
+fn block_len(bytes: &[u8]) -> Result<usize, CodecError> {
+    unframe::<BLOCK_SECTIONS>(bytes, BLOCK_VERSION, BLOCK_WHAT).map(|(len, _)| len)
+}
 
 /// The most client ids one compaction forgets (the rest wait for the next call).
 const MAX_IDS_A_CALL: usize = 50_000;
@@ -86,18 +144,9 @@ impl Rollup {
         self.sum += other.sum;
     }
 
-    pub(crate) fn encode(&self) -> [u8; 36] {
-        let mut out = [0u8; 36];
-        out[4..12].copy_from_slice(&self.count.to_le_bytes());
-        out[12..20].copy_from_slice(&self.min.to_le_bytes());
-        out[20..28].copy_from_slice(&self.max.to_le_bytes());
-        out[28..36].copy_from_slice(&self.sum.to_le_bytes());
-        let crc = crc32fast::hash(&out[4..]);
-        out[..4].copy_from_slice(&crc.to_le_bytes());
-        out
-    }
-
-    pub(crate) fn decode(start_ms: i64, bytes: &[u8]) -> Result<Rollup, CodecError> {
+    /// A bucket as a format 4 store kept it, a row of its own: a CRC-32, then count (u64),
+    /// min, max and sum (f64), little-endian (converted to rows of a day at open).
+    pub(crate) fn decode_v4(start_ms: i64, bytes: &[u8]) -> Result<Rollup, CodecError> {
         if bytes.len() != 36 || bytes[..4] != crc32fast::hash(&bytes[4..]).to_le_bytes() {
             return Err(CodecError::Checksum);
         }
@@ -192,21 +241,33 @@ pub(crate) fn compact(
             done.chunks_rolled_up += 1;
             old.push((max_ts, min_seq));
         }
-        for (start_ms, mut b) in buckets {
-            if start_ms + step <= roll_cut {
-                continue;
+        let mut blocks: BTreeMap<i64, Vec<Rollup>> = BTreeMap::new();
+        for (start_ms, b) in buckets {
+            if start_ms + step > roll_cut {
+                blocks.entry(block_of(start_ms)).or_default().push(b);
             }
-            let existing = rollups
-                .get((sid, start_ms))
-                .map_err(error::write_error)?
-                .map(|v| Rollup::decode(start_ms, v.value()));
-            if let Some(e) = existing {
-                let e =
-                    e.map_err(|e| WriteError::Storage(format!("rollup {sid}@{start_ms}: {e:?}")))?;
-                b.merge(&e);
+        }
+        let bad = |block: i64| {
+            move |e: CodecError| WriteError::Storage(format!("rollups {sid}@{block}: {e:?}"))
+        };
+        for (block, new) in blocks {
+            let mut all: BTreeMap<i64, Rollup> =
+                match rollups.get((sid, block)).map_err(error::write_error)? {
+                    Some(v) => decode_block(v.value())
+                        .map_err(bad(block))?
+                        .into_iter()
+                        .map(|b| (b.start_ms, b))
+                        .collect(),
+                    None => BTreeMap::new(),
+                };
+            for b in new {
+                all.entry(b.start_ms)
+                    .and_modify(|e| e.merge(&b))
+                    .or_insert(b);
             }
+            let bytes = encode_block(&all.into_values().collect::<Vec<_>>()).map_err(bad(block))?;
             rollups
-                .insert((sid, start_ms), b.encode().as_slice())
+                .insert((sid, block), bytes.as_slice())
                 .map_err(error::write_error)?;
         }
         for key in old {
@@ -214,17 +275,45 @@ pub(crate) fn compact(
                 .remove((sid, key.0, key.1))
                 .map_err(error::write_error)?;
         }
-        let mut dropped = 0;
-        rollups
-            .retain_in(
-                (sid, i64::MIN)..(sid, roll_cut.saturating_sub(step) + 1),
-                |_, _| {
-                    dropped += 1;
-                    false
-                },
-            )
-            .map_err(error::write_error)?;
-        done.rollups_dropped += dropped;
+        // Buckets that ended by the rollup cut go: whole rows before the cut's row, and the
+        // buckets before the cut in its row.
+        let keep_from = roll_cut.saturating_sub(step).saturating_add(1);
+        let first_kept = block_of(keep_from);
+        let mut expired = Vec::new();
+        for row in rollups
+            .range((sid, i64::MIN)..(sid, first_kept))
+            .map_err(error::write_error)?
+        {
+            let (k, v) = row.map_err(error::write_error)?;
+            let block = k.value().1;
+            expired.push((block, block_len(v.value()).map_err(bad(block))?));
+        }
+        for (block, n) in expired {
+            rollups.remove((sid, block)).map_err(error::write_error)?;
+            done.rollups_dropped += n as u64;
+        }
+        let boundary = match rollups.get((sid, first_kept)).map_err(error::write_error)? {
+            Some(v) => Some(decode_block(v.value()).map_err(bad(first_kept))?),
+            None => None,
+        };
+        if let Some(all) = boundary {
+            let kept: Vec<Rollup> = all
+                .iter()
+                .filter(|b| b.start_ms >= keep_from)
+                .copied()
+                .collect();
+            done.rollups_dropped += (all.len() - kept.len()) as u64;
+            if kept.is_empty() {
+                rollups
+                    .remove((sid, first_kept))
+                    .map_err(error::write_error)?;
+            } else if kept.len() < all.len() {
+                let bytes = encode_block(&kept).map_err(bad(first_kept))?;
+                rollups
+                    .insert((sid, first_kept), bytes.as_slice())
+                    .map_err(error::write_error)?;
+            }
+        }
     }
     if done.samples_rolled_up > 0 {
         let mut meta = wtx.open_table(META).map_err(error::write_error)?;

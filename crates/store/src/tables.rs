@@ -42,9 +42,11 @@
 //!   [`crate::chunk::CHUNK_SAMPLES`] samples of one series, compressed column by column with pco
 //!   (encoding in [`crate::chunk`]). Keyed by their newest time, so a query from `from_ms` starts
 //!   at the first chunk that can hold a sample at or after it.
-//! - `rollups`: `(series number, bucket start ts_ms) -> bytes`: what [`crate::Store::compact`]
-//!   keeps of samples older than the raw retention: a CRC-32, then count (u64), min, max and
-//!   sum (f64) of the bucket's values, little-endian.
+//! - `rollups`: `(series number, UTC day start ts_ms) -> bytes`: what [`crate::Store::compact`]
+//!   keeps of samples older than the raw retention, a row a day: the day's buckets column by
+//!   column (their starts, counts, minimums, maximums and sums; encoding in `retention.rs`).
+//!   Format 4 kept a row a bucket, `(series number, bucket start) -> ` a CRC-32, then count
+//!   (u64), min, max and sum (f64), little-endian; converted to rows a day at open.
 //! - `run_models`: `model_id -> (model number u32, rows in its head u64)`, for every model
 //!   with a logged run.
 //! - `run_head`: `(model number, seq) -> bytes`: the numbers of each model's newest runs,

@@ -908,10 +908,11 @@ fn run_chunk_versions(path: &std::path::Path) -> Vec<u8> {
 }
 
 /// A format 4 store written by the previous build (`tests/fixtures/v4-runs`: `fill` with
-/// `options()`, its log printed as `Store::recent` gave it), whose run chunks hold each run's
-/// MessagePack one after the other (version 1), opens as format 5 without a chunk rewritten:
-/// every record reads as it was printed, and the runs sealed from then on are columns
-/// (version 2) beside the old chunks, read in one log with them.
+/// `options()`, its log printed as `Store::recent` gave it, then three days of a signal rolled
+/// up hourly, the rollups printed), whose run chunks hold each run's MessagePack one after the
+/// other (version 1) and whose rollups are a row a bucket, opens as format 5: every record
+/// reads as it was printed, the rollups too (now a row a day), and the runs sealed from then on
+/// are columns (version 2) beside the old chunks, read in one log with them.
 #[test]
 fn a_format_4_store_written_by_the_previous_build_reads_record_for_record_beside_new_chunks() {
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v4-runs");
@@ -935,8 +936,25 @@ fn a_format_4_store_written_by_the_previous_build_reads_record_for_record_beside
             .map(|e| serde_json::to_string(e).unwrap())
             .collect()
     };
+    let rollup_rows = |path: &std::path::Path| {
+        let db = redb::Database::open(path).unwrap();
+        let rtx = db.begin_read().unwrap();
+        rtx.open_table(kora_store::tables::ROLLUPS)
+            .unwrap()
+            .len()
+            .unwrap()
+    };
+    assert_eq!(rollup_rows(&path), 69, "the fixture keeps a row a bucket");
     let store = Store::open(&path, options()).unwrap();
     assert_eq!(read(&store), printed);
+    let rollups: Vec<String> = store
+        .rollups("ram_total_mb", i64::MIN, i64::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {} {} {} {}", r.start_ms, r.count, r.min, r.max, r.sum))
+        .collect();
+    let printed_rollups = std::fs::read_to_string(fixture.join("rollups.txt")).unwrap();
+    assert_eq!(rollups, printed_rollups.lines().collect::<Vec<_>>());
     // The client ids the previous build remembered (with all 32 bytes of their SHA-256) still
     // recognise a retry and refuse an id reused for other content.
     let again = store
@@ -958,6 +976,8 @@ fn a_format_4_store_written_by_the_previous_build_reads_record_for_record_beside
         .unwrap();
     drop(store);
     assert_eq!(layout(&path).3, FORMAT_VERSION);
+    // 69 hours from 08:00 UTC on one day: 16, 24, 24 and 5 in four days' rows.
+    assert_eq!(rollup_rows(&path), 4);
     assert_eq!(
         run_chunk_versions(&path),
         vec![1, 1, 1, 1, 1, 1, 2, 2],

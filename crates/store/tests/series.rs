@@ -442,3 +442,56 @@ fn compaction_rolls_old_chunks_up_keeps_recent_samples_and_drops_expired_rollups
         Compacted::default()
     );
 }
+
+/// Rollups are kept a day to a row: they expire bucket by bucket all the same (whole rows
+/// before the cut, the buckets before it in the cut's row), a range read starts and ends
+/// mid-row, and the count of dropped buckets is exact.
+#[test]
+fn rollups_expire_by_the_bucket_across_their_rows_of_a_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("r.redb"), StoreOptions::default()).unwrap();
+    const HOUR: i64 = 3_600_000;
+    // Four days of one reading a minute, ending at NOW (08:00 UTC); raw kept an hour, so
+    // the sealed chunks of 1,024 before that roll up (86 hours).
+    let start = NOW - 96 * HOUR;
+    let samples: Vec<Sample> = (0..96 * 60)
+        .map(|i| plain(Signal::RamFreeMb, start + i * 60_000, (i % 7) as f64 + 0.5))
+        .collect();
+    store.append(NOW, Batch::Samples(samples)).unwrap();
+    let keep_all = Retention {
+        raw_ms: HOUR,
+        rollup_step_ms: HOUR,
+        rollup_ms: 1_000 * HOUR,
+        ..Retention::default()
+    };
+    while store.compact(NOW, &keep_all).unwrap().more {}
+    let all = store.rollups("ram_free_mb", i64::MIN, i64::MAX).unwrap();
+    assert_eq!(all.len(), 86);
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].start_ms + HOUR == w[1].start_ms)
+    );
+    // A range that starts and ends inside days.
+    let (from, to) = (all[10].start_ms + 1, all[80].start_ms);
+    let inside = store.rollups("ram_free_mb", from, to).unwrap();
+    assert_eq!(inside, all[11..80].to_vec());
+    // Rollups kept 30 hours: the cut (02:00 UTC) falls inside a day.
+    let shorter = Retention {
+        rollup_ms: 30 * HOUR,
+        ..keep_all
+    };
+    let c = store.compact(NOW, &shorter).unwrap();
+    let kept = store.rollups("ram_free_mb", i64::MIN, i64::MAX).unwrap();
+    let want: Vec<Rollup> = all
+        .iter()
+        .filter(|r| r.start_ms + HOUR > NOW - 30 * HOUR)
+        .copied()
+        .collect();
+    assert_eq!(kept, want);
+    assert_eq!(c.rollups_dropped as usize, all.len() - want.len());
+    assert_eq!(
+        store.compact(NOW, &shorter).unwrap(),
+        Compacted::default(),
+        "a second pass drops nothing"
+    );
+}
