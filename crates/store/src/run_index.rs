@@ -3,9 +3,10 @@
 //! [`crate::runs`]), and every [`crate::StoreOptions::run_index_chunk`] of them (128 by
 //! default) are sealed into one chunk of pco columns (`run_index`); once a model's small chunks
 //! hold twice [`MERGE`] chunks' worth, the oldest [`MERGE`] are merged into one (1,024 rows by
-//! default). So "the last N runs of this model" reads a short head of small rows and the small
-//! chunks before it (fewer than 2,048 rows, at least 1,024 once it has that many), and a year
-//! of runs takes a few bytes a run in large chunks instead of a row each.
+//! default; cut in two when that would leave its run of pages partly empty, see
+//! [`RunIndex::merge`]). So "the last N runs of this model" reads a short head of small rows
+//! and the small chunks before it (fewer than 2,048 rows, at least 1,024 once it has that
+//! many), and a year of runs takes a few bytes a run in large chunks instead of a row each.
 //!
 //! A head row costs a B-tree step (~0.1 µs); a chunk costs pco about 2.5 µs a column plus a
 //! few ns a number to decode, so the head is kept short and the chunks a query decodes are kept
@@ -28,6 +29,7 @@ use crate::chunk::CodecError;
 use crate::codec::codec_write_error;
 use crate::error::{self, WriteError};
 use crate::runs::{self, RunRow};
+use crate::sealed::fitting_rows;
 use crate::sections::{column, compress, frame, unframe};
 use crate::tables::{RUN_HEAD, RUN_INDEX, RUN_MODELS, RUNS_V3};
 
@@ -182,7 +184,7 @@ impl<'t> RunIndex<'t> {
             }
             // Only a new small chunk can bring the small ones to twice a merged chunk.
             if sealed {
-                self.merge(number, chunk * MERGE)?;
+                self.merge(number, chunk, chunk * MERGE)?;
             }
             self.models
                 .insert(model_id.as_str(), (number, len))
@@ -193,13 +195,19 @@ impl<'t> RunIndex<'t> {
 }
 
 impl RunIndex<'_> {
-    /// Merges the oldest of model `number`'s newest chunks of fewer than `merged` rows into one
-    /// of at least `merged` rows, while those small chunks hold `2 * merged` rows or more. So
-    /// its newest `merged` to `2 * merged - 1` sealed rows stay in small chunks (what "the last
-    /// N runs" decodes), and the older ones take the few bytes a run of a large chunk. A chunk
-    /// that does not decode is left as it is, and so are the chunks older than it: merging is
-    /// a saving, never a reason to refuse the runs of this commit (the reads name the damage).
-    fn merge(&mut self, number: u32, merged: usize) -> Result<(), WriteError> {
+    /// Merges the oldest of model `number`'s newest small chunks (sealed from its head: `chunk`
+    /// rows or fewer) into one of at least `merged` rows, while those small chunks hold
+    /// `2 * merged` rows or more. So its newest `merged` to `2 * merged - 1` sealed rows stay in
+    /// small chunks (what "the last N runs" decodes), and the older ones take the few bytes a
+    /// run of a large chunk. A merged chunk larger than a page that would leave more than a
+    /// sixteenth of its run of pages empty holds only the rows that fill the run half as long
+    /// (as sealed chunks do, `sealed::fitting_rows`); the rows after them become a chunk of
+    /// their own, larger than a small one, so it is never merged again (1,024 rows took
+    /// 9.3 KB of 16 KiB; now about 870 fill 8 KiB and the other 150 take 1.5 KB in a leaf with
+    /// other rows). A chunk that does not decode is left as it is, and so are the chunks older
+    /// than it: merging is a saving, never a reason to refuse the runs of this commit (the reads
+    /// name the damage).
+    fn merge(&mut self, number: u32, chunk: usize, merged: usize) -> Result<(), WriteError> {
         loop {
             // The newest small chunks, newest first: (last seq, rows).
             let mut small = Vec::new();
@@ -211,7 +219,7 @@ impl RunIndex<'_> {
             {
                 let (k, v) = row.map_err(error::write_error)?;
                 match unframe::<SECTIONS>(v.value(), VERSION, WHAT) {
-                    Ok((rows, _)) if rows < merged => small.push((k.value().1, rows)),
+                    Ok((rows, _)) if rows <= chunk => small.push((k.value().1, rows)),
                     _ => break,
                 }
             }
@@ -240,15 +248,24 @@ impl RunIndex<'_> {
             let Some(last) = take.last().copied() else {
                 return Ok(());
             };
-            let bytes = encode(&rows).map_err(|e| codec_write_error(WHAT, e))?;
+            let encode_first =
+                |k: usize| encode(&rows[..k]).map_err(|e| codec_write_error(WHAT, e));
+            let (k, bytes) = fitting_rows(rows.len(), encode_first)?;
             for &old in &take {
                 self.chunks
                     .remove((number, old))
                     .map_err(error::write_error)?;
             }
+            let cut = rows[k - 1].seq;
             self.chunks
-                .insert((number, last), bytes.as_slice())
+                .insert((number, cut), bytes.as_slice())
                 .map_err(error::write_error)?;
+            if k < rows.len() {
+                let rest = encode(&rows[k..]).map_err(|e| codec_write_error(WHAT, e))?;
+                self.chunks
+                    .insert((number, last), rest.as_slice())
+                    .map_err(error::write_error)?;
+            }
         }
     }
 }

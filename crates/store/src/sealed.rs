@@ -216,7 +216,7 @@ fn allocated(len: usize) -> usize {
 /// windows and runs left 52 MB of 170 MB of their pages empty before (chunks of 8.7 KB in
 /// 16 KiB, of 98 KB in 128 KiB); with an eighth as the bound, 1,024 runs sealed field by field
 /// took 58 KB in 64 KiB, 5.4 MB of a year's pages empty.
-fn fitting_rows(
+pub(crate) fn fitting_rows(
     n: usize,
     encode: impl Fn(usize) -> Result<Vec<u8>, WriteError>,
 ) -> Result<(usize, Vec<u8>), WriteError> {

@@ -998,3 +998,64 @@ fn a_format_4_store_written_by_the_previous_build_reads_record_for_record_beside
         assert_eq!(got["context_tokens"], 1_000 + minute);
     }
 }
+
+/// A model's merged run index chunks larger than a page fill their run of pages: 1,024 rows of
+/// measured numbers took 9.3 KB of 16 KiB; now the rows that fill 8 KiB are one chunk and
+/// the rest another, never merged again, and every page of the index reads as appended.
+#[test]
+fn merged_run_index_chunks_fill_their_run_of_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.redb");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut want: std::collections::BTreeMap<String, Vec<(u64, f64)>> = Default::default();
+    for batch in 0..30 {
+        let records: Vec<Record> = (0..100)
+            .map(|i| {
+                let Record::Run(mut r) = run_of("qwen-7b", batch * 100 + i) else {
+                    unreachable!()
+                };
+                r.model_latency_ms = 300.0 + (next() % 6_000) as f64;
+                r.total_latency_ms = r.model_latency_ms + (next() % 900) as f64;
+                r.deterministic_stage_ms = (next() % 400) as f64;
+                r.tokens_in = Some(next() % 3_000);
+                r.tokens_out = Some(next() % 500);
+                Record::Run(r)
+            })
+            .collect();
+        let appended = store.append(T0, Batch::Records(records.clone())).unwrap();
+        for (seq, r) in appended.seqs.into_iter().zip(&records) {
+            let Record::Run(r) = r else { unreachable!() };
+            want.entry(r.model_id.clone())
+                .or_default()
+                .push((seq, r.model_latency_ms));
+        }
+    }
+    assert_index_exact(&store, &want);
+    drop(store);
+    let (head, chunks) = index_layout(&path, "qwen-7b");
+    assert_eq!(head + chunks.iter().sum::<usize>(), 3_000);
+    // 3,000 rows: 23 chunks of 128 sealed from the head; the oldest 1,024 merged, then cut.
+    let cut = chunks[0];
+    assert!(
+        (128..1_024).contains(&cut) && chunks[1] == 1_024 - cut,
+        "{chunks:?}"
+    );
+    let db = redb::Database::open(&path).unwrap();
+    let rtx = db.begin_read().unwrap();
+    let index = rtx.open_table(RUN_INDEX).unwrap();
+    for row in redb::ReadableTable::iter(&index).unwrap() {
+        let len = row.unwrap().1.value().len();
+        let pages = (len + 32).div_ceil(4096).next_power_of_two() * 4096;
+        assert!(
+            len + 32 <= 4096 || (len + 32) * 16 >= pages * 15,
+            "a chunk of {len} bytes in {pages}"
+        );
+    }
+}
