@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use kora_model::Run;
 
 use crate::chunk::CodecError;
-use crate::sections::{column, compress, decode_error, frame, unframe, unzstd};
+use crate::sections::{column, compress, decode_error, frame, unframe, unzstd, zstd_compress};
 
 /// Runs' fields one after the other (read only).
 const ROWS: u8 = 1;
@@ -137,7 +137,7 @@ impl Encoding {
             // MessagePack columns they would make those compress worse.
             Encoding::Hex32 => {
                 let bytes: Vec<u8> = values.filter_map(|v| hex32(v)).flatten().collect();
-                Some(zstd::bulk::compress(&bytes, ZSTD_LEVEL).map_err(decode_error)?)
+                Some(zstd_compress(&bytes, ZSTD_LEVEL)?)
             }
         })
     }
@@ -221,7 +221,7 @@ pub(crate) fn encode(runs: &[(u64, i64, Run)]) -> Result<Vec<u8>, CodecError> {
         compress(&seqs)?,
         compress(&ts)?,
         rmp_serde::to_vec(&heads).map_err(decode_error)?,
-        zstd::bulk::compress(&messagepack, ZSTD_LEVEL).map_err(decode_error)?,
+        zstd_compress(&messagepack, ZSTD_LEVEL)?,
         typed,
     ];
     frame(COLUMNS, runs.len(), &sections, WHAT)

@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use kora_model::WindowRecord;
 
 use crate::chunk::CodecError;
-use crate::sections::{column, compress, decode_error, frame, unframe, unzstd};
+use crate::sections::{column, compress, decode_error, frame, unframe, unzstd, zstd_compress};
 
 /// The layout written.
 const VERSION: u8 = 2;
@@ -99,7 +99,7 @@ fn encode_as(windows: &[(u64, WindowRecord)], version: u8) -> Result<Vec<u8>, Co
         if v1 {
             names
         } else {
-            zstd::bulk::compress(&names, ZSTD_LEVEL).map_err(decode_error)?
+            zstd_compress(&names, ZSTD_LEVEL)?
         },
         compress(&seqs)?,
         compress(&column_i64(&|w| {
