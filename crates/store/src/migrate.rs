@@ -10,12 +10,12 @@ use crate::chunk::{CHUNK_SAMPLES, Extra, Item};
 use crate::codec::{decode, decode_entry};
 use crate::error::OpenError;
 use crate::heads::seal;
-use crate::retention::{Rollup, block_of, encode_block};
+use crate::retention::{Rollup, block_of, encode_block, series_numbers};
 use crate::runs;
 use crate::sealed::{Runs, SealTables, Sealable, Windows, seal_kind};
 use crate::tables::{
     CHUNKS, HEAD, IDS, IDS_BY_TIME, K_FORMAT_VERSION, K_UNSEALED_RUNS, K_UNSEALED_WINDOWS, LOG,
-    LOG_BY_KIND, LOG_BY_TIME, META, ROLLUPS, RUNS_V3, SAMPLES_V1, SERIES,
+    LOG_BY_KIND, LOG_BY_TIME, META, ROLLUPS, RUNS_V3, SAMPLES_V1,
 };
 
 /// Converts a format 1 store (a row per sample) to format 2 (head rows and sealed chunks) in
@@ -222,14 +222,7 @@ pub(crate) fn migrate_v4(db: &Database, path: &Path) -> Result<(), OpenError> {
 /// series (so what is held at once is one series' buckets); answers how many buckets.
 fn rollups_by_day(wtx: &WriteTransaction) -> Result<u64, String> {
     let e = |e: redb::Error| e.to_string();
-    let sids: Vec<u32> = {
-        let series = wtx.open_table(SERIES).map_err(|x| e(x.into()))?;
-        let mut v = Vec::new();
-        for row in series.iter().map_err(|x| e(x.into()))? {
-            v.push(row.map_err(|x| e(x.into()))?.1.value());
-        }
-        v
-    };
+    let sids = series_numbers(wtx).map_err(e)?;
     let mut rollups = wtx.open_table(ROLLUPS).map_err(|x| e(x.into()))?;
     let mut moved = 0u64;
     for sid in sids {

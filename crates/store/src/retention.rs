@@ -69,6 +69,16 @@ fn block_len(bytes: &[u8]) -> Result<usize, CodecError> {
     unframe::<BLOCK_SECTIONS>(bytes, BLOCK_VERSION, BLOCK_WHAT).map(|(len, _)| len)
 }
 
+/// Every series' number, in key order.
+pub(crate) fn series_numbers(wtx: &WriteTransaction) -> Result<Vec<u32>, redb::Error> {
+    let series = wtx.open_table(SERIES)?;
+    let mut v = Vec::new();
+    for row in series.iter()? {
+        v.push(row?.1.value());
+    }
+    Ok(v)
+}
+
 /// The most client ids one compaction forgets (the rest wait for the next call).
 const MAX_IDS_A_CALL: usize = 50_000;
 
@@ -193,14 +203,7 @@ pub(crate) fn compact(
         forget_ids(wtx, now_ms.saturating_sub(r.ids_ms.max(0)), MAX_IDS_A_CALL)?;
     done.ids_forgotten = forgotten;
     done.more = more_ids;
-    let sids: Vec<u32> = {
-        let series = wtx.open_table(SERIES).map_err(error::write_error)?;
-        let mut v = Vec::new();
-        for row in series.iter().map_err(error::write_error)? {
-            v.push(row.map_err(error::write_error)?.1.value());
-        }
-        v
-    };
+    let sids = series_numbers(wtx).map_err(error::write_error)?;
     let mut chunks = wtx.open_table(CHUNKS).map_err(error::write_error)?;
     let mut rollups = wtx.open_table(ROLLUPS).map_err(error::write_error)?;
     for sid in sids {

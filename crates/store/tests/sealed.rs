@@ -628,6 +628,21 @@ fn run_of(model: &str, i: i64) -> Record {
     Record::Run(r)
 }
 
+/// Appends the runs `records` and notes each one's seq and latency in `want`, by model.
+fn append_noted(
+    store: &Store,
+    records: Vec<Record>,
+    want: &mut std::collections::BTreeMap<String, Vec<(u64, f64)>>,
+) {
+    let appended = store.append(T0, Batch::Records(records.clone())).unwrap();
+    for (seq, r) in appended.seqs.into_iter().zip(&records) {
+        let Record::Run(r) = r else { unreachable!() };
+        want.entry(r.model_id.clone())
+            .or_default()
+            .push((seq, r.model_latency_ms));
+    }
+}
+
 /// Appends `n` runs of the models in `models`, in batches of 1 to 40 runs, checking after
 /// each batch that the last 40 runs of every model are exactly the runs appended; answers
 /// what it appended into `want` (`model -> (seq, model_latency_ms)`, oldest first).
@@ -645,13 +660,7 @@ fn append_runs(
         let records: Vec<Record> = (i..i + size)
             .map(|j| run_of(models[(j * 7 % 11) as usize % models.len()], j))
             .collect();
-        let appended = store.append(T0, Batch::Records(records.clone())).unwrap();
-        for (seq, r) in appended.seqs.into_iter().zip(&records) {
-            let Record::Run(r) = r else { unreachable!() };
-            want.entry(r.model_id.clone())
-                .or_default()
-                .push((seq, r.model_latency_ms));
-        }
+        append_noted(store, records, want);
         i += size;
         batch = batch * 3 % 41;
         for (model, rows) in want.iter() {
@@ -1029,13 +1038,7 @@ fn merged_run_index_chunks_fill_their_run_of_pages() {
                 Record::Run(r)
             })
             .collect();
-        let appended = store.append(T0, Batch::Records(records.clone())).unwrap();
-        for (seq, r) in appended.seqs.into_iter().zip(&records) {
-            let Record::Run(r) = r else { unreachable!() };
-            want.entry(r.model_id.clone())
-                .or_default()
-                .push((seq, r.model_latency_ms));
-        }
+        append_noted(&store, records, &mut want);
     }
     assert_index_exact(&store, &want);
     drop(store);
