@@ -250,7 +250,7 @@ impl RunIndex<'_> {
             };
             let encode_first =
                 |k: usize| encode(&rows[..k]).map_err(|e| codec_write_error(WHAT, e));
-            let (k, bytes) = fitting_rows(rows.len(), encode_first)?;
+            let (k, bytes) = fitting_rows(rows.len(), None, encode_first)?;
             for &old in &take {
                 self.chunks
                     .remove((number, old))

@@ -86,6 +86,14 @@ pub(crate) fn frame(
     Ok(with_crc(out))
 }
 
+/// The row count a frame's header says, read without checking its CRC: a guess, never data.
+pub(crate) fn frame_rows(bytes: &[u8]) -> Option<usize> {
+    let count: [u8; 4] = bytes.get(5..9)?.try_into().ok()?;
+    usize::try_from(u32::from_le_bytes(count))
+        .ok()
+        .filter(|&n| n > 0)
+}
+
 /// Checks the CRC and the version of a frame of `N` sections; answers its row count and
 /// sections. Damaged bytes are [`CodecError::Checksum`]; another version is named.
 pub(crate) fn unframe<'a, const N: usize>(
