@@ -150,18 +150,17 @@ fn value_len(bytes: &[u8]) -> Result<usize, CodecError> {
     Ok(bytes.len() - rest.len())
 }
 
-/// The fields of one run's named MessagePack: `(name, value bytes)` in their order.
-fn fields(row: &[u8]) -> Result<Vec<(&str, &[u8])>, CodecError> {
+/// Calls `f` with each field of one run's named MessagePack: `(name, value bytes)` in order.
+fn each_field<'r>(row: &'r [u8], mut f: impl FnMut(&'r str, &'r [u8])) -> Result<(), CodecError> {
     let mut rest = row;
     let n = rmp::decode::read_map_len(&mut rest).map_err(decode_error)?;
-    let mut out = Vec::with_capacity(n as usize);
     for _ in 0..n {
         let (name, after) = rmp::decode::read_str_from_slice(rest).map_err(decode_error)?;
         let len = value_len(after)?;
-        out.push((name, &after[..len]));
+        f(name, &after[..len]);
         rest = &after[len..];
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Encodes `runs` (`(seq, ts_ms, run)` in increasing seq order, not empty) as one sealed
@@ -173,19 +172,24 @@ pub(crate) fn encode(runs: &[(u64, i64, Run)]) -> Result<Vec<u8>, CodecError> {
     if runs.windows(2).any(|w| w[0].0 >= w[1].0) {
         return Err(decode_error("run seqs must increase"));
     }
-    let rows = runs
-        .iter()
-        .map(|(_, _, run)| rmp_serde::to_vec_named(run).map_err(decode_error))
-        .collect::<Result<Vec<Vec<u8>>, CodecError>>()?;
+    // Every run's named MessagePack, one after the other in one buffer (the chunk is encoded
+    // inside the write transaction: few allocations, not one a run).
+    let mut rows = Vec::new();
+    let mut ends = Vec::with_capacity(runs.len());
+    for (_, _, run) in runs {
+        rmp_serde::encode::write_named(&mut rows, run).map_err(decode_error)?;
+        ends.push(rows.len());
+    }
     let mut names: Vec<&str> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
     // cells[field][run]: the value's bytes, or none.
     let mut cells: Vec<Vec<Option<&[u8]>>> = Vec::new();
-    for (i, row) in rows.iter().enumerate() {
-        for (name, value) in fields(row)? {
+    let mut start = 0;
+    for (i, &end) in ends.iter().enumerate() {
+        each_field(&rows[start..end], |name, value| {
             let c = *index.entry(name).or_insert_with(|| {
                 names.push(name);
-                cells.push(Vec::new());
+                cells.push(Vec::with_capacity(runs.len()));
                 names.len() - 1
             });
             let column = &mut cells[c];
@@ -193,10 +197,11 @@ pub(crate) fn encode(runs: &[(u64, i64, Run)]) -> Result<Vec<u8>, CodecError> {
             // The time the chunk indexes the run under is its own, almost always.
             let own_ts = name == "ts_ms" && int(value) == Some(runs[i].1);
             column.push(Some(if own_ts { &[INDEXED_TS] } else { value }));
-        }
+        })?;
+        start = end;
     }
     let mut heads: Vec<(&str, u8)> = Vec::with_capacity(names.len());
-    let mut messagepack = Vec::new();
+    let mut messagepack = Vec::with_capacity(rows.len());
     let mut typed = Vec::new();
     for (name, column) in names.iter().zip(&mut cells) {
         column.resize(runs.len(), None);
