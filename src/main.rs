@@ -26,6 +26,24 @@ mod serve;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// The allocator runs with the options `.cargo/config.toml` builds into it: two arenas, and
+/// freed pages given back after a second (the soak's RSS after a burst; benches/README.md).
+#[cfg(all(test, not(target_env = "msvc")))]
+mod allocator_tests {
+    #[test]
+    fn jemalloc_runs_two_arenas_and_gives_freed_pages_back_within_a_second() {
+        let conf = tikv_jemalloc_ctl::config::malloc_conf::read().unwrap();
+        assert!(
+            conf.contains("narenas:2") && conf.contains("dirty_decay_ms:1000"),
+            "jemalloc was built with {conf:?}: .cargo/config.toml's JEMALLOC_SYS_WITH_MALLOC_CONF did not reach it"
+        );
+        assert!(conf.contains("background_thread:true"), "{conf:?}");
+        // What it runs with (the environment's _RJEM_MALLOC_CONF would override it).
+        assert_eq!(tikv_jemalloc_ctl::opt::narenas::read().unwrap(), 2);
+        assert!(tikv_jemalloc_ctl::opt::background_thread::read().unwrap());
+    }
+}
+
 /// Logs to stderr with `filter`, or with `KORA_TELEMETRY_LOG` when `filter` is `None`
 /// (falling back to warnings only, so that the one-shot commands' output stays readable).
 fn init_tracing(filter: Option<&str>) {

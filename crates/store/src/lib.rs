@@ -85,7 +85,7 @@ pub const RUN_INDEX_CHUNK: usize = 128;
 /// Tunables of the store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// redb's page cache and write buffer (bytes): 2 MiB by default. redb's own default, 1 GiB,
+    /// redb's page cache and write buffer (bytes): 1 MiB by default. redb's own default, 1 GiB,
     /// is far more than a sidecar should take. The cache only grows until it is full (every
     /// page a commit writes goes into it), so after a burst of writes it is that much of the
     /// service's RSS; a miss reads the page from the OS's page cache, which holds the file
@@ -93,7 +93,11 @@ pub struct StoreOptions {
     /// MiB, then 8, then 2, each smaller cache took the burst of one-run commits faster and
     /// held less after it; at 8 MiB the process held 7 MB more live heap after the burst than
     /// before it (all of it redb's cache, jemalloc's heap profile) and RSS stayed 40 % higher,
-    /// at 2 MiB the heap after the burst is what it was before (RSS +7.6 %).
+    /// at 2 MiB the heap after the burst is what it was before (RSS +7.6 %). At 1 MiB: redb
+    /// keeps each cached page in an allocation of 4,112 bytes (jemalloc's class of 5,120), and
+    /// after a burst the cache holds only such pages (before it, runs of pages read as one),
+    /// partly empty slabs included 1.5 MiB more than before the burst at 2 MiB; the soak at 1
+    /// MiB (and jemalloc's two arenas, `.cargo/config.toml`) grew 2.7 % after the burst.
     pub cache_bytes: usize,
     /// How many batches may wait for the writer before `submit` answers `Busy`.
     pub queue_batches: usize,
@@ -113,7 +117,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            cache_bytes: 2 * 1024 * 1024,
+            cache_bytes: 1024 * 1024,
             queue_batches: 4096,
             group_max_records: 50_000,
             window_chunk: WINDOW_CHUNK,
