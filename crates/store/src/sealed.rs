@@ -259,10 +259,12 @@ pub(crate) fn fitting_rows(
     let guess = bytes_a_row
         .filter(|b| b.is_finite() && *b > 0.0 && n >= 2)
         .and_then(|b| unfilled(b).map(|pages| (b, pages)));
-    let (target, mut k) = match guess {
+    // `all`: the chunk of all `n` rows, when it was encoded.
+    let (target, mut k, all) = match guess {
         Some((b, pages)) => {
             let target = pages / 2 - LEAF_OVERHEAD;
-            (target, ((target as f64 * AIM / b) as usize).clamp(1, n - 1))
+            let k = ((target as f64 * AIM / b) as usize).clamp(1, n - 1);
+            (target, k, None)
         }
         None => {
             let all = encode(n)?;
@@ -271,7 +273,7 @@ pub(crate) fn fitting_rows(
                 return Ok((n, all));
             }
             let target = pages / 2 - LEAF_OVERHEAD;
-            (target, (n * target / all.len()).clamp(1, n - 1))
+            (target, (n * target / all.len()).clamp(1, n - 1), Some(all))
         }
     };
     // Rows cost about the same bytes each: the count in proportion to the bytes, again from
@@ -292,7 +294,7 @@ pub(crate) fn fitting_rows(
         }
         if k == 1 {
             // One row alone does not fit the shorter run: nothing to gain.
-            return Ok((n, encode(n)?));
+            return Ok((n, all.map_or_else(|| encode(n), Ok)?));
         }
         k = (k * target / bytes.len()).clamp(1, k - 1);
     }

@@ -14,8 +14,9 @@ pub(crate) fn decode_error(what: impl std::fmt::Display) -> CodecError {
 
 /// zstd of `bytes` at `level`, with zstd's window (and so its match tables) capped at 128 KiB.
 /// Uncapped, level 9 over the few hundred KB of a chunk's block sizes its tables for the whole
-/// input, about 8 MB allocated and freed at every seal, and a burst of runs left the service's
-/// memory about 2 MiB higher after it (the soak); capped, about 1 MB. The frame says its size.
+/// input, about 8 MB allocated and freed at every seal; capped, about 1 MB, for the same bytes
+/// within 0.1 %. (What the soak's burst left behind was not this but redb's cached pages in
+/// jemalloc's slabs: benches/README.md.) The frame says its size.
 pub(crate) fn zstd_compress(bytes: &[u8], level: i32) -> Result<Vec<u8>, CodecError> {
     let mut c = zstd::bulk::Compressor::new(level).map_err(decode_error)?;
     c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(17))
